@@ -1,0 +1,5 @@
+import sys
+
+from mabeamd.main import main
+
+sys.exit(main())

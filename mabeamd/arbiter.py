@@ -1,0 +1,342 @@
+"""The arbiter: the daemon's one main process.
+
+It owns the runtime directory (instance lock, sockets), the worker link, the control socket
+and the plugin host; it spawns one WorkerWatcher per worker slot and reacts to signals:
+SIGTERM/SIGINT stop gracefully (a second one kills the workers at once), SIGHUP reloads the
+configuration and plugins without closing any socket.
+
+Nothing here blocks the event loop: child exits arrive through pidfds, worker silence is a
+deadline check, log writes go through a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from mabeamd import __version__
+from mabeamd import config as configmod
+from mabeamd import paths as pathsmod
+from mabeamd.child import Reaper
+from mabeamd.commands import build_handlers
+from mabeamd.config import Config, ConfigError
+from mabeamd.control import ControlServer
+from mabeamd.link import WorkerLink, cancel_and_wait
+from mabeamd.logsetup import LogSetup
+from mabeamd.paths import Paths
+from mabeamd.plugins import PluginHost
+from mabeamd.sdnotify import Notifier, child_environment
+from mabeamd.watcher import State, WorkerWatcher, worker_argv
+from mabeamd.wire import ErrorCode, WireError
+
+log = logging.getLogger("mabeamd.arbiter")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; str() is the operator's message."""
+
+
+def default_worker_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class Arbiter:
+    def __init__(
+        self,
+        config: Config,
+        paths: Paths,
+        *,
+        config_path: str | None,
+        overrides: dict[tuple[str, str], tuple[Any, str]],
+        logs: LogSetup,
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.config_path = config_path
+        self.overrides = overrides
+        self.logs = logs
+        self.notifier = Notifier()
+        self.plugins = PluginHost()
+        self.worker_count = config.workers.count or default_worker_count()
+        self.watchers: list[WorkerWatcher] = []
+        self.state = "starting"
+        self.started_mono = time.monotonic()
+        self.started_wall = time.time()
+        self.ready_after: float | None = None
+        self.stop_reason = ""
+        self.stop_requested = asyncio.Event()
+        self.workers_stopped = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._lock_fd: int | None = None
+        self.reaper: Reaper
+
+    # --- start-up --------------------------------------------------------------------------
+
+    def _prepare_dirs(self) -> None:
+        group = bool(self.config.control.group)
+        for label, d, mode in (("runtime", self.paths.runtime_dir, 0o750 if group else 0o700),
+                               ("state", self.paths.state_dir, 0o700)):
+            try:
+                d.mkdir(parents=True, exist_ok=True, mode=mode)
+            except OSError as exc:
+                raise StartupError(f"cannot create {label} directory {d}: {exc.strerror}") from exc
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise StartupError(f"{label} directory {d} is not writable by uid {os.geteuid()}")
+        fd = os.open(self.paths.runtime_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(
+                f"another mabeamd is already running with runtime directory "
+                f"{self.paths.runtime_dir} (try: mabeamctl --socket "
+                f"{self.paths.control_socket} status)") from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._prepare_dirs()
+        try:
+            return await self._run(loop)
+        finally:
+            self._release_lock()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
+        self.reaper = Reaper(loop)
+        self.plugins.load(self.config.plugins.disabled)
+        self.plugins.call("mabeamd_configure", config=self.config)
+
+        self.ctx = zmq.asyncio.Context()
+        self.link = WorkerLink(self.ctx, self.paths.worker_link, self._on_link_message)
+        self.control = ControlServer(self.ctx, self.paths.control_socket, build_handlers(self),
+                                     self.config.control.max_message)
+        try:
+            self.link.bind()
+            self.control.bind(self.config.control.group)
+        except (zmq.ZMQError, OSError) as exc:
+            self.link.close()
+            self.control.close()
+            self.ctx.term()
+            raise StartupError(f"cannot bind sockets in {self.paths.runtime_dir}: {exc}") from exc
+
+        for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+            loop.add_signal_handler(sig, self.request_stop, name)
+        loop.add_signal_handler(signal.SIGHUP, self._background, self.reload, "SIGHUP")
+
+        tasks = [asyncio.create_task(c) for c in
+                 (self.link.run(), self.control.run(), self._liveness_loop(),
+                  self._watchdog_loop())]
+        log.info("mabeamd %s starting: %d workers, control socket %s, config %s",
+                 __version__, self.worker_count, self.paths.control_socket, self.config.source)
+        self.watchers = [WorkerWatcher(i, self, self.config.workers)
+                         for i in range(self.worker_count)]
+        for w in self.watchers:
+            w.start()
+
+        settle = asyncio.gather(*(w.wait_settled() for w in self.watchers))
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        waiters: set[asyncio.Future[Any]] = {settle, stop}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if not self.stop_requested.is_set():
+            self.state = "running"
+            self.ready_after = time.monotonic() - self.started_mono
+            self.plugins.call("mabeamd_startup", config=self.config, paths=self.paths)
+            self.notifier.ready(self.status_line())
+            log.info("ready in %.0f ms: %s", self.ready_after * 1000, self.status_line())
+        else:
+            settle.cancel()
+        await stop
+        await self._shutdown()
+        for t in tasks:
+            await cancel_and_wait(t)
+        self.control.close()
+        self.link.close()
+        self.reaper.close()
+        self.ctx.term()
+        self.notifier.close()
+        log.info("stopped (%s)", self.stop_reason)
+        return 0
+
+    # --- stopping --------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_requested.is_set():
+            if reason.startswith("SIG"):
+                log.warning("second %s: killing workers now", reason)
+                for w in self.watchers:
+                    w.kill_now()
+            return
+        self.stop_reason = reason
+        self.state = "stopping"
+        self.stop_requested.set()
+
+    def refuse_if_stopping(self) -> None:
+        if self.stop_requested.is_set():
+            raise WireError(ErrorCode.SHUTTING_DOWN, "mabeamd is shutting down")
+
+    async def _shutdown(self) -> None:
+        log.info("stopping (%s): stopping %d workers", self.stop_reason, len(self.watchers))
+        self.notifier.stopping()
+        self.plugins.call("mabeamd_shutdown", reason=self.stop_reason)
+        stops = asyncio.gather(*(w.stop() for w in self.watchers))
+        try:
+            await asyncio.wait_for(asyncio.shield(stops), self.config.daemon.shutdown_timeout)
+        except asyncio.TimeoutError:
+            log.error("shutdown_timeout (%gs) reached: killing workers",
+                      self.config.daemon.shutdown_timeout)
+            for w in self.watchers:
+                w.kill_now()
+            await asyncio.gather(*(w.wait_exited() for w in self.watchers))
+            stops.cancel()
+        self.workers_stopped.set()
+        await self.control.drain(timeout=2.0)
+        for t in list(self._bg):
+            await cancel_and_wait(t)
+
+    # --- reload ----------------------------------------------------------------------------
+
+    def _background(self, fn: Any, *args: Any) -> None:
+        task = asyncio.ensure_future(fn(*args))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def reload(self, source: str) -> dict[str, Any]:
+        """Re-read the config file (same command-line overrides) and the plugins.
+
+        A config that does not validate is refused and the running one kept. Options that
+        cannot change at run time keep their old values and are reported.
+        """
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                try:
+                    new = configmod.load(self.config_path, self.overrides)
+                    pathsmod.resolve(new)
+                except ConfigError as exc:
+                    log.error("reload (%s) refused; keeping the running configuration: %s",
+                              source, exc)
+                    return {"ok": False, "error": str(exc)}
+                changed, restart = configmod.reload_diff(self.config, new)
+                self.config = configmod.merge_for_reload(self.config, new)
+                self.logs.set_level(self.config.daemon.log_level)
+                for w in self.watchers:
+                    w.reconfigure(self.config.workers)
+                try:
+                    self.control.apply_group(self.config.control.group)
+                except OSError as exc:
+                    log.error("reload: cannot apply control group: %s", exc)
+                self.plugins.load(self.config.plugins.disabled)
+                self.plugins.call("mabeamd_configure", config=self.config)
+                if restart:
+                    log.warning("reload (%s): %s changed but only take effect after a restart",
+                                source, ", ".join(restart))
+                log.info("reloaded (%s): %s", source,
+                         ", ".join(changed) if changed else "no option changed")
+                return {"ok": True, "changed": changed, "restart_required": restart,
+                        "plugins": self.plugins.summary()}
+            finally:
+                self.notifier.ready(self.status_line())
+
+    # --- the WatcherHost side --------------------------------------------------------------
+
+    def worker_argv(self, index: int, generation: int) -> list[str]:
+        w = self.config.workers
+        return worker_argv(index, generation, link=self.paths.endpoint(self.paths.worker_link),
+                           heartbeat=w.heartbeat_interval, log_level=self.config.daemon.log_level,
+                           wrapper=w.wrapper)
+
+    def worker_env(self) -> dict[str, str]:
+        return child_environment(dict(os.environ))
+
+    async def send_to_worker(self, index: int, generation: int, op: str) -> bool:
+        return await self.link.send(index, generation, op, {})
+
+    def worker_event(self, index: int, event: str, details: dict[str, Any]) -> None:
+        self.plugins.call("mabeamd_worker_event", index=index, event=event, details=details)
+        if self.state == "running" and event in ("running", "exited", "failed"):
+            self.notifier.status(self.status_line())
+
+    def _on_link_message(self, index: int, generation: int, op: str, body: dict[str, Any]) -> None:
+        if not 0 <= index < len(self.watchers):
+            return
+        w = self.watchers[index]
+        if op == "heartbeat":
+            w.on_heartbeat(generation)
+        elif op == "hello":
+            pid = body.get("pid")
+            w.on_hello(generation, pid if isinstance(pid, int) else -1)
+
+    # --- periodic deadlines ----------------------------------------------------------------
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.config.workers.heartbeat_interval / 2))
+            now = time.monotonic()
+            for w in self.watchers:
+                w.check_liveness(now)
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    # --- introspection ---------------------------------------------------------------------
+
+    def worker_counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in State}
+        for w in self.watchers:
+            counts[w.state.value] += 1
+        return counts
+
+    def status_line(self) -> str:
+        c = self.worker_counts()
+        n = len(self.watchers)
+        text = f"{c['running']}/{n} workers running"
+        if c["failed"]:
+            text = f"degraded: {text}, {c['failed']} failed"
+        return text
+
+    def status(self) -> dict[str, Any]:
+        extensions = dict(self.plugins.call("mabeamd_status"))
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "state": self.state,
+            "summary": self.status_line(),
+            "uptime": round(time.monotonic() - self.started_mono, 3),
+            "started_at": self.started_wall,
+            "ready_after": self.ready_after,
+            "config": self.config.source,
+            "runtime_dir": str(self.paths.runtime_dir),
+            "state_dir": str(self.paths.state_dir),
+            "control_socket": str(self.paths.control_socket),
+            "log_level": self.config.daemon.log_level,
+            "log_target": self.logs.target,
+            "systemd_notify": self.notifier.enabled,
+            "workers": {"total": len(self.watchers), **self.worker_counts()},
+            "plugins": self.plugins.summary(),
+            "control": dict(self.control.stats),
+            "link_dropped": self.link.dropped,
+            "extensions": extensions,
+        }
+

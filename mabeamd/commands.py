@@ -1,0 +1,115 @@
+"""What each control op does. Handlers take the request body and a progress callback and
+return the reply body; they raise WireError for refusals. Argument checking lives here,
+next to the op it guards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import pluggy
+import zmq
+
+from mabeamd import __version__, wire
+from mabeamd.control import Handler, Progress
+from mabeamd.wire import ErrorCode, WireError
+
+if TYPE_CHECKING:
+    from mabeamd.arbiter import Arbiter
+
+
+def _no_args(op: str, body: dict[str, Any]) -> None:
+    if body:
+        raise WireError(ErrorCode.BAD_REQUEST, f"{op} takes no arguments, got {sorted(body)}")
+
+
+def _worker_index(arbiter: Arbiter, body: dict[str, Any]) -> list[int]:
+    extra = set(body) - {"index"}
+    if extra:
+        raise WireError(ErrorCode.BAD_REQUEST, f"unknown argument(s) {sorted(extra)}")
+    index = body.get("index")
+    n = len(arbiter.watchers)
+    if index == "all":
+        return list(range(n))
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise WireError(ErrorCode.BAD_REQUEST, "index must be a worker number or \"all\"")
+    if not 0 <= index < n:
+        raise WireError(ErrorCode.NOT_FOUND, f"no worker {index}; workers are 0..{n - 1}")
+    return [index]
+
+
+def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
+    """The control ops, bound to one arbiter."""
+
+    async def ping(body: dict[str, Any], progress: Progress) -> Any:
+        return {"pong": True, "time": time.time()}
+
+    async def version(body: dict[str, Any], progress: Progress) -> Any:
+        _no_args("version", body)
+        return {
+            "mabeamd": __version__,
+            "protocol": wire.PROTOCOL.decode(),
+            "python": platform.python_version(),
+            "pyzmq": zmq.pyzmq_version(),
+            "libzmq": zmq.zmq_version(),
+            "msgpack": ".".join(map(str, msgpack.version)),
+            "pluggy": pluggy.__version__,
+        }
+
+    async def status(body: dict[str, Any], progress: Progress) -> Any:
+        _no_args("status", body)
+        return arbiter.status()
+
+    async def workers(body: dict[str, Any], progress: Progress) -> Any:
+        _no_args("workers", body)
+        return {"workers": [w.info() for w in arbiter.watchers]}
+
+    async def workers_restart(body: dict[str, Any], progress: Progress) -> Any:
+        indexes = _worker_index(arbiter, body)
+        arbiter.refuse_if_stopping()
+        results = []
+        for i in indexes:  # one at a time: the other workers keep serving meanwhile
+            results.append(await arbiter.watchers[i].restart(progress))
+        return {"restarted": results}
+
+    async def plugins(body: dict[str, Any], progress: Progress) -> Any:
+        _no_args("plugins", body)
+        return {"plugins": [r.to_dict() for r in arbiter.plugins.records.values()]}
+
+    async def reload(body: dict[str, Any], progress: Progress) -> Any:
+        _no_args("reload", body)
+        arbiter.refuse_if_stopping()
+        result = await arbiter.reload("mabeamctl reload")
+        if not result["ok"]:
+            raise WireError(ErrorCode.BAD_REQUEST, f"reload refused: {result['error']}")
+        return result
+
+    async def stop(body: dict[str, Any], progress: Progress) -> Any:
+        _no_args("stop", body)
+        arbiter.request_stop("mabeamctl stop")
+        await progress(f"stopping mabeamd (pid {os.getpid()}): "
+                       f"{len(arbiter.watchers)} workers")
+        while not arbiter.workers_stopped.is_set():
+            try:
+                await asyncio.wait_for(arbiter.workers_stopped.wait(), 1.0)
+            except asyncio.TimeoutError:
+                states = [w.state.value for w in arbiter.watchers]
+                left = sum(1 for s in states if s in ("stopping", "running", "starting"))
+                await progress(f"waiting for {left} worker(s) to exit")
+        return {"stopped": True, "pid": os.getpid()}
+
+    return {
+        "ping": ping,
+        "version": version,
+        "status": status,
+        "workers": workers,
+        "workers.restart": workers_restart,
+        "plugins": plugins,
+        "reload": reload,
+        "stop": stop,
+    }
+

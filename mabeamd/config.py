@@ -1,0 +1,311 @@
+"""Configuration: the schema, loading a TOML file, command-line overrides, validation.
+
+Every option is a field of one section dataclass below; the field's metadata says its kind,
+its bounds and whether SIGHUP may change it. etc/mabeamd.toml lists every option with its
+default, and a test keeps that file and this schema in step.
+
+A bad configuration raises ConfigError naming the file (or flag), the key and what was
+expected; `mabeamd` turns it into exit status 78 (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import grp
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+EX_CONFIG: Final = 78
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+# sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+MAX_IPC_PATH: Final = 107
+
+
+class ConfigError(Exception):
+    """An invalid configuration; str() is the complete message for the operator."""
+
+
+def _opt(
+    default: Any,
+    kind: str,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    reload: bool = False,
+) -> Any:
+    meta = {"kind": kind, "help": help, "min": min, "max": max, "choices": choices,
+            "reload": reload}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DaemonSection:
+    runtime_dir: str = _opt(
+        "", "path", "sockets and the instance lock; empty = $RUNTIME_DIRECTORY, /run/mabeamd as "
+        "root, else $XDG_RUNTIME_DIR/mabeamd (or /tmp/mabeamd-UID)")
+    state_dir: str = _opt(
+        "", "path", "durable state; empty = $STATE_DIRECTORY, /var/lib/mabeamd as root, else "
+        "$XDG_STATE_HOME/mabeamd (or ~/.local/state/mabeamd)")
+    log_level: str = _opt("info", "enum", "log threshold", choices=LOG_LEVELS, reload=True)
+    shutdown_timeout: float = _opt(
+        30.0, "float", "seconds a graceful stop may take before workers are killed outright",
+        min=0.1, max=3600, reload=True)
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    socket: str = _opt("", "path", "control socket path; empty = RUNTIME_DIR/control.sock")
+    group: str = _opt(
+        "", "str", "group allowed to use the control socket (mode 0660); empty = owner only "
+        "(mode 0600)", reload=True)
+    max_message: int = _opt(
+        1 << 20, "int", "largest control request accepted, in bytes", min=1024, max=1 << 30)
+
+
+@dataclass(frozen=True)
+class WorkersSection:
+    count: int = _opt(0, "int", "worker processes; 0 = one per CPU", min=0, max=1024)
+    heartbeat_interval: float = _opt(
+        0.5, "float", "seconds between worker heartbeats", min=0.01, max=60, reload=True)
+    heartbeat_timeout: float = _opt(
+        3.0, "float", "a running worker silent this long is hung: killed and restarted",
+        min=0.05, max=600, reload=True)
+    start_timeout: float = _opt(
+        10.0, "float", "a worker that has not said hello this long after spawn is killed",
+        min=0.1, max=600, reload=True)
+    stop_timeout: float = _opt(
+        5.0, "float", "seconds between SIGTERM and SIGKILL when stopping a worker",
+        min=0.0, max=600, reload=True)
+    backoff_initial: float = _opt(
+        0.1, "float", "delay before the first restart after a crash", min=0.0, max=600,
+        reload=True)
+    backoff_max: float = _opt(
+        10.0, "float", "the restart delay never exceeds this", min=0.0, max=3600, reload=True)
+    backoff_factor: float = _opt(
+        2.0, "float", "each further restart in the window multiplies the delay by this",
+        min=1.0, max=100, reload=True)
+    backoff_jitter: float = _opt(
+        0.2, "float", "random spread of each delay, as a fraction (0.2 = +/-20%)", min=0.0,
+        max=1.0, reload=True)
+    max_restarts: int = _opt(
+        5, "int", "crash budget: more failures than this within restart_window -> FAILED",
+        min=0, max=100000, reload=True)
+    restart_window: float = _opt(
+        60.0, "float", "seconds over which max_restarts is counted", min=0.1, max=86400,
+        reload=True)
+    wrapper: list[str] = _opt(
+        [], "str_list", "command prefixed to each worker's argv, e.g. [\"nice\", \"-n\", \"5\"]; "
+        "it must exec the worker, not fork it", reload=True)
+
+
+@dataclass(frozen=True)
+class PluginsSection:
+    disabled: list[str] = _opt(
+        [], "str_list", "entry-point names of plugins not to load", reload=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+    control: ControlSection = field(default_factory=ControlSection)
+    workers: WorkersSection = field(default_factory=WorkersSection)
+    plugins: PluginsSection = field(default_factory=PluginsSection)
+    # Where the values came from; not an option.
+    source: str = field(default="<defaults>", compare=False)
+
+    def get(self, section: str, key: str) -> Any:
+        return getattr(getattr(self, section), key)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+SECTIONS: Final[dict[str, type]] = {
+    "daemon": DaemonSection,
+    "control": ControlSection,
+    "workers": WorkersSection,
+    "plugins": PluginsSection,
+}
+
+
+def options() -> list[tuple[str, dataclasses.Field[Any]]]:
+    """Every option as (section, field), in schema order."""
+    return [(name, f) for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _expected(meta: dict[str, Any]) -> str:
+    kind = meta["kind"]
+    if kind == "enum":
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    words = {"int": "an integer", "float": "a number", "str": "a string",
+             "path": "a path string", "str_list": "a list of strings", "bool": "true or false"}
+    text = words[kind]
+    lo, hi = meta["min"], meta["max"]
+    if lo is not None and hi is not None:
+        text += f" from {lo:g} to {hi:g}"
+    elif lo is not None:
+        text += f" >= {lo:g}"
+    return text
+
+
+def _check_value(meta: dict[str, Any], value: Any) -> Any:
+    """Return the value converted to the option's type, or raise ValueError('expected ...')."""
+    kind = meta["kind"]
+    ok = True
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            ok = math.isfinite(value)
+    elif kind in ("str", "path"):
+        ok = isinstance(value, str) and "\0" not in value
+    elif kind == "enum":
+        ok = isinstance(value, str) and value in meta["choices"]
+    elif kind == "str_list":
+        ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+        if ok:
+            value = list(value)
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    if ok and kind in ("int", "float"):
+        lo, hi = meta["min"], meta["max"]
+        ok = (lo is None or value >= lo) and (hi is None or value <= hi)
+    if not ok:
+        raise ValueError(f"expected {_expected(meta)}, got {value!r}")
+    return value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from exc
+    try:
+        parsed: dict[str, Any] = tomllib.loads(data.decode("utf-8"))
+        return parsed
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def load(
+    path: str | os.PathLike[str] | None,
+    overrides: dict[tuple[str, str], tuple[Any, str]] | None = None,
+) -> Config:
+    """Load and validate a configuration.
+
+    path: a TOML file, or None for the built-in defaults.
+    overrides: {(section, key): (value, label)}; label names the source in errors
+    (e.g. "--workers"). Overrides win over the file.
+    Relative paths in the file are taken relative to the file's directory; relative paths
+    from overrides relative to the current directory.
+    """
+    raw: dict[str, Any] = {}
+    origin = "<defaults>"
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path).absolute()
+        origin = str(p)
+        raw = _read_file(p)
+        base = p.parent
+
+    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for section, content in raw.items():
+        if section not in SECTIONS:
+            hint = difflib.get_close_matches(section, SECTIONS, n=1)
+            extra = f"; did you mean [{hint[0]}]?" if hint else ""
+            raise ConfigError(
+                f"{origin}: unknown section [{section}] (known: "
+                f"{', '.join(SECTIONS)}){extra}")
+        if not isinstance(content, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table, got {content!r}")
+        fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+        for key, given in content.items():
+            if key not in fields:
+                hint = difflib.get_close_matches(key, fields, n=1)
+                extra = f"; did you mean '{hint[0]}'?" if hint else ""
+                raise ConfigError(
+                    f"{origin}: unknown key '{key}' in [{section}] (known: "
+                    f"{', '.join(fields)}){extra}")
+            try:
+                value = _check_value(dict(fields[key].metadata), given)
+            except ValueError as exc:
+                raise ConfigError(f"{origin}: [{section}] {key}: {exc}") from None
+            if fields[key].metadata["kind"] == "path" and value:
+                value = str((base / value).resolve()) if not os.path.isabs(value) else value
+            values[section][key] = value
+
+    for (section, key), (given, label) in (overrides or {}).items():
+        f = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[key]
+        try:
+            value = _check_value(dict(f.metadata), given)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        if f.metadata["kind"] == "path" and value:
+            value = str(Path(value).absolute())
+        values[section][key] = value
+
+    cfg = Config(
+        **{name: cls(**values[name]) for name, cls in SECTIONS.items()},
+        source=origin,
+    )
+    _check_cross(cfg, origin)
+    return cfg
+
+
+def _check_cross(cfg: Config, origin: str) -> None:
+    w = cfg.workers
+    if w.heartbeat_timeout <= w.heartbeat_interval:
+        raise ConfigError(
+            f"{origin}: [workers] heartbeat_timeout: expected more than heartbeat_interval "
+            f"({w.heartbeat_interval:g}), got {w.heartbeat_timeout:g}")
+    if w.backoff_max < w.backoff_initial:
+        raise ConfigError(
+            f"{origin}: [workers] backoff_max: expected at least backoff_initial "
+            f"({w.backoff_initial:g}), got {w.backoff_max:g}")
+    if cfg.control.group:
+        try:
+            grp.getgrnam(cfg.control.group)
+        except KeyError:
+            raise ConfigError(
+                f"{origin}: [control] group: expected an existing group name, got "
+                f"{cfg.control.group!r}") from None
+
+
+def reload_diff(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """Compare two configs: (changed reloadable keys, changed keys that need a restart)."""
+    changed: list[str] = []
+    restart: list[str] = []
+    for section, f in options():
+        if old.get(section, f.name) != new.get(section, f.name):
+            (changed if f.metadata["reload"] else restart).append(f"{section}.{f.name}")
+    return changed, restart
+
+
+def merge_for_reload(old: Config, new: Config) -> Config:
+    """The config in force after a reload: new values, except restart-only keys stay old."""
+    sections = {}
+    for name, cls in SECTIONS.items():
+        kept = {
+            f.name: (new if f.metadata["reload"] else old).get(name, f.name)
+            for f in dataclasses.fields(cls)
+        }
+        sections[name] = cls(**kept)
+    return Config(**sections, source=new.source)

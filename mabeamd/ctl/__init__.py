@@ -1,0 +1,1 @@
+"""mabeamctl: the admin command line and its control-socket client."""

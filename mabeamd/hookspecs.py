@@ -1,0 +1,77 @@
+"""Every hook mabeamd calls, in one place, grouped by when it runs.
+
+Plugins implement hooks with ``@mabeamd.hookspecs.hookimpl`` and are found through the
+``mabeamd.plugins`` entry-point group; built-in plugins are registered the same way.
+
+Rules for every hook (see docs/plugins.md, which a test keeps in step with this module):
+
+- Hooks run on the arbiter's event loop: they must return quickly and never block. Push slow
+  work to a thread.
+- All implementations run, newest-registered first, and their results are collected, unless a
+  hook says "first result wins".
+- A plugin whose hook raises is logged, disabled (unregistered) and listed as failed by
+  ``mabeamctl plugins``; the daemon carries on. Hook wrappers are not supported.
+- An implementation may accept any subset of a hook's arguments, by name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from mabeamd.config import Config
+    from mabeamd.paths import Paths
+
+PROJECT = "mabeamd"
+ENTRY_POINT_GROUP = "mabeamd.plugins"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- Configuration -------------------------------------------------------------------------
+
+
+@hookspec
+def mabeamd_configure(config: Config) -> None:
+    """Called with the configuration in force: once at start-up before any worker is spawned,
+    and again after each successful reload (SIGHUP or ``mabeamctl reload``). Not called for a
+    reload that was refused. All implementations run; return values are ignored."""
+
+
+# --- Daemon lifecycle ----------------------------------------------------------------------
+
+
+@hookspec
+def mabeamd_startup(config: Config, paths: Paths) -> None:
+    """Called once when the daemon is ready (every worker running or failed), just before it
+    tells systemd READY=1. All implementations run; return values are ignored."""
+
+
+@hookspec
+def mabeamd_shutdown(reason: str) -> None:
+    """Called once when a graceful stop begins, before workers are stopped. ``reason`` is
+    ``"SIGTERM"``, ``"SIGINT"`` or ``"mabeamctl stop"``. All implementations run."""
+
+
+# --- Workers -------------------------------------------------------------------------------
+
+
+@hookspec
+def mabeamd_worker_event(index: int, event: str, details: dict[str, Any]) -> None:
+    """Called on each worker state change. ``event`` is one of ``spawned``, ``running``,
+    ``exited``, ``hung``, ``spawn_failed``, ``failed`` (crash budget spent) and ``stopped``.
+    ``details`` holds at least ``pid`` (or None) and ``generation``; ``exited`` adds
+    ``status`` (e.g. ``"exit 1"``, ``"killed by SIGKILL"``) and ``planned``. All
+    implementations run; return values are ignored."""
+
+
+# --- Introspection -------------------------------------------------------------------------
+
+
+@hookspec
+def mabeamd_status() -> dict[str, Any] | None:
+    """Called for each ``mabeamctl status``. Return a small msgpack-serialisable map to show
+    under the plugin's name, or None to add nothing. All implementations run."""

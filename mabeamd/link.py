@@ -1,0 +1,112 @@
+"""The arbiter's end of the worker link: one ROUTER on ipc in the runtime directory.
+
+Each worker connects a DEALER whose routing id names its slot and generation
+(`w<index>.<generation>`), so a message from a worker the arbiter has already replaced is
+recognised and ignored instead of being taken for its successor's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from mabeamd import wire
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[int, int, str, dict[str, Any]], None]
+
+
+def identity(index: int, generation: int) -> bytes:
+    return f"w{index}.{generation}".encode()
+
+
+def parse_identity(routing_id: bytes) -> tuple[int, int] | None:
+    """Inverse of identity(); None for anything malformed."""
+    try:
+        text = routing_id.decode("ascii")
+        if not text.startswith("w"):
+            return None
+        index, generation = text[1:].split(".")
+        return int(index), int(generation)
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def bind_private(sock: zmq.Socket[Any], path: Path, mode: int = 0o600) -> None:
+    """Bind an ipc socket whose file never exists with looser permissions than `mode`."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # stale: callers hold the instance lock
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(f"ipc://{path}")
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+
+
+class WorkerLink:
+    def __init__(self, ctx: zmq.asyncio.Context, path: Path, on_message: MessageHandler) -> None:
+        self.path = path
+        self.on_message = on_message
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.setsockopt(zmq.SNDHWM, 1000)
+        self.sock.setsockopt(zmq.RCVHWM, 10000)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.dropped = 0
+        self._seq = 0
+
+    def bind(self) -> None:
+        bind_private(self.sock, self.path)
+
+    async def run(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            ident = parse_identity(frames[0])
+            if ident is None:
+                self.dropped += 1
+                log.warning("worker link: message from unknown peer %r dropped", frames[0][:32])
+                continue
+            try:
+                _, op, body = wire.parse_request(frames[1:])
+            except wire.WireError as exc:
+                self.dropped += 1
+                log.warning("worker link: malformed message from %s: %s", ident, exc.message)
+                continue
+            try:
+                self.on_message(ident[0], ident[1], op, body)
+            except Exception:
+                log.exception("worker link: handling %s from %s failed", op, ident)
+
+    async def send(self, index: int, generation: int, op: str, body: dict[str, Any]) -> bool:
+        """Best effort: False when the worker is not connected or not reading."""
+        self._seq += 1
+        frames = [identity(index, generation), *wire.encode({"id": self._seq, "op": op}, body)]
+        try:
+            await self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

@@ -1,0 +1,140 @@
+"""The plugin host: finds plugins by entry point, registers them, and calls hooks so that one
+broken plugin is disabled and reported instead of taking the daemon down."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import logging
+import traceback
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pluggy
+
+from mabeamd import hookspecs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PluginRecord:
+    name: str
+    value: str  # the entry point's target, e.g. "pkg.module:obj"
+    dist: str | None = None
+    version: str | None = None
+    state: str = "active"  # active | failed | disabled
+    error: str | None = None
+    hooks: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dist_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return None, None
+    return dist.metadata["Name"], dist.version
+
+
+class PluginHost:
+    def __init__(self, group: str = hookspecs.ENTRY_POINT_GROUP) -> None:
+        self.group = group
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.records: dict[str, PluginRecord] = {}
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def discover(self) -> list[md.EntryPoint]:
+        return sorted(md.entry_points(group=self.group), key=lambda ep: ep.name)
+
+    def load(self, disabled: Iterable[str] = ()) -> None:
+        """(Re)load every plugin of the entry-point group; unregisters what was loaded before.
+
+        Already imported modules are not re-imported: a changed plugin's code takes a restart.
+        New plugins, removed plugins, the disabled list and plugins that failed before are all
+        picked up again.
+        """
+        for name in list(self.records):
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
+        self.records.clear()
+        off = set(disabled)
+        for ep in self.discover():
+            dist, version = _dist_of(ep)
+            rec = PluginRecord(ep.name, ep.value, dist, version)
+            if ep.name in self.records:
+                rec.state, rec.error = "failed", f"duplicate plugin name {ep.name!r}"
+                log.error("plugin %s (%s): %s", ep.name, ep.value, rec.error)
+                self.records[f"{ep.name}#{len(self.records)}"] = rec
+                continue
+            self.records[ep.name] = rec
+            if ep.name in off:
+                rec.state = "disabled"
+                log.info("plugin %s disabled by configuration", ep.name)
+                continue
+            try:
+                self.register(ep.name, ep.load())
+            except Exception as exc:
+                self._fail(rec, f"failed to load: {exc!r}")
+                log.debug("%s", traceback.format_exc())
+            else:
+                log.info("plugin %s loaded from %s", ep.name, ep.value)
+        unknown = off - set(self.records)
+        for name in sorted(unknown):
+            log.warning("[plugins] disabled names %r, which no installed plugin has", name)
+
+    def register(self, name: str, obj: object) -> None:
+        """Register one plugin object (module or instance); raises if its hooks are invalid."""
+        self.pm.register(obj, name=name)
+        try:
+            callers = self.pm.get_hookcallers(obj) or []
+            hooks = [caller.name for caller in callers]
+            unknown = [caller.name for caller in callers if not caller.has_spec()]
+            if unknown:
+                raise ValueError(f"implements unknown hooks: {', '.join(sorted(unknown))}")
+            for caller in callers:
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is obj and (impl.hookwrapper or impl.wrapper):
+                        raise ValueError(f"hook wrappers are not supported ({caller.name})")
+        except Exception:
+            self.pm.unregister(obj)
+            raise
+        rec = self.records.setdefault(name, PluginRecord(name, repr(obj)))
+        rec.hooks = sorted(hooks)
+
+    def _fail(self, rec: PluginRecord, error: str) -> None:
+        rec.state, rec.error = "failed", error
+        if self.pm.has_plugin(rec.name):
+            self.pm.unregister(name=rec.name)
+        log.error("plugin %s disabled: %s", rec.name, error)
+
+    # --- calling ---------------------------------------------------------------------------
+
+    def call(self, hook: str, *, firstresult: bool = False, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation of `hook` (newest first, as pluggy orders them); return
+        [(plugin name, result)] for non-None results. A raising plugin is disabled."""
+        caller = getattr(self.pm.hook, hook)
+        results: list[tuple[str, Any]] = []
+        for impl in reversed(caller.get_hookimpls()):
+            name = self.pm.get_name(impl.plugin) or "?"
+            try:
+                result = impl.function(*[kwargs[a] for a in impl.argnames])
+            except Exception as exc:
+                rec = self.records.setdefault(name, PluginRecord(name, repr(impl.plugin)))
+                self._fail(rec, f"{hook} raised {exc!r}")
+                log.debug("%s", traceback.format_exc())
+                continue
+            if result is not None:
+                results.append((name, result))
+                if firstresult:
+                    break
+        return results
+
+    def summary(self) -> dict[str, int]:
+        counts = {"active": 0, "failed": 0, "disabled": 0}
+        for rec in self.records.values():
+            counts[rec.state] = counts.get(rec.state, 0) + 1
+        return counts

@@ -1,0 +1,196 @@
+"""Run a real mabeamd in a temp directory for tests, and talk to it the way operators do.
+
+Readiness comes from a real sd_notify datagram socket passed as NOTIFY_SOCKET, so tests wait
+for exactly what systemd would wait for, with no sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from mabeamd.ctl.client import ControlClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FAST_WORKERS = """
+[workers]
+count = {workers}
+heartbeat_interval = 0.1
+heartbeat_timeout = 1.0
+start_timeout = 5.0
+stop_timeout = 2.0
+backoff_initial = 0.05
+backoff_max = 0.5
+max_restarts = {max_restarts}
+restart_window = 30.0
+"""
+
+
+def short_tmpdir() -> Path:
+    # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
+    return Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[dict[str, str]] = []
+
+    def _drain(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except (TimeoutError, BlockingIOError):
+            return
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        fields["_t"] = repr(time.monotonic())
+        self.messages.append(fields)
+
+    def wait_for(self, pred: Callable[[dict[str, str]], bool], timeout: float = 10.0,
+                 start: int = 0) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        seen = start
+        while True:
+            for m in self.messages[seen:]:
+                if pred(m):
+                    return m
+            seen = len(self.messages)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no matching notify message; got {self.messages[start:]}")
+            self._drain(min(left, 0.2))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Daemon:
+    def __init__(self, config: str = "", *, workers: int = 2, max_restarts: int = 5,
+                 raw_config: bool = False, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
+        self.dir = short_tmpdir()
+        self.run_dir = self.dir / "run"
+        self.state_dir = self.dir / "state"
+        self.config_path = self.dir / "mabeamd.toml"
+        text = config if raw_config else (
+            FAST_WORKERS.format(workers=workers, max_restarts=max_restarts) + config)
+        self.config_path.write_text(text)
+        self.socket = self.run_dir / "control.sock"
+        self.log_path = self.dir / "daemon.log"
+        self.extra_env = env or {}
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.notify: NotifyListener | None = None
+
+    # --- process ---------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "mabeamd", "--config", str(self.config_path),
+                "--runtime-dir", str(self.run_dir), "--state-dir", str(self.state_dir),
+                *self.args]
+
+    def start(self, wait_ready: bool = True, timeout: float = 15.0) -> Daemon:
+        self.notify = NotifyListener(self.dir / "notify.sock")
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **self.extra_env}
+        env.pop("MABEAM_SOCKET", None)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=log,
+                                         cwd=self.dir)
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> dict[str, str]:
+        assert self.notify is not None
+        try:
+            return self.notify.wait_for(lambda m: m.get("READY") == "1", timeout)
+        except TimeoutError:
+            raise AssertionError(f"daemon not ready in {timeout}s; log:\n{self.log()}") from None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cleanup(self) -> None:
+        """Kill whatever is left (a failing test must not leak processes into the next)."""
+        if self.proc is not None and self.proc.poll() is None:
+            kids = self.descendants()
+            self.proc.kill()
+            self.proc.wait(10)
+            for k in kids:
+                with contextlib.suppress(psutil.Error):
+                    k.kill()
+        if self.notify is not None:
+            self.notify.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- admin -----------------------------------------------------------------------------
+
+    def client(self, timeout: float = 10.0) -> ControlClient:
+        return ControlClient(self.socket, timeout=timeout)
+
+    def call(self, op: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+        with self.client(timeout) as c:
+            return c.call(op, body)
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self.call("workers")["workers"]  # type: ignore[no-any-return]
+
+    def ctl(self, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run([sys.executable, "-m", "mabeamd.ctl.main", *args],
+                              capture_output=True, text=True, env=full_env, timeout=timeout,
+                              check=False)
+
+    def wait_until(self, pred: Callable[[], bool], timeout: float = 10.0,
+                   what: str = "condition") -> float:
+        """Poll `pred` (test-side only) until true; returns the seconds it took."""
+        t0 = time.monotonic()
+        while not pred():
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}; log:\n"
+                                     f"{self.log()}")
+            time.sleep(0.01)
+        return time.monotonic() - t0
