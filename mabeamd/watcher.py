@@ -167,10 +167,12 @@ class WorkerWatcher:
         was_running = self.state is State.RUNNING
         reason = f" ({self._kill_reason})" if self._kill_reason else ""
         self._record_exit(status + reason)
+        # Leave RUNNING/STARTING before observers hear of the exit, so what they read
+        # (e.g. the STATUS= line sent to systemd) already counts this worker as down.
+        self.state = State.STOPPED if planned else State.BACKOFF
         self.host.worker_event(self.index, "exited", {"pid": pid, "generation": generation,
                                                       "status": status, "planned": planned})
         if planned:
-            self.state = State.STOPPED
             log.info("worker %d: stopped (%s)", self.index, status)
             self.host.worker_event(self.index, "stopped", {"pid": pid, "generation": generation})
             return

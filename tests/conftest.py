@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemonproc import Daemon
+from mabeamd.testing import Daemon
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import psutil
 import pytest
 
-from tests.daemonproc import Daemon
+from mabeamd.testing import Daemon
 
 
 def pids(d: Daemon) -> list[int | None]:

@@ -1,7 +1,8 @@
-"""Run a real mabeamd in a temp directory for tests, and talk to it the way operators do.
+"""Run a real mabeamd in a temp directory and talk to it the way operators do.
 
-Readiness comes from a real sd_notify datagram socket passed as NOTIFY_SOCKET, so tests wait
-for exactly what systemd would wait for, with no sleeps.
+Used by the test suite, by scripts/bench, and by plugin authors who want to test a plugin
+against a real daemon. Readiness comes from a real sd_notify datagram socket passed as
+NOTIFY_SOCKET, so callers wait for exactly what systemd would wait for, with no sleeps.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import psutil
 
 from mabeamd.ctl.client import ControlClient
 
+# The source checkout (for etc/, docs/, systemd/); meaningful when installed editable.
 ROOT = Path(__file__).resolve().parent.parent
 
 FAST_WORKERS = """
@@ -175,7 +177,8 @@ class Daemon:
             return c.call(op, body)
 
     def workers(self) -> list[dict[str, Any]]:
-        return self.call("workers")["workers"]  # type: ignore[no-any-return]
+        ws: list[dict[str, Any]] = self.call("workers")["workers"]
+        return ws
 
     def ctl(self, *args: str, env: dict[str, str] | None = None,
             timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

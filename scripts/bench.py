@@ -1,0 +1,149 @@
+"""mabeamd benchmark: starts real daemons in temp dirs, drives them from separate processes,
+measures peers in the same run, prints one table and writes bench-results.json.
+
+    scripts/bench            full run (each latency row: >= 1,000 samples x 3 repetitions)
+    scripts/bench --quick    the same rows, smaller, in well under a minute (CI runs this
+                             to prove the harness works; it checks no thresholds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import uvloop
+import zmq
+
+from benchkit import Row, core_rows
+from benchkit.stats import fmt
+from mabeamd import __version__
+from mabeamd.testing import Daemon
+
+# The seed document's promises that later issues measure; listed so the table says where we
+# stand on every one, never with an invented figure.
+PENDING = [
+    Row("variable access p95", "ms", seed_target="< 1", goal="shm <= 0.005, wire <= 0.15",
+        status="not run", note="needs universal variables (issue 4)"),
+    Row("agent registration p95", "ms", seed_target="< 5", goal="<= 0.3",
+        status="not run", note="needs the agent endpoint (issue 3)"),
+    Row("memory per agent (10,000 agents)", "KiB", seed_target="< 1024", goal="<= 8",
+        status="not run", note="needs the agent registry (issue 3)"),
+    Row("simple consensus p95 (10 agents)", "ms", seed_target="< 10", goal="<= 2",
+        status="not run", note="needs coordination sessions (issue 5)"),
+    Row("coordination requests/s sustained", "ops/s", seed_target="> 10,000",
+        goal=">= 60,000 pipelined", status="not run",
+        note="needs agent ops (issues 3-5)"),
+    Row("sealed-bid auction p95 (1,000 bidders)", "ms", seed_target="< 100", goal="<= 25",
+        status="not run", note="needs economic mechanisms (issue 6)"),
+    Row("market equilibrium p95 (Fisher 50x50)", "ms", seed_target="< 50", goal="<= 25",
+        status="not run", note="needs economic mechanisms (issue 6)"),
+]
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "pyzmq": zmq.pyzmq_version(),
+        "libzmq": zmq.zmq_version(),
+        "msgpack": ".".join(map(str, msgpack.version)),
+        "uvloop": uvloop.__version__,
+        "mabeamd": __version__,
+    }
+
+
+def headline(r: Row) -> str:
+    if r.status != "ok":
+        return "not run"
+    if r.rate is not None:
+        return f"{fmt(r.rate)} {r.unit}"
+    return f"{fmt(r.p50)} / {fmt(r.p95)} / {fmt(r.p99)} {r.unit}"
+
+
+def render(rows: list[Row]) -> str:
+    headers = ["metric", "seed target", "our goal", "p50 / p95 / p99 or rate", "spread (3 reps)",
+               "peer (same run)", "peer", "ratio", "n"]
+    table = []
+    for r in rows:
+        table.append([r.metric, r.seed_target, r.goal, headline(r), r.spread,
+                      r.peer, fmt(r.peer_value), f"{r.ratio:.2f}x" if r.ratio else "-",
+                      f"{r.samples}x{r.reps}" if r.samples else "-"])
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table]
+    notes = [f"- {r.metric}: {r.note}" for r in rows if r.note]
+    return "\n".join(lines) + "\n\nnotes:\n" + "\n".join(notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small run, under a minute")
+    p.add_argument("--out", default="bench-results.json", help="JSON output file")
+    args = p.parse_args(argv)
+
+    q = args.quick
+    reps = 3
+    plan: list[tuple[str, Callable[[], Row]]] = []
+    daemon = Daemon(core_rows.BENCH_CONFIG, raw_config=True)
+    plan += [
+        ("control latency", lambda: core_rows.control_latency(daemon, 1000 if q else 5000, reps)),
+        ("control rate", lambda: core_rows.control_rate(daemon, 1.0 if q else 3.0, reps)),
+        ("start to READY", lambda: core_rows.start_to_ready(2 if q else 10, reps)),
+        ("restart latency", lambda: core_rows.restart_latency(3 if q else 20, reps)),
+    ]
+    started = time.monotonic()
+    rows: list[Row] = []
+    try:
+        daemon.start()
+        for name, fn in plan:
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            try:
+                rows.append(fn())
+            except Exception as exc:  # a broken row is reported, never invented
+                rows.append(Row(name, "-", status="not run", note=f"failed: {exc!r}"))
+        daemon.stop()
+    finally:
+        daemon.cleanup()
+    rows += PENDING
+
+    result = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "quick": q,
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": machine_info(),
+        "rows": [r.to_dict() for r in rows],
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    m = result["machine"]
+    print(f"mabeamd {__version__} benchmark{' (quick)' if q else ''}, {result['date']}: "
+          f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, pyzmq {m['pyzmq']} / "
+          f"libzmq {m['libzmq']}, msgpack {m['msgpack']}\n")
+    print(render(rows))
+    print(f"\nwrote {args.out} ({result['seconds']}s)")
+    failed = [r for r in rows if r.note.startswith("failed:")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

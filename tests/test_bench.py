@@ -1,0 +1,32 @@
+"""scripts/bench --quick runs and reports honestly (no thresholds: speed is not a unit test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from mabeamd.testing import ROOT, short_tmpdir
+
+
+def test_bench_quick_runs_and_writes_json() -> None:
+    out = short_tmpdir() / "bench.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out",
+                        str(out)], capture_output=True, text=True, timeout=240, check=False,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(out.read_text())
+    for key in ("cpu", "cores", "python", "pyzmq", "libzmq", "msgpack"):
+        assert result["machine"][key]
+    rows = {row["metric"]: row for row in result["rows"]}
+    ping = rows["control round trip (ping, ipc)"]
+    assert ping["status"] == "ok" and ping["samples"] >= 1000 and ping["reps"] == 3
+    assert 0 < ping["p50"] <= ping["p95"] <= ping["p99"]
+    assert ping["peer_value"] > 0 and ping["ratio"] > 0
+    for row in result["rows"]:
+        if row["status"] == "ok":
+            assert row["p95"] is not None or row["rate"] is not None, row
+        else:
+            assert row["note"], row  # a row that was not run says why
+    assert "not run" in r.stdout
+    assert "metric" in r.stdout.splitlines()[2]

@@ -1,0 +1,154 @@
+"""Configuration: schema, etc/mabeamd.toml, validation messages, exit 78 from the daemon."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mabeamd import config as configmod
+from mabeamd.config import Config, ConfigError
+from mabeamd.testing import ROOT, short_tmpdir
+
+ETC = ROOT / "etc" / "mabeamd.toml"
+
+
+def test_etc_file_lists_every_option_at_its_default() -> None:
+    cfg = configmod.load(ETC)
+    assert cfg.to_dict() == Config().to_dict()
+    text = ETC.read_text()
+    for section, f in configmod.options():
+        assert f"[{section}]" in text
+        assert f"\n{f.name} = " in text, f"{section}.{f.name} missing from etc/mabeamd.toml"
+
+
+def test_etc_file_has_a_comment_for_every_option() -> None:
+    lines = ETC.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "=" in line and not line.startswith("#"):
+            j = i - 1
+            while j >= 0 and not lines[j].startswith("#") and "=" in lines[j]:
+                j -= 1  # grouped options share the comment above the group
+            assert lines[j].startswith("#"), f"no comment above {line!r}"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+BAD = [
+    ("[workers]\ncont = 2\n", ["[workers]", "unknown key 'cont'", "did you mean 'count'"]),
+    ("[worker]\ncount = 2\n", ["unknown section [worker]", "did you mean [workers]"]),
+    ('[workers]\ncount = "two"\n', ["[workers] count", "expected an integer", "'two'"]),
+    ("[workers]\ncount = -1\n", ["[workers] count", "from 0 to 1024", "-1"]),
+    ("[workers]\ncount = true\n", ["[workers] count", "expected an integer", "True"]),
+    ("[workers]\nheartbeat_interval = 0\n", ["heartbeat_interval", "from 0.01"]),
+    ('[daemon]\nlog_level = "loud"\n', ["[daemon] log_level", "one of 'debug'", "'loud'"]),
+    ("[workers]\nwrapper = [1]\n", ["[workers] wrapper", "a list of strings"]),
+    ("[workers]\nheartbeat_interval = 2.0\nheartbeat_timeout = 1.0\n",
+     ["heartbeat_timeout", "more than heartbeat_interval"]),
+    ("[workers]\nbackoff_initial = 5.0\nbackoff_max = 1.0\n", ["backoff_max", "at least"]),
+    ('[control]\ngroup = "no-such-group-xyz"\n', ["[control] group", "existing group"]),
+    ("workers = 3\n", ["[workers] must be a table"]),
+    ("[workers\ncount = 2\n", ["invalid TOML"]),
+    ("[daemon]\nshutdown_timeout = nan\n", ["shutdown_timeout", "a number"]),
+]
+
+
+@pytest.mark.parametrize("text, expected", BAD)
+def test_bad_config_messages(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        configmod.load(path)
+    msg = str(exc.value)
+    assert str(path) in msg
+    for part in expected:
+        assert part in msg, msg
+
+
+def test_unreadable_and_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        configmod.load(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        configmod.load(tmp_path)  # a directory
+    p = tmp_path / "bin.toml"
+    p.write_bytes(b"\xff\xfe[workers]")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        configmod.load(p)
+
+
+def test_overrides_win_and_are_named_in_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, "[workers]\ncount = 3\n")
+    cfg = configmod.load(path, {("workers", "count"): (5, "--workers")})
+    assert cfg.workers.count == 5
+    with pytest.raises(ConfigError, match=r"^--workers: expected an integer from 0 to 1024"):
+        configmod.load(path, {("workers", "count"): (-2, "--workers")})
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[daemon]\nruntime_dir = "run"\nstate_dir = "/abs/state"\n')
+    cfg = configmod.load(path)
+    assert cfg.daemon.runtime_dir == str(tmp_path / "run")
+    assert cfg.daemon.state_dir == "/abs/state"
+
+
+def test_reload_diff_separates_restart_only_keys(tmp_path: Path) -> None:
+    old = configmod.load(write(tmp_path, "[workers]\ncount = 2\n"))
+    new = configmod.load(write(tmp_path, '[workers]\ncount = 4\n[daemon]\nlog_level = "debug"\n'))
+    changed, restart = configmod.reload_diff(old, new)
+    assert changed == ["daemon.log_level"]
+    assert restart == ["workers.count"]
+    merged = configmod.merge_for_reload(old, new)
+    assert merged.workers.count == 2
+    assert merged.daemon.log_level == "debug"
+
+
+def test_socket_path_too_long_is_a_config_error() -> None:
+    from mabeamd import paths
+
+    cfg = configmod.load(None, {("daemon", "runtime_dir"): ("/tmp/" + "x" * 120, "--runtime-dir")})
+    with pytest.raises(ConfigError, match="at most 107"):
+        paths.resolve(cfg)
+
+
+def run_daemon(*args: str) -> subprocess.CompletedProcess[str]:
+    d = short_tmpdir()
+    return subprocess.run(
+        [sys.executable, "-m", "mabeamd", "--runtime-dir", str(d / "r"), "--state-dir",
+         str(d / "s"), *args], capture_output=True, text=True, timeout=30, check=False,
+        env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"})
+
+
+@pytest.mark.parametrize("text, expected", [BAD[0], BAD[2], BAD[3], BAD[9], BAD[12]])
+def test_daemon_exits_78_on_bad_config(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = write(tmp_path, text)
+    r = run_daemon("--config", str(path))
+    assert r.returncode == 78, r.stderr
+    assert str(path) in r.stderr
+    for part in expected:
+        assert part in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1  # one clear line, no traceback
+
+
+def test_daemon_exits_78_on_unreadable_config(tmp_path: Path) -> None:
+    r = run_daemon("--config", str(tmp_path / "nope.toml"))
+    assert r.returncode == 78
+    assert "nope.toml: cannot read configuration" in r.stderr
+
+
+def test_daemon_exits_78_on_bad_flag_value() -> None:
+    r = run_daemon("--workers", "-3")
+    assert r.returncode == 78
+    assert "--workers: expected an integer from 0 to 1024, got -3" in r.stderr
+
+
+def test_check_config_prints_resolved_paths() -> None:
+    r = run_daemon("--config", str(ROOT / "etc" / "mabeamd.toml"), "--check-config")
+    assert r.returncode == 0, r.stderr
+    assert "configuration OK" in r.stdout
+    assert "control_socket" in r.stdout
