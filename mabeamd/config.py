@@ -16,6 +16,7 @@ import grp
 import math
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -205,6 +206,14 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
 
 
+def _unknown(origin: str, what: str, name: str, known: Iterable[str], quote: str) -> ConfigError:
+    """'unknown key 'cont' in [workers] (known: ...); did you mean 'count'?'"""
+    known = list(known)
+    hint = difflib.get_close_matches(name, known, n=1)
+    extra = f"; did you mean {quote.format(hint[0])}?" if hint else ""
+    return ConfigError(f"{origin}: unknown {what} (known: {', '.join(known)}){extra}")
+
+
 def load(
     path: str | os.PathLike[str] | None,
     overrides: dict[tuple[str, str], tuple[Any, str]] | None = None,
@@ -229,21 +238,13 @@ def load(
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for section, content in raw.items():
         if section not in SECTIONS:
-            hint = difflib.get_close_matches(section, SECTIONS, n=1)
-            extra = f"; did you mean [{hint[0]}]?" if hint else ""
-            raise ConfigError(
-                f"{origin}: unknown section [{section}] (known: "
-                f"{', '.join(SECTIONS)}){extra}")
+            raise _unknown(origin, f"section [{section}]", section, SECTIONS, "[{}]")
         if not isinstance(content, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table, got {content!r}")
         fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
         for key, given in content.items():
             if key not in fields:
-                hint = difflib.get_close_matches(key, fields, n=1)
-                extra = f"; did you mean '{hint[0]}'?" if hint else ""
-                raise ConfigError(
-                    f"{origin}: unknown key '{key}' in [{section}] (known: "
-                    f"{', '.join(fields)}){extra}")
+                raise _unknown(origin, f"key '{key}' in [{section}]", key, fields, "'{}'")
             try:
                 value = _check_value(dict(fields[key].metadata), given)
             except ValueError as exc:

@@ -22,8 +22,8 @@ import zmq
 import zmq.asyncio
 
 from mabeamd import wire
-from mabeamd.link import bind_private
 from mabeamd.wire import ErrorCode, WireError
+from mabeamd.zmqutil import bind_private, router
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,9 @@ class ControlServer:
         self.path = path
         self.handlers = handlers
         self.max_message = max_message
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.SNDHWM, 1000)
-        self.sock.setsockopt(zmq.RCVHWM, 1000)
+        self.sock = router(ctx, sndhwm=1000, rcvhwm=1000, linger=1000)
+        # Oversized requests cut the connection inside libzmq, before we allocate them.
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
-        self.sock.setsockopt(zmq.LINGER, 1000)
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = {"requests": 0, "errors": 0, "undeliverable": 0, "malformed": 0}
 

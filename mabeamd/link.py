@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import zmq
 import zmq.asyncio
 
 from mabeamd import wire
+from mabeamd.zmqutil import bind_private, router
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +41,14 @@ def parse_identity(routing_id: bytes) -> tuple[int, int] | None:
         return None
 
 
-def bind_private(sock: zmq.Socket[Any], path: Path, mode: int = 0o600) -> None:
-    """Bind an ipc socket whose file never exists with looser permissions than `mode`."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # stale: callers hold the instance lock
-    old = os.umask(0o777 & ~mode)
-    try:
-        sock.bind(f"ipc://{path}")
-    finally:
-        os.umask(old)
-    os.chmod(path, mode)
-
-
 class WorkerLink:
     def __init__(self, ctx: zmq.asyncio.Context, path: Path, on_message: MessageHandler) -> None:
         self.path = path
         self.on_message = on_message
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock = router(ctx, sndhwm=1000, rcvhwm=10000, linger=0)
+        # A restarted worker reuses its slot's routing id only with a new generation, but a
+        # reconnect of the same process must take over its old pipe.
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.sock.setsockopt(zmq.SNDHWM, 1000)
-        self.sock.setsockopt(zmq.RCVHWM, 10000)
-        self.sock.setsockopt(zmq.LINGER, 0)
         self.dropped = 0
         self._seq = 0
 

@@ -1,0 +1,35 @@
+"""ZeroMQ socket set-up shared by every server socket of the daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+
+def router(ctx: zmq.asyncio.Context, *, sndhwm: int, rcvhwm: int,
+           linger: int) -> zmq.asyncio.Socket:
+    """A ROUTER that raises on unroutable replies (ROUTER_MANDATORY) instead of dropping them
+    silently, with explicit high-water marks."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    sock.setsockopt(zmq.LINGER, linger)
+    return sock
+
+
+def bind_private(sock: zmq.Socket[Any], path: Path, mode: int = 0o600) -> None:
+    """Bind an ipc socket whose file never exists with looser permissions than `mode`."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # stale: callers hold the instance lock
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(f"ipc://{path}")
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
