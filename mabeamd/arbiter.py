@@ -25,14 +25,19 @@ import zmq.asyncio
 from mabeamd import __version__
 from mabeamd import config as configmod
 from mabeamd import paths as pathsmod
+from mabeamd.agentops import AgentService
+from mabeamd.auth import AuthError, KeyAuthenticator, load_server_keys
 from mabeamd.child import Reaper
 from mabeamd.commands import build_handlers
-from mabeamd.config import Config, ConfigError
+from mabeamd.config import Config, ConfigError, parse_endpoint
 from mabeamd.control import ControlServer
+from mabeamd.endpoint import AgentEndpoint
+from mabeamd.events import EventPublisher
 from mabeamd.link import WorkerLink, cancel_and_wait
 from mabeamd.logsetup import LogSetup
 from mabeamd.paths import Paths
 from mabeamd.plugins import PluginHost
+from mabeamd.registry import Registry
 from mabeamd.sdnotify import Notifier, child_environment
 from mabeamd.watcher import State, WorkerWatcher, worker_argv
 from mabeamd.wire import ErrorCode, WireError
@@ -128,13 +133,14 @@ class Arbiter:
         self.control = ControlServer(self.ctx, self.paths.control_socket, build_handlers(self),
                                      self.config.control.max_message)
         try:
+            self._setup_agents()
             self.link.bind()
             self.control.bind(self.config.control.group)
-        except (zmq.ZMQError, OSError) as exc:
-            self.link.close()
-            self.control.close()
-            self.ctx.term()
-            raise StartupError(f"cannot bind sockets in {self.paths.runtime_dir}: {exc}") from exc
+            self.endpoint.bind()
+            self.events.bind()
+        except (zmq.ZMQError, OSError, AuthError) as exc:
+            self._close_sockets()
+            raise StartupError(f"cannot bind sockets: {exc}") from exc
 
         for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
             loop.add_signal_handler(sig, self.request_stop, name)
@@ -142,7 +148,8 @@ class Arbiter:
 
         tasks = [asyncio.create_task(c) for c in
                  (self.link.run(), self.control.run(), self._liveness_loop(),
-                  self._watchdog_loop())]
+                  self._watchdog_loop(), self.endpoint.run(), self.events.run(),
+                  self.agents.sweep_loop())]
         log.info("mabeamd %s starting: %d workers, control socket %s, config %s",
                  __version__, self.worker_count, self.paths.control_socket, self.config.source)
         self.watchers = [WorkerWatcher(i, self, self.config.workers)
@@ -166,13 +173,46 @@ class Arbiter:
         await self._shutdown()
         for t in tasks:
             await cancel_and_wait(t)
-        self.control.close()
-        self.link.close()
+        self._close_sockets()
         self.reaper.close()
         self.ctx.term()
         self.notifier.close()
         log.info("stopped (%s)", self.stop_reason)
         return 0
+
+    def _setup_agents(self) -> None:
+        """The agent endpoint, the event publisher and, for curve+ endpoints, CURVE/ZAP."""
+        cfg = self.config
+        endpoints = [parse_endpoint(e) for e in cfg.agents.endpoints]
+        events_ep = parse_endpoint(cfg.events.endpoint) if cfg.events.endpoint else None
+        wanted = [e for e in [*endpoints, events_ep] if e is not None]
+        curve_keys = None
+        self.auth: KeyAuthenticator | None = None
+        if any(e.curve for e in wanted):
+            curve_keys = load_server_keys(cfg.security.server_key)
+            self.auth = KeyAuthenticator(self.ctx)
+            self.auth.start()
+            self.auth.reload(cfg.security.authorized_keys)
+        self.events = EventPublisher(self.ctx, events_ep, cfg.events.hwm, curve_keys)
+        self.registry = Registry(cfg.agents.max_agents,
+                                 owner_of=self.auth.owner_of if self.auth else None)
+        self.endpoint = AgentEndpoint(self.ctx, [e for e in endpoints if e is not None],
+                                      cfg.agents.max_message, cfg.agents.max_in_flight,
+                                      curve_keys)
+        self.agents = AgentService(self.endpoint, self.registry, self.events, cfg.agents)
+
+    def _close_sockets(self) -> None:
+        for closer in ("control", "link", "events"):
+            obj = getattr(self, closer, None)
+            if obj is not None:
+                obj.close()
+        endpoint = getattr(self, "endpoint", None)
+        if endpoint is not None:
+            for sock in endpoint.sockets:
+                sock.close(linger=0)
+        if getattr(self, "auth", None) is not None:
+            assert self.auth is not None
+            self.auth.stop()
 
     # --- stopping --------------------------------------------------------------------------
 
@@ -195,6 +235,9 @@ class Arbiter:
         log.info("stopping (%s): stopping %d workers", self.stop_reason, len(self.watchers))
         self.notifier.stopping()
         self.plugins.call("mabeamd_shutdown", reason=self.stop_reason)
+        # Stop accepting agent work first: waiting requests get `shutting_down`.
+        await self.endpoint.close()
+        self.events.publish("daemon.stopping", {"reason": self.stop_reason})
         stops = asyncio.gather(*(w.stop() for w in self.watchers))
         try:
             await asyncio.wait_for(asyncio.shield(stops), self.config.daemon.shutdown_timeout)
@@ -236,6 +279,7 @@ class Arbiter:
                 changed, restart = configmod.reload_diff(self.config, new)
                 self.config = configmod.merge_for_reload(self.config, new)
                 self.logs.set_level(self.config.daemon.log_level)
+                self._reconfigure_agents()
                 for w in self.watchers:
                     w.reconfigure(self.config.workers)
                 try:
@@ -254,6 +298,17 @@ class Arbiter:
             finally:
                 self.notifier.ready(self.status_line())
 
+    def _reconfigure_agents(self) -> None:
+        a = self.config.agents
+        self.agents.settings = a
+        self.endpoint.max_in_flight = a.max_in_flight
+        self.registry.max_agents = a.max_agents
+        if self.auth is not None:
+            try:
+                self.auth.reload(self.config.security.authorized_keys)
+            except AuthError as exc:
+                log.error("reload: authorized keys not reloaded: %s", exc)
+
     # --- the WatcherHost side --------------------------------------------------------------
 
     def worker_argv(self, index: int, generation: int) -> list[str]:
@@ -270,6 +325,7 @@ class Arbiter:
 
     def worker_event(self, index: int, event: str, details: dict[str, Any]) -> None:
         self.plugins.call("mabeamd_worker_event", index=index, event=event, details=details)
+        self.events.publish(f"worker.{event}", {"index": index, **details})
         if self.state == "running" and event in ("running", "exited", "failed"):
             self.notifier.status(self.status_line())
 
@@ -335,6 +391,11 @@ class Arbiter:
             "systemd_notify": self.notifier.enabled,
             "workers": {"total": len(self.watchers), **self.worker_counts()},
             "plugins": self.plugins.summary(),
+            "agents": self.registry.counts(),
+            "agent_endpoints": [str(e) for e in self.endpoint.endpoints],
+            "agent_traffic": dict(self.endpoint.stats),
+            "event_endpoint": str(self.events.endpoint) if self.events.endpoint else None,
+            "events_published": self.events.published,
             "control": dict(self.control.stats),
             "link_dropped": self.link.dropped,
             "extensions": extensions,

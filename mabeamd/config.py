@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import grp
+import ipaddress
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,8 +50,8 @@ def _opt(
 ) -> Any:
     meta = {"kind": kind, "help": help, "min": min, "max": max, "choices": choices,
             "reload": reload}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -120,19 +122,92 @@ class PluginsSection:
 
 
 @dataclass(frozen=True)
+class AgentsSection:
+    endpoints: list[str] = _opt(
+        ["tcp://127.0.0.1:7700"], "endpoint_list", "agent endpoints (tcp:// or ipc://); prefix "
+        "curve+ for CURVE encryption and authentication, required on non-loopback tcp")
+    heartbeat_interval: float = _opt(
+        5.0, "float", "seconds between agent heartbeats (told to agents at hello)", min=0.05,
+        max=3600, reload=True)
+    missed_beats: int = _opt(
+        3, "int", "an agent silent for this many intervals is unhealthy", min=1, max=1000,
+        reload=True)
+    gone_after: float = _opt(
+        30.0, "float", "an unhealthy agent silent this many more seconds is gone (deregistered)",
+        min=0.0, max=86400, reload=True)
+    max_in_flight: int = _opt(
+        64, "int", "requests one connection may have in progress; more are answered busy",
+        min=1, max=100000, reload=True)
+    max_agents: int = _opt(
+        100000, "int", "registered agents in all; more registrations are answered busy", min=1,
+        max=10_000_000, reload=True)
+    max_message: int = _opt(
+        1 << 20, "int", "largest agent message accepted, in bytes", min=1024, max=1 << 30)
+
+
+@dataclass(frozen=True)
+class EventsSection:
+    endpoint: str = _opt(
+        "tcp://127.0.0.1:7701", "endpoint", "XPUB endpoint publishing agent.*, worker.* ... "
+        "events; empty = no event endpoint; curve+ as for agent endpoints")
+    hwm: int = _opt(10000, "int", "events queued per subscriber before it misses some",
+                    min=1, max=10_000_000)
+
+
+@dataclass(frozen=True)
+class SecuritySection:
+    server_key: str = _opt(
+        "", "path", "the daemon's CURVE secret key file (`mabeamctl keys generate` format); "
+        "needed by curve+ endpoints")
+    authorized_keys: str = _opt(
+        "", "path", "directory of client public key files NAME.key; key NAME may register "
+        "agent ids NAME and NAME/*", reload=True)
+    allow_insecure_remote: bool = _opt(
+        False, "bool", "allow plain (non-CURVE) tcp endpoints on non-loopback addresses")
+
+
+@dataclass(frozen=True)
+class ManagedSection:
+    """One [managed.NAME] program the daemon launches and keeps running."""
+
+    cmd: str = _opt("", "str", "program to run (required)")
+    args: list[str] = _opt([], "str_list", "its arguments")
+    numprocesses: int = _opt(1, "int", "how many copies to run", min=0, max=1000)
+    env: dict[str, str] = _opt({}, "str_map", "extra environment variables")
+    cwd: str = _opt("", "path", "working directory; empty = the daemon's")
+    restart: str = _opt("on-failure", "enum", "when to restart it",
+                        choices=("always", "on-failure", "never"))
+    stop_timeout: float = _opt(5.0, "float", "SIGTERM to SIGKILL grace", min=0.0, max=600)
+    backoff_initial: float = _opt(0.5, "float", "first restart delay", min=0.0, max=600)
+    backoff_max: float = _opt(30.0, "float", "restart delay cap", min=0.0, max=3600)
+    backoff_factor: float = _opt(2.0, "float", "delay growth per failure", min=1.0, max=100)
+    backoff_jitter: float = _opt(0.2, "float", "random spread of each delay", min=0.0, max=1.0)
+    max_restarts: int = _opt(10, "int", "failures within restart_window before it is FAILED",
+                             min=0, max=100000)
+    restart_window: float = _opt(60.0, "float", "seconds over which max_restarts is counted",
+                                 min=0.1, max=86400)
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     control: ControlSection = field(default_factory=ControlSection)
     workers: WorkersSection = field(default_factory=WorkersSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
+    agents: AgentsSection = field(default_factory=AgentsSection)
+    events: EventsSection = field(default_factory=EventsSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
+    managed: dict[str, ManagedSection] = field(default_factory=dict)
     # Where the values came from; not an option.
     source: str = field(default="<defaults>", compare=False)
 
     def get(self, section: str, key: str) -> Any:
         return getattr(getattr(self, section), key)
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        d["managed"] = {k: dataclasses.asdict(v) for k, v in self.managed.items()}
+        return d
 
 
 SECTIONS: Final[dict[str, type]] = {
@@ -140,7 +215,11 @@ SECTIONS: Final[dict[str, type]] = {
     "control": ControlSection,
     "workers": WorkersSection,
     "plugins": PluginsSection,
+    "agents": AgentsSection,
+    "events": EventsSection,
+    "security": SecuritySection,
 }
+MANAGED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def options() -> list[tuple[str, dataclasses.Field[Any]]]:
@@ -153,7 +232,11 @@ def _expected(meta: dict[str, Any]) -> str:
     if kind == "enum":
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     words = {"int": "an integer", "float": "a number", "str": "a string",
-             "path": "a path string", "str_list": "a list of strings", "bool": "true or false"}
+             "path": "a path string", "str_list": "a list of strings", "bool": "true or false",
+             "str_map": "a table of string values",
+             "endpoint": "a tcp://HOST:PORT or ipc://PATH endpoint (optionally curve+), or empty",
+             "endpoint_list": "a list of tcp://HOST:PORT or ipc://PATH endpoints (optionally "
+                              "curve+)"}
     text = words[kind]
     lo, hi = meta["min"], meta["max"]
     if lo is not None and hi is not None:
@@ -184,12 +267,63 @@ def _check_value(meta: dict[str, Any], value: Any) -> Any:
             value = list(value)
     elif kind == "bool":
         ok = isinstance(value, bool)
+    elif kind == "str_map":
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) and "\0" not in v for k, v in value.items())
+        if ok:
+            value = dict(value)
+    elif kind == "endpoint":
+        ok = isinstance(value, str) and (value == "" or parse_endpoint(value) is not None)
+    elif kind == "endpoint_list":
+        ok = (isinstance(value, list) and bool(value)
+              and all(isinstance(v, str) and parse_endpoint(v) is not None for v in value)
+              and len(set(value)) == len(value))
+        if ok:
+            value = list(value)
     if ok and kind in ("int", "float"):
         lo, hi = meta["min"], meta["max"]
         ok = (lo is None or value >= lo) and (hi is None or value <= hi)
     if not ok:
         raise ValueError(f"expected {_expected(meta)}, got {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A bind address: `[curve+]tcp://HOST:PORT` or `[curve+]ipc://PATH`."""
+
+    address: str  # without the curve+ prefix, as ZeroMQ takes it
+    curve: bool
+    transport: str  # tcp | ipc
+    host: str = ""
+
+    @property
+    def loopback(self) -> bool:
+        if self.transport == "ipc":
+            return True
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+    def __str__(self) -> str:
+        return ("curve+" if self.curve else "") + self.address
+
+
+def parse_endpoint(text: str) -> Endpoint | None:
+    curve = text.startswith("curve+")
+    addr = text.removeprefix("curve+")
+    m = re.fullmatch(r"tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})", addr)
+    if m:
+        port = int(m.group(2))
+        if not 0 < port < 65536:
+            return None
+        return Endpoint(addr, curve, "tcp", m.group(1))
+    if addr.startswith("ipc://") and len(addr) > 6 and "\0" not in addr:
+        return Endpoint(addr, curve, "ipc")
+    return None
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -214,6 +348,41 @@ def _unknown(origin: str, what: str, name: str, known: Iterable[str], quote: str
     return ConfigError(f"{origin}: unknown {what} (known: {', '.join(known)}){extra}")
 
 
+def _parse_table(origin: str, label: str, cls: type, content: Any, base: Path) -> dict[str, Any]:
+    """Validate one TOML table against a section dataclass; returns the converted values."""
+    if not isinstance(content, dict):
+        raise ConfigError(f"{origin}: {label} must be a table, got {content!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, given in content.items():
+        if key not in fields:
+            raise _unknown(origin, f"key '{key}' in {label}", key, fields, "'{}'")
+        try:
+            value = _check_value(dict(fields[key].metadata), given)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: {label} {key}: {exc}") from None
+        if fields[key].metadata["kind"] == "path" and value:
+            value = str((base / value).resolve()) if not os.path.isabs(value) else value
+        out[key] = value
+    return out
+
+
+def _parse_managed(origin: str, content: Any, base: Path) -> dict[str, ManagedSection]:
+    if not isinstance(content, dict):
+        raise ConfigError(f"{origin}: [managed] must hold [managed.NAME] tables")
+    programs = {}
+    for name, table in content.items():
+        label = f"[managed.{name}]"
+        if not MANAGED_NAME.match(name):
+            raise ConfigError(f"{origin}: {label}: expected a name of letters, digits, '_', "
+                              "'.', '-' (at most 64, starting with a letter or digit)")
+        values = _parse_table(origin, label, ManagedSection, table, base)
+        if not values.get("cmd"):
+            raise ConfigError(f"{origin}: {label} cmd: expected the program to run, got none")
+        programs[name] = ManagedSection(**values)
+    return programs
+
+
 def load(
     path: str | os.PathLike[str] | None,
     overrides: dict[tuple[str, str], tuple[Any, str]] | None = None,
@@ -236,22 +405,15 @@ def load(
         base = p.parent
 
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    managed: dict[str, ManagedSection] = {}
     for section, content in raw.items():
+        if section == "managed":
+            managed = _parse_managed(origin, content, base)
+            continue
         if section not in SECTIONS:
-            raise _unknown(origin, f"section [{section}]", section, SECTIONS, "[{}]")
-        if not isinstance(content, dict):
-            raise ConfigError(f"{origin}: [{section}] must be a table, got {content!r}")
-        fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
-        for key, given in content.items():
-            if key not in fields:
-                raise _unknown(origin, f"key '{key}' in [{section}]", key, fields, "'{}'")
-            try:
-                value = _check_value(dict(fields[key].metadata), given)
-            except ValueError as exc:
-                raise ConfigError(f"{origin}: [{section}] {key}: {exc}") from None
-            if fields[key].metadata["kind"] == "path" and value:
-                value = str((base / value).resolve()) if not os.path.isabs(value) else value
-            values[section][key] = value
+            raise _unknown(origin, f"section [{section}]", section, [*SECTIONS, "managed"],
+                           "[{}]")
+        values[section] = _parse_table(origin, f"[{section}]", SECTIONS[section], content, base)
 
     for (section, key), (given, label) in (overrides or {}).items():
         f = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[key]
@@ -265,6 +427,7 @@ def load(
 
     cfg = Config(
         **{name: cls(**values[name]) for name, cls in SECTIONS.items()},
+        managed=managed,
         source=origin,
     )
     _check_cross(cfg, origin)
@@ -281,6 +444,23 @@ def _check_cross(cfg: Config, origin: str) -> None:
         raise ConfigError(
             f"{origin}: [workers] backoff_max: expected at least backoff_initial "
             f"({w.backoff_initial:g}), got {w.backoff_max:g}")
+    endpoints = [("[agents] endpoints", e) for e in cfg.agents.endpoints]
+    if cfg.events.endpoint:
+        endpoints.append(("[events] endpoint", cfg.events.endpoint))
+    for label, text in endpoints:
+        ep = parse_endpoint(text)
+        assert ep is not None  # checked by _check_value
+        if not ep.curve and not ep.loopback and not cfg.security.allow_insecure_remote:
+            raise ConfigError(
+                f"{origin}: {label}: {text} is not on loopback, so it needs CURVE: write "
+                f"curve+{text} (and set [security] server_key), or set [security] "
+                "allow_insecure_remote = true")
+        if ep.curve and not cfg.security.server_key:
+            raise ConfigError(f"{origin}: [security] server_key: expected a secret key file "
+                              f"for the CURVE endpoint {text} (mabeamctl keys generate)")
+        if ep.curve and not cfg.security.authorized_keys:
+            raise ConfigError(f"{origin}: [security] authorized_keys: expected a directory of "
+                              f"client public keys for the CURVE endpoint {text}")
     if cfg.control.group:
         try:
             grp.getgrnam(cfg.control.group)
@@ -297,16 +477,20 @@ def reload_diff(old: Config, new: Config) -> tuple[list[str], list[str]]:
     for section, f in options():
         if old.get(section, f.name) != new.get(section, f.name):
             (changed if f.metadata["reload"] else restart).append(f"{section}.{f.name}")
+    for name in sorted(set(old.managed) | set(new.managed)):
+        if old.managed.get(name) != new.managed.get(name):
+            changed.append(f"managed.{name}")
     return changed, restart
 
 
 def merge_for_reload(old: Config, new: Config) -> Config:
-    """The config in force after a reload: new values, except restart-only keys stay old."""
-    sections = {}
+    """The config in force after a reload: new values, except restart-only keys stay old.
+    Managed programs always take the new definitions (the supervisor applies the change)."""
+    sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         kept = {
             f.name: (new if f.metadata["reload"] else old).get(name, f.name)
             for f in dataclasses.fields(cls)
         }
         sections[name] = cls(**kept)
-    return Config(**sections, source=new.source)
+    return Config(**sections, managed=dict(new.managed), source=new.source)

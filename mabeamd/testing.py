@@ -27,6 +27,17 @@ from mabeamd.ctl.client import ControlClient
 # The source checkout (for etc/, docs/, systemd/); meaningful when installed editable.
 ROOT = Path(__file__).resolve().parent.parent
 
+# Agent and event endpoints live in the daemon's own temp dir, so daemons never compete for
+# TCP ports (tests that need tcp pass their own [agents] section).
+ENDPOINTS = """
+[agents]
+endpoints = ["ipc://{run}/agents.sock"]
+heartbeat_interval = 0.2
+gone_after = 0.5
+[events]
+endpoint = "ipc://{run}/events.sock"
+"""
+
 FAST_WORKERS = """
 [workers]
 count = {workers}
@@ -86,14 +97,18 @@ class NotifyListener:
 class Daemon:
     def __init__(self, config: str = "", *, workers: int = 2, max_restarts: int = 5,
                  raw_config: bool = False, env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> None:
+                 args: list[str] | None = None, endpoints: bool = True) -> None:
         self.dir = short_tmpdir()
         self.run_dir = self.dir / "run"
         self.state_dir = self.dir / "state"
         self.config_path = self.dir / "mabeamd.toml"
-        text = config if raw_config else (
-            FAST_WORKERS.format(workers=workers, max_restarts=max_restarts) + config)
-        self.config_path.write_text(text)
+        if not raw_config:
+            config = FAST_WORKERS.format(workers=workers, max_restarts=max_restarts) + config
+        if endpoints and "[agents]" not in config:
+            config = ENDPOINTS.format(run=self.run_dir) + config
+        self.config_path.write_text(config)
+        self.agent_endpoint = f"ipc://{self.run_dir}/agents.sock"
+        self.event_endpoint = f"ipc://{self.run_dir}/events.sock"
         self.socket = self.run_dir / "control.sock"
         self.log_path = self.dir / "daemon.log"
         self.extra_env = env or {}

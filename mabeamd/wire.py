@@ -39,6 +39,7 @@ class ErrorCode:
     TOO_LARGE: Final = "too_large"
     INTERNAL: Final = "internal"
     SHUTTING_DOWN: Final = "shutting_down"
+    TIMEOUT: Final = "timeout"
 
 
 class WireError(Exception):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import tomllib
 import sys
 from pathlib import Path
 
@@ -23,6 +25,19 @@ def test_etc_file_lists_every_option_at_its_default() -> None:
     for section, f in configmod.options():
         assert f"[{section}]" in text
         assert f"\n{f.name} = " in text, f"{section}.{f.name} missing from etc/mabeamd.toml"
+
+
+def test_etc_file_documents_every_managed_key() -> None:
+    import dataclasses
+
+    text = ETC.read_text()
+    example = text.split("# [managed.example]", 1)[1]
+    for f in dataclasses.fields(configmod.ManagedSection):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        line = re.search(rf"^# {f.name} = (.*?)(\s+#.*)?$", example, re.M)
+        assert line, f"managed key {f.name} missing from the example in etc/mabeamd.toml"
+        if f.name not in ("cmd", "args"):
+            assert tomllib.loads(f"v = {line.group(1)}")["v"] == default, f.name
 
 
 def test_etc_file_has_a_comment_for_every_option() -> None:
@@ -57,6 +72,18 @@ BAD = [
     ("workers = 3\n", ["[workers] must be a table"]),
     ("[workers\ncount = 2\n", ["invalid TOML"]),
     ("[daemon]\nshutdown_timeout = nan\n", ["shutdown_timeout", "a number"]),
+    ('[agents]\nendpoints = ["tcp://0.0.0.0:7700"]\n',
+     ["[agents] endpoints", "not on loopback, so it needs CURVE", "curve+tcp://0.0.0.0:7700"]),
+    ('[agents]\nendpoints = ["udp://host:1"]\n', ["[agents] endpoints", "tcp://HOST:PORT"]),
+    ('[agents]\nendpoints = ["tcp://127.0.0.1:99999"]\n', ["[agents] endpoints"]),
+    ("[agents]\nendpoints = []\n", ["[agents] endpoints", "a list of"]),
+    ('[agents]\nendpoints = ["curve+tcp://127.0.0.1:7700"]\n', ["[security] server_key"]),
+    ('[events]\nendpoint = "tcp://10.1.2.3:7701"\n', ["[events] endpoint", "needs CURVE"]),
+    ("[managed.x]\nargs = []\n", ["[managed.x] cmd", "expected the program"]),
+    ('[managed."bad name"]\ncmd = "x"\n', ["[managed.bad name]", "expected a name"]),
+    ('[managed.x]\ncmd = "x"\nrestart = "sometimes"\n', ["[managed.x] restart", "'always'"]),
+    ('[managed.x]\ncmd = "x"\nenv = { A = 1 }\n', ["[managed.x] env", "string values"]),
+    ('[managed.x]\ncmd = "x"\nnumproc = 2\n', ["unknown key 'numproc'", "numprocesses"]),
 ]
 
 
@@ -69,6 +96,21 @@ def test_bad_config_messages(tmp_path: Path, text: str, expected: list[str]) -> 
     assert str(path) in msg
     for part in expected:
         assert part in msg, msg
+
+
+def test_remote_plain_endpoint_allowed_only_when_asked(tmp_path: Path) -> None:
+    text = '[agents]\nendpoints = ["tcp://0.0.0.0:7700"]\n'
+    cfg = configmod.load(write(tmp_path, text + "[security]\nallow_insecure_remote = true\n"))
+    assert cfg.agents.endpoints == ["tcp://0.0.0.0:7700"]
+
+
+def test_managed_programs_parse(tmp_path: Path) -> None:
+    cfg = configmod.load(write(tmp_path, '[managed.pool]\ncmd = "python3"\nnumprocesses = 3\n'
+                                         'cwd = "sub"\nenv = { K = "v" }\n'))
+    pool = cfg.managed["pool"]
+    assert (pool.cmd, pool.numprocesses, pool.env) == ("python3", 3, {"K": "v"})
+    assert pool.cwd == str(tmp_path / "sub")
+    assert pool.restart == "on-failure"
 
 
 def test_unreadable_and_missing_files(tmp_path: Path) -> None:

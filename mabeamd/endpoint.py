@@ -1,0 +1,192 @@
+"""The agent endpoint: one ROUTER per configured address, speaking the wire protocol.
+
+Transport only, like control.py, but built for volume: requests whose handler answers at
+once are served inline in the receive loop (no task per request), and only handlers that
+must wait get a task. Every connection has an in-flight limit (answered `busy`). Anything
+malformed gets an error reply when it can be routed and is counted either way; nothing from
+outside can raise out of this loop.
+
+On CURVE endpoints each message carries the ZAP User-Id (the client's key name), handed to
+handlers as the request's principal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from mabeamd import wire
+from mabeamd.config import Endpoint
+from mabeamd.registry import ConnKey
+from mabeamd.wire import ErrorCode, WireError
+from mabeamd.zmqutil import bind_private, router
+
+log = logging.getLogger(__name__)
+
+# How many queued messages one socket serves before letting the event loop run other tasks
+# (the control socket, supervision): agent load can delay admin work by one batch at most.
+BATCH = 256
+
+
+@dataclass(slots=True)
+class Request:
+    conn: ConnKey
+    principal: str | None
+    rid: int | str
+    op: str
+
+
+Handler = Callable[[Request, dict[str, Any]], Any]  # returns a result, or an awaitable of one
+
+
+class AgentEndpoint:
+    def __init__(self, ctx: zmq.asyncio.Context, endpoints: list[Endpoint], max_message: int,
+                 max_in_flight: int, curve_keys: tuple[bytes, bytes] | None) -> None:
+        self.endpoints = endpoints
+        self.max_message = max_message
+        self.max_in_flight = max_in_flight
+        self.handlers: dict[str, Handler] = {}
+        self.in_flight: dict[ConnKey, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = {"requests": 0, "errors": 0, "malformed": 0, "busy": 0,
+                      "undeliverable": 0, "pushed": 0, "push_failed": 0}
+        self.sockets: list[zmq.asyncio.Socket] = []
+        for ep in endpoints:
+            sock = router(ctx, sndhwm=10000, rcvhwm=10000, linger=0)
+            sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
+            if ep.curve:
+                assert curve_keys is not None
+                sock.curve_server = True
+                sock.curve_publickey, sock.curve_secretkey = curve_keys
+                sock.zap_domain = b"mabeamd"
+            self.sockets.append(sock)
+
+    def bind(self) -> None:
+        for ep, sock in zip(self.endpoints, self.sockets, strict=True):
+            if ep.transport == "ipc":
+                # Like the default loopback tcp endpoint, open to every local user.
+                bind_private(sock, Path(ep.address[len("ipc://"):]), 0o666)
+            else:
+                sock.bind(ep.address)
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._serve(i) for i in range(len(self.sockets))))
+
+    async def _serve(self, index: int) -> None:
+        sock = self.sockets[index]
+        curve = self.endpoints[index].curve
+        while True:
+            for n in range(BATCH):
+                try:
+                    if n == 0:
+                        parts = await sock.recv_multipart(copy=not curve)
+                    else:
+                        parts = await sock.recv_multipart(flags=zmq.NOBLOCK, copy=not curve)
+                except zmq.Again:
+                    break
+                principal: str | None = None
+                if curve:
+                    frames = [p.bytes for p in parts]  # type: ignore[union-attr]
+                    principal = str(parts[-1].get("User-Id") or "") or None  # type: ignore[union-attr]
+                else:
+                    frames = parts  # type: ignore[assignment]
+                await self._handle(index, frames, principal)
+            await asyncio.sleep(0)
+
+    async def _handle(self, index: int, frames: list[bytes], principal: str | None) -> None:
+        self.stats["requests"] += 1
+        envelope, payload = frames[:1], frames[1:]
+        conn = (index, envelope[0])
+        rid: int | str | None = None
+        try:
+            rid, op, body = wire.parse_request(payload, self.max_message)
+            handler = self.handlers.get(op)
+            if handler is None:
+                raise WireError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}")
+            if self.in_flight.get(conn, 0) >= self.max_in_flight:
+                self.stats["busy"] += 1
+                raise WireError(ErrorCode.BUSY, f"more than {self.max_in_flight} requests in "
+                                "flight on this connection; retry later")
+            result = handler(Request(conn, principal, rid, op), body)
+            if isinstance(result, Awaitable):
+                self._start(index, envelope, conn, rid, result)
+                return
+            await self.send(index, envelope, wire.reply_ok(rid, result))
+        except WireError as exc:
+            self._error_stats(exc)
+            await self.send(index, envelope, wire.reply_error(
+                rid if rid is not None else exc.request_id, exc.code, exc.message))
+        except Exception as exc:
+            self.stats["errors"] += 1
+            log.exception("agent endpoint: request %r failed", rid)
+            await self.send(index, envelope, wire.reply_error(rid, ErrorCode.INTERNAL, repr(exc)))
+
+    def _error_stats(self, exc: WireError) -> None:
+        self.stats["errors"] += 1
+        if exc.code in (ErrorCode.BAD_REQUEST, ErrorCode.UNSUPPORTED_VERSION,
+                        ErrorCode.TOO_LARGE):
+            self.stats["malformed"] += 1
+
+    def _start(self, index: int, envelope: list[bytes], conn: ConnKey, rid: int | str,
+               pending: Awaitable[Any]) -> None:
+        self.in_flight[conn] = self.in_flight.get(conn, 0) + 1
+
+        async def finish() -> None:
+            try:
+                reply = wire.reply_ok(rid, await pending)
+            except WireError as exc:
+                self._error_stats(exc)
+                reply = wire.reply_error(rid, exc.code, exc.message)
+            except asyncio.CancelledError:
+                reply = wire.reply_error(rid, ErrorCode.SHUTTING_DOWN, "mabeamd is stopping")
+            except Exception as exc:
+                self.stats["errors"] += 1
+                log.exception("agent endpoint: request %r failed", rid)
+                reply = wire.reply_error(rid, ErrorCode.INTERNAL, repr(exc))
+            finally:
+                left = self.in_flight.get(conn, 1) - 1
+                if left:
+                    self.in_flight[conn] = left
+                else:
+                    self.in_flight.pop(conn, None)
+            await self.send(index, envelope, reply)
+
+        task = asyncio.create_task(finish())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def send(self, index: int, envelope: list[bytes], frames: list[bytes]) -> bool:
+        try:
+            await self.sockets[index].send_multipart(envelope + frames, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the peer left; EAGAIN: it is not reading (HWM reached).
+            self.stats["undeliverable"] += 1
+            log.debug("agent endpoint: reply undeliverable: %s", exc)
+            return False
+        return True
+
+    async def push(self, conn: ConnKey, push_id: int, op: str, body: dict[str, Any]) -> bool:
+        """Send an unsolicited message (header {"push": op, "id": push_id}) to a connection."""
+        ok = await self.send(conn[0], [conn[1]],
+                             wire.encode({"push": op, "id": push_id}, body))
+        self.stats["pushed" if ok else "push_failed"] += 1
+        return ok
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        for ep, sock in zip(self.endpoints, self.sockets, strict=True):
+            sock.close(linger=0)
+            if ep.transport == "ipc":
+                with contextlib.suppress(FileNotFoundError):
+                    Path(ep.address[len("ipc://"):]).unlink()

@@ -1,0 +1,84 @@
+"""The event endpoint: an XPUB socket publishing what happens, by topic.
+
+Each event is two frames: the topic (UTF-8, e.g. ``agent.registered``) and a msgpack map
+with at least ``seq`` (one counter across all topics), ``time`` (UNIX seconds) and the
+event's fields. Subscribers filter by topic prefix (``agent.``, ``worker.``). ZeroMQ drops
+events for a subscriber that falls more than ``events.hwm`` behind; the sequence numbers let
+it see that it missed some.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from mabeamd import wire
+from mabeamd.config import Endpoint
+from mabeamd.zmqutil import bind_private
+
+log = logging.getLogger(__name__)
+
+
+class EventPublisher:
+    def __init__(self, ctx: zmq.asyncio.Context | None, endpoint: Endpoint | None, hwm: int,
+                 curve_keys: tuple[bytes, bytes] | None = None) -> None:
+        self.endpoint = endpoint
+        self.seq = 0
+        self.published = 0
+        self.subscriptions = 0
+        self.sock: zmq.asyncio.Socket | None = None
+        if ctx is None or endpoint is None:
+            return
+        sock = ctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        if endpoint.curve:
+            assert curve_keys is not None
+            sock.curve_server = True
+            sock.curve_publickey, sock.curve_secretkey = curve_keys
+            sock.zap_domain = b"mabeamd"
+        self.sock = sock
+
+    def bind(self) -> None:
+        if self.sock is None or self.endpoint is None:
+            return
+        if self.endpoint.transport == "ipc":
+            bind_private(self.sock, Path(self.endpoint.address[len("ipc://"):]), 0o666)
+        else:
+            self.sock.bind(self.endpoint.address)
+
+    async def run(self) -> None:
+        """Read subscription messages (XPUB queues them; unread they would pile up)."""
+        if self.sock is None:
+            return
+        while True:
+            msg = await self.sock.recv()
+            if msg[:1] == b"\x01":
+                self.subscriptions += 1
+            elif msg[:1] == b"\x00":
+                self.subscriptions = max(0, self.subscriptions - 1)
+
+    def publish(self, topic: str, fields: dict[str, Any]) -> None:
+        self.seq += 1
+        if self.sock is None:
+            return
+        body = {"seq": self.seq, "time": time.time(), **fields}
+        try:
+            # XPUB never blocks: a full subscriber queue drops for that subscriber alone.
+            self.sock.send_multipart([topic.encode(), wire.pack(body)], flags=zmq.NOBLOCK)
+            self.published += 1
+        except zmq.ZMQError as exc:
+            log.debug("event %s not published: %s", topic, exc)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            if self.endpoint is not None and self.endpoint.transport == "ipc":
+                with contextlib.suppress(FileNotFoundError):
+                    Path(self.endpoint.address[len("ipc://"):]).unlink()
