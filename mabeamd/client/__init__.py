@@ -1,0 +1,37 @@
+"""The Python SDK for mabeamd agents.
+
+- `AsyncClient` (asyncio) and `Client` (blocking, runs an AsyncClient in a thread): one
+  connection, any number of agent ids, automatic heartbeats and re-registration.
+- `Agent`: a base class with @topic message handlers and run().
+- Exceptions: one class per daemon error code, all subclasses of `MabeamError`.
+"""
+
+from mabeamd.client.agent import Agent, Message, topic
+from mabeamd.client.aio import AsyncClient, Push, Registration
+from mabeamd.client.errors import (
+    BadRequest,
+    Busy,
+    Conflict,
+    ConnectionLost,
+    Exists,
+    Forbidden,
+    Internal,
+    MabeamError,
+    NotFound,
+    NotRegistered,
+    ShuttingDown,
+    Timeout,
+    TooLarge,
+    UnknownOp,
+    UnsupportedVersion,
+    VersionMismatch,
+    error_for,
+)
+from mabeamd.client.sync import Client
+
+__all__ = [
+    "Agent", "AsyncClient", "BadRequest", "Busy", "Client", "Conflict", "ConnectionLost",
+    "Exists", "Forbidden", "Internal", "MabeamError", "Message", "NotFound", "NotRegistered",
+    "Push", "Registration", "ShuttingDown", "Timeout", "TooLarge", "UnknownOp",
+    "UnsupportedVersion", "VersionMismatch", "error_for", "topic",
+]

@@ -1,0 +1,141 @@
+"""`Agent`: subclass it, declare capabilities, handle messages, call run().
+
+    class Greeter(Agent):
+        capabilities = ["greet"]
+
+        @topic("hello")
+        async def greet(self, msg: Message) -> None:
+            await self.send(msg.sender, {"text": f"hello, {msg.sender}"}, topic="greeting")
+
+    Greeter("greeter-1").run()
+
+Without arguments, the agent id, endpoint and token come from MABEAM_AGENT_ID,
+MABEAM_ENDPOINT and MABEAM_AGENT_TOKEN: what a managed agent finds in its environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mabeamd.client.aio import AsyncClient, Push
+from mabeamd.client.errors import MabeamError
+
+log = logging.getLogger("mabeamd.agent")
+
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+
+
+@dataclass
+class Message:
+    sender: str
+    to: str
+    topic: str
+    body: Any
+
+
+def topic(name: str) -> Callable[[F], F]:
+    """Route messages with this topic to the decorated coroutine method."""
+
+    def mark(fn: F) -> F:
+        fn._mabeam_topic = name  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+class Agent:
+    capabilities: list[str] = []
+    metadata: dict[str, Any] = {}
+    weight: float = 1.0
+    priority: int = 0
+
+    def __init__(self, agent_id: str | None = None, endpoint: str | None = None, *,
+                 client: AsyncClient | None = None, **client_options: Any) -> None:
+        agent_id = agent_id or os.environ.get("MABEAM_AGENT_ID")
+        if not agent_id:
+            raise MabeamError("no agent id: pass one or set MABEAM_AGENT_ID")
+        self.id = agent_id
+        self.client = client or AsyncClient(endpoint, **client_options)
+        self._own_client = client is None
+        self._stop = asyncio.Event()
+        self._routes: dict[str, Callable[[Message], Awaitable[None]]] = {}
+        for name in dir(type(self)):
+            fn = getattr(self, name)
+            if callable(fn) and hasattr(fn, "_mabeam_topic"):
+                self._routes[fn._mabeam_topic] = fn
+
+    # --- to override -----------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Called once registered."""
+
+    async def on_message(self, msg: Message) -> None:
+        """Messages whose topic no @topic method handles."""
+        log.debug("%s: unhandled message %r from %s", self.id, msg.topic, msg.sender)
+
+    async def on_stop(self) -> None:
+        """Called before the agent says bye."""
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def send(self, to: str, body: Any, topic: str = "") -> dict[str, Any]:
+        return await self.client.send(self.id, to, body, topic)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def _dispatch(self, push: Push) -> None:
+        if push.op != "message":
+            log.debug("%s: ignoring push %s", self.id, push.op)
+            return
+        b = push.body
+        msg = Message(str(b.get("from")), str(b.get("to")), str(b.get("topic", "")),
+                      b.get("body"))
+        handler = self._routes.get(msg.topic, self.on_message)
+        try:
+            await handler(msg)
+        except Exception:
+            log.exception("%s: handler for %r failed", self.id, msg.topic)
+
+    async def run_async(self) -> None:
+        if self._own_client:
+            await self.client.connect()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self.client.register(self.id, self.capabilities, metadata=self.metadata,
+                                       weight=self.weight, priority=self.priority)
+            await self.on_start()
+            stop = asyncio.ensure_future(self._stop.wait())
+            while not self._stop.is_set():
+                nxt = asyncio.ensure_future(self.client.next_push())
+                done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt in done:
+                    await self._dispatch(nxt.result())
+                else:
+                    nxt.cancel()
+            await self.on_stop()
+            with contextlib.suppress(MabeamError):
+                await self.client.bye(self.id)
+        finally:
+            if self._own_client:
+                await self.client.close()
+
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT or stop(); uses uvloop when installed."""
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(self.run_async())
+        else:
+            uvloop.run(self.run_async())

@@ -1,0 +1,294 @@
+"""The asyncio client: one DEALER connection carrying any number of agent identities.
+
+Reliability comes in three layers:
+- libzmq reconnects by itself, with exponential backoff (RECONNECT_IVL .. RECONNECT_IVL_MAX),
+  and ZMTP heartbeats notice a dead peer even when TCP does not;
+- IMMEDIATE keeps requests from queueing into a connection that is not up: they fail fast
+  (ConnectionLost) instead of reaching a restarted daemon as stale surprises;
+- application heartbeats: every interval the client beats for its agents; the daemon answers
+  with the ids it does not know on this connection (after a restart, or after the
+  connection was replaced) and the client re-registers them with their resume tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from mabeamd import wire
+from mabeamd.client.errors import ConnectionLost, MabeamError, Timeout, error_for
+
+log = logging.getLogger("mabeamd.client")
+
+
+@dataclass
+class Push:
+    """A message the daemon sent unasked: `op` says what it is (e.g. "message")."""
+
+    op: str
+    id: int
+    body: dict[str, Any]
+
+
+@dataclass
+class Registration:
+    agent: str
+    capabilities: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+    priority: int = 0
+    token: str | None = None
+
+    def hello(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"agent": self.agent, "capabilities": self.capabilities,
+                                "metadata": self.metadata, "weight": self.weight,
+                                "priority": self.priority}
+        if self.token:
+            body["token"] = self.token
+        return body
+
+
+class AsyncClient:
+    """Connect with `async with AsyncClient(endpoint) as c:` or `await c.connect()`."""
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
+                 server_key: bytes | None = None,
+                 client_keys: tuple[bytes, bytes] | None = None,
+                 heartbeat: bool = True, push_queue: int = 10000) -> None:
+        self.endpoint = endpoint or os.environ.get("MABEAM_ENDPOINT", "tcp://127.0.0.1:7700")
+        self.timeout = timeout
+        self.server_key = server_key
+        self.client_keys = client_keys
+        self.heartbeat_interval = 5.0
+        self.registrations: dict[str, Registration] = {}
+        self.on_push: Callable[[Push], Any] | None = None
+        self._heartbeat = heartbeat
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pushes: asyncio.Queue[Push] = asyncio.Queue(push_queue)
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self.dropped_pushes = 0
+        self.reregistrations = 0
+
+    # --- connection ------------------------------------------------------------------------
+
+    async def connect(self) -> AsyncClient:
+        self._ctx = zmq.asyncio.Context()
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IMMEDIATE, 1)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+        s.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        if self.server_key is not None:
+            if self.client_keys is None:
+                raise MabeamError("a CURVE server key needs client_keys=(public, secret)")
+            s.curve_serverkey = self.server_key
+            s.curve_publickey, s.curve_secretkey = self.client_keys
+        s.connect(self.endpoint)
+        self._sock = s
+        self._tasks = [asyncio.create_task(self._receive())]
+        if self._heartbeat:
+            self._tasks.append(asyncio.create_task(self._beat()))
+        return self
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionLost("client closed"))
+        self._pending.clear()
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def request(self, op: str, body: dict[str, Any] | None = None,
+                      timeout: float | None = None) -> Any:
+        """Send one request; return the result or raise the error's exception type."""
+        if self._sock is None:
+            raise ConnectionLost("not connected")
+        rid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            try:
+                await self._sock.send_multipart(wire.encode({"id": rid, "op": op}, body or {}),
+                                                flags=zmq.NOBLOCK)
+            except zmq.Again:
+                raise ConnectionLost(f"no connection to {self.endpoint}") from None
+            wait = self.timeout if timeout is None else timeout
+            try:
+                return await asyncio.wait_for(fut, wait)
+            except asyncio.TimeoutError:
+                raise Timeout(f"{op}: no reply from {self.endpoint} in {wait:g}s") from None
+        finally:
+            self._pending.pop(rid, None)
+
+    async def _receive(self) -> None:
+        assert self._sock is not None
+        while True:
+            frames = await self._sock.recv_multipart()
+            try:
+                header, body = wire.decode(frames, max_size=1 << 30)
+            except wire.WireError as exc:
+                log.warning("dropping undecodable message from the daemon: %s", exc.message)
+                continue
+            if "push" in header:
+                self._deliver(Push(str(header["push"]), int(header.get("id") or 0),
+                                   body if isinstance(body, dict) else {"value": body}))
+                continue
+            fut = self._pending.get(header.get("id"))  # type: ignore[arg-type]
+            if fut is None or fut.done():
+                continue
+            status = header.get("status")
+            if status == "ok":
+                fut.set_result(body)
+            elif status == "error" and isinstance(body, dict):
+                fut.set_exception(error_for(str(body.get("code")), str(body.get("message"))))
+
+    def _deliver(self, push: Push) -> None:
+        if self.on_push is not None:
+            self.on_push(push)
+            return
+        try:
+            self._pushes.put_nowait(push)
+        except asyncio.QueueFull:
+            self.dropped_pushes += 1
+
+    async def pushes(self) -> AsyncIterator[Push]:
+        """Messages the daemon pushes, in arrival order (unless on_push is set)."""
+        while True:
+            yield await self._pushes.get()
+
+    async def next_push(self, timeout: float | None = None) -> Push:
+        try:
+            return await asyncio.wait_for(self._pushes.get(), timeout)
+        except asyncio.TimeoutError:
+            raise Timeout("no push message in time") from None
+
+    # --- agents ----------------------------------------------------------------------------
+
+    async def register(self, agent: str, capabilities: list[str] | tuple[str, ...] = (),
+                       *, metadata: dict[str, Any] | None = None, weight: float = 1.0,
+                       priority: int = 0, token: str | None = None) -> dict[str, Any]:
+        """Register an agent id on this connection (again, if it already is: an update)."""
+        known = self.registrations.get(agent)
+        if token is None and known is not None:
+            token = known.token
+        if token is None and agent == os.environ.get("MABEAM_AGENT_ID"):
+            token = os.environ.get("MABEAM_AGENT_TOKEN")  # a managed agent's credential
+        reg = Registration(agent, list(capabilities), dict(metadata or {}), weight, priority,
+                           token)
+        reply: dict[str, Any] = await self.request("hello", reg.hello())
+        reg.token = reply["token"]
+        self.registrations[agent] = reg
+        self.heartbeat_interval = float(reply.get("heartbeat_interval", 5.0))
+        self._wake.set()
+        return reply
+
+    async def bye(self, agent: str) -> None:
+        self.registrations.pop(agent, None)
+        await self.request("bye", {"agent": agent})
+
+    async def get_agent(self, agent: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("agent.get", {"agent": agent})
+        return result
+
+    async def list_agents(self, *, capabilities: list[str] | str | None = None,
+                   status: str = "healthy", metadata: dict[str, Any] | None = None,
+                   prefix: str = "", after: str = "", limit: int = 100) -> dict[str, Any]:
+        """One page of matching agents: {"agents": [...], "next": cursor or None}."""
+        body: dict[str, Any] = {"status": status, "prefix": prefix, "limit": limit}
+        if capabilities:
+            body["capabilities"] = capabilities
+        if metadata:
+            body["metadata"] = metadata
+        if after:
+            body["after"] = after
+        result: dict[str, Any] = await self.request("agent.list", body)
+        return result
+
+    async def discover(self, **query: Any) -> AsyncIterator[dict[str, Any]]:
+        """Every matching agent, following the pages."""
+        after = ""
+        while True:
+            page = await self.list_agents(after=after, **query)
+            for agent in page["agents"]:
+                yield agent
+            if not page["next"]:
+                return
+            after = page["next"]
+
+    async def wait_for(self, count: int = 1, timeout: float = 10.0, **query: Any,
+                       ) -> list[dict[str, Any]]:
+        """Wait until `count` healthy agents match the query; returns them."""
+        body = {"count": count, "timeout": timeout, **query}
+        reply = await self.request("agent.wait", body, timeout=timeout + self.timeout)
+        agents: list[dict[str, Any]] = reply["agents"]
+        return agents
+
+    async def send(self, sender: str, to: str, body: Any, topic: str = "") -> dict[str, Any]:
+        """Send a message from one of our agents to another agent (pushed to it)."""
+        result: dict[str, Any] = await self.request(
+            "agent.send", {"from": sender, "to": to, "topic": topic, "body": body})
+        return result
+
+    async def heartbeat(self) -> dict[str, Any]:
+        """Beat for all our agents; re-register any the daemon no longer knows here."""
+        reply: dict[str, Any] = await self.request("heartbeat",
+                                                   {"agents": list(self.registrations)})
+        self.heartbeat_interval = float(reply.get("heartbeat_interval", self.heartbeat_interval))
+        for agent in reply.get("unknown", []):
+            reg = self.registrations.get(agent)
+            if reg is None:
+                continue
+            try:
+                result = await self.request("hello", reg.hello())
+                reg.token = result["token"]
+                self.reregistrations += 1
+                log.info("agent %s re-registered", agent)
+            except MabeamError as exc:
+                log.warning("agent %s: re-registration failed: %s", agent, exc)
+        return reply
+
+    async def _beat(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.heartbeat_interval)
+            if self._wake.is_set():  # a registration changed the interval: new period
+                self._wake.clear()
+                continue
+            if not self.registrations:
+                continue
+            try:
+                await self.heartbeat()
+            except MabeamError as exc:
+                log.debug("heartbeat failed (%s); libzmq keeps reconnecting", exc)

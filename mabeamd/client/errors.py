@@ -1,0 +1,91 @@
+"""Typed exceptions for the daemon's error codes (see docs/protocol.md)."""
+
+from __future__ import annotations
+
+from mabeamd.wire import ErrorCode
+
+
+class MabeamError(Exception):
+    """Base of everything the SDK raises. `code` is the daemon's error code, when it sent one."""
+
+    code = "client"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(MabeamError):
+    code = ErrorCode.BAD_REQUEST
+
+
+class UnknownOp(MabeamError):
+    code = ErrorCode.UNKNOWN_OP
+
+
+class UnsupportedVersion(MabeamError):
+    code = ErrorCode.UNSUPPORTED_VERSION
+
+
+class NotRegistered(MabeamError):
+    code = ErrorCode.NOT_REGISTERED
+
+
+class Forbidden(MabeamError):
+    code = ErrorCode.FORBIDDEN
+
+
+class Busy(MabeamError):
+    code = ErrorCode.BUSY
+
+
+class NotFound(MabeamError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Exists(MabeamError):
+    code = ErrorCode.EXISTS
+
+
+class Conflict(MabeamError):
+    code = ErrorCode.CONFLICT
+
+
+class VersionMismatch(MabeamError):
+    code = ErrorCode.VERSION_MISMATCH
+
+
+class TooLarge(MabeamError):
+    code = ErrorCode.TOO_LARGE
+
+
+class Internal(MabeamError):
+    code = ErrorCode.INTERNAL
+
+
+class ShuttingDown(MabeamError):
+    code = ErrorCode.SHUTTING_DOWN
+
+
+class Timeout(MabeamError):
+    """No reply in time (client side), or the daemon's `timeout` code."""
+
+    code = ErrorCode.TIMEOUT
+
+
+class ConnectionLost(MabeamError):
+    """The client is closed or gave up reconnecting."""
+
+
+_BY_CODE: dict[str, type[MabeamError]] = {
+    cls.code: cls for cls in (BadRequest, UnknownOp, UnsupportedVersion, NotRegistered,
+                              Forbidden, Busy, NotFound, Exists, Conflict, VersionMismatch,
+                              TooLarge, Internal, ShuttingDown, Timeout)
+}
+
+
+def error_for(code: str, message: str) -> MabeamError:
+    """The exception for an error reply; unknown codes give a plain MabeamError."""
+    return _BY_CODE.get(code, MabeamError)(message, code)

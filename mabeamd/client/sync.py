@@ -1,0 +1,93 @@
+"""The synchronous client: an AsyncClient driven by its own event-loop thread.
+
+Every call is handed to that loop and waited for, so heartbeats and re-registration keep
+running while the caller's thread does other work, and the ZeroMQ socket is only ever used
+from one thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from mabeamd.client.aio import AsyncClient, Push
+from mabeamd.client.errors import Timeout
+
+T = TypeVar("T")
+
+
+class Client:
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
+                 server_key: bytes | None = None,
+                 client_keys: tuple[bytes, bytes] | None = None, heartbeat: bool = True) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mabeamd-client",
+                                        daemon=True)
+        self._thread.start()
+        self._pushes: queue.Queue[Push] = queue.Queue()
+        self.aio = AsyncClient(endpoint, timeout=timeout, server_key=server_key,
+                               client_keys=client_keys, heartbeat=heartbeat)
+        self.aio.on_push = self._pushes.put
+        self.timeout = timeout
+        self._run(self.aio.connect())
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        # The coroutine enforces the request timeout itself; this bound is only a backstop.
+        return fut.result(None if timeout is None else timeout + 5)
+
+    def request(self, op: str, body: dict[str, Any] | None = None,
+                timeout: float | None = None) -> Any:
+        return self._run(self.aio.request(op, body, timeout))
+
+    def register(self, agent: str, capabilities: list[str] | tuple[str, ...] = (),
+                 *, metadata: dict[str, Any] | None = None, weight: float = 1.0,
+                 priority: int = 0, token: str | None = None) -> dict[str, Any]:
+        return self._run(self.aio.register(agent, capabilities, metadata=metadata,
+                                           weight=weight, priority=priority, token=token))
+
+    def bye(self, agent: str) -> None:
+        self._run(self.aio.bye(agent))
+
+    def get_agent(self, agent: str) -> dict[str, Any]:
+        return self._run(self.aio.get_agent(agent))
+
+    def list_agents(self, **query: Any) -> dict[str, Any]:
+        return self._run(self.aio.list_agents(**query))
+
+    def discover(self, **query: Any) -> list[dict[str, Any]]:
+        async def collect() -> list[dict[str, Any]]:
+            return [a async for a in self.aio.discover(**query)]
+        return self._run(collect())
+
+    def wait_for(self, count: int = 1, timeout: float = 10.0, **query: Any,
+                 ) -> list[dict[str, Any]]:
+        return self._run(self.aio.wait_for(count, timeout, **query))
+
+    def send(self, sender: str, to: str, body: Any, topic: str = "") -> dict[str, Any]:
+        return self._run(self.aio.send(sender, to, body, topic))
+
+    def heartbeat(self) -> dict[str, Any]:
+        return self._run(self.aio.heartbeat())
+
+    def next_push(self, timeout: float | None = None) -> Push:
+        try:
+            return self._pushes.get(timeout=timeout)
+        except queue.Empty:
+            raise Timeout("no push message in time") from None
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._run(self.aio.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
