@@ -35,6 +35,7 @@ from mabeamd.endpoint import AgentEndpoint
 from mabeamd.events import EventPublisher
 from mabeamd.link import WorkerLink, cancel_and_wait
 from mabeamd.logsetup import LogSetup
+from mabeamd.managed import ManagedSupervisor
 from mabeamd.paths import Paths
 from mabeamd.plugins import PluginHost
 from mabeamd.registry import Registry
@@ -156,6 +157,9 @@ class Arbiter:
                          for i in range(self.worker_count)]
         for w in self.watchers:
             w.start()
+        self.managed = ManagedSupervisor(self.reaper, self.registry, self.worker_env(),
+                                         self._managed_agent_env())
+        self.managed.start_all(self.config.managed)
 
         settle = asyncio.gather(*(w.wait_settled() for w in self.watchers))
         stop = asyncio.ensure_future(self.stop_requested.wait())
@@ -201,6 +205,17 @@ class Arbiter:
                                       curve_keys)
         self.agents = AgentService(self.endpoint, self.registry, self.events, cfg.agents)
 
+    def _managed_agent_env(self) -> dict[str, str]:
+        """Where managed agents connect: the first plain endpoint, else the first CURVE one
+        (with the server's public key; the program's env must then supply client keys)."""
+        endpoints = self.endpoint.endpoints
+        chosen = next((e for e in endpoints if not e.curve), endpoints[0])
+        env = {"MABEAM_ENDPOINT": chosen.address}
+        if chosen.curve:
+            public, _ = load_server_keys(self.config.security.server_key)
+            env["MABEAM_SERVER_KEY"] = public.decode()
+        return env
+
     def _close_sockets(self) -> None:
         for closer in ("control", "link", "events"):
             obj = getattr(self, closer, None)
@@ -235,7 +250,9 @@ class Arbiter:
         log.info("stopping (%s): stopping %d workers", self.stop_reason, len(self.watchers))
         self.notifier.stopping()
         self.plugins.call("mabeamd_shutdown", reason=self.stop_reason)
-        # Stop accepting agent work first: waiting requests get `shutting_down`.
+        # Managed agents first, while they can still say bye; then stop accepting agent work
+        # (waiting requests get `shutting_down`).
+        await self.managed.stop_all()
         await self.endpoint.close()
         self.events.publish("daemon.stopping", {"reason": self.stop_reason})
         stops = asyncio.gather(*(w.stop() for w in self.watchers))
@@ -288,6 +305,8 @@ class Arbiter:
                     log.error("reload: cannot apply control group: %s", exc)
                 self.plugins.load(self.config.plugins.disabled)
                 self.plugins.call("mabeamd_configure", config=self.config)
+                for change in await self.managed.apply(self.config.managed):
+                    log.info("reload (%s): managed agents: %s", source, change)
                 if restart:
                     log.warning("reload (%s): %s changed but only take effect after a restart",
                                 source, ", ".join(restart))
@@ -392,6 +411,8 @@ class Arbiter:
             "workers": {"total": len(self.watchers), **self.worker_counts()},
             "plugins": self.plugins.summary(),
             "agents": self.registry.counts(),
+            "managed": {p.name: sum(1 for x in p.procs if x.state == "running")
+                        for p in self.managed.programs.values()},
             "agent_endpoints": [str(e) for e in self.endpoint.endpoints],
             "agent_traffic": dict(self.endpoint.stats),
             "event_endpoint": str(self.events.endpoint) if self.events.endpoint else None,

@@ -95,15 +95,64 @@ def spawn(
     argv: Sequence[str],
     env: dict[str, str],
     cwd: str | None = None,
+    capture: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start a child with inherited stdout/stderr and no other inherited descriptors.
+    """Start a child with no inherited descriptors but stdout/stderr: ours, or with
+    capture=True one pipe for both (read it with OutputPump).
 
     The returned Popen must not be waited on by the caller: the Reaper reaps it.
     """
-    return subprocess.Popen(
-        list(argv), env=env, cwd=cwd, close_fds=True, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(
+        list(argv), env=env, cwd=cwd or None, close_fds=True, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
         restore_signals=True,
     )
+    # Popen is only a launcher: mark it done so neither its __del__ nor subprocess's
+    # internal clean-up ever calls waitpid on a pid the Reaper owns.
+    proc.returncode = 0
+    return proc
+
+
+class OutputPump:
+    """Reads a child's output pipe on the event loop and logs it line by line."""
+
+    MAX_LINE = 4096
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, logger: logging.Logger,
+                 tag: str) -> None:
+        self._loop, self._fd, self._log, self._tag = loop, fd, logger, tag
+        self._buf = b""
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._read)
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        if len(self._buf) > self.MAX_LINE:  # an endless line: log it in pieces
+            lines.append(self._buf)
+            self._buf = b""
+        for line in lines:
+            self._log.info("[%s] %s", self._tag, line.decode("utf-8", "replace").rstrip())
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        if self._buf:
+            self._log.info("[%s] %s", self._tag, self._buf.decode("utf-8", "replace"))
+            self._buf = b""
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self._fd = -1
 
 
 def send_signal(pid: int, sig: int) -> bool:

@@ -27,6 +27,13 @@ def _no_args(op: str, body: dict[str, Any]) -> None:
         raise WireError(ErrorCode.BAD_REQUEST, f"{op} takes no arguments, got {sorted(body)}")
 
 
+def _only(body: dict[str, Any], op: str, keys: set[str]) -> None:
+    extra = set(body) - keys
+    missing = keys - set(body)
+    if extra or missing:
+        raise WireError(ErrorCode.BAD_REQUEST, f"{op} takes {sorted(keys)}; got {sorted(body)}")
+
+
 def _worker_index(arbiter: Arbiter, body: dict[str, Any]) -> list[int]:
     extra = set(body) - {"index"}
     if extra:
@@ -102,8 +109,61 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
                 await progress(f"waiting for {left} worker(s) to exit")
         return {"stopped": True, "pid": os.getpid()}
 
+    async def agents_list(body: dict[str, Any], progress: Progress) -> Any:
+        _no_args("agents.list", body)
+        return {"agents": arbiter.agents.admin_list()}
+
+    async def agents_show(body: dict[str, Any], progress: Progress) -> Any:
+        _only(body, "agents.show", {"agent"})
+        return arbiter.agents.admin_show(str(body.get("agent")))
+
+    async def managed_list(body: dict[str, Any], progress: Progress) -> Any:
+        _no_args("managed.list", body)
+        return {"programs": arbiter.managed.info()}
+
+    async def managed_start(body: dict[str, Any], progress: Progress) -> Any:
+        _only(body, "managed.start", {"name"})
+        arbiter.refuse_if_stopping()
+        prog = arbiter.managed.program(body.get("name"))
+        prog.start()
+        return prog.info()
+
+    async def managed_stop(body: dict[str, Any], progress: Progress) -> Any:
+        _only(body, "managed.stop", {"name"})
+        prog = arbiter.managed.program(body.get("name"))
+        await progress(f"stopping {prog.name}")
+        await prog.stop()
+        return prog.info()
+
+    async def managed_restart(body: dict[str, Any], progress: Progress) -> Any:
+        _only(body, "managed.restart", {"name"})
+        arbiter.refuse_if_stopping()
+        prog = arbiter.managed.program(body.get("name"))
+        await progress(f"stopping {prog.name}")
+        await prog.stop()
+        prog.start()
+        return prog.info()
+
+    async def managed_scale(body: dict[str, Any], progress: Progress) -> Any:
+        _only(body, "managed.scale", {"name", "count"})
+        arbiter.refuse_if_stopping()
+        prog = arbiter.managed.program(body.get("name"))
+        count = body.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 1000:
+            raise WireError(ErrorCode.BAD_REQUEST, "count must be 0..1000")
+        await progress(f"scaling {prog.name} from {len(prog.procs)} to {count}")
+        await prog.scale(count)
+        return prog.info()
+
     return {
         "ping": ping,
+        "agents.list": agents_list,
+        "agents.show": agents_show,
+        "managed.list": managed_list,
+        "managed.start": managed_start,
+        "managed.stop": managed_stop,
+        "managed.restart": managed_restart,
+        "managed.scale": managed_scale,
         "version": version,
         "status": status,
         "workers": workers,

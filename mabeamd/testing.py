@@ -115,6 +115,7 @@ class Daemon:
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.notify: NotifyListener | None = None
+        self._notify_mark = 0
 
     # --- process ---------------------------------------------------------------------------
 
@@ -124,9 +125,11 @@ class Daemon:
                 *self.args]
 
     def start(self, wait_ready: bool = True, timeout: float = 15.0) -> Daemon:
-        self.notify = NotifyListener(self.dir / "notify.sock")
+        if self.notify is None:  # kept across restarts: messages accumulate
+            self.notify = NotifyListener(self.dir / "notify.sock")
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **self.extra_env}
         env.pop("MABEAM_SOCKET", None)
+        self._notify_mark = len(self.notify.messages)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=log,
                                          cwd=self.dir)
@@ -137,7 +140,8 @@ class Daemon:
     def wait_ready(self, timeout: float = 15.0) -> dict[str, str]:
         assert self.notify is not None
         try:
-            return self.notify.wait_for(lambda m: m.get("READY") == "1", timeout)
+            return self.notify.wait_for(lambda m: m.get("READY") == "1", timeout,
+                                        start=self._notify_mark)
         except TimeoutError:
             raise AssertionError(f"daemon not ready in {timeout}s; log:\n{self.log()}") from None
 

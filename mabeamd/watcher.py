@@ -126,8 +126,6 @@ class WorkerWatcher:
                                    {"pid": None, "generation": gen, "error": str(exc)})
             self._after_failure()
             return
-        # Popen is only a launcher here: the Reaper owns waitpid for this pid.
-        proc.returncode = 0
         self.pid = proc.pid
         self.state = State.STARTING
         self.spawned_at = time.monotonic()

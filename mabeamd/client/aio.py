@@ -136,17 +136,22 @@ class AsyncClient:
         if self._sock is None:
             raise ConnectionLost("not connected")
         rid = next(self._ids)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._pending[rid] = fut
+        wait = self.timeout if timeout is None else timeout
+        deadline = loop.time() + wait
         try:
+            frames = wire.encode({"id": rid, "op": op}, body or {})
             try:
-                await self._sock.send_multipart(wire.encode({"id": rid, "op": op}, body or {}),
-                                                flags=zmq.NOBLOCK)
-            except zmq.Again:
-                raise ConnectionLost(f"no connection to {self.endpoint}") from None
-            wait = self.timeout if timeout is None else timeout
+                # Waits (within the request's own timeout) while no connection is up:
+                # IMMEDIATE keeps the request out of a queue for a peer that is not there.
+                await asyncio.wait_for(self._sock.send_multipart(frames), wait)
+            except asyncio.TimeoutError:
+                raise ConnectionLost(f"{op}: no connection to {self.endpoint} within "
+                                     f"{wait:g}s") from None
             try:
-                return await asyncio.wait_for(fut, wait)
+                return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 raise Timeout(f"{op}: no reply from {self.endpoint} in {wait:g}s") from None
         finally:

@@ -23,7 +23,7 @@ import psutil
 from mabeamd import config as configmod
 from mabeamd import paths as pathsmod
 from mabeamd.config import EX_CONFIG, ConfigError
-from mabeamd.ctl import render
+from mabeamd.ctl import render, views
 from mabeamd.ctl.client import CommandFailed, ControlClient, NotRunning, Timeout
 
 EX_UNAVAILABLE = 69
@@ -53,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("workers", parents=[common], help="list workers, or restart one")
     w.add_argument("action", nargs="?", choices=["list", "restart"], default="list")
     w.add_argument("target", nargs="?", help="worker index or 'all' (for restart)")
+    a = sub.add_parser("agents", parents=[common],
+                       help="registered agents and managed agent programs")
+    a.add_argument("action", nargs="?", default="list",
+                   choices=["list", "show", "programs", "start", "stop", "restart", "scale"])
+    a.add_argument("target", nargs="?", help="agent id (show) or program name")
+    a.add_argument("count", nargs="?", type=int, help="process count (scale)")
+    a.add_argument("--capability", help="list: only agents with this capability")
+    a.add_argument("--status", choices=["healthy", "unhealthy"], help="list: only this status")
+    k = sub.add_parser("keys", parents=[common], help="CURVE key pairs (no daemon needed)")
+    k.add_argument("action", choices=["generate"])
+    k.add_argument("name", help="key name = the agent namespace it may register; "
+                                "'server' for the daemon's own")
+    k.add_argument("--dir", default=".", help="where to write NAME.key and NAME.key_secret")
+    k.add_argument("--force", action="store_true", help="replace existing files")
     sub.add_parser("plugins", parents=[common], help="loaded, failed and disabled plugins")
     sub.add_parser("reload", parents=[common], help="reload configuration and plugins")
     sub.add_parser("stop", parents=[common], help="stop the daemon gracefully and wait")
@@ -76,54 +90,6 @@ def _progress(message: str) -> None:
     print(f"... {message}", file=sys.stderr, flush=True)
 
 
-def show_status(s: dict[str, Any]) -> str:
-    w = s["workers"]
-    head = f"mabeamd {s['version']} (pid {s['pid']}) {s['state']}: {s['summary']}"
-    ready = (f" (ready after {s['ready_after']:.2f}s)" if s.get("ready_after") is not None
-             else "")
-    c = s["control"]
-    items: list[tuple[str, Any]] = [
-        ("uptime", render.duration(s["uptime"]) + ready),
-        ("config", s["config"]),
-        ("runtime_dir", s["runtime_dir"]),
-        ("state_dir", s["state_dir"]),
-        ("control", f"{s['control_socket']} (requests {c['requests']}, errors {c['errors']}, "
-                    f"undeliverable {c['undeliverable']})"),
-        ("log", f"{s['log_level']} -> {s['log_target']}"),
-        ("systemd", "notify" if s["systemd_notify"] else "not under systemd"),
-        ("workers", ", ".join(f"{w[k]} {k}" for k in
-                              ("running", "starting", "backoff", "stopping", "stopped", "failed")
-                              ) + f" (of {w['total']})"),
-        ("plugins", ", ".join(f"{v} {k}" for k, v in s["plugins"].items())),
-    ]
-    items += [(f"plugin {k}", json.dumps(v, sort_keys=True)) for k, v in
-              sorted(s.get("extensions", {}).items())]
-    return head + "\n" + render.pairs(items)
-
-
-def show_workers(ws: list[dict[str, Any]]) -> str:
-    rows = []
-    for w in ws:
-        last = w["last_exit"] or "-"
-        if w["state"] == "backoff" and w["restart_in"] is not None:
-            last += f" (restart in {w['restart_in']:.1f}s)"
-        rows.append([w["index"], w["state"].upper() if w["state"] == "failed" else w["state"],
-                     w["pid"], w["cpu_percent"], render.size(w["rss"]),
-                     render.duration(w["uptime"]), w["restarts"], w["crashes"],
-                     w["start_failures"] + w["spawn_failures"], last])
-    return render.table(["WORKER", "STATE", "PID", "CPU%", "RSS", "UPTIME", "RESTARTS",
-                         "CRASHES", "START_FAIL", "LAST EXIT"], rows)
-
-
-def show_plugins(ps: list[dict[str, Any]]) -> str:
-    if not ps:
-        return "no plugins installed (entry-point group mabeamd.plugins)"
-    rows = [[p["name"], p["state"], f"{p['dist'] or '-'} {p['version'] or ''}".strip(),
-             p["value"], ",".join(h.removeprefix("mabeamd_") for h in p["hooks"]) or "-",
-             p["error"] or ""] for p in ps]
-    return render.table(["NAME", "STATE", "DIST", "TARGET", "HOOKS", "ERROR"], rows)
-
-
 def wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -138,51 +104,121 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
+class UsageError(Exception):
+    pass
+
+
+Result = tuple[Any, str]  # (the reply, shown with --json; the human text)
+
+
+def cmd_status(c: ControlClient, args: argparse.Namespace) -> Result:
+    out = c.call("status")
+    return out, views.show_status(out)
+
+
+def cmd_workers(c: ControlClient, args: argparse.Namespace) -> Result:
+    if args.action == "list":
+        out = c.call("workers")
+        return out, views.show_workers(out["workers"])
+    if args.target is None:
+        raise UsageError("workers restart needs a worker index or 'all'")
+    target: int | str = args.target
+    if target != "all":
+        try:
+            target = int(target)
+        except ValueError:
+            raise UsageError(f"worker index must be a number or 'all', got {target!r}") from None
+    out = c.call("workers.restart", {"index": target}, _progress)
+    return out, "\n".join(f"worker {r['index']}: {r['state']} (pid {r['old_pid']} -> "
+                          f"{r['pid']})" for r in out["restarted"])
+
+
+def cmd_agents(c: ControlClient, args: argparse.Namespace) -> Result:
+    action, target = args.action, args.target
+    if action == "list":
+        out = c.call("agents.list")
+        agents = out["agents"]
+        if args.capability:
+            agents = [a for a in agents if args.capability in a["capabilities"]]
+        if args.status:
+            agents = [a for a in agents if a["status"] == args.status]
+        out = {"agents": agents}
+        return out, views.show_agents(agents)
+    if action == "programs":
+        out = c.call("managed.list")
+        return out, views.show_programs(out["programs"])
+    if target is None:
+        raise UsageError(f"agents {action} needs {'an agent id' if action == 'show' else 'a name'}")
+    if action == "show":
+        out = c.call("agents.show", {"agent": target})
+        return out, views.show_agent(out)
+    if action == "scale":
+        if args.count is None or args.count < 0:
+            raise UsageError("agents scale NAME N needs a count N >= 0")
+        out = c.call("managed.scale", {"name": target, "count": args.count}, _progress)
+    else:
+        out = c.call(f"managed.{action}", {"name": target}, _progress)
+    return out, views.show_programs([out])
+
+
+def cmd_plugins(c: ControlClient, args: argparse.Namespace) -> Result:
+    out = c.call("plugins")
+    return out, views.show_plugins(out["plugins"])
+
+
+def cmd_reload(c: ControlClient, args: argparse.Namespace) -> Result:
+    out = c.call("reload", on_progress=_progress)
+    text = "reloaded: " + (", ".join(out["changed"]) or "no option changed")
+    if out["restart_required"]:
+        text += "\nnot applied until restart: " + ", ".join(out["restart_required"])
+    return out, text
+
+
+def cmd_stop(c: ControlClient, args: argparse.Namespace) -> Result:
+    out = c.call("stop", on_progress=_progress)
+    out["exited"] = gone = wait_gone(int(out["pid"]), c.timeout)
+    return out, (f"mabeamd (pid {out['pid']}) stopped" if gone else
+                 f"mabeamd (pid {out['pid']}) stopped its workers but has not exited yet")
+
+
+def cmd_version(c: ControlClient, args: argparse.Namespace) -> Result:
+    out = c.call("version")
+    return out, render.pairs(list(out.items()))
+
+
+COMMANDS = {"status": cmd_status, "workers": cmd_workers, "agents": cmd_agents,
+            "plugins": cmd_plugins, "reload": cmd_reload, "stop": cmd_stop,
+            "version": cmd_version}
+
+
+def keys_generate(args: argparse.Namespace) -> int:
+    """Local: write NAME.key / NAME.key_secret; needs no daemon."""
+    from mabeamd.auth import generate
+    from mabeamd.config import MANAGED_NAME
+
+    if not MANAGED_NAME.match(args.name):
+        raise UsageError("key name: letters, digits, '_', '.', '-' (it is the agent namespace)")
+    directory = Path(args.dir)
+    if (directory / f"{args.name}.key").exists() and not args.force:
+        print(f"mabeamctl: {directory / args.name}.key exists (use --force to replace it)",
+              file=sys.stderr)
+        return 1
+    public, secret = generate(directory, args.name)
+    out = {"public": str(public), "secret": str(secret)}
+    if getattr(args, "json", False):
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"public key  {public}  (give to the daemon's authorized_keys, or to clients)")
+        print(f"secret key  {secret}  (mode 0600; keep it where only its owner reads it)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    as_json = getattr(args, "json", False)
-    client = ControlClient(resolve_socket(args), timeout=getattr(args, "timeout", 10.0))
-    cmd = args.command
-    out: Any
-    with client:
-        if cmd == "workers" and args.action == "restart":
-            if args.target is None:
-                print("mabeamctl: workers restart needs a worker index or 'all'", file=sys.stderr)
-                return 2
-            target: int | str = args.target
-            if target != "all":
-                try:
-                    target = int(target)
-                except ValueError:
-                    print(f"mabeamctl: worker index must be a number or 'all', got {target!r}",
-                          file=sys.stderr)
-                    return 2
-            out = client.call("workers.restart", {"index": target}, _progress)
-            text = "\n".join(f"worker {r['index']}: {r['state']} (pid {r['old_pid']} -> "
-                             f"{r['pid']})" for r in out["restarted"])
-        elif cmd == "workers":
-            out = client.call("workers")
-            text = show_workers(out["workers"])
-        elif cmd == "status":
-            out = client.call("status")
-            text = show_status(out)
-        elif cmd == "plugins":
-            out = client.call("plugins")
-            text = show_plugins(out["plugins"])
-        elif cmd == "reload":
-            out = client.call("reload", on_progress=_progress)
-            text = "reloaded: " + (", ".join(out["changed"]) or "no option changed")
-            if out["restart_required"]:
-                text += ("\nnot applied until restart: " + ", ".join(out["restart_required"]))
-        elif cmd == "stop":
-            out = client.call("stop", on_progress=_progress)
-            gone = wait_gone(int(out["pid"]), client.timeout)
-            out["exited"] = gone
-            text = (f"mabeamd (pid {out['pid']}) stopped" if gone else
-                    f"mabeamd (pid {out['pid']}) stopped its workers but has not exited yet")
-        else:  # version
-            out = client.call("version")
-            text = render.pairs(list(out.items()))
-    print(json.dumps(out, indent=2, sort_keys=True) if as_json else text)
+    if args.command == "keys":
+        return keys_generate(args)
+    with ControlClient(resolve_socket(args), timeout=getattr(args, "timeout", 10.0)) as client:
+        out, text = COMMANDS[args.command](client, args)
+    print(json.dumps(out, indent=2, sort_keys=True) if getattr(args, "json", False) else text)
     return 0
 
 
@@ -202,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandFailed as exc:
         print(f"mabeamctl: {args.command} failed: {exc.message} ({exc.code})", file=sys.stderr)
         return 1
+    except UsageError as exc:
+        print(f"mabeamctl: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,89 @@
+"""What mabeamctl prints for each reply (the --json output is the reply itself)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mabeamd.ctl import render
+
+
+def show_status(s: dict[str, Any]) -> str:
+    w = s["workers"]
+    head = f"mabeamd {s['version']} (pid {s['pid']}) {s['state']}: {s['summary']}"
+    ready = (f" (ready after {s['ready_after']:.2f}s)" if s.get("ready_after") is not None
+             else "")
+    c = s["control"]
+    items: list[tuple[str, Any]] = [
+        ("uptime", render.duration(s["uptime"]) + ready),
+        ("config", s["config"]),
+        ("runtime_dir", s["runtime_dir"]),
+        ("state_dir", s["state_dir"]),
+        ("control", f"{s['control_socket']} (requests {c['requests']}, errors {c['errors']}, "
+                    f"undeliverable {c['undeliverable']})"),
+        ("log", f"{s['log_level']} -> {s['log_target']}"),
+        ("systemd", "notify" if s["systemd_notify"] else "not under systemd"),
+        ("workers", ", ".join(f"{w[k]} {k}" for k in
+                              ("running", "starting", "backoff", "stopping", "stopped", "failed")
+                              ) + f" (of {w['total']})"),
+        ("plugins", ", ".join(f"{v} {k}" for k, v in s["plugins"].items())),
+    ]
+    items += [(f"plugin {k}", json.dumps(v, sort_keys=True)) for k, v in
+              sorted(s.get("extensions", {}).items())]
+    return head + "\n" + render.pairs(items)
+
+
+def show_workers(ws: list[dict[str, Any]]) -> str:
+    rows = []
+    for w in ws:
+        last = w["last_exit"] or "-"
+        if w["state"] == "backoff" and w["restart_in"] is not None:
+            last += f" (restart in {w['restart_in']:.1f}s)"
+        rows.append([w["index"], w["state"].upper() if w["state"] == "failed" else w["state"],
+                     w["pid"], w["cpu_percent"], render.size(w["rss"]),
+                     render.duration(w["uptime"]), w["restarts"], w["crashes"],
+                     w["start_failures"] + w["spawn_failures"], last])
+    return render.table(["WORKER", "STATE", "PID", "CPU%", "RSS", "UPTIME", "RESTARTS",
+                         "CRASHES", "START_FAIL", "LAST EXIT"], rows)
+
+
+def show_plugins(ps: list[dict[str, Any]]) -> str:
+    if not ps:
+        return "no plugins installed (entry-point group mabeamd.plugins)"
+    rows = [[p["name"], p["state"], f"{p['dist'] or '-'} {p['version'] or ''}".strip(),
+             p["value"], ",".join(h.removeprefix("mabeamd_") for h in p["hooks"]) or "-",
+             p["error"] or ""] for p in ps]
+    return render.table(["NAME", "STATE", "DIST", "TARGET", "HOOKS", "ERROR"], rows)
+
+
+def show_agents(agents: list[dict[str, Any]]) -> str:
+    if not agents:
+        return "no agents registered"
+    rows = [[a["id"], a["status"], ",".join(a["capabilities"]) or "-", a["weight"],
+             a["priority"], a["principal"] or "-", a["managed"] or "-",
+             render.duration(a["last_seen_age"])] for a in agents]
+    return render.table(["AGENT", "STATUS", "CAPABILITIES", "WEIGHT", "PRIORITY", "KEY",
+                         "MANAGED", "LAST SEEN"], rows)
+
+
+def show_agent(a: dict[str, Any]) -> str:
+    conn = a.get("connection", {})
+    return render.pairs([
+        ("agent", a["id"]), ("status", a["status"]),
+        ("capabilities", ", ".join(a["capabilities"]) or "-"),
+        ("metadata", json.dumps(a["metadata"], sort_keys=True)),
+        ("weight", a["weight"]), ("priority", a["priority"]),
+        ("key", a["principal"] or "- (unauthenticated)"), ("managed", a["managed"] or "-"),
+        ("last seen", render.duration(a["last_seen_age"]) + " ago"),
+        ("endpoint", conn.get("endpoint", "-")),
+    ])
+
+
+def show_programs(programs: list[dict[str, Any]]) -> str:
+    if not programs:
+        return "no managed programs configured ([managed.NAME] in the config)"
+    rows = [[p["name"], q["agent"], q["state"], q["pid"], render.duration(q["uptime"]),
+             q["restarts"], q["last_exit"] or "-"]
+            for p in programs for q in p["processes"]]
+    return render.table(["PROGRAM", "AGENT", "STATE", "PID", "UPTIME", "RESTARTS",
+                         "LAST EXIT"], rows)
