@@ -105,7 +105,9 @@ class Daemon:
         if not raw_config:
             config = FAST_WORKERS.format(workers=workers, max_restarts=max_restarts) + config
         if endpoints and "[agents]" not in config:
-            config = ENDPOINTS.format(run=self.run_dir) + config
+            config = ENDPOINTS + config
+        # "{run}" in a config stands for this daemon's runtime directory.
+        config = config.replace("{run}", str(self.run_dir))
         self.config_path.write_text(config)
         self.agent_endpoint = f"ipc://{self.run_dir}/agents.sock"
         self.event_endpoint = f"ipc://{self.run_dir}/events.sock"

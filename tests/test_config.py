@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tomllib
 import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from mabeamd import config as configmod
 from mabeamd.config import Config, ConfigError

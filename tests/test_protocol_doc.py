@@ -32,6 +32,28 @@ def test_error_code_table_matches_the_code() -> None:
     assert documented == codes
 
 
+def test_agent_op_table_matches_the_service() -> None:
+    from mabeamd.agentops import AgentService
+    from mabeamd.endpoint import AgentEndpoint
+
+    class Stub(AgentEndpoint):
+        def __init__(self) -> None:
+            self.handlers = {}
+
+    stub = Stub()
+    AgentService(stub, None, None, None)  # type: ignore[arg-type]
+    table = DOC.split("### Agent ops", 1)[1].split("###", 1)[0]
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
+    assert documented == set(stub.handlers)
+
+
+def test_hello_example_bytes() -> None:
+    frames = wire.encode({"id": 7, "op": "hello"}, {"agent": "a1", "capabilities": ["plan"]})
+    for frame in frames:
+        assert hexline(frame) in DOC
+    assert hexline(wire.pack({"push": "message", "id": 1})) in DOC
+
+
 def test_control_op_table_matches_the_handlers() -> None:
     table = DOC.split("## Control ops", 1)[1].split("##", 1)[0]
     documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
