@@ -202,7 +202,7 @@ class AgentService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
 
-    async def send_message(self, req: Request, body: dict[str, Any]) -> Any:
+    def send_message(self, req: Request, body: dict[str, Any]) -> Any:
         _allowed(body, "agent.send", {"from", "to", "topic", "body"})
         sender = check_agent_id(body.get("from"), "from")
         target = check_agent_id(body.get("to"), "to")
@@ -215,7 +215,7 @@ class AgentService:
         if rec is None:
             raise WireError(ErrorCode.NOT_FOUND, f"no agent {target!r}")
         push_id = next(self._push_ids)
-        ok = await self.endpoint.push(rec.conn, push_id, "message", {
+        ok = self.endpoint.push(rec.conn, push_id, "message", {
             "to": target, "from": sender, "topic": topic, "body": body.get("body")})
         if not ok:
             raise WireError(ErrorCode.BUSY, f"agent {target!r} is not reading its messages "

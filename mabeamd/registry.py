@@ -17,6 +17,8 @@ are actually overdue.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import re
 import secrets
@@ -100,6 +102,9 @@ class Registry:
         self.agents: dict[str, AgentRecord] = {}
         self._by_capability: dict[str, set[str]] = {}
         self._order: OrderedDict[str, None] = OrderedDict()  # least recently seen first
+        # Every id, sorted: a discovery page is a bisect and a walk, not a sort of everything.
+        # (insort/remove move pointers in C: ~10 us at 100,000 agents.)
+        self._sorted: list[str] = []
         self._preassigned: dict[str, tuple[str, str]] = {}  # id -> (token, managed name)
 
     def __len__(self) -> int:
@@ -146,6 +151,7 @@ class Registry:
             managed=pre[1] if pre else None)
         self.agents[agent_id] = rec
         self._order[agent_id] = None
+        bisect.insort(self._sorted, agent_id)
         self._index(rec)
         return rec, True
 
@@ -165,6 +171,7 @@ class Registry:
         rec = self.agents.pop(agent_id, None)
         if rec is not None:
             self._order.pop(agent_id, None)
+            del self._sorted[bisect.bisect_left(self._sorted, agent_id)]
             self._unindex(rec)
         return rec
 
@@ -222,13 +229,22 @@ class Registry:
         Returns (page, cursor): pass the cursor as `after` for the next page (None at the end).
         """
         caps = list(capabilities)
+        candidates: Iterable[str]
         if caps:
             sets = sorted((self._by_capability.get(c, set()) for c in caps), key=len)
-            ids: Iterable[str] = set.intersection(*sets) if len(sets) > 1 else sets[0]
+            matched = set.intersection(*sets) if len(sets) > 1 else sets[0]
+            candidates = sorted(i for i in matched if i > after)
         else:
-            ids = self.agents.keys()
+            start = bisect.bisect_right(self._sorted, after)
+            if prefix:
+                start = max(start, bisect.bisect_left(self._sorted, prefix))
+            candidates = itertools.islice(self._sorted, start, None)
         out = []
-        for agent_id in sorted(i for i in ids if i > after and i.startswith(prefix)):
+        for agent_id in candidates:
+            if not agent_id.startswith(prefix):
+                if not caps and agent_id > prefix:
+                    break  # sorted: past the prefix range
+                continue
             rec = self.agents[agent_id]
             if status is not None and rec.status != status:
                 continue

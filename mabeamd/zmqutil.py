@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
-import zmq.asyncio
+
+S = TypeVar("S", bound="zmq.Socket[Any]")
 
 
-def router(ctx: zmq.asyncio.Context, *, sndhwm: int, rcvhwm: int,
-           linger: int) -> zmq.asyncio.Socket:
+def router(ctx: zmq.Context[S], *, sndhwm: int, rcvhwm: int, linger: int) -> S:
     """A ROUTER that raises on unroutable replies (ROUTER_MANDATORY) instead of dropping them
     silently, with explicit high-water marks."""
     sock = ctx.socket(zmq.ROUTER)

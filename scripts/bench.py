@@ -23,7 +23,7 @@ import msgpack
 import uvloop
 import zmq
 
-from benchkit import Row, core_rows
+from benchkit import Row, agent_rows, core_rows
 from benchkit.stats import fmt
 from mabeamd import __version__
 from mabeamd.testing import Daemon
@@ -33,10 +33,6 @@ from mabeamd.testing import Daemon
 PENDING = [
     Row("variable access p95", "ms", seed_target="< 1", goal="shm <= 0.005, wire <= 0.15",
         status="not run", note="needs universal variables (issue 4)"),
-    Row("agent registration p95", "ms", seed_target="< 5", goal="<= 0.3",
-        status="not run", note="needs the agent endpoint (issue 3)"),
-    Row("memory per agent (10,000 agents)", "KiB", seed_target="< 1024", goal="<= 8",
-        status="not run", note="needs the agent registry (issue 3)"),
     Row("simple consensus p95 (10 agents)", "ms", seed_target="< 10", goal="<= 2",
         status="not run", note="needs coordination sessions (issue 5)"),
     Row("coordination requests/s sustained", "ops/s", seed_target="> 10,000",
@@ -104,13 +100,16 @@ def main(argv: list[str] | None = None) -> int:
 
     q = args.quick
     reps = 3
-    plan: list[tuple[str, Callable[[], Row]]] = []
+    plan: list[tuple[str, Callable[[], Row | list[Row]]]] = []
     daemon = Daemon(core_rows.BENCH_CONFIG, raw_config=True)
     plan += [
         ("control latency", lambda: core_rows.control_latency(daemon, 1000 if q else 5000, reps)),
         ("control rate", lambda: core_rows.control_rate(daemon, 1.0 if q else 3.0, reps)),
         ("start to READY", lambda: core_rows.start_to_ready(2 if q else 10, reps)),
         ("restart latency", lambda: core_rows.restart_latency(3 if q else 20, reps)),
+        ("agent registration", lambda: agent_rows.registration(1000 if q else 3000, reps)),
+        ("agents at scale",
+         lambda: agent_rows.scale(2000 if q else 10_000, 4, 200 if q else 1000, reps)),
     ]
     started = time.monotonic()
     rows: list[Row] = []
@@ -119,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in plan:
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
             try:
-                rows.append(fn())
+                produced = fn()
+                rows += produced if isinstance(produced, list) else [produced]
             except Exception as exc:  # a broken row is reported, never invented
                 rows.append(Row(name, "-", status="not run", note=f"failed: {exc!r}"))
         daemon.stop()

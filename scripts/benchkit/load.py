@@ -7,6 +7,7 @@ format), so the ratio compares servers, not clients.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,11 +30,16 @@ def _dealer(endpoint: str) -> tuple[zmq.Context[Any], zmq.Socket[Any]]:
 
 
 def latency_client(endpoint: str, op: str, n: int, warmup: int, out: Any) -> None:
-    """Sequential request/reply; puts the n latencies (microseconds) on `out`."""
+    """Sequential request/reply; puts the n latencies (microseconds) on `out`.
+
+    op "hello" registers a new agent id with every request (what registration costs)."""
     ctx, s = _dealer(endpoint)
     lat: list[float] = []
-    body = wire.pack({})
+    empty = wire.pack({})
+    prefix = f"bench-{os.getpid()}-"
     for i in range(warmup + n):
+        body = wire.pack({"agent": f"{prefix}{i}", "capabilities": ["bench"]}) \
+            if op == "hello" else empty
         frames = [wire.PROTOCOL, wire.pack({"id": i, "op": op}), body]
         t0 = time.perf_counter_ns()
         s.send_multipart(frames)
