@@ -25,18 +25,12 @@ from mabeamd.config import AgentsSection
 from mabeamd.endpoint import AgentEndpoint, Request
 from mabeamd.events import EventPublisher
 from mabeamd.registry import HEALTHY, UNHEALTHY, AgentRecord, Registry, check_agent_id
-from mabeamd.wire import ErrorCode, WireError
+from mabeamd.wire import ErrorCode, WireError, check_fields
 
 log = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 1000
 MAX_WAIT = 3600.0
-
-
-def _allowed(body: dict[str, Any], op: str, keys: set[str]) -> None:
-    extra = set(body) - keys
-    if extra:
-        raise WireError(ErrorCode.BAD_REQUEST, f"{op}: unknown field(s) {sorted(extra)}")
 
 
 def _query(body: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +106,7 @@ class AgentService:
         return {"pong": True, "time": time.time()}
 
     def hello(self, req: Request, body: dict[str, Any]) -> Any:
-        _allowed(body, "hello", {"agent", "capabilities", "metadata", "weight", "priority",
+        check_fields(body, "hello", {"agent", "capabilities", "metadata", "weight", "priority",
                                  "token"})
         agent_id = check_agent_id(body.get("agent"))
         rec, created = self.registry.register(agent_id, req.conn, req.principal, body,
@@ -130,7 +124,7 @@ class AgentService:
         }
 
     def heartbeat(self, req: Request, body: dict[str, Any]) -> Any:
-        _allowed(body, "heartbeat", {"agents"})
+        check_fields(body, "heartbeat", {"agents"})
         ids = body.get("agents")
         if ids is None:
             ids = self.registry.connection_agents(req.conn)
@@ -147,7 +141,7 @@ class AgentService:
                 "heartbeat_interval": self.settings.heartbeat_interval}
 
     def bye(self, req: Request, body: dict[str, Any]) -> Any:
-        _allowed(body, "bye", {"agent"})
+        check_fields(body, "bye", {"agent"})
         agent_id = check_agent_id(body.get("agent"))
         self.registry.owned(agent_id, req.conn)
         self.registry.deregister(agent_id)
@@ -156,7 +150,7 @@ class AgentService:
         return {"agent": agent_id}
 
     def get_agent(self, req: Request, body: dict[str, Any]) -> Any:
-        _allowed(body, "agent.get", {"agent"})
+        check_fields(body, "agent.get", {"agent"})
         agent_id = check_agent_id(body.get("agent"))
         rec = self.registry.agents.get(agent_id)
         if rec is None:
@@ -164,7 +158,7 @@ class AgentService:
         return rec.public(time.monotonic())
 
     def list_agents(self, req: Request, body: dict[str, Any]) -> Any:
-        _allowed(body, "agent.list", {"capabilities", "status", "metadata", "prefix", "after",
+        check_fields(body, "agent.list", {"capabilities", "status", "metadata", "prefix", "after",
                                       "limit"})
         q = _query(body)
         after = body.get("after") or ""
@@ -179,7 +173,7 @@ class AgentService:
         return {"agents": [r.public(now) for r in page], "next": cursor}
 
     async def wait_agents(self, req: Request, body: dict[str, Any]) -> Any:
-        _allowed(body, "agent.wait", {"capabilities", "status", "metadata", "prefix", "count",
+        check_fields(body, "agent.wait", {"capabilities", "status", "metadata", "prefix", "count",
                                       "timeout"})
         q = _query(body)
         count = body.get("count", 1)
@@ -203,7 +197,7 @@ class AgentService:
                 await asyncio.wait_for(self._changed.wait(), left)
 
     def send_message(self, req: Request, body: dict[str, Any]) -> Any:
-        _allowed(body, "agent.send", {"from", "to", "topic", "body"})
+        check_fields(body, "agent.send", {"from", "to", "topic", "body"})
         sender = check_agent_id(body.get("from"), "from")
         target = check_agent_id(body.get("to"), "to")
         topic = body.get("topic", "")

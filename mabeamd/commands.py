@@ -16,28 +16,14 @@ import zmq
 
 from mabeamd import __version__, wire
 from mabeamd.control import Handler, Progress
-from mabeamd.wire import ErrorCode, WireError
+from mabeamd.wire import ErrorCode, WireError, check_fields
 
 if TYPE_CHECKING:
     from mabeamd.arbiter import Arbiter
 
 
-def _no_args(op: str, body: dict[str, Any]) -> None:
-    if body:
-        raise WireError(ErrorCode.BAD_REQUEST, f"{op} takes no arguments, got {sorted(body)}")
-
-
-def _only(body: dict[str, Any], op: str, keys: set[str]) -> None:
-    extra = set(body) - keys
-    missing = keys - set(body)
-    if extra or missing:
-        raise WireError(ErrorCode.BAD_REQUEST, f"{op} takes {sorted(keys)}; got {sorted(body)}")
-
-
 def _worker_index(arbiter: Arbiter, body: dict[str, Any]) -> list[int]:
-    extra = set(body) - {"index"}
-    if extra:
-        raise WireError(ErrorCode.BAD_REQUEST, f"unknown argument(s) {sorted(extra)}")
+    check_fields(body, "workers.restart", {"index"}, {"index"})
     index = body.get("index")
     n = len(arbiter.watchers)
     if index == "all":
@@ -56,7 +42,7 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
         return {"pong": True, "time": time.time()}
 
     async def version(body: dict[str, Any], progress: Progress) -> Any:
-        _no_args("version", body)
+        check_fields(body, "version")
         return {
             "mabeamd": __version__,
             "protocol": wire.PROTOCOL.decode(),
@@ -68,11 +54,11 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
         }
 
     async def status(body: dict[str, Any], progress: Progress) -> Any:
-        _no_args("status", body)
+        check_fields(body, "status")
         return arbiter.status()
 
     async def workers(body: dict[str, Any], progress: Progress) -> Any:
-        _no_args("workers", body)
+        check_fields(body, "workers")
         return {"workers": [w.info() for w in arbiter.watchers]}
 
     async def workers_restart(body: dict[str, Any], progress: Progress) -> Any:
@@ -84,11 +70,11 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
         return {"restarted": results}
 
     async def plugins(body: dict[str, Any], progress: Progress) -> Any:
-        _no_args("plugins", body)
+        check_fields(body, "plugins")
         return {"plugins": [r.to_dict() for r in arbiter.plugins.records.values()]}
 
     async def reload(body: dict[str, Any], progress: Progress) -> Any:
-        _no_args("reload", body)
+        check_fields(body, "reload")
         arbiter.refuse_if_stopping()
         result = await arbiter.reload("mabeamctl reload")
         if not result["ok"]:
@@ -96,7 +82,7 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
         return result
 
     async def stop(body: dict[str, Any], progress: Progress) -> Any:
-        _no_args("stop", body)
+        check_fields(body, "stop")
         arbiter.request_stop("mabeamctl stop")
         await progress(f"stopping mabeamd (pid {os.getpid()}): "
                        f"{len(arbiter.watchers)} workers")
@@ -110,33 +96,33 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
         return {"stopped": True, "pid": os.getpid()}
 
     async def agents_list(body: dict[str, Any], progress: Progress) -> Any:
-        _no_args("agents.list", body)
+        check_fields(body, "agents.list")
         return {"agents": arbiter.agents.admin_list()}
 
     async def agents_show(body: dict[str, Any], progress: Progress) -> Any:
-        _only(body, "agents.show", {"agent"})
+        check_fields(body, "agents.show", {"agent"}, {"agent"})
         return arbiter.agents.admin_show(str(body.get("agent")))
 
     async def managed_list(body: dict[str, Any], progress: Progress) -> Any:
-        _no_args("managed.list", body)
+        check_fields(body, "managed.list")
         return {"programs": arbiter.managed.info()}
 
     async def managed_start(body: dict[str, Any], progress: Progress) -> Any:
-        _only(body, "managed.start", {"name"})
+        check_fields(body, "managed.start", {"name"}, {"name"})
         arbiter.refuse_if_stopping()
         prog = arbiter.managed.program(body.get("name"))
         prog.start()
         return prog.info()
 
     async def managed_stop(body: dict[str, Any], progress: Progress) -> Any:
-        _only(body, "managed.stop", {"name"})
+        check_fields(body, "managed.stop", {"name"}, {"name"})
         prog = arbiter.managed.program(body.get("name"))
         await progress(f"stopping {prog.name}")
         await prog.stop()
         return prog.info()
 
     async def managed_restart(body: dict[str, Any], progress: Progress) -> Any:
-        _only(body, "managed.restart", {"name"})
+        check_fields(body, "managed.restart", {"name"}, {"name"})
         arbiter.refuse_if_stopping()
         prog = arbiter.managed.program(body.get("name"))
         await progress(f"stopping {prog.name}")
@@ -145,7 +131,7 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
         return prog.info()
 
     async def managed_scale(body: dict[str, Any], progress: Progress) -> Any:
-        _only(body, "managed.scale", {"name", "count"})
+        check_fields(body, "managed.scale", {"name", "count"}, {"name", "count"})
         arbiter.refuse_if_stopping()
         prog = arbiter.managed.program(body.get("name"))
         count = body.get("count")

@@ -123,6 +123,18 @@ def parse_request(frames: list[bytes], max_size: int = DEFAULT_MAX_MESSAGE) -> t
     return rid, op, body
 
 
+def check_fields(body: dict[str, Any], op: str, allowed: set[str] | frozenset[str] = frozenset(),
+                 required: set[str] | frozenset[str] = frozenset()) -> None:
+    """Refuse a body with fields outside `allowed` or missing any of `required`."""
+    extra = set(body) - allowed
+    if extra:
+        raise WireError(ErrorCode.BAD_REQUEST, f"{op}: unknown field(s) {sorted(extra)}"
+                        + (f"; it takes {sorted(allowed)}" if allowed else "; it takes none"))
+    missing = required - set(body)
+    if missing:
+        raise WireError(ErrorCode.BAD_REQUEST, f"{op}: missing field(s) {sorted(missing)}")
+
+
 def reply_ok(rid: int | str, body: Any) -> list[bytes]:
     return encode({"id": rid, "status": "ok"}, body)
 

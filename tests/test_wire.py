@@ -52,3 +52,13 @@ def test_reply_shapes() -> None:
     assert h == {"id": 3, "status": "error"} and b == {"code": "busy", "message": "later"}
     h, b = wire.decode(wire.reply_progress("a", "half way", done=1))
     assert h == {"id": "a", "status": "progress"} and b == {"message": "half way", "done": 1}
+
+
+def test_check_fields() -> None:
+    wire.check_fields({"a": 1}, "op", {"a", "b"}, {"a"})
+    with pytest.raises(WireError, match=r"op: unknown field\(s\) \['z'\]; it takes \['a'\]"):
+        wire.check_fields({"z": 1}, "op", {"a"})
+    with pytest.raises(WireError, match="it takes none"):
+        wire.check_fields({"z": 1}, "op")
+    with pytest.raises(WireError, match=r"missing field\(s\) \['a'\]"):
+        wire.check_fields({}, "op", {"a"}, {"a"})
