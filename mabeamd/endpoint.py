@@ -71,6 +71,10 @@ class AgentEndpoint:
         for ep in endpoints:
             sock = router(self._ctx, sndhwm=10000, rcvhwm=10000, linger=0)
             sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
+            # ZMTP heartbeats: libzmq drops connections whose peer vanished without a FIN
+            # (host down, cable out), freeing their pipes; agents' liveness is separate.
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 10_000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30_000)
             if ep.curve:
                 assert curve_keys is not None
                 sock.curve_server = True
