@@ -55,6 +55,26 @@ def latency_client(endpoint: str, op: str, n: int, warmup: int, out: Any) -> Non
     out.put(lat)
 
 
+def sdk_register_client(endpoint: str, n: int, warmup: int, out: Any) -> None:
+    """Registration latency as an agent developer sees it: AsyncClient.register()."""
+
+    from mabeamd.client import AsyncClient
+
+    async def run() -> list[float]:
+        lat: list[float] = []
+        async with AsyncClient(endpoint, heartbeat=False) as c:
+            for i in range(warmup + n):
+                t0 = time.perf_counter_ns()
+                await c.register(f"sdk-{os.getpid()}-{i}", ["bench"])
+                if i >= warmup:
+                    lat.append((time.perf_counter_ns() - t0) / 1000)
+        return lat
+
+    import uvloop
+
+    out.put(uvloop.run(run()))
+
+
 def rate_client(endpoint: str, op: str, seconds: float, window: int, out: Any) -> None:
     """Keep `window` requests in flight for `seconds`; puts the number completed."""
     ctx, s = _dealer(endpoint)
