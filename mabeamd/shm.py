@@ -1,0 +1,382 @@
+"""Shard segments: one writer, lock-free readers in any process, over files in /dev/shm.
+
+A segment file (`PREFIX-sSHARD-gGEN`) holds a header, a hash table of fixed 32-byte slots and
+a data area of value records:
+
+    header  (4096 B)  magic, generation, next_generation, slot_count, data_offset,
+                      data_size, data_used, live, hash key
+    slots   (32 B each) seq u64 | name hash u64 | record offset u64 | length u32 | flags u32
+    records           length u32 | crc32 u32 | msgpack [name, version, value, meta]
+
+Why it cannot tear:
+- Records are immutable. The writer appends each new version at the end of the data area
+  (bump allocation) and never writes over a record while the segment is current.
+- A slot is the only thing that changes in place, under a seqlock: the writer makes `seq` odd,
+  writes the other fields, makes `seq` even. A reader reads seq, the slot, seq again, and
+  retries if they differ or are odd. With x86-64's ordered stores and loads (TSO) this is
+  sound from Python; other architectures must not use the shared-memory path (`supported()`).
+- The record a consistent slot points to is complete (it was written before the slot), and
+  its CRC is checked anyway.
+
+Space is reclaimed, and the table grows, by compaction: the writer builds generation GEN+1 in
+a new file with only the live records, points the shard's control file (`PREFIX-sSHARD.ctl`)
+at it, sets `next_generation` in the old header and unlinks the old file. Readers notice
+`next_generation` on their next read and switch; a mapping of an unlinked file stays valid, so
+a reader mid-read still sees consistent (older) data.
+
+Slot placement uses keyed BLAKE2b (the key is in the header), so names chosen by clients
+cannot be crafted to collide into long probe chains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import os
+import platform
+import secrets
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+MAGIC = b"MBSHM001"
+HEADER = struct.Struct("<8sQQQQQQQ16s")
+HEADER_SIZE = 4096
+NEXT_GEN_OFFSET = 16  # header field next_generation: what readers poll
+SLOT = struct.Struct("<QQQII")  # seq, hash, offset, length, flags
+SLOT_FIELDS = struct.Struct("<QQII")  # the slot without its seq
+U64 = struct.Struct("<Q")
+REC = struct.Struct("<II")  # payload length, crc32
+LIVE, DELETED = 1, 2
+MAX_LOAD = 0.7
+MAX_SPIN = 100_000
+
+
+class SegmentError(Exception):
+    pass
+
+
+class Unavailable(SegmentError):
+    """The shared-memory path cannot answer now (writer mid-crash, file gone): use the wire."""
+
+
+def supported() -> bool:
+    """Seqlock reads from Python are only sound with x86-64's ordered loads and stores."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str
+    version: int
+    value: Any
+    meta: dict[str, Any]
+
+
+def segment_path(directory: Path, prefix: str, shard: int, generation: int) -> Path:
+    return directory / f"{prefix}-s{shard}-g{generation}"
+
+
+def control_path(directory: Path, prefix: str, shard: int) -> Path:
+    return directory / f"{prefix}-s{shard}.ctl"
+
+
+def _hash(key: bytes, name: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(name, digest_size=8, key=key).digest(), "little") or 1
+
+
+def _pack(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def _align(n: int) -> int:
+    return (n + 7) & ~7
+
+
+class SegmentWriter:
+    """The single writer of one shard's segment (the shard's worker)."""
+
+    def __init__(self, directory: Path, prefix: str, shard: int, *, slots: int = 1024,
+                 data_size: int = 1 << 20, records: Iterable[Record] = ()) -> None:
+        """Create a new generation (retiring any current one) holding `records`."""
+        self.directory, self.prefix, self.shard = Path(directory), prefix, shard
+        self._key = secrets.token_bytes(16)
+        self._ctl_fd = os.open(control_path(self.directory, prefix, shard),
+                               os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        if os.fstat(self._ctl_fd).st_size < 8:
+            os.posix_fallocate(self._ctl_fd, 0, 8)
+        self._ctl = mmap.mmap(self._ctl_fd, 8)
+        self.generation = U64.unpack_from(self._ctl, 0)[0]
+        self._mm: mmap.mmap | None = None
+        self._path: Path | None = None
+        initial = [(self._encode(r), r.name, False) for r in records]
+        self._build(initial, slots, data_size)
+
+    # --- layout ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _encode(r: Record) -> bytes:
+        return _pack([r.name, r.version, r.value, r.meta])
+
+    def _build(self, entries: list[tuple[bytes, str, bool]], slots: int, data_size: int) -> None:
+        """Write generation+1 with these (payload, name, deleted) entries and switch to it."""
+        live = [e for e in entries if not e[2]]
+        while slots * MAX_LOAD < len(live) + 1:
+            slots *= 2
+        need = sum(_align(REC.size + len(p)) for p, _, _ in live)
+        while data_size < need * 2:
+            data_size *= 2
+        gen = self.generation + 1
+        path = segment_path(self.directory, self.prefix, self.shard, gen)
+        size = HEADER_SIZE + slots * SLOT.size + data_size
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            # Reserve the pages now: on a full tmpfs this fails cleanly (ENOSPC) instead of
+            # a later write into the mapping killing us with SIGBUS.
+            os.posix_fallocate(fd, 0, size)
+            mm = mmap.mmap(fd, size)
+        except OSError:
+            os.close(fd)
+            path.unlink()
+            raise
+        os.close(fd)
+        old_mm, old_path = self._mm, self._path
+        self._mm, self._path, self.generation = mm, path, gen
+        self.slot_count, self.data_size = slots, data_size
+        self.data_offset = HEADER_SIZE + slots * SLOT.size
+        self.data_used = 0
+        self._index: dict[str, int] = {}
+        self.live = 0
+        self.garbage = 0
+        for payload, name, _ in live:
+            self._append(name, payload, LIVE)
+        self._write_header()
+        U64.pack_into(self._ctl, 0, gen)  # new readers start here
+        if old_mm is not None:
+            U64.pack_into(old_mm, NEXT_GEN_OFFSET, gen)  # current readers move on
+            old_mm.close()
+        if old_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                old_path.unlink()
+        else:  # a predecessor (e.g. a crashed worker's generation) is retired too
+            self._retire_older(gen)
+
+    def _retire_older(self, gen: int) -> None:
+        for g in range(max(1, gen - 64), gen):
+            old = segment_path(self.directory, self.prefix, self.shard, g)
+            if not old.exists():
+                continue
+            with contextlib.suppress(OSError):
+                fd = os.open(old, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    mm = mmap.mmap(fd, HEADER_SIZE)
+                    U64.pack_into(mm, NEXT_GEN_OFFSET, gen)
+                    mm.close()
+                finally:
+                    os.close(fd)
+                old.unlink()
+
+    def _write_header(self) -> None:
+        assert self._mm is not None
+        HEADER.pack_into(self._mm, 0, MAGIC, self.generation, 0, self.slot_count,
+                         self.data_offset, self.data_size, self.data_used, self.live, self._key)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _append(self, name: str, payload: bytes, flags: int) -> None:
+        mm = self._mm
+        assert mm is not None
+        off = self.data_offset + self.data_used
+        REC.pack_into(mm, off, len(payload), zlib.crc32(payload))
+        mm[off + REC.size: off + REC.size + len(payload)] = payload
+        self.data_used += _align(REC.size + len(payload))
+        slot = self._index.get(name)
+        if slot is None:
+            slot = self._free_slot(name)
+            self._index[name] = slot
+        else:
+            self.garbage += 1
+        was = self._publish(slot, _hash(self._key, name.encode()), off, len(payload), flags)
+        if was != LIVE and flags == LIVE:
+            self.live += 1
+        elif was == LIVE and flags != LIVE:
+            self.live -= 1
+
+    def _free_slot(self, name: str) -> int:
+        assert self._mm is not None
+        mask = self.slot_count - 1
+        i = _hash(self._key, name.encode()) & mask
+        while U64.unpack_from(self._mm, HEADER_SIZE + i * SLOT.size + 8)[0]:  # name hash
+            i = (i + 1) & mask
+        return i
+
+    def _publish(self, slot: int, h: int, off: int, length: int, flags: int) -> int:
+        """Seqlock write of one slot; returns its previous flags."""
+        mm = self._mm
+        assert mm is not None
+        pos = HEADER_SIZE + slot * SLOT.size
+        seq, _, _, _, was = SLOT.unpack_from(mm, pos)
+        U64.pack_into(mm, pos, seq + 1)  # odd: readers retry
+        SLOT_FIELDS.pack_into(mm, pos + 8, h, off, length, flags)
+        U64.pack_into(mm, pos, seq + 2)
+        return int(was)
+
+    def _room(self, name: str, payload: bytes) -> None:
+        """Compact (and grow) first if this write would not fit."""
+        need = _align(REC.size + len(payload))
+        new_slot = name not in self._index
+        full_table = new_slot and len(self._index) + 1 > self.slot_count * MAX_LOAD
+        if self.data_used + need <= self.data_size and not full_table:
+            return
+        self.compact(extra=need)
+
+    def put(self, name: str, version: int, value: Any, meta: dict[str, Any]) -> None:
+        payload = _pack([name, version, value, meta])
+        self._room(name, payload)
+        self._append(name, payload, LIVE)
+        self._sync_header()
+
+    def delete(self, name: str, version: int) -> None:
+        if name not in self._index:
+            return
+        payload = _pack([name, version, None, {"deleted": True}])
+        self._room(name, payload)
+        self._append(name, payload, DELETED)
+        self._sync_header()
+
+    def _sync_header(self) -> None:
+        assert self._mm is not None
+        U64.pack_into(self._mm, 48, self.data_used)
+        U64.pack_into(self._mm, 56, self.live)
+
+    def compact(self, extra: int = 0) -> None:
+        """Copy live records into a new generation sized for them (plus `extra` bytes)."""
+        mm = self._mm
+        assert mm is not None
+        entries = []
+        for name, slot in self._index.items():
+            _, _, off, length, flags = SLOT.unpack_from(mm, HEADER_SIZE + slot * SLOT.size)
+            if flags == LIVE:
+                entries.append((bytes(mm[off + REC.size: off + REC.size + length]), name, False))
+        live_bytes = sum(_align(REC.size + len(p)) for p, _, _ in entries) + extra
+        data = 1 << 16
+        while data < live_bytes * 2:
+            data *= 2
+        slots = 16
+        while slots * MAX_LOAD < len(entries) + 2:
+            slots *= 2
+        self._build(entries, max(slots, 16), data)
+
+    def stats(self) -> dict[str, int]:
+        return {"generation": self.generation, "slots": self.slot_count,
+                "data_size": self.data_size, "data_used": self.data_used, "live": self.live,
+                "overwritten": self.garbage}
+
+    def close(self, unlink: bool = False) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        if unlink:
+            for p in (self._path, control_path(self.directory, self.prefix, self.shard)):
+                if p is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+        self._ctl.close()
+        os.close(self._ctl_fd)
+
+
+class SegmentReader:
+    """Reads one shard's segment from any process; never blocks the writer."""
+
+    def __init__(self, directory: Path, prefix: str, shard: int) -> None:
+        self.directory, self.prefix, self.shard = Path(directory), prefix, shard
+        self._mm: mmap.mmap | None = None
+        self.generation = 0
+        self.retries = 0
+        self._open()
+
+    def _open(self) -> None:
+        # Each miss means the writer retired the generation we were about to open: it is
+        # making progress, so keep following it (a miss costs microseconds).
+        for _ in range(10_000):
+            try:
+                with open(control_path(self.directory, self.prefix, self.shard), "rb") as f:
+                    gen = U64.unpack(f.read(8))[0]
+                fd = os.open(segment_path(self.directory, self.prefix, self.shard, gen),
+                             os.O_RDONLY | os.O_CLOEXEC)
+            except (FileNotFoundError, struct.error):
+                continue  # retired between reading the control file and opening: again
+            try:
+                mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            magic, g, _, slots, _, data_size, _, _, key = HEADER.unpack_from(mm, 0)
+            if magic != MAGIC:
+                mm.close()
+                raise SegmentError(f"not a mabeamd segment (magic {magic!r})")
+            if self._mm is not None:
+                self._mm.close()
+            self._mm, self.generation, self._key = mm, g, key
+            self._mask, self._limit = slots - 1, HEADER_SIZE + slots * SLOT.size + data_size
+            self._slots = slots
+            return
+        raise Unavailable(f"shard {self.shard}: no current segment")
+
+    def get(self, name: str) -> Record | None:
+        """The current record of `name`, None if absent or deleted. Raises Unavailable."""
+        for _ in range(1000):
+            mm = self._mm
+            assert mm is not None
+            if U64.unpack_from(mm, NEXT_GEN_OFFSET)[0]:
+                self._open()
+                continue
+            found = self._lookup(mm, name)
+            if found is not False:
+                return found  # type: ignore[return-value]
+            self.retries += 1
+        raise Unavailable(f"shard {self.shard}: no consistent read of {name!r}")
+
+    def _lookup(self, mm: mmap.mmap, name: str) -> Record | bool | None:
+        """Record, None (absent), or False (inconsistent: retry)."""
+        encoded = name.encode()
+        h = _hash(self._key, encoded)
+        i = h & self._mask
+        for _ in range(self._slots):
+            pos = HEADER_SIZE + i * SLOT.size
+            for _spin in range(MAX_SPIN):
+                s1 = U64.unpack_from(mm, pos)[0]
+                if s1 & 1:
+                    continue
+                _, kh, off, length, flags = SLOT.unpack_from(mm, pos)
+                if U64.unpack_from(mm, pos)[0] == s1:
+                    break
+            else:
+                raise Unavailable(f"shard {self.shard}: slot {i} stays locked (writer died "
+                                  "mid-write?)")
+            if kh == 0:
+                return None
+            if kh == h:
+                end = off + REC.size + length
+                if end > self._limit:
+                    return False
+                plen, crc = REC.unpack_from(mm, off)
+                payload = mm[off + REC.size: end]
+                if plen != length or zlib.crc32(payload) != crc:
+                    return False
+                rname, version, value, meta = msgpack.unpackb(payload, raw=False)
+                if rname == name:
+                    return None if flags == DELETED else Record(rname, version, value, meta)
+            i = (i + 1) & self._mask
+        return None
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
