@@ -113,9 +113,7 @@ def test_matches_a_dict_model(ops: list[tuple[str, str, Any]]) -> None:
         w = SegmentWriter(d, "p", 0, slots=16, data_size=1024)
         r = SegmentReader(d, "p", 0)
         model: dict[str, tuple[int, Any]] = {}
-        version = 0
-        for op, name, value in ops:
-            version += 1
+        for version, (op, name, value) in enumerate(ops, start=1):
             if op == "put":
                 w.put(name, version, value, {})
                 model[name] = (version, value)
