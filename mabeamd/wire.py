@@ -40,6 +40,7 @@ class ErrorCode:
     INTERNAL: Final = "internal"
     SHUTTING_DOWN: Final = "shutting_down"
     TIMEOUT: Final = "timeout"
+    CONSTRAINT_VIOLATION: Final = "constraint_violation"
 
 
 class WireError(Exception):
