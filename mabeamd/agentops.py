@@ -62,6 +62,7 @@ class AgentService:
         self.settings = settings
         self._changed = asyncio.Event()
         self._push_ids = itertools.count(1)
+        self.hello_extra: dict[str, Any] = {}  # e.g. shard count, shm and event endpoints
         endpoint.handlers.update({
             "hello": self.hello, "heartbeat": self.heartbeat, "bye": self.bye,
             "agent.get": self.get_agent, "agent.list": self.list_agents,
@@ -121,6 +122,7 @@ class AgentService:
             "heartbeat_interval": self.settings.heartbeat_interval,
             "missed_beats": self.settings.missed_beats,
             "server": {"mabeamd": __version__, "protocol": wire.PROTOCOL.decode()},
+            **self.hello_extra,
         }
 
     def heartbeat(self, req: Request, body: dict[str, Any]) -> Any:

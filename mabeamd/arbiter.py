@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -29,7 +30,7 @@ from mabeamd.agentops import AgentService
 from mabeamd.auth import AuthError, KeyAuthenticator, load_server_keys
 from mabeamd.child import Reaper
 from mabeamd.commands import build_handlers
-from mabeamd.config import Config, ConfigError, parse_endpoint
+from mabeamd.config import EX_CONFIG, Config, ConfigError, parse_endpoint
 from mabeamd.control import ControlServer
 from mabeamd.endpoint import AgentEndpoint
 from mabeamd.events import EventPublisher
@@ -40,6 +41,8 @@ from mabeamd.paths import Paths
 from mabeamd.plugins import PluginHost
 from mabeamd.registry import Registry
 from mabeamd.sdnotify import Notifier, child_environment
+from mabeamd.statedir import StateDirError, check_shm, open_state, remove_segments
+from mabeamd.varops import VariableService
 from mabeamd.watcher import State, WorkerWatcher, worker_argv
 from mabeamd.wire import ErrorCode, WireError
 
@@ -47,7 +50,11 @@ log = logging.getLogger("mabeamd.arbiter")
 
 
 class StartupError(Exception):
-    """The daemon cannot start; str() is the operator's message."""
+    """The daemon cannot start; str() is the operator's message, `code` the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def default_worker_count() -> int:
@@ -100,6 +107,11 @@ class Arbiter:
                 raise StartupError(f"cannot create {label} directory {d}: {exc.strerror}") from exc
             if not os.access(d, os.W_OK | os.X_OK):
                 raise StartupError(f"{label} directory {d} is not writable by uid {os.geteuid()}")
+        try:
+            self.meta = open_state(self.paths.state_dir, self.worker_count)
+            check_shm(Path(self.config.variables.shm_dir), self.config.variables.min_free_shm)
+        except StateDirError as exc:
+            raise StartupError(str(exc), EX_CONFIG) from exc
         fd = os.open(self.paths.runtime_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -204,6 +216,16 @@ class Arbiter:
                                       cfg.agents.max_message, cfg.agents.max_in_flight,
                                       curve_keys)
         self.agents = AgentService(self.endpoint, self.registry, self.events, cfg.agents)
+        self.variables = VariableService(
+            self.worker_count,
+            lambda i, body: self.link.send(i, self.watchers[i].generation, "request", body),
+            lambda i: self.watchers[i].state is State.RUNNING, self.registry, self.events)
+        self.variables.install(self.endpoint)
+        self.agents.hello_extra = {
+            "shards": self.worker_count,
+            "shm": {"dir": cfg.variables.shm_dir, "prefix": self.meta.shm_prefix},
+            "events": events_ep.address if events_ep is not None else None,
+        }
 
     def _managed_agent_env(self) -> dict[str, str]:
         """Where managed agents connect: the first plain endpoint, else the first CURVE one
@@ -266,6 +288,8 @@ class Arbiter:
             await asyncio.gather(*(w.wait_exited() for w in self.watchers))
             stops.cancel()
         self.workers_stopped.set()
+        removed = remove_segments(Path(self.config.variables.shm_dir), self.meta.shm_prefix)
+        log.debug("removed %d shared-memory segment files", removed)
         await self.control.drain(timeout=2.0)
         for t in list(self._bg):
             await cancel_and_wait(t)
@@ -331,10 +355,14 @@ class Arbiter:
     # --- the WatcherHost side --------------------------------------------------------------
 
     def worker_argv(self, index: int, generation: int) -> list[str]:
-        w = self.config.workers
+        w, v = self.config.workers, self.config.variables
+        shard_args = ["--state-dir", str(self.paths.state_dir), "--shm-dir", v.shm_dir,
+                      "--shm-prefix", self.meta.shm_prefix, "--fsync", v.fsync,
+                      "--history", str(v.history), "--max-value", str(v.max_value),
+                      "--snapshot-every", str(v.snapshot_every)]
         return worker_argv(index, generation, link=self.paths.endpoint(self.paths.worker_link),
                            heartbeat=w.heartbeat_interval, log_level=self.config.daemon.log_level,
-                           wrapper=w.wrapper)
+                           wrapper=w.wrapper, shard_args=shard_args)
 
     def worker_env(self) -> dict[str, str]:
         return child_environment(dict(os.environ))
@@ -345,6 +373,8 @@ class Arbiter:
     def worker_event(self, index: int, event: str, details: dict[str, Any]) -> None:
         self.plugins.call("mabeamd_worker_event", index=index, event=event, details=details)
         self.events.publish(f"worker.{event}", {"index": index, **details})
+        if event == "exited":
+            self.variables.worker_down(index)
         if self.state == "running" and event in ("running", "exited", "failed"):
             self.notifier.status(self.status_line())
 
@@ -354,6 +384,9 @@ class Arbiter:
         w = self.watchers[index]
         if op == "heartbeat":
             w.on_heartbeat(generation)
+        elif op == "result":
+            w.on_heartbeat(generation)  # any message is a sign of life
+            self.variables.on_result(body)
         elif op == "hello":
             pid = body.get("pid")
             w.on_hello(generation, pid if isinstance(pid, int) else -1)
@@ -411,6 +444,8 @@ class Arbiter:
             "workers": {"total": len(self.watchers), **self.worker_counts()},
             "plugins": self.plugins.summary(),
             "agents": self.registry.counts(),
+            "variables": {"shards": self.worker_count, "fsync": self.config.variables.fsync,
+                          "shm_prefix": self.meta.shm_prefix},
             "managed": {p.name: sum(1 for x in p.procs if x.state == "running")
                         for p in self.managed.programs.values()},
             "agent_endpoints": [str(e) for e in self.endpoint.endpoints],

@@ -167,6 +167,21 @@ class SecuritySection:
 
 
 @dataclass(frozen=True)
+class VariablesSection:
+    fsync: str = _opt("everysec", "enum", "WAL fsync policy: always (no acknowledged write is "
+                      "ever lost), everysec (at most ~1 s on power loss), never",
+                      choices=("always", "everysec", "never"))
+    history: int = _opt(16, "int", "earlier versions kept per variable", min=0, max=10000)
+    max_value: int = _opt(1 << 20, "int", "largest variable value, packed bytes", min=16,
+                          max=256 << 20)
+    snapshot_every: int = _opt(10000, "int", "WAL records between snapshots of a shard",
+                               min=1, max=1_000_000_000)
+    shm_dir: str = _opt("/dev/shm", "path", "where shard segments live (tmpfs)")
+    min_free_shm: int = _opt(64 << 20, "int", "refuse to start with less free space in "
+                             "shm_dir, bytes", min=0, max=1 << 50)
+
+
+@dataclass(frozen=True)
 class ManagedSection:
     """One [managed.NAME] program the daemon launches and keeps running."""
 
@@ -197,6 +212,7 @@ class Config:
     agents: AgentsSection = field(default_factory=AgentsSection)
     events: EventsSection = field(default_factory=EventsSection)
     security: SecuritySection = field(default_factory=SecuritySection)
+    variables: VariablesSection = field(default_factory=VariablesSection)
     managed: dict[str, ManagedSection] = field(default_factory=dict)
     # Where the values came from; not an option.
     source: str = field(default="<defaults>", compare=False)
@@ -218,6 +234,7 @@ SECTIONS: Final[dict[str, type]] = {
     "agents": AgentsSection,
     "events": EventsSection,
     "security": SecuritySection,
+    "variables": VariablesSection,
 }
 MANAGED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(uvloop.run(arbiter.run()))
     except StartupError as exc:
         log.error("cannot start: %s", exc)
-        return 1
+        return exc.code
     except Exception:
         log.exception("mabeamd crashed after %.1fs", time.monotonic() - started)
         return 1

@@ -15,6 +15,11 @@ Why it cannot tear:
   writes the other fields, makes `seq` even. A reader reads seq, the slot, seq again, and
   retries if they differ or are odd. With x86-64's ordered stores and loads (TSO) this is
   sound from Python; other architectures must not use the shared-memory path (`supported()`).
+- Every seq word (and the generation words) is read and written as one 8-byte element of a
+  `memoryview.cast("Q")`: a single aligned load or store. Never with `struct.pack_into`: it
+  zero-fills its target before writing, so a seq written that way passes through 0, an even
+  value, and a reader can take "0, half-written slot, 0" for a consistent empty slot. (The
+  torn-read test found exactly that.)
 - The record a consistent slot points to is complete (it was written before the slot), and
   its CRC is checked anyway.
 
@@ -37,6 +42,7 @@ import os
 import platform
 import secrets
 import struct
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,7 +61,11 @@ U64 = struct.Struct("<Q")
 REC = struct.Struct("<II")  # payload length, crc32
 LIVE, DELETED = 1, 2
 MAX_LOAD = 0.7
-MAX_SPIN = 100_000
+# A writer can be preempted between making a seq odd and even again (a whole scheduler slice
+# on a busy machine): spin briefly, then yield the CPU to it, and only after this long call
+# the slot stuck (the writer died mid-write).
+SPIN = 200
+LOCKED_TIMEOUT = 1.0
 
 
 class SegmentError(Exception):
@@ -113,8 +123,10 @@ class SegmentWriter:
         if os.fstat(self._ctl_fd).st_size < 8:
             os.posix_fallocate(self._ctl_fd, 0, 8)
         self._ctl = mmap.mmap(self._ctl_fd, 8)
-        self.generation = U64.unpack_from(self._ctl, 0)[0]
+        self._ctl_q = memoryview(self._ctl).cast("Q")
+        self.generation = self._ctl_q[0]
         self._mm: mmap.mmap | None = None
+        self._q: memoryview | None = None
         self._path: Path | None = None
         initial = [(self._encode(r), r.name, False) for r in records]
         self._build(initial, slots, data_size)
@@ -147,8 +159,8 @@ class SegmentWriter:
             path.unlink()
             raise
         os.close(fd)
-        old_mm, old_path = self._mm, self._path
-        self._mm, self._path, self.generation = mm, path, gen
+        old_mm, old_q, old_path = self._mm, self._q, self._path
+        self._mm, self._q, self._path, self.generation = mm, memoryview(mm).cast("Q"), path, gen
         self.slot_count, self.data_size = slots, data_size
         self.data_offset = HEADER_SIZE + slots * SLOT.size
         self.data_used = 0
@@ -158,9 +170,10 @@ class SegmentWriter:
         for payload, name, _ in live:
             self._append(name, payload, LIVE)
         self._write_header()
-        U64.pack_into(self._ctl, 0, gen)  # new readers start here
-        if old_mm is not None:
-            U64.pack_into(old_mm, NEXT_GEN_OFFSET, gen)  # current readers move on
+        self._ctl_q[0] = gen  # new readers start here
+        if old_mm is not None and old_q is not None:
+            old_q[NEXT_GEN_OFFSET >> 3] = gen  # current readers move on
+            old_q.release()
             old_mm.close()
         if old_path is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -177,7 +190,9 @@ class SegmentWriter:
                 fd = os.open(old, os.O_RDWR | os.O_CLOEXEC)
                 try:
                     mm = mmap.mmap(fd, HEADER_SIZE)
-                    U64.pack_into(mm, NEXT_GEN_OFFSET, gen)
+                    q = memoryview(mm).cast("Q")
+                    q[NEXT_GEN_OFFSET >> 3] = gen
+                    q.release()
                     mm.close()
                 finally:
                     os.close(fd)
@@ -219,13 +234,13 @@ class SegmentWriter:
 
     def _publish(self, slot: int, h: int, off: int, length: int, flags: int) -> int:
         """Seqlock write of one slot; returns its previous flags."""
-        mm = self._mm
-        assert mm is not None
+        mm, q = self._mm, self._q
+        assert mm is not None and q is not None
         pos = HEADER_SIZE + slot * SLOT.size
         seq, _, _, _, was = SLOT.unpack_from(mm, pos)
-        U64.pack_into(mm, pos, seq + 1)  # odd: readers retry
+        q[pos >> 3] = seq + 1  # odd: readers retry (one 8-byte store, see above)
         SLOT_FIELDS.pack_into(mm, pos + 8, h, off, length, flags)
-        U64.pack_into(mm, pos, seq + 2)
+        q[pos >> 3] = seq + 2
         return int(was)
 
     def _room(self, name: str, payload: bytes) -> None:
@@ -252,9 +267,9 @@ class SegmentWriter:
         self._sync_header()
 
     def _sync_header(self) -> None:
-        assert self._mm is not None
-        U64.pack_into(self._mm, 48, self.data_used)
-        U64.pack_into(self._mm, 56, self.live)
+        assert self._q is not None
+        self._q[48 >> 3] = self.data_used
+        self._q[56 >> 3] = self.live
 
     def compact(self, extra: int = 0) -> None:
         """Copy live records into a new generation sized for them (plus `extra` bytes)."""
@@ -280,6 +295,9 @@ class SegmentWriter:
                 "overwritten": self.garbage}
 
     def close(self, unlink: bool = False) -> None:
+        if self._q is not None:
+            self._q.release()
+            self._q = None
         if self._mm is not None:
             self._mm.close()
             self._mm = None
@@ -288,6 +306,7 @@ class SegmentWriter:
                 if p is not None:
                     with contextlib.suppress(FileNotFoundError):
                         p.unlink()
+        self._ctl_q.release()
         self._ctl.close()
         os.close(self._ctl_fd)
 
@@ -298,6 +317,7 @@ class SegmentReader:
     def __init__(self, directory: Path, prefix: str, shard: int) -> None:
         self.directory, self.prefix, self.shard = Path(directory), prefix, shard
         self._mm: mmap.mmap | None = None
+        self._q: memoryview | None = None
         self.generation = 0
         self.retries = 0
         self._open()
@@ -321,9 +341,9 @@ class SegmentReader:
             if magic != MAGIC:
                 mm.close()
                 raise SegmentError(f"not a mabeamd segment (magic {magic!r})")
-            if self._mm is not None:
-                self._mm.close()
-            self._mm, self.generation, self._key = mm, g, key
+            self.close()
+            self._mm, self._q, self.generation, self._key = \
+                mm, memoryview(mm).cast("Q"), g, key
             self._mask, self._limit = slots - 1, HEADER_SIZE + slots * SLOT.size + data_size
             self._slots = slots
             return
@@ -332,34 +352,42 @@ class SegmentReader:
     def get(self, name: str) -> Record | None:
         """The current record of `name`, None if absent or deleted. Raises Unavailable."""
         for _ in range(1000):
-            mm = self._mm
-            assert mm is not None
-            if U64.unpack_from(mm, NEXT_GEN_OFFSET)[0]:
+            mm, q = self._mm, self._q
+            assert mm is not None and q is not None
+            if q[NEXT_GEN_OFFSET >> 3]:
                 self._open()
                 continue
-            found = self._lookup(mm, name)
+            found = self._lookup(mm, q, name)
             if found is not False:
                 return found  # type: ignore[return-value]
             self.retries += 1
         raise Unavailable(f"shard {self.shard}: no consistent read of {name!r}")
 
-    def _lookup(self, mm: mmap.mmap, name: str) -> Record | bool | None:
+    def _lookup(self, mm: mmap.mmap, q: memoryview, name: str) -> Record | bool | None:
         """Record, None (absent), or False (inconsistent: retry)."""
         encoded = name.encode()
         h = _hash(self._key, encoded)
         i = h & self._mask
         for _ in range(self._slots):
             pos = HEADER_SIZE + i * SLOT.size
-            for _spin in range(MAX_SPIN):
-                s1 = U64.unpack_from(mm, pos)[0]
-                if s1 & 1:
-                    continue
-                _, kh, off, length, flags = SLOT.unpack_from(mm, pos)
-                if U64.unpack_from(mm, pos)[0] == s1:
-                    break
-            else:
-                raise Unavailable(f"shard {self.shard}: slot {i} stays locked (writer died "
-                                  "mid-write?)")
+            word = pos >> 3
+            spins = 0
+            deadline = 0.0
+            while True:
+                s1 = q[word]
+                if not s1 & 1:
+                    _, kh, off, length, flags = SLOT.unpack_from(mm, pos)
+                    if q[word] == s1:
+                        break
+                spins += 1
+                if spins > SPIN:
+                    now = time.monotonic()
+                    if not deadline:
+                        deadline = now + LOCKED_TIMEOUT
+                    elif now > deadline:
+                        raise Unavailable(f"shard {self.shard}: slot {i} stays locked (writer "
+                                          "died mid-write?)")
+                    os.sched_yield()
             if kh == 0:
                 return None
             if kh == h:
@@ -377,6 +405,9 @@ class SegmentReader:
         return None
 
     def close(self) -> None:
+        if self._q is not None:
+            self._q.release()
+            self._q = None
         if self._mm is not None:
             self._mm.close()
             self._mm = None

@@ -8,6 +8,7 @@ NOTIFY_SOCKET, so callers wait for exactly what systemd would wait for, with no 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -186,7 +187,17 @@ class Daemon:
                     k.kill()
         if self.notify is not None:
             self.notify.close()
+        for f in self.shm_segments():  # a daemon killed with -9 could not remove them
+            f.unlink(missing_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def shm_segments(self) -> list[Path]:
+        """This daemon's shared-memory segment files (named after its state directory)."""
+        try:
+            instance = json.loads((self.state_dir / "meta.json").read_text())["instance"]
+        except (OSError, ValueError, KeyError):
+            return []
+        return sorted(Path("/dev/shm").glob(f"mabeamd-{instance}-*"))
 
     # --- admin -----------------------------------------------------------------------------
 

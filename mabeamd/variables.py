@@ -191,7 +191,7 @@ class ShardStore:
 
     # --- reads -----------------------------------------------------------------------------
 
-    def get(self, name: str) -> Variable:
+    def get(self, name: Any) -> Variable:
         var = self.vars.get(check_name(name))
         if var is None:
             raise Refused(ErrorCode.NOT_FOUND, f"no variable {name!r}")

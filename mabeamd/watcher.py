@@ -331,7 +331,7 @@ class WorkerWatcher:
 
 
 def worker_argv(index: int, generation: int, *, link: str, heartbeat: float, log_level: str,
-                wrapper: list[str]) -> list[str]:
+                wrapper: list[str], shard_args: list[str]) -> list[str]:
     return [*wrapper, sys.executable, "-m", "mabeamd.worker", "--index", str(index),
             "--generation", str(generation), "--link", link, "--parent", str(os.getpid()),
-            "--heartbeat", repr(heartbeat), "--log-level", log_level]
+            "--heartbeat", repr(heartbeat), "--log-level", log_level, *shard_args]

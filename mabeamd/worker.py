@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -26,6 +27,7 @@ import zmq.asyncio
 from mabeamd import wire
 from mabeamd.link import identity
 from mabeamd.logsetup import setup_child_logging
+from mabeamd.shard import Shard
 
 log = logging.getLogger("mabeamd.worker")
 
@@ -49,12 +51,17 @@ def die_with_parent(parent: int) -> None:
             pass
 
 
+BATCH = 256
+
+
 class Worker:
-    def __init__(self, index: int, generation: int, link: str, heartbeat: float) -> None:
+    def __init__(self, index: int, generation: int, link: str, heartbeat: float,
+                 shard: Shard | None = None) -> None:
         self.index = index
         self.generation = generation
         self.link = link
         self.heartbeat = heartbeat
+        self.shard = shard
         self._stop = asyncio.Event()
         self._seq = 0
 
@@ -74,22 +81,28 @@ class Worker:
         try:
             await self._send(sock, "hello", {"index": self.index, "generation": self.generation,
                                              "pid": os.getpid()})
-            beats = asyncio.create_task(self._beat(sock))
-            inbox = asyncio.create_task(self._inbox(sock))
+            tasks = [asyncio.create_task(c) for c in
+                     (self._beat(sock), self._inbox(sock), self._tick())]
             await self._stop.wait()
-            beats.cancel()
-            inbox.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beats
-            with contextlib.suppress(asyncio.CancelledError):
-                await inbox
+            for t in tasks:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
             with contextlib.suppress(zmq.ZMQError):
                 await self._send(sock, "bye", {"generation": self.generation})
         finally:
             sock.close()
             ctx.term()
+            if self.shard is not None:
+                self.shard.close()
         log.info("stopped")
         return 0
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.shard is not None:
+                self.shard.tick()
 
     async def _beat(self, sock: zmq.asyncio.Socket) -> None:
         while True:
@@ -99,16 +112,46 @@ class Worker:
 
     async def _inbox(self, sock: zmq.asyncio.Socket) -> None:
         while True:
-            frames = await sock.recv_multipart()
-            try:
-                _, op, _body = wire.parse_request(frames)
-            except wire.WireError as exc:
-                log.warning("dropping malformed message from arbiter: %s", exc.message)
-                continue
-            if op == "stop":
-                self._stop.set()
-            else:
-                log.warning("unknown op from arbiter: %s", op)
+            batch = [await sock.recv_multipart()]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(await sock.recv_multipart(flags=zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            replies = [r for r in (self._serve(frames) for frames in batch) if r is not None]
+            if self.shard is not None and replies:
+                # Group commit: the WAL is durable (per policy) before any reply leaves. If
+                # this raises, the worker dies and its writes are answered by no one.
+                self.shard.commit()
+            for body in replies:
+                await self._send(sock, "result", body)
+
+    def _serve(self, frames: list[bytes]) -> dict[str, Any] | None:
+        try:
+            _, op, body = wire.parse_request(frames)
+        except wire.WireError as exc:
+            log.warning("dropping malformed message from arbiter: %s", exc.message)
+            return None
+        if op == "stop":
+            self._stop.set()
+            return None
+        if op != "request":
+            log.warning("unknown op from arbiter: %s", op)
+            return None
+        fwd = body.get("fwd")
+        if self.shard is None:
+            return {"fwd": fwd, "ok": False, "code": wire.ErrorCode.INTERNAL,
+                    "message": "this worker serves no shard"}
+        try:
+            result, event = self.shard.handle(str(body.get("op")), body.get("args") or {},
+                                              str(body.get("actor")), time.time())
+        except wire.WireError as exc:
+            return {"fwd": fwd, "ok": False, "code": exc.code, "message": exc.message}
+        except Exception as exc:
+            log.exception("shard %d: request failed", self.index)
+            return {"fwd": fwd, "ok": False, "code": wire.ErrorCode.INTERNAL,
+                    "message": repr(exc)}
+        return {"fwd": fwd, "ok": True, "result": result, "event": event}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--heartbeat", type=float, required=True)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--state-dir", type=Path)
+    parser.add_argument("--shm-dir", type=Path)
+    parser.add_argument("--shm-prefix")
+    parser.add_argument("--fsync", default="everysec")
+    parser.add_argument("--history", type=int, default=16)
+    parser.add_argument("--max-value", type=int, default=1 << 20)
+    parser.add_argument("--snapshot-every", type=int, default=10000)
     args = parser.parse_args(argv)
     setup_child_logging(args.log_level, f"worker[{args.index}]")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -126,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(args.parent)
     import uvloop
 
-    worker = Worker(args.index, args.generation, args.link, args.heartbeat)
+    shard = None
+    if args.state_dir is not None:
+        # Loaded before hello: the arbiter counts the worker as running only once its shard
+        # serves.
+        shard = Shard(args.index, args.state_dir, args.shm_dir, args.shm_prefix,
+                      fsync=args.fsync, history=args.history, max_value=args.max_value,
+                      snapshot_every=args.snapshot_every)
+    worker = Worker(args.index, args.generation, args.link, args.heartbeat, shard)
     return int(uvloop.run(worker.run()))
 
 

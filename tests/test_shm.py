@@ -173,7 +173,7 @@ def _read_and_check(directory: str, reads: int, out: Any) -> None:
     for k in range(reads):
         name = NAMES[k % len(NAMES)]
         rec = r.get(name)
-        assert rec is not None
+        assert rec is not None, f"read {k}: {name} absent in generation {r.generation}"
         v = rec.value
         if rec.name != name or zlib.crc32(v["blob"]) != v["crc"] or v["i"] != rec.version:
             torn += 1

@@ -26,7 +26,9 @@ def test_clean_start_and_stop_leaves_nothing(daemon: Daemon) -> None:
         assert w["rss"] and w["rss"] > 0
         assert w["cpu_seconds"] is not None
 
+    assert daemon.shm_segments()  # one segment (+ control file) per shard while running
     assert daemon.stop() == 0
+    assert daemon.shm_segments() == []
     for k in kids:
         assert not psutil.pid_exists(k.pid) or k.status() == psutil.STATUS_ZOMBIE
     # No sockets (or anything else) left in the runtime directory.

@@ -1,0 +1,138 @@
+"""One shard, served inside its worker: the variable store, its WAL, its snapshot and its
+shared-memory segment. The worker is the only writer of all four.
+
+Start-up loads the snapshot, replays the WAL after it, and builds a fresh segment generation
+from the result (readers of the previous generation, e.g. one a crashed worker left, carry on
+with consistent older data until they switch). A write is validated, appended to the WAL,
+applied to the store and published to the segment; its reply waits for `commit()`, which the
+worker calls once per batch of requests (group commit).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from mabeamd import snapshot
+from mabeamd.shm import Record, SegmentWriter
+from mabeamd.variables import ShardStore, Variable, check_name
+from mabeamd.wal import WriteAheadLog, replay
+from mabeamd.wire import ErrorCode, WireError
+
+log = logging.getLogger(__name__)
+ADMIN = "@admin"
+READ_OPS = ("var.get", "var.list", "var.history")
+
+
+def _int_or_none(body: dict[str, Any], key: str) -> int | None:
+    v = body.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+        raise WireError(ErrorCode.BAD_REQUEST, f"{key} must be an integer")
+    return v
+
+
+class Shard:
+    def __init__(self, index: int, state_dir: Path, shm_dir: Path, shm_prefix: str, *,
+                 fsync: str, history: int, max_value: int, snapshot_every: int) -> None:
+        self.index = index
+        self.dir = state_dir / f"shard-{index}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.snapshot_every = snapshot_every
+        t0 = time.monotonic()
+        self.store = ShardStore(history, max_value)
+        seq, states = snapshot.load(self.dir)
+        for s in states:
+            self.store.apply({"op": "put", "var": s})
+        replayed = 0
+        for _, payload in replay(self.dir, after=seq):
+            self.store.apply(msgpack.unpackb(payload, raw=False))
+            replayed += 1
+        self.wal = WriteAheadLog(self.dir, fsync)
+        self.since_snapshot = replayed
+        self.segment = SegmentWriter(
+            shm_dir, shm_prefix, index, slots=max(1024, 2 * len(self.store.vars)),
+            records=[Record(v.name, v.version, v.value, v.meta())
+                     for v in self.store.vars.values()])
+        log.info("shard %d: %d variables (snapshot at %d, %d WAL records replayed) in %.0f ms",
+                 index, len(self.store.vars), seq, replayed, (time.monotonic() - t0) * 1000)
+
+    # --- requests --------------------------------------------------------------------------
+
+    def handle(self, op: str, body: dict[str, Any], actor: str, now: float,
+               ) -> tuple[Any, dict[str, Any] | None]:
+        """(result, event) for one request; raises WireError. Writes need commit()."""
+        if op == "var.get":
+            return self.store.get(body.get("name")).public(), None
+        if op == "var.history":
+            var = self.store.get(body.get("name"))
+            past = [{"version": v, "value": val, "modified_by": by, "updated_at": t}
+                    for v, val, by, t in var.history]
+            return {"name": var.name, "version": var.version, "history": past}, None
+        if op == "var.list":
+            page, cursor = self.store.list_page(body["prefix"], body["after"], body["limit"])
+            return {"vars": [v.public() for v in page], "next": cursor}, None
+        if op == "var.snapshot":
+            return self.take_snapshot(), None
+        admin = actor == ADMIN
+        name = check_name(body.get("name"))
+        if op == "var.create":
+            effect = self.store.create(
+                name, body.get("value"), actor, now, vtype=body.get("type", "any"),
+                access=body.get("access", "public"), writers=body.get("writers"),
+                policy=body.get("policy", "last_write_wins"),
+                constraints=body.get("constraints"))
+        elif op == "var.set":
+            effect = self.store.set(name, body.get("value"), actor, now,
+                                    expect_version=_int_or_none(body, "expect_version"),
+                                    via_session=admin)
+        elif op == "var.delete":
+            effect = self.store.delete(name, actor,
+                                       expect_version=_int_or_none(body, "expect_version"),
+                                       via_session=admin)
+        else:
+            raise WireError(ErrorCode.UNKNOWN_OP, f"shard: unknown op {op!r}")
+        return self._write(effect, actor)
+
+    def _write(self, effect: dict[str, Any], actor: str) -> tuple[Any, dict[str, Any]]:
+        self.wal.append(msgpack.packb(effect, use_bin_type=True))  # first: the log
+        var: Variable | None = self.store.apply(effect)
+        if var is None:
+            self.segment.delete(effect["name"], effect["version"])
+            event = {"name": effect["name"], "op": "delete", "version": effect["version"],
+                     "by": actor}
+            result: Any = {"name": effect["name"], "deleted": True,
+                           "version": effect["version"]}
+        else:
+            self.segment.put(var.name, var.version, var.value, var.meta())
+            event = {"name": var.name, "op": "set" if var.version > 1 else "create",
+                     "version": var.version, "by": actor, "value": var.value}
+            result = var.public()
+        self.since_snapshot += 1
+        return result, event
+
+    def commit(self) -> None:
+        self.wal.commit()
+        if self.since_snapshot >= self.snapshot_every:
+            self.take_snapshot()
+
+    def take_snapshot(self) -> dict[str, Any]:
+        self.wal.sync()
+        seq = self.wal.next_seq - 1
+        states = [v.state() for v in self.store.vars.values()]
+        snapshot.write(self.dir, seq, states)
+        self.wal.rotate()
+        dropped = self.wal.drop_before(seq + 1)
+        self.since_snapshot = 0
+        return {"shard": self.index, "seq": seq, "variables": len(states),
+                "wal_files_dropped": len(dropped)}
+
+    def tick(self) -> None:
+        self.wal.tick()
+
+    def close(self) -> None:
+        self.wal.close()
+        self.segment.close()

@@ -1,0 +1,60 @@
+"""Shard snapshots: every variable's state as of a WAL sequence number, written atomically.
+
+    MBSNAP01 | seq u64 | crc32 u32 | length u64 | msgpack [state, ...]
+
+Written to a temporary file, fsynced, renamed over `snapshot.mp` and the directory fsynced:
+a crash leaves either the old snapshot or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+MAGIC = b"MBSNAP01"
+HEAD = struct.Struct("<8sQIQ")
+NAME = "snapshot.mp"
+
+
+class SnapshotCorrupt(Exception):
+    pass
+
+
+def write(directory: Path, seq: int, states: list[dict[str, Any]]) -> Path:
+    body: bytes = msgpack.packb(states, use_bin_type=True)
+    tmp = directory / f".{NAME}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(HEAD.pack(MAGIC, seq, zlib.crc32(body), len(body)))
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    final = directory / NAME
+    os.replace(tmp, final)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return final
+
+
+def load(directory: Path) -> tuple[int, list[dict[str, Any]]]:
+    """(seq, states) of the snapshot, or (0, []) when there is none."""
+    path = directory / NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0, []
+    if len(data) < HEAD.size:
+        raise SnapshotCorrupt(f"{path}: too short")
+    magic, seq, crc, length = HEAD.unpack_from(data)
+    body = data[HEAD.size:]
+    if magic != MAGIC or len(body) != length or zlib.crc32(body) != crc:
+        raise SnapshotCorrupt(f"{path}: bad magic, length or checksum")
+    states: list[dict[str, Any]] = msgpack.unpackb(body, raw=False)
+    return seq, states

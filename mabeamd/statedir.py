@@ -1,0 +1,77 @@
+"""The state directory's identity: how many shards it was created with, and its instance id
+(which names its shared-memory segments, so two daemons never read each other's).
+
+The shard count is fixed when the directory is created: a different workers.count later is
+refused, because rehashing every variable is a deliberate operation, never a side effect of
+a config edit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+META = "meta.json"
+
+
+class StateDirError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class StateMeta:
+    shards: int
+    instance: str
+
+    @property
+    def shm_prefix(self) -> str:
+        return f"mabeamd-{self.instance}"
+
+
+def open_state(state_dir: Path, shards: int) -> StateMeta:
+    path = state_dir / META
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            meta = StateMeta(int(data["shards"]), str(data["instance"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateDirError(f"{path}: unreadable ({exc})") from exc
+        if meta.shards != shards:
+            raise StateDirError(
+                f"{state_dir} holds {meta.shards} shards but workers.count gives {shards}: "
+                f"set workers.count = {meta.shards} (the shard count is fixed when the state "
+                "directory is created; resharding is not available yet)")
+        return meta
+    meta = StateMeta(shards, secrets.token_hex(4))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"shards": shards, "instance": meta.instance,
+                               "created": time.time()}) + "\n")
+    os.replace(tmp, path)
+    return meta
+
+
+def check_shm(shm_dir: Path, min_free: int) -> None:
+    try:
+        st = os.statvfs(shm_dir)
+    except OSError as exc:
+        raise StateDirError(f"[variables] shm_dir {shm_dir}: {exc.strerror}") from exc
+    free = st.f_bavail * st.f_frsize
+    if free < min_free:
+        raise StateDirError(f"only {free >> 20} MiB free in {shm_dir}; [variables] "
+                            f"min_free_shm asks for {min_free >> 20} MiB (enlarge the tmpfs, "
+                            "e.g. mount -o remount,size=1G /dev/shm)")
+
+
+def remove_segments(shm_dir: Path, prefix: str) -> int:
+    n = 0
+    for f in shm_dir.glob(f"{prefix}-s*"):
+        try:
+            f.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n

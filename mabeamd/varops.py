@@ -1,0 +1,144 @@
+"""Variable ops on the agent endpoint (and for mabeamctl): route each to its shard's worker.
+
+    shard = crc32(UTF-8 name) mod N    (N fixed when the state directory was created)
+
+The arbiter validates the caller (writes need an agent registered on the calling connection,
+which becomes the actor), forwards the request over the worker link and relays the worker's
+answer; a write's `var.<name>` event is published once the worker has made it durable. Reads
+need no agent: every agent may read every variable. A shard whose worker is not running
+answers `busy` (retry), and requests in flight when a worker dies get `busy` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mabeamd.endpoint import AgentEndpoint, Request
+from mabeamd.events import EventPublisher
+from mabeamd.registry import Registry
+from mabeamd.shard import ADMIN
+from mabeamd.wire import ErrorCode, WireError, check_fields
+
+FORWARD_TIMEOUT = 30.0
+MAX_LIST = 1000
+WRITE_FIELDS = {
+    "var.create": {"agent", "name", "value", "type", "access", "writers", "policy",
+                   "constraints"},
+    "var.set": {"agent", "name", "value", "expect_version"},
+    "var.delete": {"agent", "name", "expect_version"},
+}
+
+
+def shard_of(name: str, shards: int) -> int:
+    return zlib.crc32(name.encode()) % shards
+
+
+Send = Callable[[int, dict[str, Any]], Awaitable[bool]]
+
+
+class VariableService:
+    def __init__(self, shards: int, send: Send, is_running: Callable[[int], bool],
+                 registry: Registry, events: EventPublisher) -> None:
+        self.shards = shards
+        self._send = send
+        self._is_running = is_running
+        self.registry = registry
+        self.events = events
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+
+    def install(self, endpoint: AgentEndpoint) -> None:
+        for op in WRITE_FIELDS:
+            endpoint.handlers[op] = self._write_handler(op)
+        endpoint.handlers["var.get"] = self._read_handler("var.get")
+        endpoint.handlers["var.history"] = self._read_handler("var.history")
+        endpoint.handlers["var.list"] = lambda req, body: self.list_vars(body)
+
+    # --- handlers --------------------------------------------------------------------------
+
+    def _write_handler(self, op: str) -> Callable[[Request, dict[str, Any]], Any]:
+        def handler(req: Request, body: dict[str, Any]) -> Any:
+            check_fields(body, op, WRITE_FIELDS[op], {"agent", "name"})
+            agent = body["agent"]
+            if not isinstance(agent, str):
+                raise WireError(ErrorCode.BAD_REQUEST, "agent must be an agent id")
+            self.registry.owned(agent, req.conn)
+            self.registry.touch(agent, time.monotonic())
+            args = {k: v for k, v in body.items() if k != "agent"}
+            return self.forward(op, args, agent)
+        return handler
+
+    def _read_handler(self, op: str) -> Callable[[Request, dict[str, Any]], Any]:
+        def handler(req: Request, body: dict[str, Any]) -> Any:
+            check_fields(body, op, {"name"}, {"name"})
+            return self.forward(op, body, ADMIN)
+        return handler
+
+    def forward(self, op: str, args: dict[str, Any], actor: str) -> Awaitable[Any]:
+        name = args.get("name")
+        if not isinstance(name, str):
+            raise WireError(ErrorCode.BAD_REQUEST, "name must be a string")
+        return self.to_shard(shard_of(name, self.shards), op, args, actor)
+
+    async def to_shard(self, shard: int, op: str, args: dict[str, Any], actor: str) -> Any:
+        if not self._is_running(shard):
+            raise WireError(ErrorCode.BUSY, f"shard {shard} is not serving (its worker is "
+                            "restarting); retry")
+        fwd = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[fwd] = (shard, fut)
+        try:
+            if not await self._send(shard, {"fwd": fwd, "op": op, "args": args,
+                                            "actor": actor}):
+                raise WireError(ErrorCode.BUSY, f"shard {shard} is not reachable; retry")
+            try:
+                return await asyncio.wait_for(fut, FORWARD_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise WireError(ErrorCode.BUSY, f"shard {shard} did not answer in "
+                                f"{FORWARD_TIMEOUT:g}s; retry") from None
+        finally:
+            self._pending.pop(fwd, None)
+
+    async def list_vars(self, body: dict[str, Any]) -> Any:
+        """One page of variables by name prefix, merged across all shards in name order."""
+        check_fields(body, "var.list", {"prefix", "after", "limit"})
+        prefix, after = body.get("prefix", ""), body.get("after") or ""
+        limit = body.get("limit", 100)
+        if not isinstance(prefix, str) or not isinstance(after, str):
+            raise WireError(ErrorCode.BAD_REQUEST, "prefix and after must be strings")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
+            raise WireError(ErrorCode.BAD_REQUEST, f"limit must be 1..{MAX_LIST}")
+        args = {"prefix": prefix, "after": after, "limit": limit}
+        pages = await asyncio.gather(*(self.to_shard(i, "var.list", args, ADMIN)
+                                       for i in range(self.shards)))
+        merged = sorted((v for p in pages for v in p["vars"]), key=lambda v: v["name"])
+        more = any(p["next"] for p in pages) or len(merged) > limit
+        page = merged[:limit]
+        return {"vars": page, "next": page[-1]["name"] if more and page else None}
+
+    # --- from the worker link --------------------------------------------------------------
+
+    def on_result(self, body: dict[str, Any]) -> None:
+        entry = self._pending.get(body.get("fwd"))  # type: ignore[arg-type]
+        if entry is None or entry[1].done():
+            return  # timed out already
+        if body.get("ok"):
+            event = body.get("event")
+            if isinstance(event, dict):
+                self.events.publish(f"var.{event.get('name')}", event)
+            entry[1].set_result(body.get("result"))
+        else:
+            entry[1].set_exception(WireError(str(body.get("code")), str(body.get("message"))))
+
+    def worker_down(self, shard: int) -> None:
+        """Requests the dead worker will never answer: retryable."""
+        for s, fut in list(self._pending.values()):
+            if s == shard and not fut.done():
+                fut.set_exception(WireError(ErrorCode.BUSY, f"shard {shard}'s worker died "
+                                            "while serving the request; it may or may not have "
+                                            "been applied: read it back, then retry"))
