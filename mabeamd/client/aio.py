@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -79,6 +80,11 @@ class AsyncClient:
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        # Learned at hello: where the daemon's shards and events are.
+        self.shards = 0
+        self._shm: dict[str, Any] | None = None
+        self._readers: dict[int, Any] = {}
+        self.events_endpoint: str | None = None
         self.dropped_pushes = 0
         self.reregistrations = 0
 
@@ -115,6 +121,9 @@ class AsyncClient:
             if not fut.done():
                 fut.set_exception(ConnectionLost("client closed"))
         self._pending.clear()
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
@@ -216,6 +225,9 @@ class AsyncClient:
         reg.token = reply["token"]
         self.registrations[agent] = reg
         self.heartbeat_interval = float(reply.get("heartbeat_interval", 5.0))
+        self.shards = int(reply.get("shards") or 0)
+        self._shm = reply.get("shm")
+        self.events_endpoint = reply.get("events")
         self._wake.set()
         return reply
 
@@ -265,6 +277,98 @@ class AsyncClient:
         result: dict[str, Any] = await self.request(
             "agent.send", {"from": sender, "to": to, "topic": topic, "body": body})
         return result
+
+    # --- universal variables ---------------------------------------------------------------
+
+    async def create_var(self, agent: str, name: str, value: Any = None, *, type: str = "any",
+                         access: str = "public", writers: list[str] | None = None,
+                         policy: str = "last_write_wins",
+                         constraints: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create a variable owned by `agent` (one of ours). Raises Exists if it exists."""
+        body: dict[str, Any] = {"agent": agent, "name": name, "value": value, "type": type,
+                                "access": access, "policy": policy}
+        if writers is not None:
+            body["writers"] = writers
+        if constraints is not None:
+            body["constraints"] = constraints
+        result: dict[str, Any] = await self.request("var.create", body)
+        return result
+
+    async def get_var(self, name: str, *, local: bool = True) -> dict[str, Any]:
+        """The variable (value, version and metadata). Same host: read from shared memory
+        with no round trip when the daemon's segments can be mapped; else over the wire."""
+        if local and self.shards:
+            found = self._local_get(name)
+            if found is not None:
+                return found
+        result: dict[str, Any] = await self.request("var.get", {"name": name})
+        return result
+
+    def _local_get(self, name: str) -> dict[str, Any] | None:
+        """None means "ask the daemon" (not mappable here, or the segment is busy)."""
+        from mabeamd import shm
+        from mabeamd.client.errors import NotFound
+        from mabeamd.varops import shard_of
+
+        if self._shm is None or not shm.supported():
+            return None
+        shard = shard_of(name, self.shards)
+        reader = self._readers.get(shard)
+        try:
+            if reader is None:
+                reader = self._readers[shard] = shm.SegmentReader(
+                    Path(self._shm["dir"]), self._shm["prefix"], shard)
+            rec = reader.get(name)
+        except (OSError, shm.SegmentError):
+            return None
+        if rec is None:
+            raise NotFound(f"no variable {name!r}", "not_found")
+        return {"name": rec.name, "value": rec.value, "version": rec.version, **rec.meta}
+
+    async def set_var(self, agent: str, name: str, value: Any, *,
+                      expect_version: int | None = None) -> dict[str, Any]:
+        """Set as `agent`; with expect_version it is a compare-and-set (VersionMismatch)."""
+        body: dict[str, Any] = {"agent": agent, "name": name, "value": value}
+        if expect_version is not None:
+            body["expect_version"] = expect_version
+        result: dict[str, Any] = await self.request("var.set", body)
+        return result
+
+    async def delete_var(self, agent: str, name: str, *,
+                         expect_version: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"agent": agent, "name": name}
+        if expect_version is not None:
+            body["expect_version"] = expect_version
+        result: dict[str, Any] = await self.request("var.delete", body)
+        return result
+
+    async def list_vars(self, prefix: str = "", *, after: str = "", limit: int = 100,
+                        ) -> dict[str, Any]:
+        """One page: {"vars": [...], "next": cursor or None}."""
+        result: dict[str, Any] = await self.request(
+            "var.list", {"prefix": prefix, "after": after, "limit": limit})
+        return result
+
+    async def var_history(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("var.history", {"name": name})
+        return result
+
+    async def watch_vars(self, prefix: str = "") -> AsyncIterator[dict[str, Any]]:
+        """Changes to variables whose names start with `prefix`, as they happen (events
+        `var.<name>` from the daemon's event endpoint)."""
+        if not self.events_endpoint:
+            raise MabeamError("the daemon has no event endpoint (or no hello was made yet)")
+        assert self._ctx is not None
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, f"var.{prefix}".encode())
+        sub.connect(self.events_endpoint)
+        try:
+            while True:
+                _topic, body = await sub.recv_multipart()
+                yield wire.unpack(body, max_size=1 << 30)
+        finally:
+            sub.close(linger=0)
 
     async def heartbeat(self) -> dict[str, Any]:
         """Beat for all our agents; re-register any the daemon no longer knows here."""

@@ -28,6 +28,7 @@ class Client:
                                         daemon=True)
         self._thread.start()
         self._pushes: queue.Queue[Push] = queue.Queue()
+        self._local_lock = threading.Lock()
         self.aio = AsyncClient(endpoint, timeout=timeout, server_key=server_key,
                                client_keys=client_keys, heartbeat=heartbeat)
         self.aio.on_push = self._pushes.put
@@ -69,6 +70,34 @@ class Client:
 
     def send(self, sender: str, to: str, body: Any, topic: str = "") -> dict[str, Any]:
         return self._run(self.aio.send(sender, to, body, topic))
+
+    def create_var(self, agent: str, name: str, value: Any = None, **options: Any,
+                   ) -> dict[str, Any]:
+        return self._run(self.aio.create_var(agent, name, value, **options))
+
+    def get_var(self, name: str, *, local: bool = True) -> dict[str, Any]:
+        if local and self.aio.shards:
+            # Read shared memory in the caller's thread: a hop to the loop thread would cost
+            # more than the read itself. One lock: a SegmentReader is not thread-safe.
+            with self._local_lock:
+                found = self.aio._local_get(name)
+            if found is not None:
+                return found
+        return self._run(self.aio.get_var(name, local=False))
+
+    def set_var(self, agent: str, name: str, value: Any, *,
+                expect_version: int | None = None) -> dict[str, Any]:
+        return self._run(self.aio.set_var(agent, name, value, expect_version=expect_version))
+
+    def delete_var(self, agent: str, name: str, *,
+                   expect_version: int | None = None) -> dict[str, Any]:
+        return self._run(self.aio.delete_var(agent, name, expect_version=expect_version))
+
+    def list_vars(self, prefix: str = "", **kw: Any) -> dict[str, Any]:
+        return self._run(self.aio.list_vars(prefix, **kw))
+
+    def var_history(self, name: str) -> dict[str, Any]:
+        return self._run(self.aio.var_history(name))
 
     def heartbeat(self) -> dict[str, Any]:
         return self._run(self.aio.heartbeat())
