@@ -16,6 +16,7 @@ import zmq
 
 from mabeamd import __version__, wire
 from mabeamd.control import Handler, Progress
+from mabeamd.shard import ADMIN
 from mabeamd.wire import ErrorCode, WireError, check_fields
 
 if TYPE_CHECKING:
@@ -141,7 +142,32 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
         await prog.scale(count)
         return prog.info()
 
+    def vars_op(op: str, fields: set[str], required: set[str]) -> Handler:
+        async def handler(body: dict[str, Any], progress: Progress) -> Any:
+            check_fields(body, f"vars.{op}", fields, required)
+            return await arbiter.variables.forward(f"var.{op}", body, ADMIN)
+        return handler
+
+    async def vars_list(body: dict[str, Any], progress: Progress) -> Any:
+        return await arbiter.variables.list_vars(body)
+
+    async def vars_snapshot(body: dict[str, Any], progress: Progress) -> Any:
+        check_fields(body, "vars.snapshot")
+        out = []
+        for i in range(arbiter.variables.shards):
+            await progress(f"snapshot of shard {i}")
+            out.append(await arbiter.variables.to_shard(i, "var.snapshot", {}, ADMIN))
+        return {"shards": out}
+
     return {
+        "vars.get": vars_op("get", {"name"}, {"name"}),
+        "vars.history": vars_op("history", {"name"}, {"name"}),
+        "vars.create": vars_op("create", {"name", "value", "type", "access", "writers",
+                                          "policy", "constraints"}, {"name"}),
+        "vars.set": vars_op("set", {"name", "value", "expect_version"}, {"name", "value"}),
+        "vars.delete": vars_op("delete", {"name", "expect_version"}, {"name"}),
+        "vars.list": vars_list,
+        "vars.snapshot": vars_snapshot,
         "ping": ping,
         "agents.list": agents_list,
         "agents.show": agents_show,

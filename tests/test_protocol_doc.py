@@ -47,6 +47,21 @@ def test_agent_op_table_matches_the_service() -> None:
     assert documented == set(stub.handlers)
 
 
+def test_variable_op_table_matches_the_service() -> None:
+    from mabeamd.endpoint import AgentEndpoint
+    from mabeamd.varops import VariableService
+
+    class Stub(AgentEndpoint):
+        def __init__(self) -> None:
+            self.handlers = {}
+
+    stub = Stub()
+    VariableService(1, None, None, None, None).install(stub)  # type: ignore[arg-type]
+    table = DOC.split("### Variable ops", 1)[1].split("###", 1)[0]
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
+    assert documented == set(stub.handlers)
+
+
 def test_hello_example_bytes() -> None:
     frames = wire.encode({"id": 7, "op": "hello"}, {"agent": "a1", "capabilities": ["plan"]})
     for frame in frames:
@@ -56,5 +71,7 @@ def test_hello_example_bytes() -> None:
 
 def test_control_op_table_matches_the_handlers() -> None:
     table = DOC.split("## Control ops", 1)[1].split("##", 1)[0]
-    documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
+    documented: set[str] = set()
+    for cell in re.findall(r"^\| ((?:`[\w.]+`(?:, )?)+) \|", table, re.M):
+        documented |= set(re.findall(r"`([\w.]+)`", cell))
     assert documented == set(build_handlers(None))  # type: ignore[arg-type]

@@ -235,3 +235,69 @@ def test_shard_count_is_pinned_by_the_state_directory(
     d.start(wait_ready=False)
     assert d.wait() == 78
     assert "holds 2 shards but workers.count gives 3" in d.log()
+
+
+def test_mabeamctl_vars(daemon: Daemon) -> None:
+    import json
+    import subprocess
+    import sys
+
+    sock = ["--socket", str(daemon.socket)]
+    r = daemon.ctl("vars", "create", "ops/mode", '"auto"', "--enum", '["auto", "manual"]', *sock)
+    assert r.returncode == 0, r.stderr
+    assert "ops/mode" in r.stdout and '"auto"' in r.stdout
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "mabeamd.ctl.main", "vars", "watch", "ops/", "--count", "2",
+         "--json", *sock], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)
+    r = daemon.ctl("vars", "set", "ops/mode", '"manual"', "--expect-version", "1", *sock)
+    assert r.returncode == 0, r.stderr
+    assert "version 2" in r.stdout
+    r = daemon.ctl("vars", "set", "ops/mode", '"broken"', *sock)
+    assert r.returncode == 1 and "constraint_violation" in r.stderr
+    r = daemon.ctl("vars", "set", "ops/mode", "not json", *sock)
+    assert r.returncode == 2 and "must be JSON" in r.stderr
+    r = daemon.ctl("vars", "create", "ops/count", "3", "--type", "int", *sock)
+    assert r.returncode == 0
+    out, _ = watcher.communicate(timeout=10)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [(e["name"], e["op"]) for e in events] == [("ops/mode", "set"), ("ops/count", "create")]
+    r = daemon.ctl("vars", "list", "ops/", "--json", *sock)
+    assert [v["name"] for v in json.loads(r.stdout)["vars"]] == ["ops/count", "ops/mode"]
+    r = daemon.ctl("vars", "history", "ops/mode", *sock)
+    assert r.returncode == 0 and '"auto"' in r.stdout
+    r = daemon.ctl("vars", "get", "nope", *sock)
+    assert r.returncode == 1 and "no variable 'nope'" in r.stderr
+    r = daemon.ctl("vars", "snapshot", "--json", *sock)
+    assert r.returncode == 0, r.stderr
+    shards = json.loads(r.stdout)["shards"]
+    assert sum(s["variables"] for s in shards) == 2
+    r = daemon.ctl("vars", "delete", "ops/count", *sock)
+    assert r.returncode == 0 and "deleted" in r.stdout
+    with Client(daemon.agent_endpoint) as c:
+        with pytest.raises(NotFound):
+            c.get_var("ops/count")
+        assert c.get_var("ops/mode")["value"] == "manual"
+
+
+def test_restart_from_snapshot_plus_wal_tail(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon("\n[variables]\nsnapshot_every = 25\nhistory = 3\n").start()
+    with Client(d.agent_endpoint) as c:
+        c.register("s")
+        for i in range(40):  # crosses snapshot_every: a snapshot, then a WAL tail
+            c.create_var("s", f"snap/{i}", i)
+        for i in range(0, 40, 3):
+            c.set_var("s", f"snap/{i}", -i)
+        c.delete_var("s", "snap/1")
+        expected = {v["name"]: (v["value"], v["version"])
+                    for v in c.list_vars("snap/", limit=1000)["vars"]}
+    snaps = list(d.state_dir.glob("shard-*/snapshot.mp"))
+    assert snaps, "no snapshot was taken"
+    d.signal(signal.SIGKILL)
+    d.wait()
+    d.start()
+    with Client(d.agent_endpoint) as c:
+        got = {v["name"]: (v["value"], v["version"])
+               for v in c.list_vars("snap/", limit=1000)["vars"]}
+        assert got == expected
+        assert len(c.var_history("snap/3")["history"]) == 1

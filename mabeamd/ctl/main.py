@@ -61,6 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("count", nargs="?", type=int, help="process count (scale)")
     a.add_argument("--capability", help="list: only agents with this capability")
     a.add_argument("--status", choices=["healthy", "unhealthy"], help="list: only this status")
+    v = sub.add_parser("vars", parents=[common], help="universal variables")
+    vsub = v.add_subparsers(dest="vars_action", required=True, metavar="ACTION")
+    vsub.add_parser("get", parents=[common], help="show a variable").add_argument("name")
+    vs = vsub.add_parser("set", parents=[common], help="set a variable to a JSON value")
+    vs.add_argument("name")
+    vs.add_argument("value", help="JSON, e.g. 42, '\"text\"', '{\"a\": 1}'")
+    vs.add_argument("--expect-version", type=int, help="compare-and-set")
+    vc = vsub.add_parser("create", parents=[common], help="create a variable")
+    vc.add_argument("name")
+    vc.add_argument("value", nargs="?", default="null", help="JSON (default null)")
+    vc.add_argument("--type", default="any")
+    vc.add_argument("--access", default="public")
+    vc.add_argument("--writers", default="", help="comma-separated agent ids (restricted)")
+    vc.add_argument("--policy", default="last_write_wins")
+    vc.add_argument("--min", type=float)
+    vc.add_argument("--max", type=float)
+    vc.add_argument("--enum", help="JSON list of allowed values")
+    vc.add_argument("--max-size", type=int)
+    vd = vsub.add_parser("delete", parents=[common], help="delete a variable")
+    vd.add_argument("name")
+    vd.add_argument("--expect-version", type=int)
+    vl = vsub.add_parser("list", parents=[common], help="variables by name prefix")
+    vl.add_argument("prefix", nargs="?", default="")
+    vl.add_argument("--after", default="")
+    vl.add_argument("--limit", type=int, default=100)
+    vsub.add_parser("history", parents=[common], help="earlier versions").add_argument("name")
+    vw = vsub.add_parser("watch", parents=[common], help="print changes as they happen")
+    vw.add_argument("pattern", nargs="?", default="", help="name prefix")
+    vw.add_argument("--count", type=int, help="stop after this many changes")
+    vsub.add_parser("snapshot", parents=[common], help="snapshot every shard now")
     k = sub.add_parser("keys", parents=[common], help="CURVE key pairs (no daemon needed)")
     k.add_argument("action", choices=["generate"])
     k.add_argument("name", help="key name = the agent namespace it may register; "
@@ -186,7 +216,93 @@ def cmd_version(c: ControlClient, args: argparse.Namespace) -> Result:
     return out, render.pairs(list(out.items()))
 
 
-COMMANDS = {"status": cmd_status, "workers": cmd_workers, "agents": cmd_agents,
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} must be JSON ({exc.msg}); quote strings: '\"text\"'") from None
+
+
+def cmd_vars(c: ControlClient, args: argparse.Namespace) -> Result:
+    act = args.vars_action
+    if act in ("get", "history"):
+        out = c.call(f"vars.{act}", {"name": args.name})
+        if act == "history":
+            return out, views.show_history(out)
+        return out, views.show_var(out)
+    if act == "set":
+        body: dict[str, Any] = {"name": args.name, "value": _json_arg(args.value, "value")}
+        if args.expect_version is not None:
+            body["expect_version"] = args.expect_version
+        out = c.call("vars.set", body)
+        return out, f"{out['name']} = {json.dumps(out['value'])} (version {out['version']})"
+    if act == "create":
+        cons: dict[str, Any] = {}
+        for key in ("min", "max", "max_size"):
+            if getattr(args, key) is not None:
+                cons[key] = getattr(args, key)
+        if args.enum:
+            cons["enum"] = _json_arg(args.enum, "--enum")
+        body = {"name": args.name, "value": _json_arg(args.value, "value"), "type": args.type,
+                "access": args.access, "policy": args.policy, "constraints": cons or None}
+        if args.writers:
+            body["writers"] = [w for w in args.writers.split(",") if w]
+        out = c.call("vars.create", body)
+        return out, views.show_var(out)
+    if act == "delete":
+        body = {"name": args.name}
+        if args.expect_version is not None:
+            body["expect_version"] = args.expect_version
+        out = c.call("vars.delete", body)
+        return out, f"{out['name']} deleted (version {out['version']})"
+    if act == "list":
+        out = c.call("vars.list", {"prefix": args.prefix, "after": args.after,
+                                   "limit": args.limit})
+        return out, views.show_vars(out)
+    if act == "snapshot":
+        out = c.call("vars.snapshot", on_progress=_progress)
+        return out, "\n".join(f"shard {s['shard']}: {s['variables']} variables at WAL seq "
+                              f"{s['seq']}" for s in out["shards"])
+    return watch_vars(c, args)
+
+
+def watch_vars(c: ControlClient, args: argparse.Namespace) -> Result:
+    """Subscribe to var.<pattern> events and print each change as a line (JSON with --json)."""
+    import zmq
+
+    from mabeamd import wire
+
+    endpoint = c.call("status").get("event_endpoint")
+    if not endpoint:
+        raise UsageError("the daemon has no event endpoint ([events] endpoint is empty)")
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, f"var.{args.pattern}".encode())
+    sub.connect(endpoint.removeprefix("curve+"))
+    print(f"watching var.{args.pattern}* on {endpoint} (Ctrl-C to stop)", file=sys.stderr,
+          flush=True)
+    seen = 0
+    try:
+        while args.count is None or seen < args.count:
+            if not sub.poll(1000):
+                continue
+            _, body = sub.recv_multipart()
+            ev = wire.unpack(body, max_size=1 << 30)
+            seen += 1
+            if getattr(args, "json", False):
+                print(json.dumps(ev, default=repr, sort_keys=True), flush=True)
+            else:
+                value = ("" if ev.get("op") == "delete" else
+                         " = " + json.dumps(ev.get("value"), default=repr))
+                print(f"{ev['name']} {ev['op']} v{ev['version']} by {ev['by']}{value}",
+                      flush=True)
+    finally:
+        sub.close()
+    return None, ""
+
+
+COMMANDS = {"status": cmd_status, "vars": cmd_vars, "workers": cmd_workers, "agents": cmd_agents,
             "plugins": cmd_plugins, "reload": cmd_reload, "stop": cmd_stop,
             "version": cmd_version}
 
@@ -218,7 +334,10 @@ def run(args: argparse.Namespace) -> int:
         return keys_generate(args)
     with ControlClient(resolve_socket(args), timeout=getattr(args, "timeout", 10.0)) as client:
         out, text = COMMANDS[args.command](client, args)
-    print(json.dumps(out, indent=2, sort_keys=True) if getattr(args, "json", False) else text)
+    if out is None:  # streamed already (vars watch)
+        return 0
+    print(json.dumps(out, indent=2, sort_keys=True, default=repr) if getattr(args, "json", False)
+          else text)
     return 0
 
 

@@ -87,3 +87,37 @@ def show_programs(programs: list[dict[str, Any]]) -> str:
             for p in programs for q in p["processes"]]
     return render.table(["PROGRAM", "AGENT", "STATE", "PID", "UPTIME", "RESTARTS",
                          "LAST EXIT"], rows)
+
+
+def _value(v: Any) -> str:
+    text = json.dumps(v, default=repr, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def show_var(v: dict[str, Any]) -> str:
+    cons = json.dumps(v.get("constraints") or {}, sort_keys=True)
+    return render.pairs([
+        ("name", v["name"]), ("value", json.dumps(v["value"], default=repr, sort_keys=True)),
+        ("version", v["version"]), ("type", v["type"]), ("owner", v["owner"]),
+        ("modified by", v["modified_by"]), ("access", v["access"] + (
+            f" (writers: {', '.join(v['writers'])})" if v.get("writers") else "")),
+        ("policy", v["policy"]), ("constraints", cons),
+    ])
+
+
+def show_vars(out: dict[str, Any]) -> str:
+    if not out["vars"]:
+        return "no variables"
+    rows = [[v["name"], v["version"], v["type"], v["modified_by"], _value(v["value"])]
+            for v in out["vars"]]
+    text = render.table(["NAME", "VERSION", "TYPE", "MODIFIED BY", "VALUE"], rows)
+    if out.get("next"):
+        text += f"\n(more: --after {out['next']})"
+    return text
+
+
+def show_history(out: dict[str, Any]) -> str:
+    rows = [[h["version"], h["modified_by"], _value(h["value"])] for h in out["history"]]
+    head = f"{out['name']}: now at version {out['version']}"
+    return head + ("\n" + render.table(["VERSION", "MODIFIED BY", "VALUE"], rows)
+                   if rows else "\n(no earlier versions kept)")
