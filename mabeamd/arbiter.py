@@ -368,7 +368,7 @@ class Arbiter:
         return child_environment(dict(os.environ))
 
     async def send_to_worker(self, index: int, generation: int, op: str) -> bool:
-        return await self.link.send(index, generation, op, {})
+        return self.link.send(index, generation, op, {})
 
     def worker_event(self, index: int, event: str, details: dict[str, Any]) -> None:
         self.plugins.call("mabeamd_worker_event", index=index, event=event, details=details)

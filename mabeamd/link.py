@@ -3,6 +3,10 @@
 Each worker connects a DEALER whose routing id names its slot and generation
 (`w<index>.<generation>`), so a message from a worker the arbiter has already replaced is
 recognised and ignored instead of being taken for its successor's.
+
+Variable requests cross this link twice per request, so it is served like the agent endpoint:
+a plain socket whose ZMQ_FD is a loop reader, drained until EAGAIN (see endpoint.py for why;
+a send outside a drain schedules one, because ZMQ_FD is edge-triggered).
 """
 
 from __future__ import annotations
@@ -41,11 +45,17 @@ def parse_identity(routing_id: bytes) -> tuple[int, int] | None:
         return None
 
 
+BATCH = 256
+
+
 class WorkerLink:
     def __init__(self, ctx: zmq.asyncio.Context, path: Path, on_message: MessageHandler) -> None:
         self.path = path
         self.on_message = on_message
-        self.sock = router(ctx, sndhwm=1000, rcvhwm=10000, linger=0)
+        self._ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context.shadow(ctx.underlying)
+        self.sock = router(self._ctx, sndhwm=100_000, rcvhwm=100_000, linger=0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
         # A restarted worker reuses its slot's routing id only with a new generation, but a
         # reconnect of the same process must take over its old pipe.
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -56,35 +66,60 @@ class WorkerLink:
         bind_private(self.sock, self.path)
 
     async def run(self) -> None:
-        while True:
-            frames = await self.sock.recv_multipart()
-            ident = parse_identity(frames[0])
-            if ident is None:
-                self.dropped += 1
-                log.warning("worker link: message from unknown peer %r dropped", frames[0][:32])
-                continue
-            try:
-                _, op, body = wire.parse_request(frames[1:])
-            except wire.WireError as exc:
-                self.dropped += 1
-                log.warning("worker link: malformed message from %s: %s", ident, exc.message)
-                continue
-            try:
-                self.on_message(ident[0], ident[1], op, body)
-            except Exception:
-                log.exception("worker link: handling %s from %s failed", op, ident)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.FD, self._drain)
+        self._drain()
+        await asyncio.Event().wait()  # served by the reader callback until cancelled
 
-    async def send(self, index: int, generation: int, op: str, body: dict[str, Any]) -> bool:
+    def _wake(self) -> None:
+        if self._loop is not None and not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        for _ in range(BATCH):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:  # closed during shutdown
+                return
+            self._dispatch(frames)
+        self._wake()  # more may be queued: continue after other work had a turn
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        ident = parse_identity(frames[0])
+        if ident is None:
+            self.dropped += 1
+            log.warning("worker link: message from unknown peer %r dropped", frames[0][:32])
+            return
+        try:
+            _, op, body = wire.parse_request(frames[1:], max_size=1 << 30)
+        except wire.WireError as exc:
+            self.dropped += 1
+            log.warning("worker link: malformed message from %s: %s", ident, exc.message)
+            return
+        try:
+            self.on_message(ident[0], ident[1], op, body)
+        except Exception:
+            log.exception("worker link: handling %s from %s failed", op, ident)
+
+    def send(self, index: int, generation: int, op: str, body: dict[str, Any]) -> bool:
         """Best effort: False when the worker is not connected or not reading."""
         self._seq += 1
         frames = [identity(index, generation), *wire.encode({"id": self._seq, "op": op}, body)]
         try:
-            await self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             return False
+        finally:
+            self._wake()
         return True
 
     def close(self) -> None:
+        if self._loop is not None and not self.sock.closed:
+            self._loop.remove_reader(self.sock.FD)
         self.sock.close(linger=0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -281,8 +281,9 @@ class SegmentWriter:
             if flags == LIVE:
                 entries.append((bytes(mm[off + REC.size: off + REC.size + length]), name, False))
         live_bytes = sum(_align(REC.size + len(p)) for p, _, _ in entries) + extra
-        data = 1 << 16
-        while data < live_bytes * 2:
+        # Room for 3x the live data before the next compaction (each one copies all of it).
+        data = 1 << 20
+        while data < live_bytes * 4:
             data *= 2
         slots = 16
         while slots * MAX_LOAD < len(entries) + 2:

@@ -18,9 +18,11 @@ Conflict policies say which writes win:
     cas_required      every write must carry expect_version
     session           writes go through a coordination session only
 
-Every change returns an *effect*: the complete new state of the variable (or its deletion).
-Effects, not requests, go to the write-ahead log, so replay needs no rules and cannot
-diverge.
+Every change returns an *effect*: the variable's new state without its history (or its
+deletion). Effects, not requests, go to the write-ahead log, so replay needs no rules and
+cannot diverge; applying a put moves the previous version into the bounded history, the same
+way live and on replay. (Carrying the history in every effect would copy and log it on every
+write.) Snapshots hold the full state, history included.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ class Variable:
             s["name"], s["value"], s["version"], s["type"], s["owner"], s["modified_by"],
             s["created_at"], s["updated_at"], s["access"], tuple(s["writers"]), s["policy"],
             Constraints.parse(s["constraints"] or None),
-            deque((tuple(h) for h in s["history"]), maxlen=history_len))
+            deque((tuple(h) for h in s.get("history", ())), maxlen=history_len))
 
 
 class ShardStore:
@@ -234,7 +236,7 @@ class ShardStore:
         var = Variable(name, value, 1, vtype, actor, actor, now, now, access,
                        tuple(writers or ()), policy, cons,
                        deque(maxlen=self.history_len))
-        return {"op": "put", "var": var.state()}
+        return {"op": "put", "var": var.public()}
 
     def _may_write(self, var: Variable, actor: str, via_session: bool) -> None:
         if via_session:
@@ -267,11 +269,9 @@ class ShardStore:
             raise Refused(ErrorCode.CONFLICT, f"{name!r} was already written by "
                           f"{var.modified_by!r} (first write wins)")
         var.constraints.check(value, var.type, self._checked_value(value))
-        new = Variable.from_state(var.state(), self.history_len)
-        new.history.append((var.version, var.value, var.modified_by, var.updated_at))
-        new.value, new.version, new.modified_by, new.updated_at = value, var.version + 1, \
-            actor, now
-        return {"op": "put", "var": new.state()}
+        state = var.public()
+        state.update(value=value, version=var.version + 1, modified_by=actor, updated_at=now)
+        return {"op": "put", "var": state}
 
     def delete(self, name: str, actor: str, *, expect_version: int | None = None,
                via_session: bool = False) -> dict[str, Any]:
@@ -286,7 +286,12 @@ class ShardStore:
 
     def apply(self, effect: dict[str, Any]) -> Variable | None:
         if effect["op"] == "put":
-            var = Variable.from_state(effect["var"], self.history_len)
+            state = effect["var"]
+            var = Variable.from_state(state, self.history_len)
+            old = self.vars.get(var.name)
+            if old is not None and "history" not in state:  # a change, not a snapshot load
+                var.history = old.history
+                var.history.append((old.version, old.value, old.modified_by, old.updated_at))
             self.vars[var.name] = var
             return var
         self.vars.pop(effect["name"], None)

@@ -38,7 +38,7 @@ def shard_of(name: str, shards: int) -> int:
     return zlib.crc32(name.encode()) % shards
 
 
-Send = Callable[[int, dict[str, Any]], Awaitable[bool]]
+Send = Callable[[int, dict[str, Any]], bool]
 
 
 class VariableService:
@@ -93,8 +93,7 @@ class VariableService:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[fwd] = (shard, fut)
         try:
-            if not await self._send(shard, {"fwd": fwd, "op": op, "args": args,
-                                            "actor": actor}):
+            if not self._send(shard, {"fwd": fwd, "op": op, "args": args, "actor": actor}):
                 raise WireError(ErrorCode.BUSY, f"shard {shard} is not reachable; retry")
             try:
                 return await asyncio.wait_for(fut, FORWARD_TIMEOUT)

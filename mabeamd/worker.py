@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from mabeamd import wire
 from mabeamd.link import identity
@@ -64,32 +63,46 @@ class Worker:
         self.shard = shard
         self._stop = asyncio.Event()
         self._seq = 0
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop
+        self._sock: zmq.Socket[Any]
 
-    async def _send(self, sock: zmq.asyncio.Socket, op: str, body: dict[str, Any]) -> None:
+    def _send(self, op: str, body: dict[str, Any]) -> None:
         self._seq += 1
-        await sock.send_multipart(wire.encode({"id": self._seq, "op": op}, body))
+        try:
+            self._sock.send_multipart(wire.encode({"id": self._seq, "op": op}, body),
+                                      flags=zmq.NOBLOCK)
+        except zmq.Again:
+            # The arbiter is not reading: its requests time out (`busy`) and heartbeats
+            # stop, which is what should happen to a link that is stuck.
+            log.warning("link to the arbiter is full; %s dropped", op)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        ctx = zmq.asyncio.Context()
+        # A plain socket with its ZMQ_FD as a loop reader (see endpoint.py for why).
+        ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, identity(self.index, self.generation))
         sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.SNDHWM, 100)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.connect(self.link)
+        self._sock = sock
         try:
-            await self._send(sock, "hello", {"index": self.index, "generation": self.generation,
-                                             "pid": os.getpid()})
-            tasks = [asyncio.create_task(c) for c in
-                     (self._beat(sock), self._inbox(sock), self._tick())]
+            self._send("hello", {"index": self.index, "generation": self.generation,
+                                 "pid": os.getpid()})
+            loop.add_reader(sock.FD, self._drain)
+            self._drain()
+            tasks = [asyncio.create_task(c) for c in (self._beat(), self._tick())]
             await self._stop.wait()
             for t in tasks:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
-            with contextlib.suppress(zmq.ZMQError):
-                await self._send(sock, "bye", {"generation": self.generation})
+            loop.remove_reader(sock.FD)
+            self._send("bye", {"generation": self.generation})
         finally:
             sock.close()
             ctx.term()
@@ -98,33 +111,41 @@ class Worker:
         log.info("stopped")
         return 0
 
+    def _wake(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        batch: list[list[bytes]] = []
+        while len(batch) < BATCH:
+            try:
+                batch.append(self._sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        if not batch:
+            return
+        replies = [r for r in (self._serve(frames) for frames in batch) if r is not None]
+        if self.shard is not None and replies:
+            # Group commit: the WAL is durable (per policy) before any reply leaves. If this
+            # raises, the worker dies and its writes are answered by no one.
+            self.shard.commit()
+        for body in replies:
+            self._send("result", body)
+        self._wake()  # sends consumed the edge; more may have arrived
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             if self.shard is not None:
                 self.shard.tick()
 
-    async def _beat(self, sock: zmq.asyncio.Socket) -> None:
+    async def _beat(self) -> None:
         while True:
-            await self._send(sock, "heartbeat", {"generation": self.generation,
-                                                 "t": time.monotonic()})
+            self._send("heartbeat", {"generation": self.generation, "t": time.monotonic()})
+            self._wake()
             await asyncio.sleep(self.heartbeat)
-
-    async def _inbox(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            batch = [await sock.recv_multipart()]
-            while len(batch) < BATCH:
-                try:
-                    batch.append(await sock.recv_multipart(flags=zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-            replies = [r for r in (self._serve(frames) for frames in batch) if r is not None]
-            if self.shard is not None and replies:
-                # Group commit: the WAL is durable (per policy) before any reply leaves. If
-                # this raises, the worker dies and its writes are answered by no one.
-                self.shard.commit()
-            for body in replies:
-                await self._send(sock, "result", body)
 
     def _serve(self, frames: list[bytes]) -> dict[str, Any] | None:
         try:

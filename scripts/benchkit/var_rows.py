@@ -1,0 +1,281 @@
+"""Rows for universal variables, with Redis (redis-server on loopback, AOF everysec, driven by
+redis-py) doing the same gets and sets in the same run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from typing import Any
+
+import zmq
+
+from benchkit import Row
+from benchkit.load import run_clients
+from benchkit.stats import pick_median_rep, spread, summary
+from mabeamd import wire
+from mabeamd.testing import Daemon, short_tmpdir
+
+VALUE = {"x": 12345, "tag": "bench", "pad": "p" * 64}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def var_daemon(fsync: str = "everysec") -> tuple[Daemon, str]:
+    port = free_port()
+    d = Daemon(f"""
+[daemon]
+log_level = "warning"
+[workers]
+count = 2
+[agents]
+endpoints = ["tcp://127.0.0.1:{port}"]
+heartbeat_interval = 300.0
+max_in_flight = 1024
+[events]
+endpoint = ""
+[variables]
+fsync = "{fsync}"
+snapshot_every = 1000000
+""", raw_config=True)
+    return d, f"tcp://127.0.0.1:{port}"
+
+
+# --- clients (run in their own processes) --------------------------------------------------
+
+
+def _call(s: zmq.Socket[Any], rid: int, op: str, body: dict[str, Any]) -> dict[str, Any]:
+    s.send_multipart(wire.encode({"id": rid, "op": op}, body))
+    _, header, reply = s.recv_multipart()
+    if wire.unpack(header).get("status") != "ok":
+        raise RuntimeError(f"{op} failed: {wire.unpack(reply)}")
+    result: dict[str, Any] = wire.unpack(reply)
+    return result
+
+
+def mabeam_client(endpoint: str, mode: str, n: int, warmup: int, out: Any) -> None:
+    """Sequential latencies (us) of var.get / var.set over the wire, or of shared-memory
+    reads through the SDK (mode "shm")."""
+    agent, names = f"bench-{os.getpid()}", [f"bench/{os.getpid()}/{i}" for i in range(100)]
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    _call(s, 0, "hello", {"agent": agent})
+    for i, name in enumerate(names):
+        _call(s, i + 1, "var.create", {"agent": agent, "name": name, "value": VALUE})
+    lat: list[float] = []
+    if mode == "shm":
+        from mabeamd.client import Client
+
+        with Client(endpoint) as c:
+            c.register(f"{agent}-sdk")
+            for i in range(warmup + n):
+                t0 = time.perf_counter_ns()
+                c.get_var(names[i % 100])
+                if i >= warmup:
+                    lat.append((time.perf_counter_ns() - t0) / 1000)
+    else:
+        for i in range(warmup + n):
+            body: dict[str, Any] = {"name": names[i % 100]}
+            if mode == "set":
+                body.update(agent=agent, value=VALUE)
+            t0 = time.perf_counter_ns()
+            _call(s, 1000 + i, f"var.{mode}", body)
+            if i >= warmup:
+                lat.append((time.perf_counter_ns() - t0) / 1000)
+    s.close()
+    ctx.term()
+    out.put(lat)
+
+
+def mabeam_rate(endpoint: str, seconds: float, window: int, out: Any) -> None:
+    """Pipelined get/set mix (1:1), `window` requests in flight."""
+    agent = f"rate-{os.getpid()}"
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    _call(s, 0, "hello", {"agent": agent})
+    names = [f"rate/{os.getpid()}/{i}" for i in range(100)]
+    for i, name in enumerate(names):
+        _call(s, i + 1, "var.create", {"agent": agent, "name": name, "value": VALUE})
+    sent = done = 0
+    deadline = time.monotonic() + seconds
+
+    def send(k: int) -> None:
+        name = names[k % 100]
+        body = {"name": name} if k % 2 else {"agent": agent, "name": name, "value": VALUE}
+        s.send_multipart(wire.encode({"id": k, "op": "var.get" if k % 2 else "var.set"}, body))
+
+    while sent < window:
+        send(sent)
+        sent += 1
+    while time.monotonic() < deadline:
+        s.recv_multipart()
+        done += 1
+        send(sent)
+        sent += 1
+    while done < sent and s.poll(5000):
+        s.recv_multipart()
+        done += 1
+    s.close()
+    ctx.term()
+    out.put((done, seconds))
+
+
+def redis_client(port: int, mode: str, n: int, warmup: int, out: Any) -> None:
+    import msgpack
+    import redis
+
+    r = redis.Redis(port=port)
+    blob = msgpack.packb(VALUE)
+    names = [f"bench:{os.getpid()}:{i}" for i in range(100)]
+    for name in names:
+        r.set(name, blob)
+    lat: list[float] = []
+    for i in range(warmup + n):
+        t0 = time.perf_counter_ns()
+        if mode == "set":
+            r.set(names[i % 100], blob)
+        else:
+            msgpack.unpackb(r.get(names[i % 100]))
+        if i >= warmup:
+            lat.append((time.perf_counter_ns() - t0) / 1000)
+    out.put(lat)
+
+
+def redis_rate(port: int, seconds: float, window: int, out: Any) -> None:
+    import msgpack
+    import redis
+
+    r = redis.Redis(port=port)
+    blob = msgpack.packb(VALUE)
+    names = [f"rate:{os.getpid()}:{i}" for i in range(100)]
+    done = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        p = r.pipeline(transaction=False)
+        for k in range(window):
+            if k % 2:
+                p.get(names[k % 100])
+            else:
+                p.set(names[k % 100], blob)
+        p.execute()
+        done += window
+    out.put((done, seconds))
+
+
+# --- the peer ------------------------------------------------------------------------------
+
+
+class RedisPeer:
+    """redis-server on loopback with AOF everysec, started and stopped by the bench."""
+
+    def __init__(self) -> None:
+        self.why_not = ""
+        self.port = free_port()
+        self.dir = short_tmpdir()
+        self.proc: subprocess.Popen[bytes] | None = None
+        if shutil.which("redis-server") is None:
+            self.why_not = "redis-server not installed (apt-get install redis-server)"
+        else:
+            try:
+                import redis  # noqa: F401
+            except ImportError:
+                self.why_not = "redis-py not installed (pip install redis)"
+
+    def __enter__(self) -> RedisPeer:
+        if self.why_not:
+            return self
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+             str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        for _ in range(100):
+            try:
+                redis.Redis(port=self.port).ping()
+                return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        self.why_not = "redis-server did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- rows ----------------------------------------------------------------------------------
+
+
+def _lat_row(metric: str, ours: list[list[float]], theirs: list[list[float]] | None,
+             why_not: str, **kw: Any) -> Row:
+    i, spr = pick_median_rep(ours)
+    p50, p95, p99 = summary(ours[i])
+    row = Row(metric, "us", p50=p50, p95=p95, p99=p99, spread=spr, samples=len(ours[i]),
+              reps=len(ours), **kw)
+    if theirs:
+        j, _ = pick_median_rep(theirs)
+        row.peer, row.peer_value = "Redis 7 (redis-py, AOF everysec)", summary(theirs[j])[1]
+        row.ratio = p95 / row.peer_value
+    else:
+        row.peer = f"Redis: not run ({why_not})"
+    return row
+
+
+def variables(n: int, reps: int, seconds: float) -> list[Row]:
+    rows: list[Row] = []
+    d, endpoint = var_daemon("everysec")
+    try:
+        d.start()
+        ours = {m: [run_clients(mabeam_client, [(endpoint, m, n, 200)])[0] for _ in range(reps)]
+                for m in ("shm", "get", "set")}
+        rates = [sum(x for x, _ in run_clients(mabeam_rate, [(endpoint, seconds, 64)] * 2))
+                 / seconds for _ in range(reps)]
+        d.stop()
+    finally:
+        d.cleanup()
+    with RedisPeer() as peer:
+        theirs: dict[str, list[list[float]]] = {}
+        peer_rates: list[float] = []
+        if not peer.why_not:
+            theirs = {m: [run_clients(redis_client, [(peer.port, m, n, 200)])[0]
+                          for _ in range(reps)] for m in ("get", "set")}
+            peer_rates = [sum(x for x, _ in run_clients(redis_rate, [(peer.port, seconds, 64)]
+                                                         * 2)) / seconds for _ in range(reps)]
+        why = peer.why_not
+    rows.append(_lat_row("variable read, same host (SDK, shared memory)", ours["shm"],
+                         theirs.get("get"), why, seed_target="< 1000", goal="p95 <= 5",
+                         note="Client.get_var: no round trip; peer = a Redis GET over "
+                              "loopback (goal: >= 10x faster)"))
+    rows.append(_lat_row("variable get over the wire (tcp loopback)", ours["get"],
+                         theirs.get("get"), why, seed_target="< 1000", goal="p95 <= 150",
+                         note="var.get: client -> arbiter -> worker -> back"))
+    rows.append(_lat_row("variable set, acknowledged (fsync everysec)", ours["set"],
+                         theirs.get("set"), why, seed_target="< 1000", goal="p95 <= 250",
+                         note="var.set: WAL append before the reply; peer: SET with AOF "
+                              "everysec (goal: writes >= 1.0x Redis)"))
+    mid = sorted(rates)[len(rates) // 2]
+    rate_row = Row("variable ops/s pipelined (get/set 1:1, 2 procs x 64)", "ops/s",
+                   seed_target="> 10,000", goal=">= 60,000", rate=mid, spread=spread(rates),
+                   reps=reps, note=f"{seconds:g} s per repetition")
+    if peer_rates:
+        pm = sorted(peer_rates)[len(peer_rates) // 2]
+        rate_row.peer, rate_row.peer_value, rate_row.ratio = \
+            "Redis 7 (redis-py pipelines of 64)", pm, mid / pm
+    else:
+        rate_row.peer = f"Redis: not run ({why})"
+    rows.append(rate_row)
+    return rows
