@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -35,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", metavar="DIR", help="durable state")
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration, print the resolved paths and exit")
+    p.add_argument("--reshard", type=int, metavar="N",
+                   help="offline: move every variable of the (stopped) daemon's state "
+                        "directory into N shards, keep the old shards as a backup, and exit; "
+                        "then set workers.count = N")
     p.add_argument("--version", action="version", version=f"mabeamd {__version__}")
     return p
 
@@ -51,6 +56,34 @@ def overrides_from(args: argparse.Namespace) -> dict[tuple[str, str], tuple[Any,
     return out
 
 
+def run_reshard(cfg: configmod.Config, paths: pathsmod.Paths, shards: int) -> int:
+    import fcntl
+
+    from mabeamd.reshard import reshard
+    from mabeamd.statedir import StateDirError
+    from mabeamd.wal import WalCorrupt
+
+    if paths.runtime_dir.exists():
+        fd = os.open(paths.runtime_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"mabeamd: --reshard: a daemon is running on {paths.runtime_dir}; stop it "
+                  "first", file=sys.stderr)
+            return 1
+        finally:
+            os.close(fd)
+    try:
+        out = reshard(paths.state_dir, shards, cfg.variables.history)
+    except (StateDirError, WalCorrupt, OSError) as exc:
+        print(f"mabeamd: --reshard: {exc}", file=sys.stderr)
+        return 1
+    print(f"resharded {paths.state_dir}: {out['variables']} variables from {out['from']} to "
+          f"{out['to']} shards; old shards kept as {out['backup']}. Set workers.count = "
+          f"{out['to']} before starting.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config_path = args.config
@@ -63,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mabeamd: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
+    if args.reshard is not None:
+        return run_reshard(cfg, paths, args.reshard)
     if args.check_config:
         print(f"configuration OK: {cfg.source}")
         print(f"runtime_dir     {paths.runtime_dir}")

@@ -2,8 +2,8 @@
 (which names its shared-memory segments, so two daemons never read each other's).
 
 The shard count is fixed when the directory is created: a different workers.count later is
-refused, because rehashing every variable is a deliberate operation, never a side effect of
-a config edit.
+refused, because rehashing every variable is a deliberate operation (`mabeamd --reshard N`),
+never a side effect of a config edit.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def open_state(state_dir: Path, shards: int) -> StateMeta:
         if meta.shards != shards:
             raise StateDirError(
                 f"{state_dir} holds {meta.shards} shards but workers.count gives {shards}: "
-                f"set workers.count = {meta.shards} (the shard count is fixed when the state "
-                "directory is created; resharding is not available yet)")
+                f"set workers.count = {meta.shards}, or stop and run `mabeamd --reshard "
+                f"{shards}` with the same configuration first (docs/operations.md)")
         return meta
     meta = StateMeta(shards, secrets.token_hex(4))
     tmp = path.with_suffix(".tmp")

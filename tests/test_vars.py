@@ -301,3 +301,34 @@ def test_restart_from_snapshot_plus_wal_tail(make_daemon: Callable[..., Daemon])
                for v in c.list_vars("snap/", limit=1000)["vars"]}
         assert got == expected
         assert len(c.var_history("snap/3")["history"]) == 1
+
+
+def test_reshard_moves_every_variable(make_daemon: Callable[..., Daemon]) -> None:
+    import subprocess
+    import sys
+
+    d = make_daemon(workers=2).start()
+    with Client(d.agent_endpoint) as c:
+        c.register("r")
+        for i in range(60):
+            c.create_var("r", f"rs/{i}", {"i": i})
+        c.set_var("r", "rs/7", "seven")
+        before = {v["name"]: (v["value"], v["version"])
+                  for v in c.list_vars("rs/", limit=1000)["vars"]}
+    cmd = [sys.executable, "-m", "mabeamd", "--config", str(d.config_path), "--runtime-dir",
+           str(d.run_dir), "--state-dir", str(d.state_dir), "--reshard", "3"]
+    running = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert running.returncode == 1 and "a daemon is running" in running.stderr
+    assert d.stop() == 0
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "60 variables from 2 to 3 shards" in done.stdout
+    assert len(list(d.state_dir.glob("shard-*.before-reshard-*"))) == 2
+    d.config_path.write_text(d.config_path.read_text().replace("count = 2", "count = 3"))
+    d.start()
+    with Client(d.agent_endpoint) as c:
+        after = {v["name"]: (v["value"], v["version"])
+                 for v in c.list_vars("rs/", limit=1000)["vars"]}
+        assert after == before
+        assert c.get_var("rs/7", local=True)["value"] == "seven"
+        assert len(c.var_history("rs/7")["history"]) == 1
