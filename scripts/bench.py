@@ -35,7 +35,7 @@ PENDING = [
         status="not run", note="needs coordination sessions (issue 5)"),
     Row("coordination requests/s sustained", "ops/s", seed_target="> 10,000",
         goal=">= 60,000 pipelined", status="not run",
-        note="needs agent ops (issues 3-5)"),
+        note="needs coordination sessions (issue 5)"),
     Row("sealed-bid auction p95 (1,000 bidders)", "ms", seed_target="< 100", goal="<= 25",
         status="not run", note="needs economic mechanisms (issue 6)"),
     Row("market equilibrium p95 (Fisher 50x50)", "ms", seed_target="< 50", goal="<= 25",

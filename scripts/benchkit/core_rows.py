@@ -58,8 +58,8 @@ def control_rate(daemon: Daemon, seconds: float, reps: int) -> Row:
     return Row(f"control requests/s ({procs} procs x 32 in flight)", "ops/s", rate=mid,
                spread=spread(ours), reps=reps, peer="raw pyzmq ROUTER echo + msgpack",
                peer_value=peer_mid, ratio=mid / peer_mid,
-               note=f"{seconds:g} s per repetition; admin path (one task per request); agent "
-                    "ops arrive with the agents issue")
+               note=f"{seconds:g} s per repetition; the admin path (one task per request), "
+                    "not the agent path")
 
 
 def start_to_ready(n: int, reps: int) -> Row:
