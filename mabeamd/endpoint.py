@@ -17,11 +17,9 @@ handlers as the request's principal.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -31,7 +29,7 @@ from mabeamd import wire
 from mabeamd.config import Endpoint
 from mabeamd.registry import ConnKey
 from mabeamd.wire import ErrorCode, WireError
-from mabeamd.zmqutil import bind_private, router
+from mabeamd.zmqutil import bind_endpoint, curve_server, router, unlink_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +74,12 @@ class AgentEndpoint:
             sock.setsockopt(zmq.HEARTBEAT_IVL, 10_000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30_000)
             if ep.curve:
-                assert curve_keys is not None
-                sock.curve_server = True
-                sock.curve_publickey, sock.curve_secretkey = curve_keys
-                sock.zap_domain = b"mabeamd"
+                curve_server(sock, curve_keys)
             self.sockets.append(sock)
 
     def bind(self) -> None:
         for ep, sock in zip(self.endpoints, self.sockets, strict=True):
-            if ep.transport == "ipc":
-                # Like the default loopback tcp endpoint, open to every local user.
-                bind_private(sock, Path(ep.address[len("ipc://"):]), 0o666)
-            else:
-                sock.bind(ep.address)
+            bind_endpoint(sock, ep)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -218,6 +209,4 @@ class AgentEndpoint:
             if self._loop is not None and not sock.closed:
                 self._loop.remove_reader(sock.FD)
             sock.close(linger=0)
-            if ep.transport == "ipc":
-                with contextlib.suppress(FileNotFoundError):
-                    Path(ep.address[len("ipc://"):]).unlink()
+            unlink_endpoint(ep)

@@ -9,10 +9,8 @@ it see that it missed some.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -20,7 +18,7 @@ import zmq.asyncio
 
 from mabeamd import wire
 from mabeamd.config import Endpoint
-from mabeamd.zmqutil import bind_private
+from mabeamd.zmqutil import bind_endpoint, curve_server, unlink_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +37,12 @@ class EventPublisher:
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.LINGER, 0)
         if endpoint.curve:
-            assert curve_keys is not None
-            sock.curve_server = True
-            sock.curve_publickey, sock.curve_secretkey = curve_keys
-            sock.zap_domain = b"mabeamd"
+            curve_server(sock, curve_keys)
         self.sock = sock
 
     def bind(self) -> None:
-        if self.sock is None or self.endpoint is None:
-            return
-        if self.endpoint.transport == "ipc":
-            bind_private(self.sock, Path(self.endpoint.address[len("ipc://"):]), 0o666)
-        else:
-            self.sock.bind(self.endpoint.address)
+        if self.sock is not None and self.endpoint is not None:
+            bind_endpoint(self.sock, self.endpoint)
 
     async def run(self) -> None:
         """Read subscription messages (XPUB queues them; unread they would pile up)."""
@@ -79,6 +70,5 @@ class EventPublisher:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close(linger=0)
-            if self.endpoint is not None and self.endpoint.transport == "ipc":
-                with contextlib.suppress(FileNotFoundError):
-                    Path(self.endpoint.address[len("ipc://"):]).unlink()
+            if self.endpoint is not None:
+                unlink_endpoint(self.endpoint)

@@ -106,6 +106,14 @@ def _pack(obj: Any) -> bytes:
     return data
 
 
+def _unmap(q: memoryview | None, mm: mmap.mmap | None) -> None:
+    """Release the word view before the mapping: an exported buffer blocks mmap.close()."""
+    if q is not None:
+        q.release()
+    if mm is not None:
+        mm.close()
+
+
 def _align(n: int) -> int:
     return (n + 7) & ~7
 
@@ -171,10 +179,9 @@ class SegmentWriter:
             self._append(name, payload, LIVE)
         self._write_header()
         self._ctl_q[0] = gen  # new readers start here
-        if old_mm is not None and old_q is not None:
+        if old_q is not None:
             old_q[NEXT_GEN_OFFSET >> 3] = gen  # current readers move on
-            old_q.release()
-            old_mm.close()
+        _unmap(old_q, old_mm)
         if old_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 old_path.unlink()
@@ -296,12 +303,8 @@ class SegmentWriter:
                 "overwritten": self.garbage}
 
     def close(self, unlink: bool = False) -> None:
-        if self._q is not None:
-            self._q.release()
-            self._q = None
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
+        _unmap(self._q, self._mm)
+        self._q = self._mm = None
         if unlink:
             for p in (self._path, control_path(self.directory, self.prefix, self.shard)):
                 if p is not None:
@@ -406,9 +409,5 @@ class SegmentReader:
         return None
 
     def close(self) -> None:
-        if self._q is not None:
-            self._q.release()
-            self._q = None
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
+        _unmap(self._q, self._mm)
+        self._q = self._mm = None

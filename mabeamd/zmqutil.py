@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import zmq
 
+from mabeamd.config import Endpoint
+
 S = TypeVar("S", bound="zmq.Socket[Any]")
 
 
@@ -33,3 +35,26 @@ def bind_private(sock: zmq.Socket[Any], path: Path, mode: int = 0o600) -> None:
     finally:
         os.umask(old)
     os.chmod(path, mode)
+
+
+def curve_server(sock: zmq.Socket[Any], keys: tuple[bytes, bytes] | None) -> None:
+    """Make `sock` a CURVE server whose clients the ZAP handler (auth.py) admits."""
+    assert keys is not None, "a curve+ endpoint needs [security] server_key"
+    sock.curve_server = True
+    sock.curve_publickey, sock.curve_secretkey = keys
+    sock.zap_domain = b"mabeamd"
+
+
+def bind_endpoint(sock: zmq.Socket[Any], ep: Endpoint) -> None:
+    """Bind a configured endpoint. Agent-facing ipc sockets are open to every local user,
+    like the default loopback tcp port."""
+    if ep.transport == "ipc":
+        bind_private(sock, Path(ep.address[len("ipc://"):]), 0o666)
+    else:
+        sock.bind(ep.address)
+
+
+def unlink_endpoint(ep: Endpoint) -> None:
+    if ep.transport == "ipc":
+        with contextlib.suppress(FileNotFoundError):
+            Path(ep.address[len("ipc://"):]).unlink()

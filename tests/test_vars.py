@@ -172,6 +172,20 @@ def _write_load(endpoint: str, acked: list[tuple[str, int, Any]], stop: threadin
             i += 1
 
 
+def read_back(c: Client, name: str, local: bool = False) -> dict[str, Any]:
+    """`busy` means a shard's worker is restarting: retry, as a client should."""
+    from mabeamd.client import Busy
+
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return c.get_var(name, local=local)
+        except Busy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _latest(acked: list[tuple[str, int, Any]]) -> dict[str, tuple[int, Any]]:
     last: dict[str, tuple[int, Any]] = {}
     for name, version, value in acked:
@@ -198,11 +212,11 @@ def test_kill9_worker_mid_write_loses_nothing(make_daemon: Callable[..., Daemon]
     assert len(acked) > 100
     with Client(d.agent_endpoint) as c:
         for name, (version, value) in _latest(acked).items():
-            v = c.get_var(name, local=False)
+            v = read_back(c, name)
             assert v["version"] >= version  # acknowledged writes survived the crashes
             if v["version"] == version:
                 assert v["value"] == value
-            assert c.get_var(name, local=True) == v
+            assert read_back(c, name, local=True) == v
 
 
 def test_kill9_daemon_with_fsync_always_loses_no_acknowledged_write(
@@ -221,7 +235,7 @@ def test_kill9_daemon_with_fsync_always_loses_no_acknowledged_write(
     d.start()  # same state directory: snapshot + WAL replay
     with Client(d.agent_endpoint) as c:
         for name, (version, value) in _latest(acked).items():
-            v = c.get_var(name, local=False)
+            v = read_back(c, name)
             assert v["version"] >= version
             if v["version"] == version:
                 assert v["value"] == value

@@ -24,7 +24,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def agent_daemon() -> tuple[Daemon, str]:
+def tcp_daemon(agents: str = "", extra: str = "") -> tuple[Daemon, str]:
+    """A bench daemon with its agent endpoint on a free loopback port (the default transport
+    agents use), no event endpoint, and heartbeats slow enough not to expire idle agents."""
     port = free_port()
     d = Daemon(f"""
 [daemon]
@@ -34,11 +36,16 @@ count = 2
 [agents]
 endpoints = ["tcp://127.0.0.1:{port}"]
 heartbeat_interval = 300.0
-max_agents = 1000000
+{agents}
 [events]
 endpoint = ""
+{extra}
 """, raw_config=True)
     return d, f"tcp://127.0.0.1:{port}"
+
+
+def agent_daemon() -> tuple[Daemon, str]:
+    return tcp_daemon("max_agents = 1000000")
 
 
 def registration(n: int, reps: int) -> list[Row]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import zmq
 
 from benchkit import Row
+from benchkit.agent_rows import free_port, tcp_daemon
 from benchkit.load import run_clients
 from benchkit.stats import pick_median_rep, spread, summary
 from mabeamd import wire
@@ -21,30 +21,9 @@ from mabeamd.testing import Daemon, short_tmpdir
 VALUE = {"x": 12345, "tag": "bench", "pad": "p" * 64}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def var_daemon(fsync: str = "everysec") -> tuple[Daemon, str]:
-    port = free_port()
-    d = Daemon(f"""
-[daemon]
-log_level = "warning"
-[workers]
-count = 2
-[agents]
-endpoints = ["tcp://127.0.0.1:{port}"]
-heartbeat_interval = 300.0
-max_in_flight = 1024
-[events]
-endpoint = ""
-[variables]
-fsync = "{fsync}"
-snapshot_every = 1000000
-""", raw_config=True)
-    return d, f"tcp://127.0.0.1:{port}"
+    return tcp_daemon("max_in_flight = 1024",
+                      f'[variables]\nfsync = "{fsync}"\nsnapshot_every = 1000000')
 
 
 # --- clients (run in their own processes) --------------------------------------------------
