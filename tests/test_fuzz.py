@@ -117,13 +117,14 @@ def test_hundred_thousand_random_frames(make_daemon: Any) -> None:
         blast(10_000)  # warm-up: caches, registry entries, allocator pools
         before = settle(10_000)
         t0 = time.monotonic()
-        blast(50_000)
-        half = settle(60_000)
-        blast(50_000)
+        samples = []
+        for k in range(4):  # 4 x 25,000 frames, RSS after each
+            blast(25_000)
+            samples.append(settle(10_000 + 25_000 * (k + 1)))
         sent_for = time.monotonic() - t0
         # The bystander was unaffected the whole time and still is.
         assert bystander.get_agent("bystander")["status"] == "healthy"
-        after = settle(110_000)
+        after = samples[-1]
 
         status = d.call("status")
         traffic = status["agent_traffic"]
@@ -137,13 +138,15 @@ def test_hundred_thousand_random_frames(make_daemon: Any) -> None:
             assert [a["id"] for a in fresh.list_agents(capabilities="calm")["agents"]] == \
                 ["bystander"]
         assert bystander.request("ping")["pong"] is True
-        print(f"sent 100,000 frames in {sent_for:.1f}s; arbiter RSS {before / 2**20:.1f} -> "
-              f"{half / 2**20:.1f} -> {after / 2**20:.1f} MiB; undeliverable "
-              f"{traffic['undeliverable']}")
-        # Queues fill up to their high-water marks in the first half; after that memory must
-        # not keep growing with the input (a per-message leak would grow both halves alike).
-        assert after - half < 16 * 2**20, f"RSS still grew {(after - half) / 2**20:.1f} MiB"
-        assert after - before < 48 * 2**20
+        mib = [round(x / 2**20, 1) for x in (before, *samples)]
+        print(f"sent 100,000 frames in {sent_for:.1f}s; arbiter RSS (MiB) {mib}; "
+              f"undeliverable {traffic['undeliverable']}")
+        # Queues fill to their high-water marks early and the allocator's footprint swings
+        # by +-15 MiB between identical batches; a leak is a trend. The peak of the last two
+        # batches must not exceed the peak of the first two by more than noise.
+        early, late = max(samples[:2]), max(samples[2:])
+        assert late - early < 16 * 2**20, f"RSS kept growing: {mib} MiB"
+        assert after - before < 64 * 2**20, f"RSS grew {(after - before) / 2**20:.1f} MiB"
         assert "Traceback" not in d.log()
     for s in senders:
         s.close()
