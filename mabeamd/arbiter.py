@@ -12,6 +12,7 @@ deadline check, log writes go through a queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -34,7 +35,7 @@ from mabeamd.config import EX_CONFIG, Config, ConfigError, parse_endpoint
 from mabeamd.control import ControlServer
 from mabeamd.endpoint import AgentEndpoint
 from mabeamd.events import EventPublisher
-from mabeamd.link import WorkerLink, cancel_and_wait
+from mabeamd.link import WorkerLink
 from mabeamd.logsetup import LogSetup
 from mabeamd.managed import ManagedSupervisor
 from mabeamd.paths import Paths
@@ -47,6 +48,14 @@ from mabeamd.watcher import State, WorkerWatcher, worker_argv
 from mabeamd.wire import ErrorCode, WireError
 
 log = logging.getLogger("mabeamd.arbiter")
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 class StartupError(Exception):

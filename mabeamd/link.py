@@ -124,10 +124,3 @@ class WorkerLink:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
-
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task

@@ -25,7 +25,6 @@ from mabeamd.wire import ErrorCode, WireError
 
 log = logging.getLogger(__name__)
 ADMIN = "@admin"
-READ_OPS = ("var.get", "var.list", "var.history")
 
 
 def _int_or_none(body: dict[str, Any], key: str) -> int | None:

@@ -53,6 +53,13 @@ restart_window = 30.0
 """
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def short_tmpdir() -> Path:
     # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
     return Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))

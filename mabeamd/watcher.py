@@ -22,7 +22,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,10 +30,10 @@ import psutil
 from mabeamd.backoff import BackoffSettings, RestartPolicy
 from mabeamd.child import Reaper, describe_status, send_signal, spawn
 from mabeamd.config import WorkersSection
+from mabeamd.control import Progress
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], Awaitable[None]]
 
 
 class State(str, enum.Enum):

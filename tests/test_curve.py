@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,13 +11,7 @@ import pytest
 import zmq.auth
 
 from mabeamd.client import Client, ConnectionLost, Forbidden, Timeout
-from mabeamd.testing import Daemon, short_tmpdir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from mabeamd.testing import Daemon, free_port, short_tmpdir
 
 
 def keygen(directory: Path, name: str) -> None:

@@ -194,6 +194,20 @@ def _latest(acked: list[tuple[str, int, Any]]) -> dict[str, tuple[int, Any]]:
     return last
 
 
+def assert_acknowledged_present(d: Daemon, acked: list[tuple[str, int, Any]],
+                                also_local: bool = False) -> None:
+    """Every acknowledged write is there: its version or a later one, and at its own version
+    the value written."""
+    with Client(d.agent_endpoint) as c:
+        for name, (version, value) in _latest(acked).items():
+            v = read_back(c, name)
+            assert v["version"] >= version
+            if v["version"] == version:
+                assert v["value"] == value
+            if also_local:
+                assert read_back(c, name, local=True) == v
+
+
 def test_kill9_worker_mid_write_loses_nothing(make_daemon: Callable[..., Daemon]) -> None:
     d = make_daemon("\n[variables]\nfsync = \"always\"\n").start()
     acked: list[tuple[str, int, Any]] = []
@@ -210,13 +224,7 @@ def test_kill9_worker_mid_write_loses_nothing(make_daemon: Callable[..., Daemon]
     stop.set()
     t.join(10)
     assert len(acked) > 100
-    with Client(d.agent_endpoint) as c:
-        for name, (version, value) in _latest(acked).items():
-            v = read_back(c, name)
-            assert v["version"] >= version  # acknowledged writes survived the crashes
-            if v["version"] == version:
-                assert v["value"] == value
-            assert read_back(c, name, local=True) == v
+    assert_acknowledged_present(d, acked, also_local=True)  # they survived the crashes
 
 
 def test_kill9_daemon_with_fsync_always_loses_no_acknowledged_write(
@@ -233,12 +241,7 @@ def test_kill9_daemon_with_fsync_always_loses_no_acknowledged_write(
     t.join(10)
     assert len(acked) > 100
     d.start()  # same state directory: snapshot + WAL replay
-    with Client(d.agent_endpoint) as c:
-        for name, (version, value) in _latest(acked).items():
-            v = read_back(c, name)
-            assert v["version"] >= version
-            if v["version"] == version:
-                assert v["value"] == value
+    assert_acknowledged_present(d, acked)
 
 
 def test_shard_count_is_pinned_by_the_state_directory(

@@ -4,7 +4,6 @@ latency."""
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
@@ -15,13 +14,7 @@ from benchkit import Row
 from benchkit.load import EchoPeer, latency_client, run_clients, sdk_register_client
 from benchkit.stats import pick_median_rep, summary
 from mabeamd import wire
-from mabeamd.testing import Daemon
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from mabeamd.testing import Daemon, free_port
 
 
 def tcp_daemon(agents: str = "", extra: str = "") -> tuple[Daemon, str]:

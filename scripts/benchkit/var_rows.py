@@ -12,11 +12,11 @@ from typing import Any
 import zmq
 
 from benchkit import Row
-from benchkit.agent_rows import free_port, tcp_daemon
+from benchkit.agent_rows import tcp_daemon
 from benchkit.load import run_clients
 from benchkit.stats import pick_median_rep, spread, summary
 from mabeamd import wire
-from mabeamd.testing import Daemon, short_tmpdir
+from mabeamd.testing import Daemon, free_port, short_tmpdir
 
 VALUE = {"x": 12345, "tag": "bench", "pad": "p" * 64}
 
