@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mabeamd import __version__, wire
@@ -33,7 +34,7 @@ MAX_LIST_LIMIT = 1000
 MAX_WAIT = 3600.0
 
 
-def _query(body: dict[str, Any]) -> dict[str, Any]:
+def parse_query(body: dict[str, Any]) -> dict[str, Any]:
     """Validate the discovery fields shared by agent.list and agent.wait."""
     caps = body.get("capabilities", [])
     if isinstance(caps, str):
@@ -63,6 +64,8 @@ class AgentService:
         self._changed = asyncio.Event()
         self._push_ids = itertools.count(1)
         self.hello_extra: dict[str, Any] = {}  # e.g. shard count, shm and event endpoints
+        # Told of every agent that turns unhealthy, goes or says bye (sessions: absent).
+        self.on_down: list[Callable[[str], None]] = []
         endpoint.handlers.update({
             "hello": self.hello, "heartbeat": self.heartbeat, "bye": self.bye,
             "agent.get": self.get_agent, "agent.list": self.list_agents,
@@ -93,8 +96,14 @@ class AgentService:
         for rec in gone:
             log.info("agent %s gone", rec.id)
             self.events.publish("agent.gone", {"agent": rec.id, "reason": "silent"})
+        for rec in (*unhealthy, *gone):
+            self._down(rec.id)
         if unhealthy or gone:
             self._pulse()
+
+    def _down(self, agent_id: str) -> None:
+        for fn in self.on_down:
+            fn(agent_id)
 
     def _alive(self, agent_id: str) -> None:
         if self.registry.touch(agent_id, time.monotonic()):
@@ -148,6 +157,7 @@ class AgentService:
         self.registry.owned(agent_id, req.conn)
         self.registry.deregister(agent_id)
         self.events.publish("agent.bye", {"agent": agent_id})
+        self._down(agent_id)
         self._pulse()
         return {"agent": agent_id}
 
@@ -162,7 +172,7 @@ class AgentService:
     def list_agents(self, req: Request, body: dict[str, Any]) -> Any:
         check_fields(body, "agent.list", {"capabilities", "status", "metadata", "prefix", "after",
                                       "limit"})
-        q = _query(body)
+        q = parse_query(body)
         after = body.get("after") or ""
         limit = body.get("limit", 100)
         if not isinstance(after, str):
@@ -177,7 +187,7 @@ class AgentService:
     async def wait_agents(self, req: Request, body: dict[str, Any]) -> Any:
         check_fields(body, "agent.wait", {"capabilities", "status", "metadata", "prefix", "count",
                                       "timeout"})
-        q = _query(body)
+        q = parse_query(body)
         count = body.get("count", 1)
         timeout = body.get("timeout", 10.0)
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100000:

@@ -42,6 +42,7 @@ from mabeamd.paths import Paths
 from mabeamd.plugins import PluginHost
 from mabeamd.registry import Registry
 from mabeamd.sdnotify import Notifier, child_environment
+from mabeamd.sessionops import SessionService
 from mabeamd.statedir import StateDirError, check_shm, open_state, remove_segments
 from mabeamd.varops import VariableService
 from mabeamd.watcher import State, WorkerWatcher, worker_argv
@@ -230,6 +231,10 @@ class Arbiter:
             lambda i, body: self.link.send(i, self.watchers[i].generation, "request", body),
             lambda i: self.watchers[i].state is State.RUNNING, self.registry, self.events)
         self.variables.install(self.endpoint)
+        self.sessions = SessionService(self.variables, self.registry, self.endpoint,
+                                       self.events, self.plugins, settings=cfg.sessions)
+        self.sessions.install(self.endpoint)
+        self.agents.on_down.append(self._agent_down)
         self.agents.hello_extra = {
             "shards": self.worker_count,
             "shm": {"dir": cfg.variables.shm_dir, "prefix": self.meta.shm_prefix},
@@ -338,6 +343,7 @@ class Arbiter:
                     log.error("reload: cannot apply control group: %s", exc)
                 self.plugins.load(self.config.plugins.disabled)
                 self.plugins.call("mabeamd_configure", config=self.config)
+                self.sessions.protocols = self.plugins.protocols()
                 for change in await self.managed.apply(self.config.managed):
                     log.info("reload (%s): managed agents: %s", source, change)
                 if restart:
@@ -355,6 +361,7 @@ class Arbiter:
         self.agents.settings = a
         self.endpoint.max_in_flight = a.max_in_flight
         self.registry.max_agents = a.max_agents
+        self.sessions.settings = self.config.sessions
         if self.auth is not None:
             try:
                 self.auth.reload(self.config.security.authorized_keys)
@@ -368,7 +375,8 @@ class Arbiter:
         shard_args = ["--state-dir", str(self.paths.state_dir), "--shm-dir", v.shm_dir,
                       "--shm-prefix", self.meta.shm_prefix, "--fsync", v.fsync,
                       "--history", str(v.history), "--max-value", str(v.max_value),
-                      "--snapshot-every", str(v.snapshot_every)]
+                      "--snapshot-every", str(v.snapshot_every),
+                      "--disabled-plugins", ",".join(self.config.plugins.disabled)]
         return worker_argv(index, generation, link=self.paths.endpoint(self.paths.worker_link),
                            heartbeat=w.heartbeat_interval, log_level=self.config.daemon.log_level,
                            wrapper=w.wrapper, shard_args=shard_args)
@@ -384,6 +392,7 @@ class Arbiter:
         self.events.publish(f"worker.{event}", {"index": index, **details})
         if event == "exited":
             self.variables.worker_down(index)
+            self.sessions.worker_down(index)
         if self.state == "running" and event in ("running", "exited", "failed"):
             self.notifier.status(self.status_line())
 
@@ -399,6 +408,24 @@ class Arbiter:
         elif op == "hello":
             pid = body.get("pid")
             w.on_hello(generation, pid if isinstance(pid, int) else -1)
+        elif op in ("push", "event", "ended"):
+            w.on_heartbeat(generation)
+            if generation != w.generation:
+                return  # from a worker already replaced: its sessions were ended
+            if op == "push":
+                gone = self.sessions.on_push(index, body)
+                if gone:
+                    self.link.send(index, generation, "agents_down", {"agents": gone})
+            elif op == "event":
+                self.sessions.on_event(body)
+            else:
+                self.sessions.on_ended(body)
+
+    def _agent_down(self, agent: str) -> None:
+        """Sessions count an agent that left or went silent as absent."""
+        for index in self.sessions.live_shards():
+            w = self.watchers[index]
+            self.link.send(index, w.generation, "agents_down", {"agents": [agent]})
 
     # --- periodic deadlines ----------------------------------------------------------------
 
@@ -455,6 +482,7 @@ class Arbiter:
             "agents": self.registry.counts(),
             "variables": {"shards": self.worker_count, "fsync": self.config.variables.fsync,
                           "shm_prefix": self.meta.shm_prefix},
+            "sessions": {"running": len(self.sessions.live), **self.sessions.stats},
             "managed": {p.name: sum(1 for x in p.procs if x.state == "running")
                         for p in self.managed.programs.values()},
             "agent_endpoints": [str(e) for e in self.endpoint.endpoints],

@@ -159,7 +159,38 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
             out.append(await arbiter.variables.to_shard(i, "var.snapshot", {}, ADMIN))
         return {"shards": out}
 
+    async def sessions_list(body: dict[str, Any], progress: Progress) -> Any:
+        check_fields(body, "sessions.list", {"state"})
+        state = body.get("state")
+        if state is not None and not isinstance(state, str):
+            raise WireError(ErrorCode.BAD_REQUEST, "state must be a session state")
+        return arbiter.sessions.summaries(state)
+
+    async def sessions_show(body: dict[str, Any], progress: Progress) -> Any:
+        check_fields(body, "sessions.show", {"session"}, {"session"})
+        return await arbiter.sessions.show(body["session"])
+
+    async def sessions_cancel(body: dict[str, Any], progress: Progress) -> Any:
+        check_fields(body, "sessions.cancel", {"session", "reason"}, {"session"})
+        return await arbiter.sessions.cancel_as(body["session"], "mabeamctl",
+                                                body.get("reason"))
+
+    async def sessions_decide(body: dict[str, Any], progress: Progress) -> Any:
+        check_fields(body, "sessions.decide", {"session", "decision"}, {"session", "decision"})
+        return await arbiter.sessions.decide(body["session"], body["decision"])
+
+    async def protocols_list(body: dict[str, Any], progress: Progress) -> Any:
+        check_fields(body, "protocols.list")
+        owners = arbiter.plugins.protocol_owner
+        return [{**p.describe(), "plugin": owners.get(name)}
+                for name, p in sorted(arbiter.sessions.protocols.items())]
+
     return {
+        "sessions.list": sessions_list,
+        "sessions.show": sessions_show,
+        "sessions.cancel": sessions_cancel,
+        "sessions.decide": sessions_decide,
+        "protocols.list": protocols_list,
         "vars.get": vars_op("get", {"name"}, {"name"}),
         "vars.history": vars_op("history", {"name"}, {"name"}),
         "vars.create": vars_op("create", {"name", "value", "type", "access", "writers",

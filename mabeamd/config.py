@@ -204,6 +204,18 @@ class ManagedSection:
 
 
 @dataclass(frozen=True)
+class SessionsSection:
+    max_participants: int = _opt(10000, "int", "most agents one session may invite", min=1,
+                                 max=1_000_000, reload=True)
+    max_deadline: float = _opt(3600.0, "float", "longest deadline a session may ask for, "
+                               "seconds", min=0.1, max=7 * 86400, reload=True)
+    max_active: int = _opt(10000, "int", "sessions running at once, daemon-wide; more are "
+                           "refused with busy", min=1, max=10_000_000, reload=True)
+    keep_finished: int = _opt(1000, "int", "ended sessions kept for sessions show / "
+                              "session.get", min=0, max=10_000_000, reload=True)
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     control: ControlSection = field(default_factory=ControlSection)
@@ -213,6 +225,7 @@ class Config:
     events: EventsSection = field(default_factory=EventsSection)
     security: SecuritySection = field(default_factory=SecuritySection)
     variables: VariablesSection = field(default_factory=VariablesSection)
+    sessions: SessionsSection = field(default_factory=SessionsSection)
     managed: dict[str, ManagedSection] = field(default_factory=dict)
     # Where the values came from; not an option.
     source: str = field(default="<defaults>", compare=False)
@@ -235,6 +248,7 @@ SECTIONS: Final[dict[str, type]] = {
     "events": EventsSection,
     "security": SecuritySection,
     "variables": VariablesSection,
+    "sessions": SessionsSection,
 }
 MANAGED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

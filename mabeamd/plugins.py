@@ -13,6 +13,7 @@ from typing import Any
 import pluggy
 
 from mabeamd import hookspecs
+from mabeamd.protocol import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class PluginHost:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
+        self.protocol_owner: dict[str, str] = {}
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -113,10 +115,12 @@ class PluginHost:
 
     # --- calling ---------------------------------------------------------------------------
 
-    def call(self, hook: str, *, firstresult: bool = False, **kwargs: Any) -> list[tuple[str, Any]]:
+    def call(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of `hook` (newest first, as pluggy orders them); return
-        [(plugin name, result)] for non-None results. A raising plugin is disabled."""
+        [(plugin name, result)] for non-None results, only the first for a hook whose spec
+        says firstresult. A raising plugin is disabled."""
         caller = getattr(self.pm.hook, hook)
+        firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
         results: list[tuple[str, Any]] = []
         for impl in reversed(caller.get_hookimpls()):
             name = self.pm.get_name(impl.plugin) or "?"
@@ -132,6 +136,29 @@ class PluginHost:
                 if firstresult:
                     break
         return results
+
+    def refusal(self, hook: str, **kwargs: Any) -> str | None:
+        """For the firstresult hooks that return a reason to refuse: that reason, or None."""
+        for name, reason in self.call(hook, **kwargs):
+            return f"{reason} (plugin {name})"
+        return None
+
+    def protocols(self) -> dict[str, Protocol]:
+        """Every protocol the active plugins provide, by name. A name provided twice keeps
+        the first (plugins in name order); something that is not a Protocol is refused."""
+        found: dict[str, Protocol] = {}
+        for plugin, provided in sorted(self.call("mabeamd_protocols")):
+            for proto in provided if isinstance(provided, (list, tuple)) else [provided]:
+                if not isinstance(proto, Protocol) or not proto.name:
+                    log.error("plugin %s: %r is not a named mabeamd.protocol.Protocol; ignored",
+                              plugin, proto)
+                elif proto.name in found:
+                    log.error("plugin %s: protocol %r is already provided; ignored", plugin,
+                              proto.name)
+                else:
+                    found[proto.name] = proto
+                    self.protocol_owner[proto.name] = plugin
+        return found
 
     def summary(self) -> dict[str, int]:
         counts = {"active": 0, "failed": 0, "disabled": 0}

@@ -41,6 +41,7 @@ class Shard:
         self.dir = state_dir / f"shard-{index}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.snapshot_every = snapshot_every
+        self.locked: dict[str, str] = {}  # variable -> the session holding it (sessions.py)
         t0 = time.monotonic()
         self.store = ShardStore(history, max_value)
         seq, states = snapshot.load(self.dir)
@@ -78,6 +79,10 @@ class Shard:
             return self.take_snapshot(), None
         admin = actor == ADMIN
         name = check_name(body.get("name"))
+        holder = self.locked.get(name)
+        if holder is not None:
+            raise WireError(ErrorCode.CONFLICT, f"{name!r} is locked by coordination session "
+                            f"{holder} until it ends")
         if op == "var.create":
             effect = self.store.create(
                 name, body.get("value"), actor, now, vtype=body.get("type", "any"),
@@ -112,6 +117,30 @@ class Shard:
             result = var.public()
         self.since_snapshot += 1
         return result, event
+
+    def apply_session(self, session: str, writes: dict[str, Any], now: float,
+                      ) -> list[dict[str, Any]]:
+        """Apply a session's writes all or nothing: every one is checked first (constraints
+        still hold; access rules do not, a session may change any variable it locked), then
+        they go to the WAL as one record, so a crash leaves all of them or none. Returns the
+        `var.*` events; durable on return."""
+        actor = f"session:{session}"
+        effects = [self.store.set(check_name(name), value, actor, now, via_session=True)
+                   for name, value in sorted(writes.items())]
+        if not effects:
+            return []
+        self.wal.append(msgpack.packb({"op": "batch", "session": session, "effects": effects},
+                                      use_bin_type=True))
+        events = []
+        for effect in effects:
+            var = self.store.apply(effect)
+            assert var is not None
+            self.segment.put(var.name, var.version, var.value, var.meta())
+            events.append({"name": var.name, "op": "set", "version": var.version, "by": actor,
+                           "value": var.value})
+        self.since_snapshot += len(effects)
+        self.commit()
+        return events
 
     def commit(self) -> None:
         self.wal.commit()

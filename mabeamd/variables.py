@@ -285,6 +285,10 @@ class ShardStore:
     # --- applying effects (live and on replay) ---------------------------------------------
 
     def apply(self, effect: dict[str, Any]) -> Variable | None:
+        if effect["op"] == "batch":  # a session's writes: one WAL record, all or nothing
+            for e in effect["effects"]:
+                self.apply(e)
+            return None
         if effect["op"] == "put":
             state = effect["var"]
             var = Variable.from_state(state, self.history_len)

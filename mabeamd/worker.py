@@ -26,6 +26,8 @@ import zmq
 from mabeamd import wire
 from mabeamd.link import identity
 from mabeamd.logsetup import setup_child_logging
+from mabeamd.plugins import PluginHost
+from mabeamd.sessions import SessionEngine
 from mabeamd.shard import Shard
 
 log = logging.getLogger("mabeamd.worker")
@@ -55,8 +57,10 @@ BATCH = 256
 
 class Worker:
     def __init__(self, index: int, generation: int, link: str, heartbeat: float,
-                 shard: Shard | None = None) -> None:
+                 shard: Shard | None = None, *, plugins: PluginHost | None = None) -> None:
         self.index = index
+        self.plugins = plugins or PluginHost()
+        self.sessions: SessionEngine | None = None
         self.generation = generation
         self.link = link
         self.heartbeat = heartbeat
@@ -91,12 +95,16 @@ class Worker:
         sock.connect(self.link)
         self._sock = sock
         try:
+            if self.shard is not None:
+                self.sessions = SessionEngine(self.shard, self.plugins, self._out)
             self._send("hello", {"index": self.index, "generation": self.generation,
                                  "pid": os.getpid()})
             loop.add_reader(sock.FD, self._drain)
             self._drain()
             tasks = [asyncio.create_task(c) for c in (self._beat(), self._tick())]
             await self._stop.wait()
+            if self.sessions is not None:
+                await self.sessions.stop()
             for t in tasks:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -110,6 +118,11 @@ class Worker:
                 self.shard.close()
         log.info("stopped")
         return 0
+
+    def _out(self, op: str, body: dict[str, Any]) -> None:
+        """A message from the session engine (push, event, ended), sent outside a drain."""
+        self._send(op, body)
+        self._wake()
 
     def _wake(self) -> None:
         if not self._scheduled:
@@ -156,6 +169,10 @@ class Worker:
         if op == "stop":
             self._stop.set()
             return None
+        if op == "agents_down":
+            if self.sessions is not None:
+                self.sessions.agents_down(list(body.get("agents") or []))
+            return None
         if op != "request":
             log.warning("unknown op from arbiter: %s", op)
             return None
@@ -164,7 +181,11 @@ class Worker:
             return {"fwd": fwd, "ok": False, "code": wire.ErrorCode.INTERNAL,
                     "message": "this worker serves no shard"}
         try:
-            result, event = self.shard.handle(str(body.get("op")), body.get("args") or {},
+            op = str(body.get("op"))
+            if op.startswith("session.") and self.sessions is not None:
+                return {"fwd": fwd, "ok": True,
+                        "result": self.sessions.handle(op, body.get("args") or {})}
+            result, event = self.shard.handle(op, body.get("args") or {},
                                               str(body.get("actor")), time.time())
         except wire.WireError as exc:
             return {"fwd": fwd, "ok": False, "code": exc.code, "message": exc.message}
@@ -190,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=16)
     parser.add_argument("--max-value", type=int, default=1 << 20)
     parser.add_argument("--snapshot-every", type=int, default=10000)
+    parser.add_argument("--disabled-plugins", default="",
+                        help="comma-separated plugin names not to load")
     args = parser.parse_args(argv)
     setup_child_logging(args.log_level, f"worker[{args.index}]")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -204,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         shard = Shard(args.index, args.state_dir, args.shm_dir, args.shm_prefix,
                       fsync=args.fsync, history=args.history, max_value=args.max_value,
                       snapshot_every=args.snapshot_every)
-    worker = Worker(args.index, args.generation, args.link, args.heartbeat, shard)
+    # The worker runs the sessions, so it loads the protocol plugins itself (same entry
+    # points, same disabled list as the arbiter; failures are logged to the daemon's log).
+    plugins = PluginHost()
+    plugins.load([n for n in args.disabled_plugins.split(",") if n])
+    worker = Worker(args.index, args.generation, args.link, args.heartbeat, shard,
+                    plugins=plugins)
     return int(uvloop.run(worker.run()))
 
 

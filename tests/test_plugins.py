@@ -154,6 +154,25 @@ def test_host_calls_newest_first_and_isolates_failures() -> None:
     assert order == ["c", "b", "a"]
     assert results == [("c", {"n": "c"}), ("a", {"n": "a"})]
     assert host.records["b"].state == "failed"
-    order.clear()
-    assert host.call("mabeamd_status", firstresult=True) == [("c", {"n": "c"})]
-    assert order == ["c"]
+
+
+def test_a_firstresult_hook_stops_at_the_first_answer() -> None:
+    host = PluginHost(group="mabeamd.test-none")
+    order: list[str] = []
+
+    from mabeamd.hookspecs import hookimpl
+
+    def make(name: str, reason: str | None) -> object:
+        class Impl:
+            @hookimpl
+            def mabeamd_authorize(self, actor: str, op: str) -> str | None:
+                order.append(name)
+                return reason
+        return Impl()
+
+    host.register("a", make("a", "a says no"))
+    host.register("b", make("b", "b says no"))
+    host.register("c", make("c", None))
+    assert host.refusal("mabeamd_authorize", actor="x", op="var.set", details={}) == \
+        "b says no (plugin b)"
+    assert order == ["c", "b"]

@@ -9,6 +9,14 @@
 
     Greeter("greeter-1").run()
 
+Coordination sessions: a method decorated with @invitation("PROTOCOL") answers that
+protocol's invitations; whatever it returns is sent as the answer (None = no answer):
+
+    class Voter(Agent):
+        @invitation("vote")
+        async def ballot(self, inv: Invitation) -> Any:
+            return {"vote": inv.body["options"][0]}
+
 Without arguments, the agent id, endpoint and token come from MABEAM_AGENT_ID,
 MABEAM_ENDPOINT and MABEAM_AGENT_TOKEN: what a managed agent finds in its environment.
 """
@@ -30,6 +38,7 @@ from mabeamd.client.errors import MabeamError
 log = logging.getLogger("mabeamd.agent")
 
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+G = TypeVar("G", bound=Callable[..., Awaitable[Any]])
 
 
 @dataclass
@@ -38,6 +47,28 @@ class Message:
     to: str
     topic: str
     body: Any
+
+
+@dataclass
+class Invitation:
+    """One round of a session this agent takes part in (push `session.invite`)."""
+
+    session: str
+    protocol: str
+    round: int
+    kind: str  # the protocol's name for the round, e.g. "ballot", "cfp", "award"
+    body: Any
+    deadline_in: float
+    to: str
+
+
+def invitation(protocol: str) -> Callable[[G], G]:
+    """Answer invitations of this protocol with the decorated coroutine method."""
+
+    def mark(fn: G) -> G:
+        fn._mabeam_protocol = protocol  # type: ignore[attr-defined]
+        return fn
+    return mark
 
 
 def topic(name: str) -> Callable[[F], F]:
@@ -65,10 +96,14 @@ class Agent:
         self._own_client = client is None
         self._stop = asyncio.Event()
         self._routes: dict[str, Callable[[Message], Awaitable[None]]] = {}
+        self._protocols: dict[str, Callable[[Invitation], Awaitable[Any]]] = {}
         for name in dir(type(self)):
             fn = getattr(self, name)
             if callable(fn) and hasattr(fn, "_mabeam_topic"):
                 self._routes[fn._mabeam_topic] = fn
+            if callable(fn) and hasattr(fn, "_mabeam_protocol"):
+                self._protocols[fn._mabeam_protocol] = fn
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- to override -----------------------------------------------------------------------
 
@@ -82,6 +117,17 @@ class Agent:
     async def on_stop(self) -> None:
         """Called before the agent says bye."""
 
+    async def on_invitation(self, inv: Invitation) -> Any:
+        """Invitations of protocols no @invitation method handles: no answer by default."""
+        log.debug("%s: no handler for %s invitation %s", self.id, inv.protocol, inv.session)
+        return None
+
+    async def on_session_notice(self, body: dict[str, Any]) -> None:
+        """Notices from a session (e.g. contract net `reject` / `confirmed`)."""
+
+    async def on_session_result(self, record: dict[str, Any]) -> None:
+        """The final record of a session this agent started with notify=True."""
+
     # --- helpers ---------------------------------------------------------------------------
 
     async def send(self, to: str, body: Any, topic: str = "") -> dict[str, Any]:
@@ -92,7 +138,37 @@ class Agent:
 
     # --- running ---------------------------------------------------------------------------
 
+    async def _answer(self, b: dict[str, Any]) -> None:
+        inv = Invitation(str(b.get("session")), str(b.get("protocol")), int(b.get("round", 0)),
+                         str(b.get("kind")), b.get("body"), float(b.get("deadline_in", 0)),
+                         str(b.get("to")))
+        handler = self._protocols.get(inv.protocol, self.on_invitation)
+        try:
+            answer = await handler(inv)
+            if answer is not None:
+                await self.client.respond(self.id, inv.session, inv.round, answer)
+        except MabeamError as exc:
+            log.warning("%s: answer to session %s round %d refused: %s", self.id, inv.session,
+                        inv.round, exc)
+        except Exception:
+            log.exception("%s: invitation handler for %r failed", self.id, inv.protocol)
+
     async def _dispatch(self, push: Push) -> None:
+        if push.op == "session.invite":
+            # Answered in a task: a session waits for many agents, and one slow handler
+            # must not hold up this agent's other messages.
+            task = asyncio.create_task(self._answer(push.body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        if push.op in ("session.notice", "session.result"):
+            fn = self.on_session_notice if push.op == "session.notice" else \
+                self.on_session_result
+            try:
+                await fn(push.body)
+            except Exception:
+                log.exception("%s: %s handler failed", self.id, push.op)
+            return
         if push.op != "message":
             log.debug("%s: ignoring push %s", self.id, push.op)
             return

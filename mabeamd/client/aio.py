@@ -370,6 +370,53 @@ class AsyncClient:
         finally:
             sub.close(linger=0)
 
+    # --- coordination sessions -------------------------------------------------------------
+
+    async def start_session(self, agent: str, protocol: str, *,
+                            participants: list[str] | None = None,
+                            query: dict[str, Any] | None = None,
+                            variables: list[str] | tuple[str, ...] = (),
+                            params: dict[str, Any] | None = None,
+                            deadline: float | None = None, wait: bool = True,
+                            notify: bool = False, on_conflict: str = "refuse",
+                            key: str | None = None) -> dict[str, Any]:
+        """Start a session as `agent`. Participants by id or by a capability query (e.g.
+        {"capabilities": ["voter"]}). With wait (the default) the call returns the final
+        record once the session ended; without, {"session": ID, ...} at once (then
+        get_session, or notify=True to have the final record pushed as `session.result`)."""
+        body: dict[str, Any] = {"agent": agent, "protocol": protocol,
+                                "variables": list(variables), "params": params or {},
+                                "wait": wait, "notify": notify, "on_conflict": on_conflict}
+        for k, v in (("participants", participants), ("query", query),
+                     ("deadline", deadline), ("key", key)):
+            if v is not None:
+                body[k] = v
+        timeout = None
+        if wait:  # the reply comes when the session ends
+            timeout = (deadline if deadline is not None else 3600.0) + 5.0 + self.timeout
+        result: dict[str, Any] = await self.request("session.start", body, timeout=timeout)
+        return result
+
+    async def get_session(self, session: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("session.get", {"session": session})
+        return result
+
+    async def cancel_session(self, agent: str, session: str,
+                             reason: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"agent": agent, "session": session}
+        if reason is not None:
+            body["reason"] = reason
+        result: dict[str, Any] = await self.request("session.cancel", body)
+        return result
+
+    async def respond(self, agent: str, session: str, round: int, response: Any,
+                      ) -> dict[str, Any]:
+        """Answer round `round` of a session invitation as `agent`."""
+        result: dict[str, Any] = await self.request(
+            "session.respond", {"agent": agent, "session": session, "round": round,
+                                "response": response})
+        return result
+
     async def heartbeat(self) -> dict[str, Any]:
         """Beat for all our agents; re-register any the daemon no longer knows here."""
         reply: dict[str, Any] = await self.request("heartbeat",

@@ -99,6 +99,21 @@ class Client:
     def var_history(self, name: str) -> dict[str, Any]:
         return self._run(self.aio.var_history(name))
 
+    def start_session(self, agent: str, protocol: str, **options: Any) -> dict[str, Any]:
+        wait = options.get("wait", True)
+        limit = (options.get("deadline") or 3600.0) + 5.0 + self.aio.timeout if wait else None
+        return self._run(self.aio.start_session(agent, protocol, **options), limit)
+
+    def get_session(self, session: str) -> dict[str, Any]:
+        return self._run(self.aio.get_session(session))
+
+    def cancel_session(self, agent: str, session: str, reason: str | None = None,
+                       ) -> dict[str, Any]:
+        return self._run(self.aio.cancel_session(agent, session, reason))
+
+    def respond(self, agent: str, session: str, round: int, response: Any) -> dict[str, Any]:
+        return self._run(self.aio.respond(agent, session, round, response))
+
     def heartbeat(self) -> dict[str, Any]:
         return self._run(self.aio.heartbeat())
 

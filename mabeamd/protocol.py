@@ -1,0 +1,231 @@
+"""The protocol API: what a coordination-protocol plugin provides, and what its driver may ask
+of the session engine. Plugins return `Protocol` instances from the `mabeamd_protocols` hook.
+
+A protocol is two parts (see docs/plugins.md and docs/protocols.md):
+
+    decide(inputs) -> outcome   the pure mechanism: a JSON-like map in, a JSON-like map out,
+                                deterministic, no I/O. `mabeamctl protocols eval` runs it
+                                offline; property tests hammer it.
+    run(session) -> Outcome     the session driver: invites participants (`session.ask`),
+                                collects their answers and calls decide(). The engine runs it
+                                in the worker that owns the session's variables, enforces the
+                                deadline, validates the outcome and applies its writes
+                                atomically.
+
+Most protocols are one round: ask every participant once, decide on what came back.
+`OneRound` is that driver; a protocol subclassing it writes only `decide`, `check_response`
+and `writes`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+
+class ProtocolError(Exception):
+    """Bad params, inputs, responses or operator decisions; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Participant:
+    id: str
+    weight: float = 1.0
+    priority: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "weight": self.weight, "priority": self.priority,
+                "metadata": dict(self.metadata)}
+
+    @staticmethod
+    def from_dict(d: Any) -> Participant:
+        if not isinstance(d, Mapping) or not isinstance(d.get("id"), str):
+            raise ProtocolError("each participant is a map with a string id")
+        return Participant(d["id"], number(d, "weight", 1.0, lo=0.0),
+                           integer(d, "priority", 0), dict(d.get("metadata") or {}))
+
+
+@dataclass(frozen=True)
+class Response:
+    """One participant's answer in one round. `seq` is the arrival order within the session
+    (the engine's clock of record for every "earliest wins" tie-break); `at` is seconds since
+    the session started, for display."""
+
+    agent: str
+    value: Any
+    seq: int
+    at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"agent": self.agent, "value": self.value, "seq": self.seq, "at": self.at}
+
+    @staticmethod
+    def from_dict(d: Any, default_seq: int) -> Response:
+        if not isinstance(d, Mapping) or not isinstance(d.get("agent"), str):
+            raise ProtocolError("each response is a map with a string agent")
+        return Response(d["agent"], d.get("value"), integer(d, "seq", default_seq),
+                        number(d, "at", 0.0))
+
+
+@dataclass
+class Outcome:
+    """What a driver returns: `result` goes to the initiator and the event stream; `writes`
+    (variable name -> new value) are applied atomically, all or nothing, after validation."""
+
+    result: dict[str, Any]
+    writes: dict[str, Any] = field(default_factory=dict)
+
+
+class Session(TypingProtocol):
+    """The engine's side of a running session, as a driver sees it."""
+
+    id: str
+    protocol: str
+    initiator: str
+    participants: list[Participant]
+    params: dict[str, Any]
+    variables: dict[str, dict[str, Any]]  # name -> state when the session started
+
+    def remaining(self) -> float:
+        """Seconds left before the session's deadline."""
+
+    async def ask(self, agents: Iterable[str], kind: str, body: Any,
+                  timeout: float | None = None) -> dict[str, Response]:
+        """Invite `agents` to a new round; return the answers that came back before every
+        asked agent answered or went away, or `timeout` (default: the session deadline)."""
+
+    def tell(self, agents: Iterable[str], kind: str, body: Any) -> None:
+        """Push a notice (no answer expected), e.g. contract-net rejections."""
+
+    async def escalate(self, body: Any, check: Any) -> Any:
+        """Publish `session.escalated` and wait for an operator's `sessions decide`; `check`
+        validates a decision (raise ProtocolError to refuse it and keep waiting)."""
+
+    def event(self, name: str, body: dict[str, Any]) -> None:
+        """Publish `session.<name>` on the event stream."""
+
+
+class Protocol:
+    """Base class for protocols. Subclasses set `name` and `summary` and implement the rest."""
+
+    name: str = ""
+    summary: str = ""
+    #: The session deadline when session.start gives none, in seconds.
+    default_deadline: float = 10.0
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Validate params and fill in defaults; raise ProtocolError. Pure."""
+        return dict(params)
+
+    def check_response(self, kind: str, value: Any, params: dict[str, Any]) -> None:
+        """Validate one participant's answer to a round of `kind`; a ProtocolError is sent
+        back to the participant (who may answer again) and the answer is not recorded."""
+
+    def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The pure mechanism; `inputs` are described per protocol in docs/protocols.md."""
+        raise NotImplementedError
+
+    async def run(self, session: Session) -> Outcome:
+        raise NotImplementedError
+
+    def check_outcome(self, session: Session, outcome: Outcome) -> None:
+        """Protocol-specific checks before the outcome is applied; raise ProtocolError."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "summary": self.summary,
+                "default_deadline": self.default_deadline}
+
+
+class OneRound(Protocol):
+    """A driver for one-round protocols: invite every participant with `kind` and the
+    round body, wait for the answers (or the deadline), decide, write."""
+
+    kind: str = "request"
+
+    def round_body(self, params: dict[str, Any]) -> Any:
+        return params
+
+    def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def participants_for(self, session: Session) -> list[dict[str, Any]]:
+        return [p.to_dict() for p in session.participants]
+
+    async def run(self, session: Session) -> Outcome:
+        answers = await session.ask([p.id for p in session.participants], self.kind,
+                                    self.round_body(session.params))
+        inputs = {"params": session.params, "participants": self.participants_for(session),
+                  "responses": [r.to_dict() for r in sorted(answers.values(),
+                                                            key=lambda r: r.seq)]}
+        result = self.decide(inputs)
+        return Outcome(result, self.writes(session, result))
+
+
+# --- validation helpers for params and inputs (every error names the key) -----------------
+
+
+def only(d: Mapping[str, Any], allowed: Iterable[str], what: str = "params") -> None:
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ProtocolError(f"{what}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                            f"allowed: {', '.join(sorted(allowed))}")
+
+
+def number(d: Mapping[str, Any], key: str, default: float | None, *, lo: float | None = None,
+           hi: float | None = None) -> float:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ProtocolError(f"{key} must be a finite number")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ProtocolError(f"{key} must be within [{lo}, {hi}]")
+    return v
+
+
+def integer(d: Mapping[str, Any], key: str, default: int | None, *, lo: int | None = None,
+            hi: int | None = None) -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ProtocolError(f"{key} must be an integer")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ProtocolError(f"{key} must be within [{lo}, {hi}]")
+    return v
+
+
+def choice(d: Mapping[str, Any], key: str, default: str, options: Iterable[str]) -> str:
+    v = d.get(key, default)
+    opts = list(options)
+    if v not in opts:
+        raise ProtocolError(f"{key} must be one of {', '.join(opts)}")
+    return str(v)
+
+
+def participants_of(inputs: Mapping[str, Any]) -> list[Participant]:
+    ps = inputs.get("participants")
+    if not isinstance(ps, list):
+        raise ProtocolError("inputs.participants must be a list")
+    out = [Participant.from_dict(p) for p in ps]
+    if len({p.id for p in out}) != len(out):
+        raise ProtocolError("participant ids must be unique")
+    return out
+
+
+def responses_of(inputs: Mapping[str, Any], participants: Iterable[Participant],
+                 ) -> dict[str, Response]:
+    """The latest answer per participant (a later one replaces an earlier one), keyed by id;
+    answers from non-participants are an error."""
+    rs = inputs.get("responses", [])
+    if not isinstance(rs, list):
+        raise ProtocolError("inputs.responses must be a list")
+    ids = {p.id for p in participants}
+    out: dict[str, Response] = {}
+    for i, raw in enumerate(rs):
+        r = Response.from_dict(raw, i)
+        if r.agent not in ids:
+            raise ProtocolError(f"response from {r.agent!r}, who is not a participant")
+        if r.agent not in out or out[r.agent].seq <= r.seq:
+            out[r.agent] = r
+    return out
