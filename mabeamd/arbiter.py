@@ -234,6 +234,7 @@ class Arbiter:
         self.sessions = SessionService(self.variables, self.registry, self.endpoint,
                                        self.events, self.plugins, settings=cfg.sessions)
         self.sessions.install(self.endpoint)
+        self.variables.authorize = self.sessions.authorize
         self.agents.on_down.append(self._agent_down)
         self.agents.hello_extra = {
             "shards": self.worker_count,

@@ -79,6 +79,12 @@ class SessionService:
         self.protocols = plugins.protocols()  # refreshed on reload
         self.stats = {"started": 0, "applied": 0, "failed": 0, "cancelled": 0, "timed_out": 0}
 
+    def authorize(self, actor: str, op: str, body: dict[str, Any]) -> str | None:
+        """The mabeamd_authorize hook: a reason to refuse, or None."""
+        if not self.plugins.pm.hook.mabeamd_authorize.get_hookimpls():
+            return None  # the common case, without building the call
+        return self.plugins.refusal("mabeamd_authorize", actor=actor, op=op, details=body)
+
     def install(self, endpoint: AgentEndpoint) -> None:
         endpoint.handlers.update({"session.start": self.start, "session.get": self.get,
                                   "session.respond": self.respond,
@@ -90,7 +96,7 @@ class SessionService:
         agent = check_agent_id(body.get("agent"))
         self.registry.owned(agent, req.conn)
         self.registry.touch(agent, time.monotonic())
-        reason = self.plugins.refusal("mabeamd_authorize", actor=agent, op=op, details=body)
+        reason = self.authorize(agent, op, body)
         if reason is not None:
             raise WireError(ErrorCode.FORBIDDEN, reason)
         return agent

@@ -1,6 +1,11 @@
 """Variable ops on the agent endpoint (and for mabeamctl): route each to its shard's worker.
 
-    shard = crc32(UTF-8 name) mod N    (N fixed when the state directory was created)
+    shard = crc32(UTF-8 key) mod N    (N fixed when the state directory was created)
+
+The key is the name, or, when the name holds a `{tag}` (a "{", then at least one character,
+then "}"), just the tag between the first "{" and the next "}" -- as in Redis Cluster. Names
+sharing a tag share a shard, which a coordination session needs: it changes its variables
+atomically, in one shard's WAL.
 
 The arbiter validates the caller (writes need an agent registered on the calling connection,
 which becomes the actor), forwards the request over the worker link and relays the worker's
@@ -34,8 +39,17 @@ WRITE_FIELDS = {
 }
 
 
+def shard_key(name: str) -> str:
+    start = name.find("{")
+    if start >= 0:
+        end = name.find("}", start + 1)
+        if end > start + 1:
+            return name[start + 1:end]
+    return name
+
+
 def shard_of(name: str, shards: int) -> int:
-    return zlib.crc32(name.encode()) % shards
+    return zlib.crc32(shard_key(name).encode()) % shards
 
 
 Send = Callable[[int, dict[str, Any]], bool]
@@ -51,6 +65,9 @@ class VariableService:
         self.events = events
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        # (actor, op, body) -> a reason to refuse, or None: the mabeamd_authorize hook.
+        self.authorize: Callable[[str, str, dict[str, Any]], str | None] = \
+            lambda actor, op, body: None
 
     def install(self, endpoint: AgentEndpoint) -> None:
         for op in WRITE_FIELDS:
@@ -69,6 +86,9 @@ class VariableService:
                 raise WireError(ErrorCode.BAD_REQUEST, "agent must be an agent id")
             self.registry.owned(agent, req.conn)
             self.registry.touch(agent, time.monotonic())
+            reason = self.authorize(agent, op, body)
+            if reason is not None:
+                raise WireError(ErrorCode.FORBIDDEN, reason)
             args = {k: v for k, v in body.items() if k != "agent"}
             return self.forward(op, args, agent)
         return handler

@@ -3,9 +3,9 @@
 Socket: --socket PATH, else $MABEAM_SOCKET, else the one the configuration names
 (--config FILE, else /etc/mabeamd/mabeamd.toml if present, else the built-in defaults).
 
-Exit status: 0 success; 1 the daemon refused the command; 2 bad usage; 69 the daemon is
-not running or unreachable; 75 no answer within --timeout seconds of silence; 78 the
-configuration given with --config is invalid.
+Exit status: 0 success; 1 the daemon refused the command; 2 bad usage; 65 `protocols eval`
+refused its input; 69 the daemon is not running or unreachable; 75 no answer within
+--timeout seconds of silence; 78 the configuration given with --config is invalid.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import psutil
 from mabeamd import config as configmod
 from mabeamd import paths as pathsmod
 from mabeamd.config import EX_CONFIG, ConfigError
-from mabeamd.ctl import render, views
+from mabeamd.ctl import render, sessions, views
 from mabeamd.ctl.client import CommandFailed, ControlClient, NotRunning, Timeout
 
 EX_UNAVAILABLE = 69
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "'server' for the daemon's own")
     k.add_argument("--dir", default=".", help="where to write NAME.key and NAME.key_secret")
     k.add_argument("--force", action="store_true", help="replace existing files")
+    sessions.add_parsers(sub, common)
     sub.add_parser("plugins", parents=[common], help="loaded, failed and disabled plugins")
     sub.add_parser("reload", parents=[common], help="reload configuration and plugins")
     sub.add_parser("stop", parents=[common], help="stop the daemon gracefully and wait")
@@ -304,7 +305,8 @@ def watch_vars(c: ControlClient, args: argparse.Namespace) -> Result:
 
 COMMANDS = {"status": cmd_status, "vars": cmd_vars, "workers": cmd_workers, "agents": cmd_agents,
             "plugins": cmd_plugins, "reload": cmd_reload, "stop": cmd_stop,
-            "version": cmd_version}
+            "version": cmd_version, "sessions": sessions.cmd_sessions,
+            "protocols": sessions.cmd_protocols}
 
 
 def keys_generate(args: argparse.Namespace) -> int:
@@ -329,15 +331,29 @@ def keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print(out: Any, text: str, args: argparse.Namespace) -> None:
+    print(json.dumps(out, indent=2, sort_keys=True, default=repr) if getattr(args, "json", False)
+          else text)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.command == "keys":
         return keys_generate(args)
+    if args.command == "protocols" and args.protocols_action == "eval":
+        out = sessions.protocols_eval(args.name, args.file)
+        print(json.dumps(out, indent=2, sort_keys=True, default=repr))
+        return 0
+    if args.command == "protocols" and args.local:
+        rows = sessions.protocols_local_list()
+        _print(rows, sessions.show_protocols(rows), args)
+        return 0
+    if args.command == "sessions" and args.sessions_action == "decide":
+        args.decision_value = _json_arg(args.decision, "the decision")
     with ControlClient(resolve_socket(args), timeout=getattr(args, "timeout", 10.0)) as client:
         out, text = COMMANDS[args.command](client, args)
     if out is None:  # streamed already (vars watch)
         return 0
-    print(json.dumps(out, indent=2, sort_keys=True, default=repr) if getattr(args, "json", False)
-          else text)
+    _print(out, text, args)
     return 0
 
 
@@ -360,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"mabeamctl: {exc}", file=sys.stderr)
         return 2
+    except sessions.EvalError as exc:
+        print(f"mabeamctl: {exc}", file=sys.stderr)
+        return sessions.EX_DATAERR
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,152 @@
+"""`mabeamctl sessions ...` and `mabeamctl protocols ...`.
+
+`protocols eval NAME FILE` runs a protocol's pure mechanism here, in this process, on a JSON
+input (FILE `-` = stdin) and prints the JSON outcome: no daemon needed, the plugins installed
+next to mabeamctl are used. Exit 65 when the mechanism refuses the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mabeamd.ctl import render
+from mabeamd.ctl.client import ControlClient
+
+EX_DATAERR = 65
+STATES = ("queued", "collecting", "deciding", "escalated", "applied", "failed", "cancelled",
+          "timed_out", "starting")
+
+
+class EvalError(Exception):
+    pass
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("sessions", parents=[common], help="coordination sessions")
+    ss = s.add_subparsers(dest="sessions_action", required=True, metavar="ACTION")
+    sl = ss.add_parser("list", parents=[common], help="running and recently ended sessions")
+    sl.add_argument("--state", choices=STATES, help="only sessions in this state")
+    ss.add_parser("show", parents=[common], help="one session, in full").add_argument("id")
+    sc = ss.add_parser("cancel", parents=[common], help="cancel a running session")
+    sc.add_argument("id")
+    sc.add_argument("--reason", help="recorded as the session's reason")
+    sd = ss.add_parser("decide", parents=[common],
+                       help="give the operator's decision to an escalated session")
+    sd.add_argument("id")
+    sd.add_argument("decision", help='JSON, e.g. \'{"allocations": {"a1": 2}}\'')
+    p = sub.add_parser("protocols", parents=[common], help="coordination protocols")
+    ps = p.add_subparsers(dest="protocols_action", required=True, metavar="ACTION")
+    pl = ps.add_parser("list", parents=[common], help="protocols the daemon offers")
+    pl.add_argument("--local", action="store_true",
+                    help="what the plugins installed here provide (no daemon needed)")
+    pe = ps.add_parser("eval", parents=[common],
+                       help="run a protocol's pure mechanism offline on a JSON input")
+    pe.add_argument("name")
+    pe.add_argument("file", help="JSON input file, - for stdin (see docs/protocols.md)")
+
+
+def show_sessions(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no sessions"
+    return render.table(["SESSION", "PROTOCOL", "STATE", "INITIATOR", "SHARD", "REASON"],
+                        [[r["session"], r["protocol"], r["state"], r["initiator"], r["shard"],
+                          r.get("reason") or ""] for r in rows])
+
+
+def show_session(r: dict[str, Any]) -> str:
+    items: list[tuple[str, Any]] = [
+        ("protocol", r["protocol"]), ("state", r["state"]), ("initiator", r["initiator"]),
+        ("shard", r.get("shard")),
+    ]
+    if "participants" in r:
+        items += [("participants", f"{len(r['participants'])}: "
+                                   f"{', '.join(r['participants'][:20])}"
+                                   + (" ..." if len(r["participants"]) > 20 else "")),
+                  ("variables", ", ".join(r["variables"]) or "-"),
+                  ("round", f"{r['round']}" + (f" ({r['open_round']}: {r['answered']} answered,"
+                                               f" {len(r['waiting'])} waiting)"
+                                               if r.get("open_round") else "")),
+                  ("absent", ", ".join(r["absent"]) or "-"),
+                  ("params", json.dumps(r["params"], sort_keys=True))]
+    if r.get("reason"):
+        items.append(("reason", r["reason"]))
+    if r.get("result") is not None:
+        items.append(("result", json.dumps(r["result"], sort_keys=True)))
+    if r.get("writes"):
+        items.append(("writes", json.dumps(r["writes"], sort_keys=True)))
+    return f"session {r['session']}\n" + render.pairs(items)
+
+
+def show_protocols(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no protocols (no protocol plugin is loaded)"
+    return render.table(["PROTOCOL", "PLUGIN", "DEADLINE", "SUMMARY"],
+                        [[r["name"], r.get("plugin") or "-", f"{r['default_deadline']:g}s",
+                          r["summary"]] for r in rows])
+
+
+def local_protocols() -> dict[str, Any]:
+    from mabeamd.plugins import PluginHost
+
+    host = PluginHost()
+    host.load()
+    return {"host": host, "protocols": host.protocols()}
+
+
+def protocols_local_list() -> list[dict[str, Any]]:
+    found = local_protocols()
+    owners = found["host"].protocol_owner
+    return [{**p.describe(), "plugin": owners.get(n)}
+            for n, p in sorted(found["protocols"].items())]
+
+
+def protocols_eval(name: str, file: str) -> dict[str, Any]:
+    from mabeamd.protocol import ProtocolError
+
+    protos = local_protocols()["protocols"]
+    proto = protos.get(name)
+    if proto is None:
+        raise EvalError(f"unknown protocol {name!r}; installed here: "
+                        f"{', '.join(sorted(protos)) or 'none'}")
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EvalError(f"cannot read {file}: {exc.strerror}") from None
+    try:
+        inputs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EvalError(f"{file}: not JSON: {exc}") from None
+    if not isinstance(inputs, dict):
+        raise EvalError(f"{file}: the input must be a JSON object")
+    try:
+        result: dict[str, Any] = proto.decide(inputs)
+    except ProtocolError as exc:
+        raise EvalError(f"{name}: {exc}") from None
+    return result
+
+
+def cmd_sessions(c: ControlClient, args: argparse.Namespace) -> tuple[Any, str]:
+    act = args.sessions_action
+    if act == "list":
+        out = c.call("sessions.list", {"state": args.state} if args.state else {})
+        return out, show_sessions(out)
+    if act == "show":
+        out = c.call("sessions.show", {"session": args.id})
+        return out, show_session(out)
+    if act == "cancel":
+        body = {"session": args.id}
+        if args.reason:
+            body["reason"] = args.reason
+        out = c.call("sessions.cancel", body)
+        return out, f"session {args.id}: cancelling"
+    out = c.call("sessions.decide", {"session": args.id, "decision": args.decision_value})
+    return out, f"session {args.id}: decision accepted"
+
+
+def cmd_protocols(c: ControlClient, args: argparse.Namespace) -> tuple[Any, str]:
+    out = c.call("protocols.list")
+    return out, show_protocols(out)
