@@ -226,9 +226,9 @@ class SessionService:
         e = self.entry(body["session"])
         if e.record is not None:
             raise WireError(ErrorCode.CONFLICT, f"session {e.id} has ended ({e.state})")
-        return await self.variables.to_shard(e.shard, "session.respond", {
+        return await self._to_worker(e, "session.respond", {
             "session": e.id, "agent": agent, "round": body["round"],
-            "response": body.get("response")}, ADMIN)
+            "response": body.get("response")})
 
     async def cancel(self, req: Request, body: dict[str, Any]) -> Any:
         check_fields(body, "session.cancel", {"agent", "session", "reason"},
@@ -246,8 +246,12 @@ class SessionService:
         e = self.entry(session)
         if e.record is not None:
             return e.record
-        record: dict[str, Any] = await self.variables.to_shard(
-            e.shard, "session.get", {"session": e.id}, ADMIN)
+        try:
+            record: dict[str, Any] = await self._to_worker(e, "session.get", {"session": e.id})
+        except WireError:
+            if e.record is not None:  # it ended while we asked
+                return e.record
+            raise
         return {**record, "shard": e.shard}
 
     def summaries(self, state: str | None = None) -> list[dict[str, Any]]:
@@ -260,15 +264,26 @@ class SessionService:
             raise WireError(ErrorCode.CONFLICT, f"session {e.id} has ended ({e.state})")
         if reason is not None and not isinstance(reason, str):
             raise WireError(ErrorCode.BAD_REQUEST, "reason must be a string")
-        return await self.variables.to_shard(e.shard, "session.cancel", {
-            "session": e.id, "by": by, "reason": reason}, ADMIN)
+        return await self._to_worker(e, "session.cancel", {"session": e.id, "by": by,
+                                                           "reason": reason})
 
     async def decide(self, session: str, decision: Any) -> Any:
         e = self.entry(session)
         if e.record is not None:
             raise WireError(ErrorCode.CONFLICT, f"session {e.id} has ended ({e.state})")
-        return await self.variables.to_shard(e.shard, "session.decide", {
-            "session": e.id, "decision": decision}, ADMIN)
+        return await self._to_worker(e, "session.decide", {"session": e.id,
+                                                           "decision": decision})
+
+    async def _to_worker(self, e: Entry, op: str, args: dict[str, Any]) -> Any:
+        """Forward to the session's worker. A session that ends while the request is on its
+        way is answered `conflict` (its final record arrives just before the reply)."""
+        try:
+            return await self.variables.to_shard(e.shard, op, args, ADMIN)
+        except WireError as exc:
+            if exc.code == ErrorCode.NOT_FOUND and e.record is not None:
+                raise WireError(ErrorCode.CONFLICT, f"session {e.id} has ended "
+                                f"({e.state})") from None
+            raise
 
     # --- from workers ----------------------------------------------------------------------
 

@@ -2,11 +2,12 @@
 
 - `AsyncClient` (asyncio) and `Client` (blocking, runs an AsyncClient in a thread): one
   connection, any number of agent ids, automatic heartbeats and re-registration.
-- `Agent`: a base class with @topic message handlers and run().
+- `Agent`: a base class with @topic message handlers, @invitation session handlers and
+  run().
 - Exceptions: one class per daemon error code, all subclasses of `MabeamError`.
 """
 
-from mabeamd.client.agent import Agent, Message, topic
+from mabeamd.client.agent import Agent, Invitation, Message, invitation, topic
 from mabeamd.client.aio import AsyncClient, Push, Registration
 from mabeamd.client.errors import (
     BadRequest,
@@ -31,7 +32,7 @@ from mabeamd.client.sync import Client
 
 __all__ = [
     "Agent", "AsyncClient", "BadRequest", "Busy", "Client", "Conflict", "ConnectionLost",
-    "Exists", "Forbidden", "Internal", "MabeamError", "Message", "NotFound", "NotRegistered",
+    "Exists", "Forbidden", "Internal", "Invitation", "MabeamError", "Message", "NotFound", "NotRegistered",
     "Push", "Registration", "ShuttingDown", "Timeout", "TooLarge", "UnknownOp",
-    "UnsupportedVersion", "VersionMismatch", "error_for", "topic",
+    "UnsupportedVersion", "VersionMismatch", "error_for", "invitation", "topic",
 ]
