@@ -62,6 +62,26 @@ def test_variable_op_table_matches_the_service() -> None:
     assert documented == set(stub.handlers)
 
 
+def test_session_op_table_matches_the_service() -> None:
+    from mabeamd.endpoint import AgentEndpoint
+    from mabeamd.sessionops import SessionService
+
+    class Stub(AgentEndpoint):
+        def __init__(self) -> None:
+            self.handlers = {}
+
+    class NoPlugins:
+        def protocols(self) -> dict[str, object]:
+            return {}
+
+    stub = Stub()
+    SessionService(None, None, None, None, NoPlugins(),  # type: ignore[arg-type]
+                   settings=None).install(stub)  # type: ignore[arg-type]
+    table = DOC.split("### Session ops", 1)[1].split("###", 1)[0]
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
+    assert documented == set(stub.handlers)
+
+
 def test_hello_example_bytes() -> None:
     frames = wire.encode({"id": 7, "op": "hello"}, {"agent": "a1", "capabilities": ["plan"]})
     for frame in frames:

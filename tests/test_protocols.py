@@ -278,3 +278,20 @@ def test_escalation_offline_with_and_without_a_decision() -> None:
 def test_outcomes_are_json_serialisable_and_deterministic() -> None:
     data = inputs({"options": ["x", "y"]}, IDS[:3], {"a0": {"vote": "x"}})
     assert json.dumps(Vote().decide(data)) == json.dumps(Vote().decide(data))
+
+
+def test_every_example_in_docs_protocols_md_gives_its_documented_outcome() -> None:
+    import re
+
+    from mabeamd.plugins import PluginHost
+    from mabeamd.testing import ROOT
+
+    doc = (ROOT / "docs" / "protocols.md").read_text()
+    host = PluginHost()
+    host.load()
+    protocols = host.protocols()
+    examples = re.findall(r"<!-- example (\w+) -->.*?```json\n(.*?)```.*?```json\n(.*?)```",
+                          doc, re.S)
+    assert {name for name, _, _ in examples} == set(protocols)
+    for name, given_in, expected in examples:
+        assert protocols[name].decide(json.loads(given_in)) == json.loads(expected), name

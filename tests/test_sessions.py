@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -86,6 +87,10 @@ def reject(inv: Invitation) -> Any:
 
 def vote(option: str) -> Answer:
     return lambda inv: {"vote": option}
+
+
+def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return daemon.ctl("--socket", str(daemon.socket), *args)
 
 
 def same_shard(prefix: str, n: int) -> list[str]:
@@ -218,11 +223,11 @@ def test_priority_proportional_and_escalation_through_mabeamctl(daemon: Daemon) 
         with pytest.raises(Conflict):  # locked while the session runs
             await c.set_var("boss", "gpus", {})
         loop = asyncio.get_running_loop()
-        bad = await loop.run_in_executor(None, lambda: daemon.ctl(
-            "--socket", str(daemon.socket), "sessions", "decide", sid, '{"allocations": {"a": 3, "b": 2}}'))
+        bad = await loop.run_in_executor(None, lambda: ctl(
+            daemon, "sessions", "decide", sid, '{"allocations": {"a": 3, "b": 2}}'))
         assert bad.returncode == 1 and "capacity" in bad.stderr
-        good = await loop.run_in_executor(None, lambda: daemon.ctl(
-            "--socket", str(daemon.socket), "sessions", "decide", sid, '{"allocations": {"a": 3, "b": 1}}'))
+        good = await loop.run_in_executor(None, lambda: ctl(
+            daemon, "sessions", "decide", sid, '{"allocations": {"a": 3, "b": 1}}'))
         assert good.returncode == 0, good.stderr
         for _ in range(100):
             rec = await c.get_session(sid)
@@ -389,15 +394,15 @@ def test_mabeamctl_sessions_and_protocols(daemon: Daemon) -> None:
 
     sid = run(daemon, {"z": {}}, scenario)
     # The participant has gone (bye): the round ended, the session applied "not passed".
-    shown = json.loads(daemon.ctl("--socket", str(daemon.socket), "sessions", "show", sid, "--json").stdout)
+    shown = json.loads(ctl(daemon, "sessions", "show", sid, "--json").stdout)
     assert shown["session"] == sid
-    listed = json.loads(daemon.ctl("--socket", str(daemon.socket), "sessions", "list", "--json").stdout)
+    listed = json.loads(ctl(daemon, "sessions", "list", "--json").stdout)
     assert sid in [r["session"] for r in listed]
-    text = daemon.ctl("--socket", str(daemon.socket), "sessions", "show", sid).stdout
+    text = ctl(daemon, "sessions", "show", sid).stdout
     assert "consensus" in text and "initiator" in text
-    missing = daemon.ctl("--socket", str(daemon.socket), "sessions", "cancel", "no-such")
+    missing = ctl(daemon, "sessions", "cancel", "no-such")
     assert missing.returncode == 1 and "no session" in missing.stderr
-    protos = json.loads(daemon.ctl("--socket", str(daemon.socket), "protocols", "list", "--json").stdout)
+    protos = json.loads(ctl(daemon, "protocols", "list", "--json").stdout)
     assert {"consensus", "vote", "weighted_vote", "contract_net", "priority"} <= \
         {p["name"] for p in protos}
     status = daemon.call("status")["sessions"]
