@@ -55,6 +55,9 @@ class Entry:
     done: asyncio.Future[dict[str, Any]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
+    def final(self) -> dict[str, Any] | None:
+        return self.record
+
     def summary(self) -> dict[str, Any]:
         return {"session": self.id, "protocol": self.protocol, "initiator": self.initiator,
                 "state": self.state, "shard": self.shard, "created_at": self.created_at,
@@ -249,8 +252,9 @@ class SessionService:
         try:
             record: dict[str, Any] = await self._to_worker(e, "session.get", {"session": e.id})
         except WireError:
-            if e.record is not None:  # it ended while we asked
-                return e.record
+            final = e.final()  # it may have ended while we asked
+            if final is not None:
+                return final
             raise
         return {**record, "shard": e.shard}
 

@@ -23,7 +23,7 @@ import msgpack
 import uvloop
 import zmq
 
-from benchkit import Row, agent_rows, core_rows, var_rows
+from benchkit import Row, agent_rows, core_rows, session_rows, var_rows
 from benchkit.stats import fmt
 from mabeamd import __version__
 from mabeamd.testing import Daemon
@@ -31,11 +31,6 @@ from mabeamd.testing import Daemon
 # The seed document's promises that later issues measure; listed so the table says where we
 # stand on every one, never with an invented figure.
 PENDING = [
-    Row("simple consensus p95 (10 agents)", "ms", seed_target="< 10", goal="<= 2",
-        status="not run", note="needs coordination sessions (issue 5)"),
-    Row("coordination requests/s sustained", "ops/s", seed_target="> 10,000",
-        goal=">= 60,000 pipelined", status="not run",
-        note="needs coordination sessions (issue 5)"),
     Row("sealed-bid auction p95 (1,000 bidders)", "ms", seed_target="< 100", goal="<= 25",
         status="not run", note="needs economic mechanisms (issue 6)"),
     Row("market equilibrium p95 (Fisher 50x50)", "ms", seed_target="< 50", goal="<= 25",
@@ -109,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         ("agents at scale",
          lambda: agent_rows.scale(2000 if q else 10_000, 4, 200 if q else 1000, reps)),
         ("variables", lambda: var_rows.variables(1000 if q else 3000, reps, 1.0 if q else 3.0)),
+        ("consensus sessions",
+         lambda: session_rows.consensus(200 if q else 1000, reps, 1.0 if q else 3.0, 16)),
+        ("protocol mechanisms", lambda: session_rows.mechanisms(200 if q else 1000, reps)),
     ]
     started = time.monotonic()
     rows: list[Row] = []

@@ -32,7 +32,7 @@ from mabeamd.client.sync import Client
 
 __all__ = [
     "Agent", "AsyncClient", "BadRequest", "Busy", "Client", "Conflict", "ConnectionLost",
-    "Exists", "Forbidden", "Internal", "Invitation", "MabeamError", "Message", "NotFound", "NotRegistered",
-    "Push", "Registration", "ShuttingDown", "Timeout", "TooLarge", "UnknownOp",
+    "Exists", "Forbidden", "Internal", "Invitation", "MabeamError", "Message", "NotFound",
+    "NotRegistered", "Push", "Registration", "ShuttingDown", "Timeout", "TooLarge", "UnknownOp",
     "UnsupportedVersion", "VersionMismatch", "error_for", "invitation", "topic",
 ]

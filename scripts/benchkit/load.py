@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import time
 from collections.abc import Callable
 from typing import Any
@@ -150,7 +151,25 @@ def run_clients(target: Callable[..., None], args_list: list[tuple[Any, ...]],
     procs = [CTX.Process(target=target, args=(*args, q)) for args in args_list]
     for p in procs:
         p.start()
-    results = [q.get(timeout=timeout) for _ in procs]
-    for p in procs:
-        p.join(10)
+    results: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(results) < len(procs):
+            try:
+                results.append(q.get(timeout=0.5))
+            except queue.Empty:
+                # A client that died without a result fails the row at once, not after
+                # the whole timeout.
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"load client exited with {dead[0].exitcode}; its "
+                                       "traceback is above") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"load clients gave no result in {timeout:g}s") \
+                        from None
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
     return results
