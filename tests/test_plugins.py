@@ -104,7 +104,12 @@ def test_good_and_broken_plugins(make_daemon: Callable[..., Daemon], site: Path)
     ps = plugins_of(d)
     assert ps["raises"]["state"] == "failed"
     assert "boom in status" in str(ps["raises"]["error"])
-    assert d.call("status")["plugins"] == {"active": 1, "failed": 4, "disabled": 0}
+    # The built-in protocol plugins are active too; count from the listing, not a constant.
+    states = [str(p["state"]) for p in ps.values()]
+    assert d.call("status")["plugins"] == {s: states.count(s)
+                                           for s in ("active", "failed", "disabled")}
+    assert states.count("failed") == 4
+    assert {n for n, p in ps.items() if p["state"] == "active"} >= {"good", "voting"}
 
     out = d.ctl("plugins", "--socket", str(d.socket))
     assert out.returncode == 0

@@ -76,8 +76,10 @@ class AsyncClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._pushes: asyncio.Queue[Push] = asyncio.Queue(push_queue)
-        self._ctx: zmq.asyncio.Context | None = None
-        self._sock: zmq.asyncio.Socket | None = None
+        self._ctx: zmq.Context[zmq.Socket[Any]] | None = None
+        self._sock: zmq.Socket[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_scheduled = False
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         # Learned at hello: where the daemon's shards and events are.
@@ -91,7 +93,11 @@ class AsyncClient:
     # --- connection ------------------------------------------------------------------------
 
     async def connect(self) -> AsyncClient:
-        self._ctx = zmq.asyncio.Context()
+        # A plain socket whose ZMQ_FD is a loop reader, drained with non-blocking calls: no
+        # future and loop wake-up per message as with zmq.asyncio sockets (the daemon's
+        # endpoint does the same; this halves the client-side cost of a request).
+        self._loop = asyncio.get_running_loop()
+        self._ctx = zmq.Context()
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.IMMEDIATE, 1)
@@ -106,7 +112,8 @@ class AsyncClient:
             s.curve_publickey, s.curve_secretkey = self.client_keys
         s.connect(self.endpoint)
         self._sock = s
-        self._tasks = [asyncio.create_task(self._receive())]
+        self._loop.add_reader(s.FD, self._drain)
+        self._tasks = []
         if self._heartbeat:
             self._tasks.append(asyncio.create_task(self._beat()))
         return self
@@ -125,6 +132,8 @@ class AsyncClient:
             reader.close()
         self._readers.clear()
         if self._sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._sock.FD)
             self._sock.close(linger=0)
             self._sock = None
         if self._ctx is not None:
@@ -151,14 +160,7 @@ class AsyncClient:
         wait = self.timeout if timeout is None else timeout
         deadline = loop.time() + wait
         try:
-            frames = wire.encode({"id": rid, "op": op}, body or {})
-            try:
-                # Waits (within the request's own timeout) while no connection is up:
-                # IMMEDIATE keeps the request out of a queue for a peer that is not there.
-                await asyncio.wait_for(self._sock.send_multipart(frames), wait)
-            except asyncio.TimeoutError:
-                raise ConnectionLost(f"{op}: no connection to {self.endpoint} within "
-                                     f"{wait:g}s") from None
+            await self._send(wire.encode({"id": rid, "op": op}, body or {}), deadline, op)
             try:
                 return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
@@ -166,27 +168,63 @@ class AsyncClient:
         finally:
             self._pending.pop(rid, None)
 
-    async def _receive(self) -> None:
-        assert self._sock is not None
+    async def _send(self, frames: list[bytes], deadline: float, op: str) -> None:
+        """Send without blocking the loop. EAGAIN means no connection is up (IMMEDIATE keeps
+        requests out of a queue for a peer that is not there) or the daemon is not reading:
+        retry, backing off, within the request's own timeout."""
+        assert self._sock is not None and self._loop is not None
+        pause = 0.001
         while True:
-            frames = await self._sock.recv_multipart()
             try:
-                header, body = wire.decode(frames, max_size=1 << 30)
-            except wire.WireError as exc:
-                log.warning("dropping undecodable message from the daemon: %s", exc.message)
-                continue
-            if "push" in header:
-                self._deliver(Push(str(header["push"]), int(header.get("id") or 0),
-                                   body if isinstance(body, dict) else {"value": body}))
-                continue
-            fut = self._pending.get(header.get("id"))  # type: ignore[arg-type]
-            if fut is None or fut.done():
-                continue
-            status = header.get("status")
-            if status == "ok":
-                fut.set_result(body)
-            elif status == "error" and isinstance(body, dict):
-                fut.set_exception(error_for(str(body.get("code")), str(body.get("message"))))
+                self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                if self._loop.time() + pause > deadline:
+                    raise ConnectionLost(f"{op}: no connection to {self.endpoint} in time") \
+                        from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                if self._sock is None:
+                    raise ConnectionLost("client closed") from None
+        self._wake_drain()  # a send can consume ZMQ_FD's edge: look for replies anyway
+
+    def _wake_drain(self) -> None:
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        sock = self._sock
+        if sock is None:
+            return
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:  # closed under us
+                return
+            self._handle(frames)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        try:
+            header, body = wire.decode(frames, max_size=1 << 30)
+        except wire.WireError as exc:
+            log.warning("dropping undecodable message from the daemon: %s", exc.message)
+            return
+        if "push" in header:
+            self._deliver(Push(str(header["push"]), int(header.get("id") or 0),
+                               body if isinstance(body, dict) else {"value": body}))
+            return
+        fut = self._pending.get(header.get("id"))  # type: ignore[arg-type]
+        if fut is None or fut.done():
+            return
+        status = header.get("status")
+        if status == "ok":
+            fut.set_result(body)
+        elif status == "error" and isinstance(body, dict):
+            fut.set_exception(error_for(str(body.get("code")), str(body.get("message"))))
 
     def _deliver(self, push: Push) -> None:
         if self.on_push is not None:
@@ -359,7 +397,7 @@ class AsyncClient:
         if not self.events_endpoint:
             raise MabeamError("the daemon has no event endpoint (or no hello was made yet)")
         assert self._ctx is not None
-        sub = self._ctx.socket(zmq.SUB)
+        sub = zmq.asyncio.Context.shadow(self._ctx.underlying).socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, f"var.{prefix}".encode())
         sub.connect(self.events_endpoint)
