@@ -19,6 +19,7 @@ and `writes`.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -98,6 +99,13 @@ class Session(TypingProtocol):
         """Invite `agents` to a new round; return the answers that came back before every
         asked agent answered or went away, or `timeout` (default: the session deadline)."""
 
+    async def stream(self, agents: Iterable[str], kind: str, body: Any,
+                     handle: Any, duration: float) -> int:
+        """Open a streaming round for `duration` seconds (at most until the deadline): each
+        answer goes to `handle(response)` the moment it arrives, its return value is the
+        reply the answering agent gets, and agents may answer any number of times (markets).
+        A ProtocolError from `handle` refuses that answer. Returns how many were handled."""
+
     def tell(self, agents: Iterable[str], kind: str, body: Any) -> None:
         """Push a notice (no answer expected), e.g. contract-net rejections."""
 
@@ -124,6 +132,19 @@ class Protocol:
     def check_response(self, kind: str, value: Any, params: dict[str, Any]) -> None:
         """Validate one participant's answer to a round of `kind`; a ProtocolError is sent
         back to the participant (who may answer again) and the answer is not recorded."""
+
+    def resubmit(self, kind: str, params: dict[str, Any]) -> bool:
+        """Whether a second answer in the same round replaces the first (True) or is
+        refused with `conflict` (False), e.g. sealed bids with resubmission turned off."""
+        return True
+
+    def parse_input(self, text: str) -> Any:
+        """Parse a `protocols eval` input file: JSON, unless a protocol also reads another
+        format (the combinatorial auction reads CATS files). Raise ProtocolError."""
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(f"not JSON: {exc}") from None
 
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The pure mechanism; `inputs` are described per protocol in docs/protocols.md."""
@@ -163,6 +184,11 @@ class OneRound(Protocol):
                                                             key=lambda r: r.seq)]}
         result = self.decide(inputs)
         return Outcome(result, self.writes(session, result))
+
+
+def write_all(names: Iterable[str], value: Any) -> dict[str, Any]:
+    """The same new value for each of `names` (an outcome's writes)."""
+    return {n: value for n in names}
 
 
 # --- validation helpers for params and inputs (every error names the key) -----------------

@@ -71,6 +71,9 @@ class LiveSession:
         self._ids = {p.id for p in self.participants}
         self._round_done = asyncio.Event()
         self._decision: tuple[asyncio.Future[Any], Callable[[Any], Any]] | None = None
+        # A streaming round (markets): every answer goes to this handler at once.
+        self._handler: Callable[[Response], Any] | None = None
+        self.handled = 0
         self.cancel_reason = ""
         self.result: dict[str, Any] | None = None
         self.writes: dict[str, Any] = {}
@@ -106,6 +109,34 @@ class LiveSession:
         self.kind, self.waiting = None, set()
         self.state = "deciding"
         return answers
+
+    async def stream(self, agents: Iterable[str], kind: str, body: Any,
+                     handle: Callable[[Response], Any], duration: float) -> int:
+        targets = list(dict.fromkeys(agents))
+        strangers = [a for a in targets if a not in self._ids]
+        if strangers:
+            raise ProtocolError(f"driver asked non-participants {strangers!r}")
+        self.round += 1
+        self.kind = kind
+        self.answers = {}
+        self.waiting = {a for a in targets if a not in self.absent}
+        self._handler = handle
+        self.handled = 0
+        self.state = "collecting"
+        limit = max(0.0, min(duration, self.remaining()))
+        try:
+            if self.waiting:
+                self._engine.out("push", {
+                    "agents": sorted(self.waiting), "op": "session.invite",
+                    "body": {"session": self.id, "protocol": self.protocol,
+                             "round": self.round, "kind": kind, "body": body,
+                             "deadline_in": round(limit, 3), "streaming": True}})
+                await asyncio.sleep(limit)
+        finally:
+            self._handler = None
+            self.kind, self.waiting = None, set()
+            self.state = "deciding"
+        return self.handled
 
     def tell(self, agents: Iterable[str], kind: str, body: Any) -> None:
         targets = [a for a in dict.fromkeys(agents) if a in self._ids and a not in self.absent]
@@ -147,6 +178,11 @@ class LiveSession:
             self.proto.check_response(self.kind, value, self.params)
         except ProtocolError as exc:
             raise WireError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        if self._handler is not None:
+            return self._streamed(agent, value)
+        if agent in self.answers and not self.proto.resubmit(self.kind, self.params):
+            raise WireError(ErrorCode.CONFLICT, f"{agent!r} already answered round "
+                            f"{self.round}; {self.protocol} takes one answer per agent")
         # A second answer in the same round replaces the first and takes its place in time.
         self.answers[agent] = Response(agent, value, next(self._engine.arrivals),
                                        round(time.monotonic() - self.t0, 6))
@@ -154,6 +190,17 @@ class LiveSession:
         if not self.waiting:
             self._round_done.set()
         return {"session": self.id, "round": self.round, "recorded": True}
+
+    def _streamed(self, agent: str, value: Any) -> dict[str, Any]:
+        assert self._handler is not None
+        r = Response(agent, value, next(self._engine.arrivals),
+                     round(time.monotonic() - self.t0, 6))
+        try:
+            reply = self._handler(r)
+        except ProtocolError as exc:
+            raise WireError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        self.handled += 1
+        return {"session": self.id, "round": self.round, "recorded": True, "reply": reply}
 
     def gone(self, agent: str) -> None:
         if agent in self._ids:
@@ -181,7 +228,7 @@ class LiveSession:
             "state": self.state, "participants": [p.id for p in self.participants],
             "variables": self.names, "params": self.params, "round": self.round,
             "open_round": self.kind, "waiting": sorted(self.waiting),
-            "answered": len(self.answers), "absent": sorted(self.absent),
+            "answered": len(self.answers) + self.handled, "absent": sorted(self.absent),
             "created_at": self.created_at,
             "deadline_at": self.created_at + (self.deadline - self.t0),
             "elapsed": round(now - self.t0, 6), "result": self.result, "writes": self.writes,

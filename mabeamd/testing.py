@@ -60,6 +60,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def run_ctl(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run mabeamctl as a user would (a fresh process)."""
+    return subprocess.run([sys.executable, "-m", "mabeamd.ctl.main", *args],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=timeout, check=False, input=stdin)
+
+
 def short_tmpdir() -> Path:
     # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
     return Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
@@ -221,10 +229,7 @@ class Daemon:
 
     def ctl(self, *args: str, env: dict[str, str] | None = None,
             timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        full_env = {**os.environ, **(env or {})}
-        return subprocess.run([sys.executable, "-m", "mabeamd.ctl.main", *args],
-                              capture_output=True, text=True, env=full_env, timeout=timeout,
-                              check=False)
+        return run_ctl(*args, env=env, timeout=timeout)
 
     def wait_until(self, pred: Callable[[], bool], timeout: float = 10.0,
                    what: str = "condition") -> float:

@@ -60,6 +60,9 @@ class Invitation:
     body: Any
     deadline_in: float
     to: str
+    # A streaming round (markets): answer any number of times with Agent.answer() while it
+    # is open; each answer's reply comes back at once (e.g. an order's fills).
+    streaming: bool = False
 
 
 def invitation(protocol: str) -> Callable[[G], G]:
@@ -133,6 +136,12 @@ class Agent:
     async def send(self, to: str, body: Any, topic: str = "") -> dict[str, Any]:
         return await self.client.send(self.id, to, body, topic)
 
+    async def answer(self, inv: Invitation, value: Any) -> Any:
+        """Answer `inv` now; returns the session's reply (for streaming rounds, e.g. the
+        fills of an order), or None."""
+        reply = await self.client.respond(self.id, inv.session, inv.round, value)
+        return reply.get("reply")
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -141,7 +150,7 @@ class Agent:
     async def _answer(self, b: dict[str, Any]) -> None:
         inv = Invitation(str(b.get("session")), str(b.get("protocol")), int(b.get("round", 0)),
                          str(b.get("kind")), b.get("body"), float(b.get("deadline_in", 0)),
-                         str(b.get("to")))
+                         str(b.get("to")), bool(b.get("streaming", False)))
         handler = self._protocols.get(inv.protocol, self.on_invitation)
         try:
             answer = await handler(inv)

@@ -117,9 +117,9 @@ def protocols_eval(name: str, file: str) -> dict[str, Any]:
     except OSError as exc:
         raise EvalError(f"cannot read {file}: {exc.strerror}") from None
     try:
-        inputs = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EvalError(f"{file}: not JSON: {exc}") from None
+        inputs = proto.parse_input(text)
+    except ProtocolError as exc:
+        raise EvalError(f"{file}: {exc}") from None
     if not isinstance(inputs, dict):
         raise EvalError(f"{file}: the input must be a JSON object")
     try:

@@ -1,0 +1,124 @@
+"""Sealed-bid auctions of one item: first price and second price (Vickrey).
+
+Round `bid`: every participant gets {item, rule, reserve} and answers {"bid": AMOUNT} or
+{"pass": true}. Nobody sees a bid before the close: the engine keeps answers inside the
+worker and `sessions show` reports only how many arrived. Bids are ranked by amount
+(highest first), then earliest submission, then agent id. The winner is the top bid at or
+above the reserve; it pays its bid (first price) or max(second-highest bid, reserve) (second
+price). By default a resubmitted bid replaces the earlier one and takes its place in time;
+with `resubmit: false` the first bid stands and a second is refused with `conflict`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mabeam_auctions.common import cents, flag, money, sale_writes
+from mabeamd.protocol import (
+    OneRound,
+    Outcome,
+    ProtocolError,
+    Response,
+    Session,
+    choice,
+    only,
+    participants_of,
+)
+
+PARAMS = {"item", "rule", "reserve", "resubmit"}
+
+
+def bid_of(value: Any) -> float | None:
+    """The amount of a `bid` answer, None for a pass; ProtocolError for anything else."""
+    if isinstance(value, dict) and value == {"pass": True}:
+        return None
+    if not isinstance(value, dict) or set(value) != {"bid"}:
+        raise ProtocolError('answer with {"bid": AMOUNT} or {"pass": true}')
+    return money(value, "bid", None)
+
+
+class SealedBid(OneRound):
+    name = "sealed_bid"
+    summary = ("sealed-bid auction of one item: first price or second price (Vickrey), "
+               "reserve price, ties to the earliest bid then agent id")
+    kind = "bid"
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        only(params, PARAMS)
+        return {"item": params.get("item"),
+                "rule": choice(params, "rule", "second", ("first", "second")),
+                "reserve": money(params, "reserve", 0.0),
+                "resubmit": flag(params, "resubmit", True)}
+
+    def check_response(self, kind: str, value: Any, params: dict[str, Any]) -> None:
+        bid_of(value)
+
+    def resubmit(self, kind: str, params: dict[str, Any]) -> bool:
+        return bool(params["resubmit"])
+
+    def round_body(self, params: dict[str, Any]) -> Any:
+        return {"item": params["item"], "rule": params["rule"], "reserve": params["reserve"]}
+
+    def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        only(inputs, {"params", "participants", "responses"}, "inputs")
+        params = self.check_params(dict(inputs.get("params") or {}))
+        ps = participants_of(inputs)
+        ids = {p.id for p in ps}
+        raw = inputs.get("responses", [])
+        if not isinstance(raw, list):
+            raise ProtocolError("inputs.responses must be a list")
+        latest: dict[str, Response] = {}
+        for r in (Response.from_dict(x, i) for i, x in enumerate(raw)):
+            if r.agent not in ids:
+                raise ProtocolError(f"response from {r.agent!r}, who is not a participant")
+            bid_of(r.value)
+            keep_old = r.agent in latest and (
+                (latest[r.agent].seq < r.seq) != params["resubmit"])
+            if not keep_old:
+                latest[r.agent] = r
+        amounts = {a: bid_of(r.value) for a, r in latest.items()}
+        bids = sorted(((b, latest[a].seq, a) for a, b in amounts.items() if b is not None),
+                      key=lambda e: (-e[0], e[1], e[2]))
+        ranked = [{"agent": a, "bid": b} for b, _, a in bids]
+        reserve = params["reserve"]
+        winner = price = None
+        if bids and bids[0][0] >= reserve:
+            winner = bids[0][2]
+            if params["rule"] == "first":
+                price = bids[0][0]
+            else:
+                price = max(bids[1][0] if len(bids) > 1 else 0.0, reserve)
+        return {"item": params["item"], "rule": params["rule"], "reserve": reserve,
+                "winner": winner, "price": None if price is None else cents(price),
+                "bids": ranked,
+                "below_reserve": [e["agent"] for e in ranked if e["bid"] < reserve],
+                "passed": sorted(a for a, b in amounts.items() if b is None),
+                "missing": sorted(ids - set(latest))}
+
+    def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
+        return sale_writes(session, result)
+
+    def check_outcome(self, session: Session, outcome: Outcome) -> None:
+        verify_sale(outcome.result)
+
+
+def verify_sale(r: dict[str, Any]) -> None:
+    """Checks before a sealed-bid outcome is applied, recomputed from the bids it lists:
+    the winner bid, pays no more than its bid (individual rationality), no less than the
+    reserve, nothing negative; second price pays max(next bid, reserve)."""
+    if r["winner"] is None:
+        return
+    bids = {e["agent"]: e["bid"] for e in r["bids"]}
+    if r["winner"] not in bids:
+        raise ProtocolError(f"winner {r['winner']!r} placed no bid")
+    price, mine = r["price"], bids[r["winner"]]
+    if price < 0 or price > mine + 1e-9 or price < r["reserve"] - 1e-9:
+        raise ProtocolError(f"price {price} breaks 0 <= reserve {r['reserve']} <= price <= "
+                            f"winning bid {mine}")
+    if max(bids.values()) > mine:
+        raise ProtocolError("the winner is not the highest bidder")
+    if r["rule"] == "second":
+        others = sorted(bids.values(), reverse=True)[1:2]
+        want = max(others[0] if others else 0.0, r["reserve"])
+        if abs(price - want) > 1e-9:
+            raise ProtocolError(f"second price should be {want}, not {price}")

@@ -1,0 +1,191 @@
+"""Call market: orders collected in one round, cleared at once.
+
+Round `order`: each participant answers {"orders": [{"side": "buy"|"sell", "price": LIMIT,
+"quantity": UNITS}, ...]} (or one such order as the answer itself, or {"pass": true}).
+Orders are multi-unit: a unit is the thing traded, and an order may fill in part.
+
+Units are ranked — buy units by limit descending, sell units ascending; equal limits by
+earliest order, then agent id, then position in the answer — and q, the efficient
+quantity, is the largest number of units such that the q-th buy limit b(q) is at least the
+q-th sell limit a(q).
+
+k_double (the default): all q units trade at one price chosen inside the clearing interval
+[lo, hi] = [max(a(q), b(q+1)), min(b(q), a(q+1))] (missing terms left out):
+price = lo + kappa * (hi - lo). kappa = 0 favours buyers, 1 sellers, 0.5 splits. Budget
+balanced; not truthful.
+
+mcafee (trade reduction, truthful for single-unit traders): with
+p0 = (b(q+1) + a(q+1)) / 2, if a(q) <= p0 <= b(q) all q units trade at p0; otherwise only
+q-1 units trade, buyers pay b(q), sellers get a(q), and the market keeps the difference
+(`surplus`) — never a deficit. With multi-unit orders McAfee's truthfulness is per unit only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mabeam_markets.common import amount, cents, side, units
+from mabeamd.protocol import (
+    OneRound,
+    Outcome,
+    ProtocolError,
+    Session,
+    choice,
+    number,
+    only,
+    participants_of,
+    responses_of,
+    write_all,
+)
+
+# An order as the clearing code sees it: (sort key..., agent, limit, quantity, index)
+Order = tuple[float, int, str, int, float, int]
+
+
+def orders_of(value: Any, max_orders: int = 1000) -> list[dict[str, Any]]:
+    if isinstance(value, dict) and value == {"pass": True}:
+        return []
+    if isinstance(value, dict) and set(value) == {"orders"} and isinstance(value["orders"],
+                                                                          list):
+        raw = value["orders"]
+    elif isinstance(value, dict) and "side" in value:
+        raw = [value]
+    else:
+        raise ProtocolError('answer with {"orders": [{"side", "price", "quantity"}, ...]}, '
+                            'one order, or {"pass": true}')
+    if len(raw) > max_orders:
+        raise ProtocolError(f"at most {max_orders} orders per answer")
+    out = []
+    for o in raw:
+        if not isinstance(o, dict) or set(o) - {"side", "price", "quantity"}:
+            raise ProtocolError("an order is {side, price, quantity}")
+        out.append({"side": side(o), "price": amount(o, "price"), "quantity": units(o)})
+    return out
+
+
+def clear(buys: list[Order], sells: list[Order], rule: str = "k_double",
+          kappa: float = 0.5) -> dict[str, Any]:
+    """Clear sorted-on-demand order lists. Each order is (key, seq, agent, qty, limit, idx);
+    buys use key = -limit, sells key = limit, so a plain sort ranks both."""
+    buys = sorted(buys)
+    sells = sorted(sells)
+    i = j = 0
+    q = 0
+    rb = buys[0][3] if buys else 0
+    rs = sells[0][3] if sells else 0
+    bq = aq = 0.0
+    while i < len(buys) and j < len(sells) and buys[i][4] >= sells[j][4]:
+        t = min(rb, rs)
+        q += t
+        bq, aq = buys[i][4], sells[j][4]
+        rb -= t
+        rs -= t
+        if rb == 0:
+            i += 1
+            rb = buys[i][3] if i < len(buys) else 0
+        if rs == 0:
+            j += 1
+            rs = sells[j][3] if j < len(sells) else 0
+    b_next = buys[i][4] if i < len(buys) else None
+    a_next = sells[j][4] if j < len(sells) else None
+    out: dict[str, Any] = {"rule": rule, "efficient_quantity": q}
+    if q == 0:
+        return {**out, "quantity": 0, "price": None, "fills": [], "surplus": 0.0}
+    if rule == "k_double":
+        lo = max(aq, b_next) if b_next is not None else aq
+        hi = min(bq, a_next) if a_next is not None else bq
+        price = cents(lo + kappa * (hi - lo))
+        traded, buy_price, sell_price = q, price, price
+        out.update(kappa=kappa, price=price, interval=[cents(lo), cents(hi)])
+    else:
+        p0 = (b_next + a_next) / 2 if b_next is not None and a_next is not None else None
+        if p0 is not None and aq <= p0 <= bq:
+            traded, buy_price, sell_price = q, cents(p0), cents(p0)
+        else:
+            traded, buy_price, sell_price = q - 1, cents(bq), cents(aq)
+        out.update(buy_price=buy_price, sell_price=sell_price,
+                   price=buy_price if buy_price == sell_price else None)
+    fills = _fill(buys, traded, "buy", buy_price) + _fill(sells, traded, "sell", sell_price)
+    return {**out, "quantity": traded, "fills": fills,
+            "surplus": cents(traded * (buy_price - sell_price))}
+
+
+def _fill(book: list[Order], q: int, what: str, price: float) -> list[dict[str, Any]]:
+    fills = []
+    for _, _, agent, qty, limit, idx in book:
+        if q <= 0:
+            break
+        t = min(qty, q)
+        q -= t
+        fills.append({"agent": agent, "side": what, "order": idx, "limit": limit,
+                      "quantity": t, "price": price})
+    return fills
+
+
+class CallMarket(OneRound):
+    name = "call_market"
+    summary = ("call market: multi-unit orders cleared at once, k-double auction (uniform "
+               "price, kappa) or McAfee's trade reduction (truthful)")
+    kind = "order"
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        only(params, {"good", "rule", "kappa"})
+        return {"good": params.get("good"),
+                "rule": choice(params, "rule", "k_double", ("k_double", "mcafee")),
+                "kappa": number(params, "kappa", 0.5, lo=0.0, hi=1.0)}
+
+    def check_response(self, kind: str, value: Any, params: dict[str, Any]) -> None:
+        orders_of(value)
+
+    def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        only(inputs, {"params", "participants", "responses"}, "inputs")
+        p = self.check_params(dict(inputs.get("params") or {}))
+        ps = participants_of(inputs)
+        buys: list[Order] = []
+        sells: list[Order] = []
+        n = 0
+        for r in sorted(responses_of(inputs, ps).values(), key=lambda r: r.seq):
+            for o in orders_of(r.value):
+                if o["side"] == "buy":
+                    buys.append((-o["price"], r.seq, r.agent, o["quantity"], o["price"], n))
+                else:
+                    sells.append((o["price"], r.seq, r.agent, o["quantity"], o["price"], n))
+                n += 1
+        result = clear(buys, sells, p["rule"], p["kappa"])
+        result["good"] = p["good"]
+        result["orders"] = n
+        return result
+
+    def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
+        if not result["quantity"]:
+            return {}
+        net: dict[str, dict[str, float]] = {}
+        for f in result["fills"]:
+            sign = 1 if f["side"] == "buy" else -1
+            pos = net.setdefault(f["agent"], {"quantity": 0, "cash": 0.0})
+            pos["quantity"] += sign * f["quantity"]
+            pos["cash"] = cents(pos["cash"] - sign * f["quantity"] * f["price"])
+        value = {"good": result["good"], "price": result["price"],
+                 "quantity": result["quantity"], "positions": net}
+        return write_all(session.variables, value)
+
+    def check_outcome(self, session: Session, outcome: Outcome) -> None:
+        verify_clearing(outcome.result)
+
+
+def verify_clearing(r: dict[str, Any]) -> None:
+    """Feasibility (as many units bought as sold), individual rationality (buyers pay at
+    most, sellers get at least, their limits), no deficit (buyers' payments cover sellers)."""
+    bought = sum(f["quantity"] for f in r["fills"] if f["side"] == "buy")
+    sold = sum(f["quantity"] for f in r["fills"] if f["side"] == "sell")
+    if bought != sold or bought != r["quantity"]:
+        raise ProtocolError(f"{bought} units bought but {sold} sold")
+    for f in r["fills"]:
+        if (f["side"] == "buy" and f["price"] > f["limit"] + 1e-9) or \
+                (f["side"] == "sell" and f["price"] < f["limit"] - 1e-9) or f["price"] < 0:
+            raise ProtocolError(f"order {f['order']} of {f['agent']} fills at {f['price']}, "
+                                f"beyond its limit {f['limit']}")
+    paid = sum(f["quantity"] * f["price"] for f in r["fills"] if f["side"] == "buy")
+    got = sum(f["quantity"] * f["price"] for f in r["fills"] if f["side"] == "sell")
+    if paid < got - 1e-6:
+        raise ProtocolError(f"deficit: buyers pay {paid}, sellers get {got}")

@@ -1,0 +1,328 @@
+"""Fisher market equilibrium: buyers with budgets, goods with supplies, prices that clear.
+
+Linear utilities (u_i(x) = sum_j u_ij x_ij): proportional response dynamics (each buyer
+re-splits its budget in proportion to the utility each good gave it; converges to the
+equilibrium) followed, every few rounds, by an exact step: guess the equilibrium's spending
+graph as the maximum spanning forest of where the dynamics spend, solve its utility ratios
+for prices, scale each connected group so prices equal budgets, and find the spending on
+every buyer's best-value goods by a max flow. If that flow spends every budget, the
+equilibrium is exact (residuals at rounding level); if not, the dynamics go on.
+Cobb-Douglas utilities (u_i = prod_j x_ij^a_ij) have a closed form: buyer i spends the share
+a_ij / sum_k a_ik of its budget on good j.
+
+Every result is certified by its residuals, all relative: `clearing` (max over priced goods
+of |sold - supply| / supply), `budgets` (max over buyers of |spent - budget| / budget),
+`optimality` (max over buyers of the budget share weighted loss against the buyer's best
+utility per unit of money; 0 when every coin buys a best good, for Cobb-Douglas the
+distance from the optimal shares). `tolerance` is the largest; `certified` says it is within
+params.tolerance. Goods nobody values get price 0 and are not sold.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Any
+
+from mabeamd.protocol import (
+    OneRound,
+    Outcome,
+    ProtocolError,
+    Session,
+    choice,
+    integer,
+    number,
+    only,
+    participants_of,
+    responses_of,
+    write_all,
+)
+
+
+def prefs_of(value: Any, goods: dict[str, float]) -> tuple[float, dict[str, float]]:
+    if not isinstance(value, dict) or set(value) != {"budget", "utilities"} or \
+            not isinstance(value["utilities"], dict):
+        raise ProtocolError('answer with {"budget": B, "utilities": {GOOD: U, ...}}')
+    b = value["budget"]
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+        raise ProtocolError("budget must be a finite number > 0")
+    us = value["utilities"]
+    for g, u in us.items():
+        if g not in goods:
+            raise ProtocolError(f"utility for unknown good {g!r}")
+        if isinstance(u, bool) or not isinstance(u, (int, float)) or not math.isfinite(u) \
+                or u < 0:
+            raise ProtocolError(f"utility of {g!r} must be a finite number >= 0")
+    if not any(u > 0 for u in us.values()):
+        raise ProtocolError("at least one utility must be > 0")
+    return float(b), {g: float(u) for g, u in us.items()}
+
+
+def solve(budgets: list[float], w: list[list[float]], supply: list[float], utility: str, *,
+          tolerance: float = 1e-6, max_iterations: int = 10_000,
+          time_limit: float = 10.0) -> dict[str, Any]:
+    """w[i][j] >= 0: buyer i's utility coefficient for good j (per unit; for Cobb-Douglas
+    the exponent). Returns prices, spending b[i][j], residuals."""
+    n, m = len(budgets), len(supply)
+    if utility == "cobb_douglas":
+        spend = [[budgets[i] * w[i][j] / sum(w[i]) for j in range(m)] for i in range(n)]
+        prices = [sum(spend[i][j] for i in range(n)) for j in range(m)]
+        return _report(budgets, w, supply, prices, spend, utility=utility,
+                           tolerance=tolerance, iterations=0, method="closed_form")
+    # Whole-supply utility: what buyer i gets from all of good j.
+    ws = [[w[i][j] * supply[j] for j in range(m)] for i in range(n)]
+    spend = []
+    for i in range(n):
+        tot = sum(ws[i])
+        spend.append([budgets[i] * ws[i][j] / tot for j in range(m)])
+    deadline = time.monotonic() + time_limit
+    it, check_at = 0, 5
+    best: dict[str, Any] | None = None
+    while True:
+        prices = [sum(spend[i][j] for i in range(n)) for j in range(m)]
+        if it >= check_at or it >= max_iterations or time.monotonic() > deadline:
+            check_at = it + max(5, it // 2)
+            exact = _exact(budgets, ws, spend)
+            if exact is not None:
+                rep = _report(budgets, w, supply, exact[0], exact[1], utility=utility,
+                              tolerance=tolerance, iterations=it, method="exact")
+                if rep["certified"]:
+                    return rep
+            rep = _report(budgets, w, supply, prices, spend, utility=utility,
+                           tolerance=tolerance, iterations=it, method="proportional_response")
+            if best is None or rep["tolerance"] < best["tolerance"]:
+                best = rep
+            if rep["certified"] or it >= max_iterations or time.monotonic() > deadline:
+                return best
+        for i in range(n):
+            row, wi = spend[i], ws[i]
+            got = [wi[j] * row[j] / prices[j] if row[j] else 0.0 for j in range(m)]
+            total = sum(got)
+            scale = budgets[i] / total
+            spend[i] = [g * scale for g in got]
+        it += 1
+
+
+def _exact(budgets: list[float], ws: list[list[float]], spend: list[list[float]],
+           ) -> tuple[list[float], list[list[float]]] | None:
+    """Guess the equilibrium's spending graph, price it, and verify the guess exactly:
+    every buyer's best-value goods under those prices must absorb its budget (max flow)."""
+    n = len(budgets)
+    m = len(spend[0]) if spend else 0
+    # The equilibrium spending graph is (generically) a forest, and the dynamics' spending
+    # on its edges stays large while the rest fades: a maximum spanning forest by spending
+    # finds it long before the fading edges are gone.
+    ranked = sorted(((spend[i][j] / budgets[i], i, j) for i in range(n) for j in range(m)
+                     if spend[i][j] > 1e-12 * budgets[i]), reverse=True)
+    root = list(range(n + m))
+
+    def find(a: int) -> int:
+        while root[a] != a:
+            root[a] = root[root[a]]
+            a = root[a]
+        return a
+
+    forest: list[list[int]] = [[] for _ in range(n)]
+    for _, i, j in ranked:
+        a, b = find(i), find(n + j)
+        if a != b:
+            root[a] = b
+            forest[i].append(j)
+    p = _prices_from(forest, budgets, ws, m)
+    if p is None:
+        return None
+    best = []
+    for i in range(n):
+        bpb = [ws[i][j] / p[j] if p[j] > 0 else 0.0 for j in range(m)]
+        top = max(bpb)
+        best.append([j for j in range(m) if ws[i][j] > 0 and bpb[j] >= top * (1 - 1e-9)])
+    flow = _spend_by_flow(best, budgets, p)
+    return None if flow is None else (p, flow)
+
+
+def _prices_from(edges: list[list[int]], budgets: list[float], ws: list[list[float]],
+                 m: int) -> list[float] | None:
+    """Prices from a spending graph: along a buyer's edges price ratios equal utility
+    ratios; each connected group's prices add up to its buyers' budgets. None if some good
+    wanted by anyone ends up unpriced."""
+    buyers_of: list[list[int]] = [[] for _ in range(m)]
+    for i, js in enumerate(edges):
+        for j in js:
+            buyers_of[j].append(i)
+    p = [0.0] * m
+    seen = [False] * m
+    placed = [False] * len(edges)
+    for start in range(m):
+        if seen[start] or not buyers_of[start]:
+            continue
+        comp, buyers = [start], []
+        seen[start], p[start] = True, 1.0
+        queue = deque([start])
+        while queue:
+            j = queue.popleft()
+            for i in buyers_of[j]:
+                if placed[i]:
+                    continue
+                placed[i] = True
+                buyers.append(i)
+                for k in edges[i]:
+                    if not seen[k]:
+                        seen[k], p[k] = True, p[j] * ws[i][k] / ws[i][j]
+                        comp.append(k)
+                        queue.append(k)
+        scale = sum(budgets[i] for i in buyers) / sum(p[j] for j in comp)
+        for j in comp:
+            p[j] *= scale
+    if any(not placed[i] for i in range(len(edges))):
+        return None
+    if any(p[j] == 0 and any(ws[i][j] > 0 for i in range(len(edges))) for j in range(m)):
+        return None
+    return p
+
+
+def _spend_by_flow(edges: list[list[int]], budgets: list[float], p: list[float],
+                   ) -> list[list[float]] | None:
+    """Max flow source -> buyer (budget) -> good (best-value edges) -> sink (price) by
+    augmenting shortest paths; None unless every budget is spent."""
+    n, m = len(budgets), len(p)
+    src, sink = n + m, n + m + 1
+    cap: dict[tuple[int, int], float] = {}
+    adj: list[list[int]] = [[] for _ in range(n + m + 2)]
+
+    def arc(a: int, b: int, c: float) -> None:
+        if (a, b) not in cap:
+            adj[a].append(b)
+            adj[b].append(a)
+            cap.setdefault((b, a), 0.0)
+        cap[(a, b)] = cap.get((a, b), 0.0) + c
+
+    total = sum(budgets)
+    for i in range(n):
+        arc(src, i, budgets[i])
+        for j in edges[i]:
+            arc(i, n + j, total)
+    for j in range(m):
+        if p[j] > 0:
+            arc(n + j, sink, p[j])
+    flowed = 0.0
+    eps = 1e-12 * total
+    while True:
+        parent = {src: src}
+        queue = deque([src])
+        while queue and sink not in parent:
+            a = queue.popleft()
+            for b in adj[a]:
+                if b not in parent and cap[(a, b)] > eps:
+                    parent[b] = a
+                    queue.append(b)
+        if sink not in parent:
+            break
+        path, b = [], sink
+        while b != src:
+            path.append((parent[b], b))
+            b = parent[b]
+        push = min(cap[e] for e in path)
+        for a, b in path:
+            cap[(a, b)] -= push
+            cap[(b, a)] += push
+        flowed += push
+    if flowed < total * (1 - 1e-9):
+        return None
+    return [[cap[(n + j, i)] if j in edges[i] else 0.0 for j in range(m)] for i in range(n)]
+
+
+def _report(budgets: list[float], w: list[list[float]], supply: list[float],
+            prices: list[float], spend: list[list[float]], *, utility: str, tolerance: float,
+            iterations: int, method: str) -> dict[str, Any]:
+    n, m = len(budgets), len(supply)
+    sold = [sum(spend[i][j] for i in range(n)) / prices[j] * supply[j] if prices[j] > 0
+            else 0.0 for j in range(m)]
+    clearing = max([abs(sold[j] - supply[j]) / supply[j] for j in range(m) if prices[j] > 0],
+                   default=0.0)
+    budget = max(abs(sum(spend[i]) - budgets[i]) / budgets[i] for i in range(n))
+    opt = 0.0
+    for i in range(n):
+        if utility == "cobb_douglas":
+            tot = sum(w[i])
+            loss = sum(abs(spend[i][j] - budgets[i] * w[i][j] / tot) for j in range(m))
+        else:
+            bpb = [w[i][j] * supply[j] / prices[j] if prices[j] > 0 else 0.0
+                   for j in range(m)]
+            top = max(bpb)
+            loss = sum(spend[i][j] * (1 - bpb[j] / top) for j in range(m) if top > 0)
+        opt = max(opt, loss / budgets[i])
+    worst = max(clearing, budget, opt)
+    return {"prices": prices, "spend": spend,
+            "allocation": [[spend[i][j] / prices[j] * supply[j] if prices[j] > 0 else 0.0
+                            for j in range(m)] for i in range(n)],
+            "residuals": {"clearing": clearing, "budgets": budget, "optimality": opt},
+            "tolerance": worst, "certified": worst <= tolerance, "iterations": iterations,
+            "method": method}
+
+
+class FisherMarket(OneRound):
+    name = "fisher_market"
+    summary = ("Fisher market equilibrium (linear or Cobb-Douglas utilities), certified by "
+               "its residuals")
+    kind = "preferences"
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        only(params, {"goods", "utility", "tolerance", "max_iterations", "time_limit"})
+        goods = params.get("goods")
+        if not isinstance(goods, dict) or not goods or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and v > 0 for v in goods.values()):
+            raise ProtocolError("goods must map good names to supplies > 0")
+        return {"goods": {str(g): float(s) for g, s in goods.items()},
+                "utility": choice(params, "utility", "linear", ("linear", "cobb_douglas")),
+                "tolerance": number(params, "tolerance", 1e-6, lo=1e-15, hi=1.0),
+                "max_iterations": integer(params, "max_iterations", 10_000, lo=1,
+                                          hi=10_000_000),
+                "time_limit": number(params, "time_limit", 5.0, lo=0.001, hi=3600)}
+
+    def check_response(self, kind: str, value: Any, params: dict[str, Any]) -> None:
+        prefs_of(value, params["goods"])
+
+    def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        only(inputs, {"params", "participants", "responses"}, "inputs")
+        p = self.check_params(dict(inputs.get("params") or {}))
+        ps = participants_of(inputs)
+        rs = responses_of(inputs, ps)
+        if not rs:
+            raise ProtocolError("no buyer answered")
+        goods = list(p["goods"])
+        buyers = sorted(rs)
+        budgets, w = [], []
+        for a in buyers:
+            b, us = prefs_of(rs[a].value, p["goods"])
+            budgets.append(b)
+            w.append([us.get(g, 0.0) for g in goods])
+        wanted = [j for j in range(len(goods)) if any(row[j] > 0 for row in w)]
+        sol = solve(budgets, [[row[j] for j in wanted] for row in w],
+                    [p["goods"][goods[j]] for j in wanted], p["utility"],
+                    tolerance=p["tolerance"], max_iterations=p["max_iterations"],
+                    time_limit=p["time_limit"])
+        price = dict.fromkeys(goods, 0.0)
+        alloc: dict[str, dict[str, float]] = {a: {} for a in buyers}
+        for k, j in enumerate(wanted):
+            price[goods[j]] = sol["prices"][k]
+            for i, a in enumerate(buyers):
+                if sol["allocation"][i][k] > 0:
+                    alloc[a][goods[j]] = sol["allocation"][i][k]
+        return {"utility": p["utility"], "prices": price, "allocation": alloc,
+                "spent": {a: sum(sol["spend"][i]) for i, a in enumerate(buyers)},
+                "unsold": [goods[j] for j in range(len(goods)) if j not in set(wanted)],
+                **{k: sol[k] for k in ("residuals", "tolerance", "certified", "iterations",
+                                       "method")},
+                "missing": sorted(x.id for x in ps if x.id not in rs)}
+
+    def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
+        return write_all(session.variables, {"prices": result["prices"],
+                                             "allocation": result["allocation"]})
+
+    def check_outcome(self, session: Session, outcome: Outcome) -> None:
+        if not outcome.result["certified"]:
+            raise ProtocolError(f"no equilibrium within tolerance "
+                                f"{session.params['tolerance']:g}: reached "
+                                f"{outcome.result['tolerance']:.3g}")

@@ -1,0 +1,146 @@
+"""Single-good market equilibrium from supply and demand step curves.
+
+Round `curve`: each participant answers {"demand": [[PRICE, QTY], ...]} and/or
+{"supply": [[PRICE, QTY], ...]}. A demand step [p, q] means "I buy q more units at any price
+up to p"; a supply step "I sell q more units at any price from p". Quantities are divisible.
+
+Aggregate demand D(x) is the sum of demand steps with limit >= x, supply S(x) the sum of
+supply steps with limit <= x. The traded quantity Q is the largest min(D(x), S(x)) over all
+prices; the prices achieving it form an interval [lo, hi] whose ends are step limits.
+Flat segments:
+  * a horizontal overlap (a range of clearing prices) → the price is its midpoint,
+    (lo + hi) / 2;
+  * a vertical overlap (a price where either side could trade more) → the quantity is Q,
+    the most both sides accept, and the long side is rationed: steps with better limits
+    first (higher for demand, lower for supply), then the earlier answer, then agent id,
+    then position in the answer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mabeam_markets.common import cents
+from mabeamd.protocol import (
+    OneRound,
+    Outcome,
+    ProtocolError,
+    Session,
+    only,
+    participants_of,
+    responses_of,
+    write_all,
+)
+
+Step = tuple[float, int, str, int, float]  # (sort key, seq, agent, index, quantity)
+
+
+def steps_of(value: Any) -> dict[str, list[tuple[float, float]]]:
+    if not isinstance(value, dict) or not value or set(value) - {"demand", "supply"}:
+        raise ProtocolError('answer with {"demand": [[PRICE, QTY], ...]} and/or '
+                            '{"supply": [[PRICE, QTY], ...]}')
+    out = {}
+    for kind, steps in value.items():
+        if not isinstance(steps, list) or len(steps) > 10_000:
+            raise ProtocolError(f"{kind} must be a list of [PRICE, QTY] (at most 10,000)")
+        parsed = []
+        for s in steps:
+            if not (isinstance(s, list) and len(s) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and
+                    math.isfinite(v) for v in s) and s[0] >= 0 and s[1] > 0):
+                raise ProtocolError(f"{kind} step {s!r}: expected [PRICE >= 0, QTY > 0]")
+            parsed.append((float(s[0]), float(s[1])))
+        out[kind] = parsed
+    return out
+
+
+def equilibrium(demand: list[Step], supply: list[Step]) -> dict[str, Any]:
+    """Steps: demand keyed by -limit, supply by limit, so sorting ranks both best first."""
+    demand, supply = sorted(demand), sorted(supply)
+    limits = sorted({-d[0] for d in demand} | {s[0] for s in supply})
+    d_up = sorted((-d[0], d[4]) for d in demand)  # demand limits ascending
+    d_left = sum(q for _, q in d_up)  # D(x): demand with limit >= x
+    s_in = 0.0  # S(x): supply with limit <= x
+    i = j = 0
+    best, at = 0.0, []
+    for x in limits:
+        while i < len(d_up) and d_up[i][0] < x:
+            d_left -= d_up[i][1]
+            i += 1
+        while j < len(supply) and supply[j][0] <= x:
+            s_in += supply[j][4]
+            j += 1
+        m = min(d_left, s_in)
+        if m > best * (1 + 1e-12) + 1e-15:
+            best, at = m, [x]
+        elif best > 0 and m >= best * (1 - 1e-12):
+            at.append(x)
+    if best <= 0:
+        return {"price": None, "quantity": 0.0, "interval": None, "buys": [], "sells": []}
+    lo, hi = min(at), max(at)
+    price = (lo + hi) / 2
+    return {"price": cents(price), "quantity": cents(best), "interval": [lo, hi],
+            "buys": _ration([d for d in demand if -d[0] >= price], best, -1),
+            "sells": _ration([s for s in supply if s[0] <= price], best, 1)}
+
+
+def _ration(steps: list[Step], q: float, sign: int) -> list[dict[str, Any]]:
+    out = []
+    for key, _, agent, idx, qty in steps:
+        if q <= 0:
+            break
+        t = min(qty, q)
+        q -= t
+        out.append({"agent": agent, "step": idx, "limit": sign * key, "quantity": cents(t)})
+    return out
+
+
+class SupplyDemand(OneRound):
+    name = "supply_demand"
+    summary = ("single-good market equilibrium from supply and demand step curves, with "
+               "documented rules for flat segments")
+    kind = "curve"
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        only(params, {"good"})
+        return {"good": params.get("good")}
+
+    def check_response(self, kind: str, value: Any, params: dict[str, Any]) -> None:
+        steps_of(value)
+
+    def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        only(inputs, {"params", "participants", "responses"}, "inputs")
+        p = self.check_params(dict(inputs.get("params") or {}))
+        ps = participants_of(inputs)
+        demand: list[Step] = []
+        supply: list[Step] = []
+        for r in responses_of(inputs, ps).values():
+            c = steps_of(r.value)
+            for k, (limit, q) in enumerate(c.get("demand", [])):
+                demand.append((-limit, r.seq, r.agent, k, q))
+            for k, (limit, q) in enumerate(c.get("supply", [])):
+                supply.append((limit, r.seq, r.agent, k, q))
+        result = equilibrium(demand, supply)
+        bought = sum(b["quantity"] for b in result["buys"])
+        sold = sum(s["quantity"] for s in result["sells"])
+        result["good"] = p["good"]
+        result["residual"] = cents(abs(bought - sold))
+        return result
+
+    def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
+        if not result["quantity"]:
+            return {}
+        return write_all(session.variables, {k: result[k] for k in (
+            "good", "price", "quantity", "buys", "sells")})
+
+    def check_outcome(self, session: Session, outcome: Outcome) -> None:
+        r = outcome.result
+        if r["residual"] > 1e-6 * max(1.0, r["quantity"]):
+            raise ProtocolError(f"the market does not clear: residual {r['residual']}")
+        for b in r["buys"]:
+            if b["limit"] < r["price"] - 1e-9:
+                raise ProtocolError(f"{b['agent']} buys above its limit")
+        for s in r["sells"]:
+            if s["limit"] > r["price"] + 1e-9:
+                raise ProtocolError(f"{s['agent']} sells below its limit")
