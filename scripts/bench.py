@@ -23,19 +23,10 @@ import msgpack
 import uvloop
 import zmq
 
-from benchkit import Row, agent_rows, core_rows, session_rows, var_rows
+from benchkit import Row, agent_rows, core_rows, econ_rows, session_rows, var_rows
 from benchkit.stats import fmt
 from mabeamd import __version__
 from mabeamd.testing import Daemon
-
-# The seed document's promises that later issues measure; listed so the table says where we
-# stand on every one, never with an invented figure.
-PENDING = [
-    Row("sealed-bid auction p95 (1,000 bidders)", "ms", seed_target="< 100", goal="<= 25",
-        status="not run", note="needs economic mechanisms (issue 6)"),
-    Row("market equilibrium p95 (Fisher 50x50)", "ms", seed_target="< 50", goal="<= 25",
-        status="not run", note="needs economic mechanisms (issue 6)"),
-]
 
 
 def machine_info() -> dict[str, Any]:
@@ -107,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         ("consensus sessions",
          lambda: session_rows.consensus(200 if q else 1000, reps, 1.0 if q else 3.0, 16)),
         ("protocol mechanisms", lambda: session_rows.mechanisms(200 if q else 1000, reps)),
+        ("sealed-bid, live bidders",
+         lambda: econ_rows.sealed_bid_live(3 if q else 40, 1 if q else reps,
+                                           count=100 if q else 1000)),
+        ("economic mechanisms", lambda: econ_rows.mechanisms(30 if q else 1000,
+                                                             1 if q else reps,
+                                                             fisher=1 if q else 10)),
     ]
     started = time.monotonic()
     rows: list[Row] = []
@@ -122,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         daemon.stop()
     finally:
         daemon.cleanup()
-    rows += PENDING
 
     result = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

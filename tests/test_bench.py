@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from mabeamd.testing import ROOT, short_tmpdir
 
 
+@pytest.mark.timeout(300)  # the run has its own 240 s limit below
 def test_bench_quick_runs_and_writes_json() -> None:
     out = short_tmpdir() / "bench.json"
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out",
