@@ -221,6 +221,24 @@ def integer(d: Mapping[str, Any], key: str, default: int | None, *, lo: int | No
     return v
 
 
+def money(d: Mapping[str, Any], key: str, default: float | None, *,
+          positive: bool = False) -> float:
+    """A finite amount >= 0 (> 0 with `positive`): prices, bids, limits."""
+    v = number(d, key, default)
+    if v < 0 or (positive and v == 0):
+        raise ProtocolError(f"{key} must be {'> 0' if positive else '>= 0'}")
+    return float(v)
+
+
+# Amounts in outcomes are rounded to this many decimals, so that float noise from sums
+# (0.1 + 0.2) never shows up as a payment of 0.30000000000000004.
+DECIMALS = 9
+
+
+def cents(x: float) -> float:
+    return round(x, DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
 def choice(d: Mapping[str, Any], key: str, default: str, options: Iterable[str]) -> str:
     v = d.get(key, default)
     opts = list(options)
@@ -239,10 +257,11 @@ def participants_of(inputs: Mapping[str, Any]) -> list[Participant]:
     return out
 
 
-def responses_of(inputs: Mapping[str, Any], participants: Iterable[Participant],
-                 ) -> dict[str, Response]:
-    """The latest answer per participant (a later one replaces an earlier one), keyed by id;
-    answers from non-participants are an error."""
+def responses_of(inputs: Mapping[str, Any], participants: Iterable[Participant], *,
+                 first_wins: bool = False) -> dict[str, Response]:
+    """The latest answer per participant (a later one replaces an earlier one; with
+    `first_wins` the earliest stands), keyed by id; answers from non-participants are an
+    error."""
     rs = inputs.get("responses", [])
     if not isinstance(rs, list):
         raise ProtocolError("inputs.responses must be a list")
@@ -252,6 +271,7 @@ def responses_of(inputs: Mapping[str, Any], participants: Iterable[Participant],
         r = Response.from_dict(raw, i)
         if r.agent not in ids:
             raise ProtocolError(f"response from {r.agent!r}, who is not a participant")
-        if r.agent not in out or out[r.agent].seq <= r.seq:
+        if r.agent not in out or (out[r.agent].seq > r.seq if first_wins
+                                   else out[r.agent].seq <= r.seq):
             out[r.agent] = r
     return out

@@ -85,8 +85,10 @@ class LiveSession:
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
-    async def ask(self, agents: Iterable[str], kind: str, body: Any,
-                  timeout: float | None = None) -> dict[str, Response]:
+    def _open_round(self, agents: Iterable[str], kind: str, body: Any, limit: float,
+                    **extra: Any) -> None:
+        """Start round `kind` for `agents` and push its invitations (a round nobody still
+        present was asked to answer pushes nothing)."""
         targets = list(dict.fromkeys(agents))
         strangers = [a for a in targets if a not in self._ids]
         if strangers:
@@ -95,47 +97,42 @@ class LiveSession:
         self.kind = kind
         self.answers = {}
         self.waiting = {a for a in targets if a not in self.absent}
-        self._round_done = asyncio.Event()
         self.state = "collecting"
-        limit = self.remaining() if timeout is None else min(timeout, self.remaining())
         if self.waiting:
             self._engine.out("push", {"agents": sorted(self.waiting), "op": "session.invite",
                                       "body": {"session": self.id, "protocol": self.protocol,
                                                "round": self.round, "kind": kind,
-                                               "body": body, "deadline_in": round(limit, 3)}})
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._round_done.wait(), limit)
+                                               "body": body, "deadline_in": round(limit, 3),
+                                               **extra}})
+
+    def _close_round(self) -> dict[str, Response]:
         answers, self.answers = self.answers, {}
         self.kind, self.waiting = None, set()
         self.state = "deciding"
         return answers
 
+    async def ask(self, agents: Iterable[str], kind: str, body: Any,
+                  timeout: float | None = None) -> dict[str, Response]:
+        limit = self.remaining() if timeout is None else min(timeout, self.remaining())
+        self._round_done = asyncio.Event()
+        self._open_round(agents, kind, body, limit)
+        if self.waiting:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._round_done.wait(), limit)
+        return self._close_round()
+
     async def stream(self, agents: Iterable[str], kind: str, body: Any,
                      handle: Callable[[Response], Any], duration: float) -> int:
-        targets = list(dict.fromkeys(agents))
-        strangers = [a for a in targets if a not in self._ids]
-        if strangers:
-            raise ProtocolError(f"driver asked non-participants {strangers!r}")
-        self.round += 1
-        self.kind = kind
-        self.answers = {}
-        self.waiting = {a for a in targets if a not in self.absent}
+        limit = max(0.0, min(duration, self.remaining()))
+        self._open_round(agents, kind, body, limit, streaming=True)
         self._handler = handle
         self.handled = 0
-        self.state = "collecting"
-        limit = max(0.0, min(duration, self.remaining()))
         try:
             if self.waiting:
-                self._engine.out("push", {
-                    "agents": sorted(self.waiting), "op": "session.invite",
-                    "body": {"session": self.id, "protocol": self.protocol,
-                             "round": self.round, "kind": kind, "body": body,
-                             "deadline_in": round(limit, 3), "streaming": True}})
                 await asyncio.sleep(limit)
         finally:
             self._handler = None
-            self.kind, self.waiting = None, set()
-            self.state = "deciding"
+            self._close_round()
         return self.handled
 
     def tell(self, agents: Iterable[str], kind: str, body: Any) -> None:
@@ -184,17 +181,20 @@ class LiveSession:
             raise WireError(ErrorCode.CONFLICT, f"{agent!r} already answered round "
                             f"{self.round}; {self.protocol} takes one answer per agent")
         # A second answer in the same round replaces the first and takes its place in time.
-        self.answers[agent] = Response(agent, value, next(self._engine.arrivals),
-                                       round(time.monotonic() - self.t0, 6))
+        self.answers[agent] = self._arrived(agent, value)
         self.waiting.discard(agent)
         if not self.waiting:
             self._round_done.set()
         return {"session": self.id, "round": self.round, "recorded": True}
 
+    def _arrived(self, agent: str, value: Any) -> Response:
+        """An answer stamped with its place in the worker's arrival order."""
+        return Response(agent, value, next(self._engine.arrivals),
+                        round(time.monotonic() - self.t0, 6))
+
     def _streamed(self, agent: str, value: Any) -> dict[str, Any]:
         assert self._handler is not None
-        r = Response(agent, value, next(self._engine.arrivals),
-                     round(time.monotonic() - self.t0, 6))
+        r = self._arrived(agent, value)
         try:
             reply = self._handler(r)
         except ProtocolError as exc:

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from mabeam_auctions.common import cents, money, sale_writes
+from mabeam_auctions.common import sale_writes
 from mabeamd.protocol import (
     Outcome,
     Protocol,
     ProtocolError,
     Response,
     Session,
+    cents,
     integer,
+    money,
     number,
     only,
     participants_of,
@@ -113,6 +115,13 @@ class EnglishClock:
             return
         self.price = self.p["start"] + self.round * self.p["increment"]
 
+    def asked(self) -> list[str]:
+        return self.active
+
+    def announce(self) -> dict[str, Any]:
+        return {"item": self.p["item"], "price": cents(self.price), "round": self.round + 1,
+                "in": len(self.active)}
+
     def _sell(self, agent: str, price: float) -> None:
         if price >= self.p["reserve"]:
             self.winner, self.paid = agent, cents(price)
@@ -135,6 +144,12 @@ class DutchClock:
     @property
     def price(self) -> float:
         return float(self.p["start"] - self.tick * self.p["decrement"])
+
+    def asked(self) -> list[str]:
+        return self.bidders
+
+    def announce(self) -> dict[str, Any]:
+        return {"item": self.p["item"], "price": cents(self.price), "tick": self.tick}
 
     def step(self, answers: list[Response]) -> None:
         if self.done:
@@ -159,6 +174,7 @@ class DutchClock:
 class _Clocked(Protocol):
     kind = "price"
     answer_key = "stay"
+    wait_param = "round_timeout"  # the param bounding how long one round waits
 
     def clock(self, params: dict[str, Any], bidders: list[str]) -> Any:
         raise NotImplementedError
@@ -187,6 +203,15 @@ class _Clocked(Protocol):
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         return sale_writes(session, result)
 
+    async def run(self, session: Session) -> Outcome:
+        clock = self.clock(session.params, [x.id for x in session.participants])
+        while not clock.done:
+            answers = await session.ask(clock.asked(), self.kind, clock.announce(),
+                                        timeout=session.params[self.wait_param])
+            clock.step(list(answers.values()))
+        result: dict[str, Any] = clock.result()
+        return Outcome(result, self.writes(session, result))
+
 
 class English(_Clocked):
     name = "english"
@@ -205,24 +230,13 @@ class English(_Clocked):
     def clock(self, params: dict[str, Any], bidders: list[str]) -> EnglishClock:
         return EnglishClock(params, bidders)
 
-    async def run(self, session: Session) -> Outcome:
-        p = session.params
-        clock = EnglishClock(p, [x.id for x in session.participants])
-        while not clock.done:
-            answers = await session.ask(clock.active, "price",
-                                        {"item": p["item"], "price": cents(clock.price),
-                                         "round": clock.round + 1, "in": len(clock.active)},
-                                        timeout=p["round_timeout"])
-            clock.step(list(answers.values()))
-        result = clock.result()
-        return Outcome(result, self.writes(session, result))
-
 
 class Dutch(_Clocked):
     name = "dutch"
     summary = ("Dutch (descending clock) auction: start, decrement, tick, reserve; the first "
                "acceptance wins at the current price")
     answer_key = "accept"
+    wait_param = "tick"
     default_deadline = 60.0
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -235,15 +249,3 @@ class Dutch(_Clocked):
 
     def clock(self, params: dict[str, Any], bidders: list[str]) -> DutchClock:
         return DutchClock(params, bidders)
-
-    async def run(self, session: Session) -> Outcome:
-        p = session.params
-        everyone = [x.id for x in session.participants]
-        clock = DutchClock(p, everyone)
-        while not clock.done:
-            answers = await session.ask(everyone, "price",
-                                        {"item": p["item"], "price": cents(clock.price),
-                                         "tick": clock.tick}, timeout=p["tick"])
-            clock.step(list(answers.values()))
-        result = clock.result()
-        return Outcome(result, self.writes(session, result))

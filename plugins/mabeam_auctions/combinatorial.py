@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 from mabeam_auctions.cats import parse_cats
-from mabeam_auctions.common import cents, money
 from mabeam_auctions.wdp import Bid, milp_available, solve
 from mabeamd.protocol import (
     OneRound,
@@ -30,8 +29,10 @@ from mabeamd.protocol import (
     Protocol,
     ProtocolError,
     Session,
+    cents,
     choice,
     integer,
+    money,
     number,
     only,
     participants_of,

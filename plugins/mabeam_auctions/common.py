@@ -1,28 +1,12 @@
-"""What the auction protocols share: money parsing, the deterministic order of bids, and the
-writes an auction makes to its allocation variables."""
+"""What the auction protocols share: flags in params and the writes an auction makes to its
+allocation variables. Amounts and their rounding are mabeamd.protocol.money / cents."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from mabeamd.protocol import ProtocolError, Session, write_all
-
-# Payments are rounded to this many decimals when reported, so that float noise from sums
-# (0.1 + 0.2) never shows up as a payment of 0.30000000000000004.
-DECIMALS = 9
-
-
-def money(d: Mapping[str, Any], key: str, default: float | None, *,
-          positive: bool = False) -> float:
-    """A finite, non-negative amount (strictly positive with `positive`)."""
-    v = d.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ProtocolError(f"{key} must be a finite number")
-    if v < 0 or (positive and v == 0):
-        raise ProtocolError(f"{key} must be {'> 0' if positive else '>= 0'}")
-    return float(v)
 
 
 def flag(d: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -30,10 +14,6 @@ def flag(d: Mapping[str, Any], key: str, default: bool) -> bool:
     if not isinstance(v, bool):
         raise ProtocolError(f"{key} must be true or false")
     return v
-
-
-def cents(x: float) -> float:
-    return round(x, DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def sale_writes(session: Session, result: dict[str, Any]) -> dict[str, Any]:

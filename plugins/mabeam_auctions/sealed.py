@@ -13,16 +13,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from mabeam_auctions.common import cents, flag, money, sale_writes
+from mabeam_auctions.common import flag, sale_writes
 from mabeamd.protocol import (
     OneRound,
     Outcome,
     ProtocolError,
-    Response,
     Session,
+    cents,
     choice,
+    money,
     only,
     participants_of,
+    responses_of,
 )
 
 PARAMS = {"item", "rule", "reserve", "resubmit"}
@@ -64,18 +66,9 @@ class SealedBid(OneRound):
         params = self.check_params(dict(inputs.get("params") or {}))
         ps = participants_of(inputs)
         ids = {p.id for p in ps}
-        raw = inputs.get("responses", [])
-        if not isinstance(raw, list):
-            raise ProtocolError("inputs.responses must be a list")
-        latest: dict[str, Response] = {}
-        for r in (Response.from_dict(x, i) for i, x in enumerate(raw)):
-            if r.agent not in ids:
-                raise ProtocolError(f"response from {r.agent!r}, who is not a participant")
-            bid_of(r.value)
-            keep_old = r.agent in latest and (
-                (latest[r.agent].seq < r.seq) != params["resubmit"])
-            if not keep_old:
-                latest[r.agent] = r
+        latest = responses_of(inputs, ps, first_wins=not params["resubmit"])
+        for r in inputs.get("responses", []):  # a replaced bid must have been a bid too
+            bid_of(r.get("value"))
         amounts = {a: bid_of(r.value) for a, r in latest.items()}
         bids = sorted(((b, latest[a].seq, a) for a, b in amounts.items() if b is not None),
                       key=lambda e: (-e[0], e[1], e[2]))

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from mabeam_markets.common import amount, cents, side, units
+from mabeam_markets.common import side, units
 from mabeamd.protocol import (
     OneRound,
     Outcome,
     ProtocolError,
     Session,
+    cents,
     choice,
+    money,
     number,
     only,
     participants_of,
@@ -59,7 +61,7 @@ def orders_of(value: Any, max_orders: int = 1000) -> list[dict[str, Any]]:
     for o in raw:
         if not isinstance(o, dict) or set(o) - {"side", "price", "quantity"}:
             raise ProtocolError("an order is {side, price, quantity}")
-        out.append({"side": side(o), "price": amount(o, "price"), "quantity": units(o)})
+        out.append({"side": side(o), "price": money(o, "price", None), "quantity": units(o)})
     return out
 
 

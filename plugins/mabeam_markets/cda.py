@@ -23,14 +23,16 @@ from __future__ import annotations
 from typing import Any
 
 from mabeam_markets.book import OrderBook, Trade
-from mabeam_markets.common import amount, cents, side, units
+from mabeam_markets.common import side, units
 from mabeamd.protocol import (
     Outcome,
     Protocol,
     ProtocolError,
     Response,
     Session,
+    cents,
     integer,
+    money,
     number,
     only,
     participants_of,
@@ -55,7 +57,7 @@ def parse(value: Any) -> dict[str, Any]:
     side(o)
     units(o, "quantity", None)
     if "price" in o:
-        amount(o, "price")
+        money(o, "price", None)
     return value
 
 

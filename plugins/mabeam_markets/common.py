@@ -1,25 +1,11 @@
-"""Order parsing and rounding shared by the market mechanisms."""
+"""Order fields shared by the market mechanisms (amounts: mabeamd.protocol.money)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from mabeamd.protocol import ProtocolError
-
-DECIMALS = 9
-
-
-def cents(x: float) -> float:
-    return round(x, DECIMALS) + 0.0
-
-
-def amount(d: Mapping[str, Any], key: str, default: float | None = None) -> float:
-    v = d.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ProtocolError(f"{key} must be a finite number >= 0")
-    return float(v)
 
 
 def units(d: Mapping[str, Any], key: str = "quantity", default: int | None = 1) -> int:

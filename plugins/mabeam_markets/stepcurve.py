@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mabeam_markets.common import cents
 from mabeamd.protocol import (
     OneRound,
     Outcome,
     ProtocolError,
     Session,
+    cents,
     only,
     participants_of,
     responses_of,

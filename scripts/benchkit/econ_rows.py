@@ -5,15 +5,14 @@ Fisher 50x50 to 1e-6, call-market clearing of 10,000 orders a side, the continuo
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import time
 from typing import Any
 
 from benchkit import Row
-from benchkit.agent_rows import tcp_daemon
-from benchkit.load import CTX, run_clients
+from benchkit.load import run_clients
+from benchkit.session_rows import serve, with_agents
 from benchkit.stats import pick_median_rep, summary
 
 
@@ -30,17 +29,8 @@ def bidders(endpoint: str, prefix: str, count: int, ready: Any, stop: Any) -> No
         async def bid(self, inv: Invitation) -> Any:
             return {"bid": random.randint(1, 10_000)}
 
-    async def run() -> None:
-        agents = [Bidder(f"{prefix}{i}", endpoint, heartbeat=False) for i in range(count)]
-        tasks = [asyncio.create_task(a.run_async()) for a in agents]
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.1)
-        for a in agents:
-            a.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    uvloop.run(run())
+    uvloop.run(serve([Bidder(f"{prefix}{i}", endpoint, heartbeat=False)
+                      for i in range(count)], ready, stop))
 
 
 def auctioneer(endpoint: str, ids: list[str], n: int, out: Any) -> None:
@@ -72,28 +62,11 @@ def auctioneer(endpoint: str, ids: list[str], n: int, out: Any) -> None:
 
 
 def sealed_bid_live(n: int, reps: int, count: int = 1000) -> list[Row]:
-    d, endpoint = tcp_daemon("max_in_flight = 4096")
-    ready = [CTX.Event(), CTX.Event()]
-    stop = CTX.Event()
     half = count // 2
-    procs = [CTX.Process(target=bidders, args=(endpoint, f"bidder{k}-", half, ready[k], stop))
-             for k in range(2)]
-    ids = [f"bidder{k}-{i}" for k in range(2) for i in range(half)]
-    try:
-        d.start()
-        for p in procs:
-            p.start()
-        if not all(r.wait(60) for r in ready):
-            raise RuntimeError("bidders did not start")
-        runs = [run_clients(auctioneer, [(endpoint, ids, n)])[0] for _ in range(reps)]
-    finally:
-        stop.set()
-        for p in procs:
-            p.join(15)
-            if p.is_alive():
-                p.kill()
-        d.stop()
-        d.cleanup()
+    runs = with_agents(
+        [(bidders, f"bidder{k}-", half) for k in range(2)],
+        lambda endpoint, ids: [run_clients(auctioneer, [(endpoint, ids, n)])[0]
+                               for _ in range(reps)], "max_in_flight = 4096")
     i, spread_text = pick_median_rep(runs)
     p50, p95, p99 = summary(runs[i])
     return [Row(f"sealed-bid auction, {count} live bidders (SDK, start -> applied)", "ms",

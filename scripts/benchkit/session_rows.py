@@ -33,17 +33,19 @@ def voters(endpoint: str, prefix: str, count: int, ready: Any, stop: Any) -> Non
         async def accept(self, inv: Invitation) -> Any:
             return {"accept": True}
 
-    async def run() -> None:
-        agents = [Voter(f"{prefix}{i}", endpoint, heartbeat=False) for i in range(count)]
-        tasks = [asyncio.create_task(a.run_async()) for a in agents]
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.1)
-        for a in agents:
-            a.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    uvloop.run(serve([Voter(f"{prefix}{i}", endpoint, heartbeat=False)
+                      for i in range(count)], ready, stop))
 
-    uvloop.run(run())
+
+async def serve(agents: list[Any], ready: Any, stop: Any) -> None:
+    """Run SDK agents (in a bench agent process) until `stop` is set."""
+    tasks = [asyncio.create_task(a.run_async()) for a in agents]
+    ready.set()
+    while not stop.is_set():
+        await asyncio.sleep(0.1)
+    for a in agents:
+        a.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def initiator(endpoint: str, ids: list[str], run_as: dict[str, Any], out: Any) -> None:
@@ -97,21 +99,29 @@ def initiator(endpoint: str, ids: list[str], run_as: dict[str, Any], out: Any) -
     out.put(uvloop.run(run()))
 
 
-def _with_voters(count: int, fn: Any) -> Any:
-    d, endpoint = tcp_daemon("max_in_flight = 1024")
-    ready, stop = CTX.Event(), CTX.Event()
-    proc = CTX.Process(target=voters, args=(endpoint, "voter-", count, ready, stop))
+def with_agents(groups: list[tuple[Any, str, int]], fn: Any,
+                agents_config: str = "max_in_flight = 1024") -> Any:
+    """Start a bench daemon and one process per (target, id prefix, count) group running
+    `target(endpoint, prefix, count, ready, stop)`; return fn(endpoint, every agent id)."""
+    d, endpoint = tcp_daemon(agents_config)
+    stop = CTX.Event()
+    ready = [CTX.Event() for _ in groups]
+    procs = [CTX.Process(target=target, args=(endpoint, prefix, count, r, stop))
+             for (target, prefix, count), r in zip(groups, ready, strict=True)]
     try:
         d.start()
-        proc.start()
-        if not ready.wait(30):
-            raise RuntimeError("voters did not start")
-        return fn(endpoint, [f"voter-{i}" for i in range(count)])
+        for p in procs:
+            p.start()
+        if not all(r.wait(60) for r in ready):
+            raise RuntimeError("bench agents did not start")
+        return fn(endpoint, [f"{prefix}{i}" for _, prefix, count in groups
+                             for i in range(count)])
     finally:
         stop.set()
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
+        for p in procs:
+            p.join(15)
+            if p.is_alive():
+                p.kill()
         d.stop()
         d.cleanup()
 
@@ -127,7 +137,7 @@ def consensus(n: int, reps: int, seconds: float, window: int) -> list[Row]:
             rates.append(done / took)
         return lat, rates
 
-    lat, rates = _with_voters(10, measure)
+    lat, rates = with_agents([(voters, "voter-", 10)], measure)
     i, spread_text = pick_median_rep(lat)
     p50, p95, p99 = summary(lat[i])
     rates.sort()
