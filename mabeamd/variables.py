@@ -28,8 +28,9 @@ write.) Snapshots hold the full state, history included.
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -96,8 +97,8 @@ class Constraints:
 
     @staticmethod
     def parse(d: Any) -> Constraints:
-        if d is None:
-            return Constraints()
+        if d is None or d == {}:
+            return NO_CONSTRAINTS
         if not isinstance(d, dict) or set(d) - {"min", "max", "enum", "max_size"}:
             raise Refused(ErrorCode.BAD_REQUEST, "constraints is a map of min, max, enum, "
                           "max_size")
@@ -113,6 +114,8 @@ class Constraints:
         if size is not None and (isinstance(size, bool) or not isinstance(size, int)
                                  or size < 1):
             raise Refused(ErrorCode.BAD_REQUEST, "constraints.max_size must be an integer >= 1")
+        if d.get("min") is None and d.get("max") is None and enum is None and size is None:
+            return NO_CONSTRAINTS
         return Constraints(d.get("min"), d.get("max"), tuple(enum) if enum else None, size)
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +147,15 @@ class Constraints:
                 raise constraint_violation(f"value {value} is above max {self.max}")
 
 
-@dataclass
+# Shared by every unconstrained variable (most of them): one object, not one per variable.
+NO_CONSTRAINTS = Constraints()
+History = deque[tuple[int, Any, str, float]]
+
+
+# slots, a shared empty Constraints, interned actor strings and a history deque made only on
+# the first change keep a variable at a few hundred bytes of Python objects: a shard holds
+# hundreds of thousands of them (docs/benchmarks.md, the 1,000,000-variables row).
+@dataclass(slots=True)
 class Variable:
     name: str
     value: Any
@@ -157,8 +168,8 @@ class Variable:
     access: str = "public"
     writers: tuple[str, ...] = ()
     policy: str = "last_write_wins"
-    constraints: Constraints = field(default_factory=Constraints)
-    history: deque[tuple[int, Any, str, float]] = field(default_factory=deque)
+    constraints: Constraints = NO_CONSTRAINTS
+    history: History | tuple[()] = ()  # () until the first change
 
     def meta(self) -> dict[str, Any]:
         """Everything but value and history: what readers of the shared segment see."""
@@ -176,11 +187,13 @@ class Variable:
 
     @staticmethod
     def from_state(s: dict[str, Any], history_len: int) -> Variable:
+        past = s.get("history")
+        intern = sys.intern
         return Variable(
-            s["name"], s["value"], s["version"], s["type"], s["owner"], s["modified_by"],
-            s["created_at"], s["updated_at"], s["access"], tuple(s["writers"]), s["policy"],
-            Constraints.parse(s["constraints"] or None),
-            deque((tuple(h) for h in s.get("history", ())), maxlen=history_len))
+            s["name"], s["value"], s["version"], intern(s["type"]), intern(s["owner"]),
+            intern(s["modified_by"]), s["created_at"], s["updated_at"], intern(s["access"]),
+            tuple(s["writers"]), intern(s["policy"]), Constraints.parse(s["constraints"] or None),
+            deque((tuple(h) for h in past), maxlen=history_len) if past else ())
 
 
 class ShardStore:
@@ -234,8 +247,7 @@ class ShardStore:
         cons = Constraints.parse(constraints)
         cons.check(value, vtype, self._checked_value(value))
         var = Variable(name, value, 1, vtype, actor, actor, now, now, access,
-                       tuple(writers or ()), policy, cons,
-                       deque(maxlen=self.history_len))
+                       tuple(writers or ()), policy, cons)
         return {"op": "put", "var": var.public()}
 
     def _may_write(self, var: Variable, actor: str, via_session: bool) -> None:
@@ -294,8 +306,10 @@ class ShardStore:
             var = Variable.from_state(state, self.history_len)
             old = self.vars.get(var.name)
             if old is not None and "history" not in state:  # a change, not a snapshot load
-                var.history = old.history
-                var.history.append((old.version, old.value, old.modified_by, old.updated_at))
+                history = old.history if isinstance(old.history, deque) \
+                    else deque(maxlen=self.history_len)
+                history.append((old.version, old.value, old.modified_by, old.updated_at))
+                var.history = history
             self.vars[var.name] = var
             return var
         self.vars.pop(effect["name"], None)

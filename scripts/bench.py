@@ -2,8 +2,9 @@
 measures peers in the same run, prints one table and writes bench-results.json.
 
     scripts/bench            full run (each latency row: >= 1,000 samples x 3 repetitions)
-    scripts/bench --quick    the same rows, smaller, in well under a minute (CI runs this
-                             to prove the harness works; it checks no thresholds)
+    scripts/bench --quick    the same rows, smaller and one repetition each, in under a
+                             minute (the tests run it to prove the harness works; they check
+                             no thresholds)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import msgpack
 import uvloop
 import zmq
 
-from benchkit import Row, agent_rows, core_rows, econ_rows, session_rows, var_rows
+from benchkit import Row, agent_rows, core_rows, econ_rows, scale_rows, session_rows, var_rows
 from benchkit.stats import fmt
 from mabeamd import __version__
 from mabeamd.testing import Daemon
@@ -61,7 +62,7 @@ def headline(r: Row) -> str:
 
 
 def render(rows: list[Row]) -> str:
-    headers = ["metric", "seed target", "our goal", "p50 / p95 / p99 or rate", "spread (3 reps)",
+    headers = ["metric", "seed target", "our goal", "p50 / p95 / p99 or rate", "spread (reps)",
                "peer (same run)", "peer", "ratio", "n"]
     table = []
     for r in rows:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     q = args.quick
-    reps = 3
+    reps = 1 if q else 3  # quick proves the harness works; spawning processes is its cost
     plan: list[tuple[str, Callable[[], Row | list[Row]]]] = []
     daemon = Daemon(core_rows.BENCH_CONFIG, raw_config=True)
     plan += [
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         ("agents at scale",
          lambda: agent_rows.scale(2000 if q else 10_000, 4, 200 if q else 1000, reps)),
         ("variables", lambda: var_rows.variables(1000 if q else 3000, reps, 1.0 if q else 3.0)),
+        ("variables at scale",
+         lambda: scale_rows.million_variables(20_000 if q else 1_000_000,
+                                              1000 if q else 3000, reps)),
         ("consensus sessions",
          lambda: session_rows.consensus(200 if q else 1000, reps, 1.0 if q else 3.0, 16)),
         ("protocol mechanisms", lambda: session_rows.mechanisms(200 if q else 1000, reps)),
@@ -111,11 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         daemon.start()
         for name, fn in plan:
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            t0 = time.monotonic()
             try:
                 produced = fn()
                 rows += produced if isinstance(produced, list) else [produced]
             except Exception as exc:  # a broken row is reported, never invented
                 rows.append(Row(name, "-", status="not run", note=f"failed: {exc!r}"))
+            print(f"bench: {name} took {time.monotonic() - t0:.1f}s", file=sys.stderr,
+                  flush=True)
         daemon.stop()
     finally:
         daemon.cleanup()

@@ -90,10 +90,14 @@ def rate_client(endpoint: str, op: str, seconds: float, window: int, out: Any) -
         done += 1
         s.send_multipart([wire.PROTOCOL, wire.pack({"id": sent, "op": op}), body])
         sent += 1
-    while done < sent:  # drain what is still in flight
+    # Drain what is still in flight (not counted: it completed after the window closed), so
+    # the server is idle before the next repetition.
+    drained = done
+    while drained < sent:
         if not s.poll(5000):
             break
         s.recv_multipart()
+        drained += 1
     s.close()
     ctx.term()
     out.put((done, seconds))

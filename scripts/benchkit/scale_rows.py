@@ -1,0 +1,210 @@
+"""The variables scale row: a daemon holding N variables (1,000,000 in the full run), created
+over the wire by pipelined clients; its memory per variable and the get latency on random
+names, with Redis holding the same N keys in the same run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from benchkit import Row
+from benchkit.load import run_clients
+from benchkit.stats import pick_median_rep, summary
+from benchkit.var_rows import RedisPeer, _call, var_daemon
+from mabeamd import wire
+
+# Small on purpose: the row is about what one more variable costs the daemon, not its value.
+VALUE = {"n": 1}
+BLOB_LEN = len(wire.pack(VALUE))
+WARMUP = 200
+
+
+def name_of(i: int) -> str:
+    return f"scale/{i}"
+
+
+# --- clients (run in their own processes) --------------------------------------------------
+
+
+def create_client(endpoint: str, start: int, stop: int, window: int, out: Any) -> None:
+    """var.create names start..stop-1, `window` requests in flight; puts the count made."""
+    agent = f"scale-{os.getpid()}"
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, 0)
+    s.setsockopt(zmq.RCVHWM, 0)
+    s.connect(endpoint)
+    _call(s, 0, "hello", {"agent": agent})
+    nxt, done = start, 0
+
+    def send() -> None:
+        nonlocal nxt
+        s.send_multipart(wire.encode({"id": nxt, "op": "var.create"},
+                                     {"agent": agent, "name": name_of(nxt), "value": VALUE}))
+        nxt += 1
+
+    while nxt < stop and nxt - start < window:
+        send()
+    while done < stop - start:
+        if not s.poll(30_000):
+            raise RuntimeError(f"no reply in 30 s after {done} creates")
+        _, header, body = s.recv_multipart()
+        if wire.unpack(header).get("status") != "ok":
+            raise RuntimeError(f"var.create failed: {wire.unpack(body)}")
+        done += 1
+        if nxt < stop:
+            send()
+    s.close()
+    ctx.term()
+    out.put(done)
+
+
+def get_client(endpoint: str, count: int, n: int, seed: int, out: Any) -> None:
+    """Latencies (us) of SDK reads of random names: shared memory, then over the wire."""
+    from mabeamd.client import Client
+
+    rng = random.Random(seed)
+    names = [name_of(rng.randrange(count)) for _ in range(WARMUP + n)]
+    result: dict[str, list[float]] = {"shm": [], "wire": []}
+    with Client(endpoint) as c:
+        c.register(f"scale-reader-{os.getpid()}")
+        for mode, local in (("shm", True), ("wire", False)):
+            lat = result[mode]
+            for i, name in enumerate(names):
+                t0 = time.perf_counter_ns()
+                got = c.get_var(name, local=local)
+                t1 = time.perf_counter_ns()
+                if got["value"] != VALUE:
+                    raise RuntimeError(f"{name}: unexpected value {got['value']!r}")
+                if i >= WARMUP:
+                    lat.append((t1 - t0) / 1000)
+    out.put(result)
+
+
+def redis_fill(port: int, count: int, out: Any) -> None:
+    import msgpack
+    import redis
+
+    r = redis.Redis(port=port)
+    blob = msgpack.packb(VALUE)
+    for lo in range(0, count, 1000):
+        p = r.pipeline(transaction=False)
+        for i in range(lo, min(count, lo + 1000)):
+            p.set(name_of(i), blob)
+        p.execute()
+    out.put(int(r.info("memory")["used_memory"]))
+
+
+def redis_get(port: int, count: int, n: int, seed: int, out: Any) -> None:
+    import msgpack
+    import redis
+
+    r = redis.Redis(port=port)
+    rng = random.Random(seed)
+    lat: list[float] = []
+    for i in range(WARMUP + n):
+        name = name_of(rng.randrange(count))
+        t0 = time.perf_counter_ns()
+        msgpack.unpackb(r.get(name))
+        if i >= WARMUP:
+            lat.append((time.perf_counter_ns() - t0) / 1000)
+    out.put(lat)
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+def _pss_without_shmem(pid: int) -> int:
+    """Proportional set size minus shared-memory pages, in bytes (smaps_rollup): the shm
+    segments are counted once, from their files, instead of once per mapping process."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            fields[key] = int(parts[0]) * 1024
+    return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
+
+
+def daemon_memory(pid: int, segments: list[Path]) -> tuple[int, int]:
+    """(process bytes: sum over the arbiter and its children, shm bytes allocated)."""
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    process = sum(_pss_without_shmem(p.pid) for p in procs)
+    shm = 0
+    for seg in segments:
+        with contextlib.suppress(FileNotFoundError):  # a generation unlinked meanwhile
+            shm += seg.stat().st_blocks * 512
+    return process, shm
+
+
+# --- the row -------------------------------------------------------------------------------
+
+
+def million_variables(count: int, n: int, reps: int) -> list[Row]:
+    d, endpoint = var_daemon("everysec")
+    procs = 2
+    try:
+        d.start()
+        before = daemon_memory(d.pid, d.shm_segments())
+        t0 = time.monotonic()
+        bounds = [(count * k // procs, count * (k + 1) // procs) for k in range(procs)]
+        made = sum(run_clients(create_client, [(endpoint, lo, hi, 256) for lo, hi in bounds],
+                               timeout=1800))
+        create_rate = made / (time.monotonic() - t0)
+        time.sleep(1.0)  # let everysec fsync and the allocator settle before measuring
+        after = daemon_memory(d.pid, d.shm_segments())
+        runs = [run_clients(get_client, [(endpoint, count, n, rep)])[0]
+                for rep in range(reps)]
+        d.stop()
+    finally:
+        d.cleanup()
+    grown = (after[0] - before[0]) + (after[1] - before[1])
+    per_var = grown / count
+    with RedisPeer() as peer:
+        redis_mem: int | None = None
+        redis_runs: list[list[float]] = []
+        if not peer.why_not:
+            import redis
+
+            base = int(redis.Redis(port=peer.port).info("memory")["used_memory"])
+            redis_mem = run_clients(redis_fill, [(peer.port, count)], timeout=1800)[0] - base
+            redis_runs = [run_clients(redis_get, [(peer.port, count, n, rep)])[0]
+                          for rep in range(reps)]
+        why = peer.why_not
+    rows = [Row(f"memory per variable ({count:,} variables)", "B", goal="-",
+                rate=per_var, samples=1, reps=1,
+                note=f"growth of the arbiter + workers (PSS without shm pages) "
+                     f"{(after[0] - before[0]) / 2**20:,.0f} MiB plus shm segments "
+                     f"{(after[1] - before[1]) / 2**20:,.0f} MiB, over {count:,} variables "
+                     f"with a {BLOB_LEN}-byte value each; created over tcp by {procs} "
+                     f"pipelined clients at {create_rate:,.0f} creates/s")]
+    if redis_mem is not None:
+        rows[0].peer, rows[0].peer_value = "Redis used_memory, same keys", redis_mem / count
+        rows[0].ratio = per_var / rows[0].peer_value
+    else:
+        rows[0].peer = f"Redis: not run ({why})"
+    for mode, metric, goal in (
+            ("shm", f"variable read at {count:,} variables (SDK, shared memory)", "p95 <= 5"),
+            ("wire", f"variable get at {count:,} variables (SDK, over the wire)", "p95 <= 150")):
+        per_rep = [r[mode] for r in runs]
+        i, spr = pick_median_rep(per_rep)
+        p50, p95, p99 = summary(per_rep[i])
+        row = Row(metric, "us", seed_target="< 1000", goal=goal, p50=p50, p95=p95, p99=p99,
+                  spread=spr, samples=n, reps=reps,
+                  note="random names among all of them (not a hot set)")
+        if redis_runs:
+            j, _ = pick_median_rep(redis_runs)
+            row.peer, row.peer_value = "Redis GET, same keys", summary(redis_runs[j])[1]
+            row.ratio = p95 / row.peer_value
+        else:
+            row.peer = f"Redis: not run ({why})"
+        rows.append(row)
+    return rows
