@@ -403,6 +403,8 @@ class Arbiter:
         w = self.watchers[index]
         if op == "heartbeat":
             w.on_heartbeat(generation)
+        elif op == "loading":
+            w.on_loading(generation)
         elif op == "result":
             w.on_heartbeat(generation)  # any message is a sign of life
             self.variables.on_result(body)

@@ -88,7 +88,8 @@ class WorkersSection:
         3.0, "float", "a running worker silent this long is hung: killed and restarted",
         min=0.05, max=600, reload=True)
     start_timeout: float = _opt(
-        10.0, "float", "a worker that has not said hello this long after spawn is killed",
+        10.0, "float",
+        "a starting worker silent this long (no hello, no loading progress) is killed",
         min=0.1, max=600, reload=True)
     stop_timeout: float = _opt(
         5.0, "float", "seconds between SIGTERM and SIGKILL when stopping a worker",

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from mabeamd import snapshot
-from mabeamd.shm import Record, SegmentWriter
+from mabeamd.shm import PROGRESS_EVERY, Record, SegmentWriter
 from mabeamd.variables import ShardStore, Variable, check_name
 from mabeamd.wal import WriteAheadLog, replay
 from mabeamd.wire import ErrorCode, WireError
@@ -36,7 +37,10 @@ def _int_or_none(body: dict[str, Any], key: str) -> int | None:
 
 class Shard:
     def __init__(self, index: int, state_dir: Path, shm_dir: Path, shm_prefix: str, *,
-                 fsync: str, history: int, max_value: int, snapshot_every: int) -> None:
+                 fsync: str, history: int, max_value: int, snapshot_every: int,
+                 progress: Callable[[], None] = lambda: None) -> None:
+        """Load the shard. `progress` is called every few thousand records while loading and
+        whenever the segment is rebuilt: the worker's sign of life during long work."""
         self.index = index
         self.dir = state_dir / f"shard-{index}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -45,18 +49,22 @@ class Shard:
         t0 = time.monotonic()
         self.store = ShardStore(history, max_value)
         seq, states = snapshot.load(self.dir)
-        for s in states:
+        for k, s in enumerate(states):
             self.store.apply({"op": "put", "var": s})
+            if not k & PROGRESS_EVERY:
+                progress()
         replayed = 0
         for _, payload in replay(self.dir, after=seq):
             self.store.apply(msgpack.unpackb(payload, raw=False))
             replayed += 1
+            if not replayed & PROGRESS_EVERY:
+                progress()
         self.wal = WriteAheadLog(self.dir, fsync)
         self.since_snapshot = replayed
         self.segment = SegmentWriter(
             shm_dir, shm_prefix, index, slots=max(1024, 2 * len(self.store.vars)),
-            records=[Record(v.name, v.version, v.value, v.meta())
-                     for v in self.store.vars.values()])
+            records=(Record(v.name, v.version, v.value, v.meta())
+                     for v in self.store.vars.values()), progress=progress)
         log.info("shard %d: %d variables (snapshot at %d, %d WAL records replayed) in %.0f ms",
                  index, len(self.store.vars), seq, replayed, (time.monotonic() - t0) * 1000)
 

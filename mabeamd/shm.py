@@ -44,7 +44,7 @@ import secrets
 import struct
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ MAGIC = b"MBSHM001"
 HEADER = struct.Struct("<8sQQQQQQQ16s")
 HEADER_SIZE = 4096
 NEXT_GEN_OFFSET = 16  # header field next_generation: what readers poll
+PROGRESS_EVERY = 8191  # records between progress() calls while building (a mask)
 SLOT = struct.Struct("<QQQII")  # seq, hash, offset, length, flags
 SLOT_FIELDS = struct.Struct("<QQII")  # the slot without its seq
 U64 = struct.Struct("<Q")
@@ -122,7 +123,8 @@ class SegmentWriter:
     """The single writer of one shard's segment (the shard's worker)."""
 
     def __init__(self, directory: Path, prefix: str, shard: int, *, slots: int = 1024,
-                 data_size: int = 1 << 20, records: Iterable[Record] = ()) -> None:
+                 data_size: int = 1 << 20, records: Iterable[Record] = (),
+                 progress: Callable[[], None] = lambda: None) -> None:
         """Create a new generation (retiring any current one) holding `records`."""
         self.directory, self.prefix, self.shard = Path(directory), prefix, shard
         self._key = secrets.token_bytes(16)
@@ -136,7 +138,14 @@ class SegmentWriter:
         self._mm: mmap.mmap | None = None
         self._q: memoryview | None = None
         self._path: Path | None = None
-        initial = [(self._encode(r), r.name, False) for r in records]
+        # Called every few thousand records while a generation is built: a big shard takes
+        # seconds to copy, and its worker must keep telling the arbiter it is alive.
+        self.progress: Callable[[], None] = progress
+        initial = []
+        for k, r in enumerate(records):
+            initial.append((self._encode(r), r.name, False))
+            if not k & PROGRESS_EVERY and k:
+                progress()
         self._build(initial, slots, data_size)
 
     # --- layout ----------------------------------------------------------------------------
@@ -148,6 +157,9 @@ class SegmentWriter:
     def _build(self, entries: list[tuple[bytes, str, bool]], slots: int, data_size: int) -> None:
         """Write generation+1 with these (payload, name, deleted) entries and switch to it."""
         live = [e for e in entries if not e[2]]
+        # A power of two: probing masks the hash with slot_count - 1 (any other count leaves
+        # most slots unreachable and the probe loop never ends).
+        slots = 1 << max(4, (slots - 1).bit_length())
         while slots * MAX_LOAD < len(live) + 1:
             slots *= 2
         need = sum(_align(REC.size + len(p)) for p, _, _ in live)
@@ -156,6 +168,10 @@ class SegmentWriter:
         gen = self.generation + 1
         path = segment_path(self.directory, self.prefix, self.shard, gen)
         size = HEADER_SIZE + slots * SLOT.size + data_size
+        # A file already there was left by a writer killed while building it: never
+        # published (the control word still names an older generation), so no reader has it.
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
             # Reserve the pages now: on a full tmpfs this fails cleanly (ENOSPC) instead of
@@ -175,8 +191,10 @@ class SegmentWriter:
         self._index: dict[str, int] = {}
         self.live = 0
         self.garbage = 0
-        for payload, name, _ in live:
+        for k, (payload, name, _) in enumerate(live):
             self._append(name, payload, LIVE)
+            if not k & PROGRESS_EVERY and k:
+                self.progress()
         self._write_header()
         self._ctl_q[0] = gen  # new readers start here
         if old_q is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +44,22 @@ def write(directory: Path, seq: int, states: list[dict[str, Any]]) -> Path:
     return final
 
 
-def load(directory: Path) -> tuple[int, list[dict[str, Any]]]:
-    """(seq, states) of the snapshot, or (0, []) when there is none."""
+def load(directory: Path) -> tuple[int, Iterator[dict[str, Any]]]:
+    """(seq, states) of the snapshot, or (0, empty) when there is none. The checksum is
+    verified before this returns; the states are decoded one by one as they are iterated
+    (a big shard's loader reports progress between them)."""
     path = directory / NAME
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return 0, []
+        return 0, iter(())
     if len(data) < HEAD.size:
         raise SnapshotCorrupt(f"{path}: too short")
     magic, seq, crc, length = HEAD.unpack_from(data)
     body = data[HEAD.size:]
     if magic != MAGIC or len(body) != length or zlib.crc32(body) != crc:
         raise SnapshotCorrupt(f"{path}: bad magic, length or checksum")
-    states: list[dict[str, Any]] = msgpack.unpackb(body, raw=False)
-    return seq, states
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(body), 1 << 20))
+    unpacker.feed(body)
+    count = unpacker.read_array_header()
+    return seq, (unpacker.unpack() for _ in range(count))

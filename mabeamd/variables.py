@@ -27,6 +27,7 @@ write.) Snapshots hold the full state, history included.
 
 from __future__ import annotations
 
+import bisect
 import math
 import sys
 from collections import deque
@@ -201,6 +202,9 @@ class ShardStore:
 
     def __init__(self, history_len: int = 16, max_value: int = 1 << 20) -> None:
         self.vars: dict[str, Variable] = {}
+        # The names in order, for list pages: sorted once after a create or delete, not per
+        # page (paging through a million variables must not sort a million names per page).
+        self._sorted: list[str] | None = None
         self.history_len = history_len
         self.max_value = max_value
 
@@ -214,8 +218,14 @@ class ShardStore:
 
     def list_page(self, prefix: str = "", after: str = "", limit: int = 100,
              ) -> tuple[list[Variable], str | None]:
-        names = sorted(n for n in self.vars if n.startswith(prefix) and n > after)
-        page = [self.vars[n] for n in names[: limit + 1]]
+        if self._sorted is None:
+            self._sorted = sorted(self.vars)
+        names = self._sorted
+        k = max(bisect.bisect_right(names, after), bisect.bisect_left(names, prefix))
+        page: list[Variable] = []
+        while k < len(names) and len(page) <= limit and names[k].startswith(prefix):
+            page.append(self.vars[names[k]])
+            k += 1
         if len(page) > limit:
             return page[:limit], page[limit - 1].name
         return page, None
@@ -305,6 +315,8 @@ class ShardStore:
             state = effect["var"]
             var = Variable.from_state(state, self.history_len)
             old = self.vars.get(var.name)
+            if old is None:
+                self._sorted = None
             if old is not None and "history" not in state:  # a change, not a snapshot load
                 history = old.history if isinstance(old.history, deque) \
                     else deque(maxlen=self.history_len)
@@ -312,5 +324,6 @@ class ShardStore:
                 var.history = history
             self.vars[var.name] = var
             return var
-        self.vars.pop(effect["name"], None)
+        if self.vars.pop(effect["name"], None) is not None:
+            self._sorted = None
         return None

@@ -148,6 +148,11 @@ class WorkerWatcher:
         if generation == self.generation:
             self.last_seen = time.monotonic()
 
+    def on_loading(self, generation: int) -> None:
+        """A starting worker still loading its shard: start_timeout counts from now."""
+        if generation == self.generation and self.state is State.STARTING:
+            self.last_seen = time.monotonic()
+
     # --- exits -----------------------------------------------------------------------------
 
     def _record_exit(self, text: str) -> None:
@@ -215,8 +220,10 @@ class WorkerWatcher:
             self.counters.hung_kills += 1
             self.host.worker_event(self.index, "hung",
                                    {"pid": self.pid, "generation": self.generation})
-        elif self.state is State.STARTING and now - self.spawned_at > self.settings.start_timeout:
-            self._kill_reason = f"no hello within {self.settings.start_timeout:g}s"
+        elif self.state is State.STARTING and \
+                now - max(self.spawned_at, self.last_seen) > self.settings.start_timeout:
+            self._kill_reason = (f"no hello (or loading progress) within "
+                                 f"{self.settings.start_timeout:g}s")
         else:
             return
         log.error("worker %d (pid %d): %s; killing it", self.index, self.pid, self._kill_reason)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import signal
 import sys
@@ -68,6 +69,8 @@ class Worker:
         self._stop = asyncio.Event()
         self._seq = 0
         self._scheduled = False
+        self._hello_sent = False
+        self._last_progress = -math.inf  # the first progress() call reports at once
         self._loop: asyncio.AbstractEventLoop
         self._sock: zmq.Socket[Any]
 
@@ -81,24 +84,41 @@ class Worker:
             # stop, which is what should happen to a link that is stuck.
             log.warning("link to the arbiter is full; %s dropped", op)
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+    def connect(self) -> None:
+        """Open the link to the arbiter (before the shard loads, so loading can report)."""
         # A plain socket with its ZMQ_FD as a loop reader (see endpoint.py for why).
-        ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
+        self._ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context()
+        sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, identity(self.index, self.generation))
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.connect(self.link)
         self._sock = sock
+
+    def progress(self) -> None:
+        """Long blocking work (loading a big shard, rebuilding its segment) calls this every
+        few thousand records: at most once a heartbeat interval it tells the arbiter the
+        worker is alive ("loading" before hello pushes the start deadline back)."""
+        now = time.monotonic()
+        if now - self._last_progress >= self.heartbeat:
+            self._last_progress = now
+            self._send("heartbeat" if self._hello_sent else "loading",
+                       {"generation": self.generation, "t": now})
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        if not hasattr(self, "_sock"):
+            self.connect()
+        sock, ctx = self._sock, self._ctx
         try:
             if self.shard is not None:
                 self.sessions = SessionEngine(self.shard, self.plugins, self._out)
             self._send("hello", {"index": self.index, "generation": self.generation,
                                  "pid": os.getpid()})
+            self._hello_sent = True
             loop.add_reader(sock.FD, self._drain)
             self._drain()
             tasks = [asyncio.create_task(c) for c in (self._beat(), self._tick())]
@@ -220,19 +240,19 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(args.parent)
     import uvloop
 
-    shard = None
-    if args.state_dir is not None:
-        # Loaded before hello: the arbiter counts the worker as running only once its shard
-        # serves.
-        shard = Shard(args.index, args.state_dir, args.shm_dir, args.shm_prefix,
-                      fsync=args.fsync, history=args.history, max_value=args.max_value,
-                      snapshot_every=args.snapshot_every)
     # The worker runs the sessions, so it loads the protocol plugins itself (same entry
     # points, same disabled list as the arbiter; failures are logged to the daemon's log).
     plugins = PluginHost()
+    worker = Worker(args.index, args.generation, args.link, args.heartbeat, plugins=plugins)
+    worker.connect()
+    worker.progress()  # "loading": start_timeout now bounds silence, not start-up work
     plugins.load([n for n in args.disabled_plugins.split(",") if n])
-    worker = Worker(args.index, args.generation, args.link, args.heartbeat, shard,
-                    plugins=plugins)
+    if args.state_dir is not None:
+        # Loaded before hello: the arbiter counts the worker as running only once its shard
+        # serves. A big shard takes seconds; worker.progress keeps the arbiter informed.
+        worker.shard = Shard(args.index, args.state_dir, args.shm_dir, args.shm_prefix,
+                             fsync=args.fsync, history=args.history, max_value=args.max_value,
+                             snapshot_every=args.snapshot_every, progress=worker.progress)
     return int(uvloop.run(worker.run()))
 
 

@@ -84,6 +84,22 @@ def test_new_writer_retires_the_old_generation(shmdir: Path) -> None:
     r.close()
 
 
+def test_any_slot_count_asked_for_works(shmdir: Path) -> None:
+    """A restarted shard asks for 2 x its variables' slots (1026 here): the table must still
+    be a power of two, or probing reaches a few slots only and never ends."""
+    records = [Record(f"v{i}", 1, i, {}) for i in range(600)]
+    w = SegmentWriter(shmdir, "t", 0, slots=1026, records=records)
+    r = SegmentReader(shmdir, "t", 0)
+    assert w.slot_count & (w.slot_count - 1) == 0 and w.slot_count >= 1026
+    for i in range(600):
+        got = r.get(f"v{i}")
+        assert got is not None and got.value == i
+    w.put("v600", 1, 600, {})
+    assert r.get("v600") is not None
+    r.close()
+    w.close(unlink=True)
+
+
 def test_a_slot_left_locked_is_reported_not_spun_on_forever(shmdir: Path) -> None:
     w = SegmentWriter(shmdir, "t", 0, slots=16)
     w.put("a", 1, 1, {})

@@ -174,3 +174,31 @@ def test_bad_restart_arguments_change_nothing(daemon: Daemon, body: dict[str, ob
         daemon.call("workers.restart", body)
     assert exc.value.code == code
     assert pids(daemon) == before
+
+
+def test_a_shard_loading_longer_than_start_timeout_is_not_killed(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """Loading a big shard takes seconds; the worker reports progress while it loads, so
+    start_timeout bounds silence, not size (and a growing segment sends heartbeats)."""
+    from mabeamd import snapshot
+    from mabeamd.variables import ShardStore
+
+    d = make_daemon("[workers]\ncount = 1\nheartbeat_interval = 0.05\nheartbeat_timeout = 1.0\n"
+                    "start_timeout = 0.5\nbackoff_initial = 0.05\nmax_restarts = 1\n",
+                    raw_config=True)
+    d.start()
+    assert d.stop() == 0
+    store = ShardStore()
+    for i in range(150_000):
+        store.apply(store.create(f"big/{i}", i, "loader", 1.0))
+    snapshot.write(d.state_dir / "shard-0", 0, [v.state() for v in store.vars.values()])
+    t0 = time.monotonic()
+    d.start(timeout=60)
+    took = time.monotonic() - t0
+    w = d.workers()[0]
+    assert w["state"] == "running", w
+    assert w["start_failures"] == 0 and w["hung_kills"] == 0, w
+    assert took > 1.5, f"loading took {took:.2f}s: too small to prove anything"
+    out = d.ctl("vars", "get", "big/149999", "--json", "--socket", str(d.socket))
+    assert out.returncode == 0 and '"value": 149999' in out.stdout, out.stdout + out.stderr
+    assert d.stop() == 0
