@@ -306,9 +306,11 @@ class SegmentWriter:
             if flags == LIVE:
                 entries.append((bytes(mm[off + REC.size: off + REC.size + length]), name, False))
         live_bytes = sum(_align(REC.size + len(p)) for p, _, _ in entries) + extra
-        # Room for 3x the live data before the next compaction (each one copies all of it).
+        # At least as much room again as the live data before the next compaction: each
+        # compaction copies the live data once per that much written (amortised O(1) per
+        # byte), and the segment stays within 2-4x its live data (fallocate reserves it all).
         data = 1 << 20
-        while data < live_bytes * 4:
+        while data < live_bytes * 2:
             data *= 2
         slots = 16
         while slots * MAX_LOAD < len(entries) + 2:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mabeam_auctions.clock import Dutch, English
 from mabeam_auctions.combinatorial import Combinatorial, verify_allocation
-from mabeam_auctions.sealed import SealedBid, verify_sale
+from mabeam_auctions.sealed import SealedBid, _plain_bids, verify_sale
 from mabeam_auctions.wdp import Bid, milp_available, solve
 
 from mabeamd.protocol import ProtocolError, Response
@@ -74,6 +74,48 @@ def test_sealed_rules_ties_and_resubmission() -> None:
         sealed([-1])
     with pytest.raises(ProtocolError, match="rule"):
         sealed([1], rule="third")
+
+
+ANSWERS = st.one_of(
+    st.builds(lambda b: {"bid": b}, st.integers(0, 20)),
+    st.builds(lambda b: {"bid": b}, st.sampled_from([0.5, 7.25, 20.0])),
+    st.just({"pass": True}), st.just({"pass": 1}),
+    st.sampled_from([{"bid": -1}, {"bid": True}, {"bid": float("nan")}, {"bid": "9"},
+                     {"bid": 1, "x": 2}, {"pass": False}, [], None]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), ANSWERS, st.integers(0, 30),
+                          st.sampled_from([None, 0.5, True])), max_size=12),
+       st.booleans(), st.sampled_from(["first", "second"]), st.integers(0, 10))
+def test_sealed_fast_path_agrees_with_the_general_path(
+        answers: list[tuple[int, Any, int, Any]], resubmit: bool, rule: str,
+        reserve: int) -> None:
+    """decide() takes a fast path for plain inputs; an extra participant key (ignored by
+    the general path) forces the general path. Same result, or the same error, always."""
+    def inputs(extra: dict[str, Any]) -> dict[str, Any]:
+        rs = []
+        for who, value, seq, at in answers:
+            r: dict[str, Any] = {"agent": f"a{who}" if who < 5 else "outsider",
+                                 "value": value, "seq": seq}
+            if at is not None:
+                r["at"] = at
+            rs.append(r)
+        return {"params": {"rule": rule, "reserve": reserve, "resubmit": resubmit},
+                "participants": [{"id": f"a{i}", "weight": 1.0, **extra} for i in range(5)],
+                "responses": rs}
+
+    def outcome(extra: dict[str, Any]) -> Any:
+        try:
+            return SEALED.decide(inputs(extra))
+        except ProtocolError as exc:
+            return ("error", str(exc))
+
+    assert outcome({}) == outcome({"note": "general path"})
+    if all(who < 5 and type(v) is dict and ((set(v) == {"pass"} and v["pass"] is True) or (
+            set(v) == {"bid"} and type(v["bid"]) in (int, float) and v["bid"] >= 0))
+           and at is not True for who, v, _, at in answers):
+        assert _plain_bids(inputs({}), not resubmit) is not None  # the fast path did run
 
 
 def clock_run(proto: English | Dutch, values: list[float], params: dict[str, Any],

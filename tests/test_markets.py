@@ -207,9 +207,64 @@ def test_fisher_linear_equilibrium_is_certified(seed: int, n: int, m: int) -> No
     rng = random.Random(seed)
     budgets = [rng.uniform(1, 10) for _ in range(n)]
     w = [[rng.uniform(0.1, 5) for _ in range(m)] for _ in range(n)]
-    r = solve(budgets, w, [1.0] * m, "linear", tolerance=1e-8)
-    assert r["certified"] and r["tolerance"] <= 1e-8
-    check_fisher(budgets, w, r)
+    for newton in (True, False):  # Newton stages (numpy) and pure-Python dynamics
+        r = solve(budgets, w, [1.0] * m, "linear", tolerance=1e-8, newton=newton)
+        assert r["certified"] and r["tolerance"] <= 1e-8, (newton, r["tolerance"])
+        check_fisher(budgets, w, r)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10**6), st.integers(2, 12), st.integers(2, 12))
+def test_fisher_sparse_and_degenerate_markets(seed: int, n: int, m: int) -> None:
+    """Zero utilities and ties (small integer utilities, equal budgets): the equilibrium
+    spending need not be a forest; both paths still end certified and exact."""
+    rng = random.Random(seed)
+    budgets = [float(rng.randint(1, 3)) for _ in range(n)]
+    w = [[float(rng.choice([0, 0, 1, 2])) for _ in range(m)] for _ in range(n)]
+    for i in range(n):
+        w[i][i % m] = max(w[i][i % m], 1.0)
+    for j in range(m):
+        w[j % n][j] = max(w[j % n][j], 1.0)  # every good is wanted
+    for newton in (True, False):
+        r = solve(budgets, w, [1.0] * m, "linear", tolerance=1e-8, newton=newton)
+        assert r["certified"], (newton, r["tolerance"], r["method"])
+        check_fisher(budgets, [[u if u > 0 else 1e-300 for u in row] for row in w], r)
+
+
+def test_fisher_prices_are_per_unit() -> None:
+    """Supply 4 of a good one buyer wants alone: it spends its 10 on the 4 units, 2.5 each."""
+    r = solve([10.0, 6.0], [[1.0, 0.0], [0.0, 1.0]], [4.0, 2.0], "linear")
+    assert r["certified"]
+    assert r["prices"] == pytest.approx([2.5, 3.0])
+    assert r["allocation"][0][0] == pytest.approx(4.0)
+    assert r["allocation"][1][1] == pytest.approx(2.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(2, 8), st.integers(2, 8),
+       st.sampled_from([0.1, 0.5, 0.9]))
+def test_fisher_ces_from_first_principles(seed: int, n: int, m: int, rho: float) -> None:
+    """CES u_i = (sum_j w_ij x_ij^rho)^(1/rho): at the prices found, each buyer's spending
+    is its utility-maximising demand (shares w^s p^(1-s), s = 1/(1-rho)), and goods clear."""
+    rng = random.Random(seed)
+    budgets = [rng.uniform(1, 10) for _ in range(n)]
+    supply = [rng.uniform(0.5, 3) for _ in range(m)]
+    w = [[rng.choice([0.0, rng.uniform(0.1, 5)]) for _ in range(m)] for _ in range(n)]
+    for i in range(n):
+        w[i][i % m] = max(w[i][i % m], 0.5)
+    for j in range(m):
+        w[j % n][j] = max(w[j % n][j], 0.5)
+    r = solve(budgets, w, supply, "ces", rho=rho, tolerance=1e-8)
+    assert r["certified"] and r["method"] == "newton"
+    p, x = r["prices"], r["allocation"]
+    s = 1 / (1 - rho)
+    for j in range(m):
+        assert sum(x[i][j] for i in range(n)) == pytest.approx(supply[j], rel=1e-7)
+    for i in range(n):
+        raw = [w[i][j] ** s * p[j] ** (1 - s) if w[i][j] > 0 else 0.0 for j in range(m)]
+        for j in range(m):
+            assert x[i][j] * p[j] == pytest.approx(budgets[i] * raw[j] / sum(raw), rel=1e-6,
+                                                   abs=1e-9)
 
 
 def test_fisher_protocol_cobb_douglas_and_unwanted_goods() -> None:
@@ -220,7 +275,8 @@ def test_fisher_protocol_cobb_douglas_and_unwanted_goods() -> None:
                                                          {"a": 1, "b": 3}}},
                                 {"agent": "y", "value": {"budget": 6, "utilities": {"a": 1}}}]})
     assert r["certified"] and r["method"] == "closed_form"
-    assert r["prices"] == {"a": 7.0, "b": 3.0, "junk": 0.0}  # x: 1 on a, 3 on b; y: 6 on a
+    # x spends 1 on a, 3 on b; y 6 on a: 7 for the 2 units of a, 3 for the unit of b
+    assert r["prices"] == {"a": 3.5, "b": 3.0, "junk": 0.0}
     assert r["unsold"] == ["junk"]
     assert r["allocation"]["y"]["a"] == pytest.approx(2 * 6 / 7)
     with pytest.raises(ProtocolError, match="budget"):

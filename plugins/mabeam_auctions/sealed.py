@@ -11,6 +11,7 @@ with `resubmit: false` the first bid stands and a second is refused with `confli
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 from mabeam_auctions.common import flag, sale_writes
@@ -64,14 +65,25 @@ class SealedBid(OneRound):
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
         only(inputs, {"params", "participants", "responses"}, "inputs")
         params = self.check_params(dict(inputs.get("params") or {}))
-        ps = participants_of(inputs)
-        ids = {p.id for p in ps}
-        latest = responses_of(inputs, ps, first_wins=not params["resubmit"])
-        for r in inputs.get("responses", []):  # a replaced bid must have been a bid too
-            bid_of(r.get("value"))
-        amounts = {a: bid_of(r.value) for a, r in latest.items()}
-        bids = sorted(((b, latest[a].seq, a) for a, b in amounts.items() if b is not None),
-                      key=lambda e: (-e[0], e[1], e[2]))
+        first_wins = not params["resubmit"]
+        fast = _plain_bids(inputs, first_wins)
+        if fast is not None:
+            ids, amounts, seqs = fast
+        else:  # anything unusual: the general path, whose errors say what is wrong
+            ps = participants_of(inputs)
+            ids = {p.id for p in ps}
+            latest = responses_of(inputs, ps, first_wins=first_wins)
+            for r in inputs.get("responses", []):  # a replaced bid must have been a bid too
+                bid_of(r.get("value"))
+            amounts = {a: bid_of(r.value) for a, r in latest.items()}
+            seqs = {a: r.seq for a, r in latest.items()}
+        # Highest bid first, then earliest, then agent id: three stable sorts on plain keys
+        # (last key first) cost less than one sort on tuples.
+        bids = [(b, seqs[a], a) for a, b in amounts.items() if b is not None]
+        if len(set(seqs.values())) < len(seqs):  # the engine's seqs are unique; eval's may not
+            bids.sort(key=itemgetter(2))
+        bids.sort(key=itemgetter(1))
+        bids.sort(key=itemgetter(0), reverse=True)
         ranked = [{"agent": a, "bid": b} for b, _, a in bids]
         reserve = params["reserve"]
         winner = price = None
@@ -86,13 +98,71 @@ class SealedBid(OneRound):
                 "bids": ranked,
                 "below_reserve": [e["agent"] for e in ranked if e["bid"] < reserve],
                 "passed": sorted(a for a, b in amounts.items() if b is None),
-                "missing": sorted(ids - set(latest))}
+                "missing": sorted(ids - set(amounts))}
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         return sale_writes(session, result)
 
     def check_outcome(self, session: Session, outcome: Outcome) -> None:
         verify_sale(outcome.result)
+
+
+def _plain_bids(inputs: dict[str, Any], first_wins: bool,
+                ) -> tuple[set[str], dict[str, float | None], dict[str, int]] | None:
+    """(participant ids, latest amount per bidder (None: pass), its seq) when every
+    participant and answer is in the plain form the engine produces and each check below
+    passes; None sends decide() down the general path. Conservative by design: it accepts
+    only inputs the general path accepts and computes the same result (tested), at a
+    fraction of its cost (no object per answer)."""
+    ps, rs = inputs.get("participants"), inputs.get("responses", [])
+    if type(ps) is not list or type(rs) is not list:
+        return None
+    ids: set[str] = set()
+    for p in ps:
+        if type(p) is not dict or type(p.get("id")) is not str:
+            return None
+        if len(p) > 1:
+            w = p.get("weight", 1.0)
+            if not (p.keys() <= _PARTICIPANT_KEYS and type(w) in _NUMBER and 0 <= w < _INF
+                    and type(p.get("priority", 0)) is int
+                    and type(p.get("metadata", _EMPTY)) is dict):
+                return None
+        ids.add(p["id"])
+    if len(ids) != len(ps):
+        return None
+    amounts: dict[str, float | None] = {}
+    seqs: dict[str, int] = {}
+    for k, r in enumerate(rs):
+        if type(r) is not dict:
+            return None
+        agent, value, seq = r.get("agent"), r.get("value"), r.get("seq", k)
+        if type(agent) is not str or agent not in ids or type(seq) is not int:
+            return None
+        at = r.get("at", 0.0)
+        if type(at) not in _NUMBER or not -_INF < at < _INF:
+            return None
+        if type(value) is not dict or len(value) != 1:
+            return None
+        b = value.get("bid", _MISSING)
+        if b is _MISSING:
+            if value.get("pass") is not True:
+                return None
+            amount = None
+        elif type(b) in _NUMBER and 0 <= b < _INF:
+            amount = float(b)
+        else:
+            return None
+        old = seqs.get(agent)
+        if old is None or (old > seq if first_wins else old <= seq):
+            amounts[agent], seqs[agent] = amount, seq
+    return ids, amounts, seqs
+
+
+_INF = float("inf")
+_NUMBER = (int, float)
+_EMPTY: dict[str, Any] = {}
+_MISSING = object()
+_PARTICIPANT_KEYS = {"id", "weight", "priority", "metadata"}
 
 
 def verify_sale(r: dict[str, Any]) -> None:

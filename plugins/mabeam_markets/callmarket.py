@@ -22,6 +22,9 @@ q-1 units trade, buyers pay b(q), sellers get a(q), and the market keeps the dif
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from itertools import accumulate
+from operator import itemgetter
 from typing import Any
 
 from mabeam_markets.common import side, units
@@ -67,38 +70,46 @@ def orders_of(value: Any, max_orders: int = 1000) -> list[dict[str, Any]]:
 
 def clear(buys: list[Order], sells: list[Order], rule: str = "k_double",
           kappa: float = 0.5) -> dict[str, Any]:
-    """Clear sorted-on-demand order lists. Each order is (key, seq, agent, qty, limit, idx);
-    buys use key = -limit, sells key = limit, so a plain sort ranks both."""
-    buys = sorted(buys)
-    sells = sorted(sells)
-    i = j = 0
-    q = 0
-    rb = buys[0][3] if buys else 0
-    rs = sells[0][3] if sells else 0
-    bq = aq = 0.0
-    while i < len(buys) and j < len(sells) and buys[i][4] >= sells[j][4]:
-        t = min(rb, rs)
-        q += t
-        bq, aq = buys[i][4], sells[j][4]
-        rb -= t
-        rs -= t
-        if rb == 0:
-            i += 1
-            rb = buys[i][3] if i < len(buys) else 0
-        if rs == 0:
-            j += 1
-            rs = sells[j][3] if j < len(sells) else 0
-    b_next = buys[i][4] if i < len(buys) else None
-    a_next = sells[j][4] if j < len(sells) else None
+    """Clear two order lists, each in arrival order (earliest answer first, then position in
+    the answer). Each order is (key, seq, agent, qty, limit, idx) with key = -limit for
+    buys and limit for sells: a stable sort on the key alone ranks by limit and keeps
+    arrival order among equal limits (sorting floats, not tuples: 10,000 orders a side
+    clear in a few milliseconds)."""
+    buys = sorted(buys, key=itemgetter(0))
+    sells = sorted(sells, key=itemgetter(0))
+    # Units through each order: the u-th unit (1-based) of a side belongs to the first order
+    # whose running total reaches u.
+    bcum = list(accumulate(o[3] for o in buys))
+    scum = list(accumulate(o[3] for o in sells))
+
+    def b(u: int) -> float:
+        return buys[bisect_left(bcum, u)][4]
+
+    def a(u: int) -> float:
+        return sells[bisect_left(scum, u)][4]
+
+    # b(u) never rises and a(u) never falls with u: the efficient quantity q (the last unit
+    # with b(q) >= a(q)) is found by bisection.
+    lo, hi = 0, min(bcum[-1] if bcum else 0, scum[-1] if scum else 0)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if b(mid) >= a(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    q = lo
     out: dict[str, Any] = {"rule": rule, "efficient_quantity": q}
     if q == 0:
         return {**out, "quantity": 0, "price": None, "fills": [], "surplus": 0.0}
+    bq, aq = b(q), a(q)
+    b_next = b(q + 1) if q < bcum[-1] else None
+    a_next = a(q + 1) if q < scum[-1] else None
     if rule == "k_double":
-        lo = max(aq, b_next) if b_next is not None else aq
-        hi = min(bq, a_next) if a_next is not None else bq
-        price = cents(lo + kappa * (hi - lo))
+        lo_p = max(aq, b_next) if b_next is not None else aq
+        hi_p = min(bq, a_next) if a_next is not None else bq
+        price = cents(lo_p + kappa * (hi_p - lo_p))
         traded, buy_price, sell_price = q, price, price
-        out.update(kappa=kappa, price=price, interval=[cents(lo), cents(hi)])
+        out.update(kappa=kappa, price=price, interval=[cents(lo_p), cents(hi_p)])
     else:
         p0 = (b_next + a_next) / 2 if b_next is not None and a_next is not None else None
         if p0 is not None and aq <= p0 <= bq:
@@ -107,20 +118,21 @@ def clear(buys: list[Order], sells: list[Order], rule: str = "k_double",
             traded, buy_price, sell_price = q - 1, cents(bq), cents(aq)
         out.update(buy_price=buy_price, sell_price=sell_price,
                    price=buy_price if buy_price == sell_price else None)
-    fills = _fill(buys, traded, "buy", buy_price) + _fill(sells, traded, "sell", sell_price)
+    fills = _fill(buys, bcum, traded, "buy", buy_price) + \
+        _fill(sells, scum, traded, "sell", sell_price)
     return {**out, "quantity": traded, "fills": fills,
             "surplus": cents(traded * (buy_price - sell_price))}
 
 
-def _fill(book: list[Order], q: int, what: str, price: float) -> list[dict[str, Any]]:
-    fills = []
-    for _, _, agent, qty, limit, idx in book:
-        if q <= 0:
-            break
-        t = min(qty, q)
-        q -= t
-        fills.append({"agent": agent, "side": what, "order": idx, "limit": limit,
-                      "quantity": t, "price": price})
+def _fill(book: list[Order], cum: list[int], q: int, what: str, price: float,
+          ) -> list[dict[str, Any]]:
+    """The first q units of a ranked side: whole orders, the last one perhaps in part."""
+    if q <= 0:
+        return []
+    last = bisect_left(cum, q)
+    fills = [{"agent": agent, "side": what, "order": idx, "limit": limit, "quantity": qty,
+              "price": price} for _, _, agent, qty, limit, idx in book[:last + 1]]
+    fills[-1]["quantity"] = q - (cum[last - 1] if last else 0)
     return fills
 
 

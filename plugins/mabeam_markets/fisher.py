@@ -59,25 +59,55 @@ def prefs_of(value: Any, goods: dict[str, float]) -> tuple[float, dict[str, floa
     return float(b), {g: float(u) for g, u in us.items()}
 
 
+def numpy_available() -> bool:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def solve(budgets: list[float], w: list[list[float]], supply: list[float], utility: str, *,
-          tolerance: float = 1e-6, max_iterations: int = 10_000,
-          time_limit: float = 10.0) -> dict[str, Any]:
+          rho: float = 0.5, tolerance: float = 1e-6, max_iterations: int = 10_000,
+          time_limit: float = 10.0, newton: bool = True) -> dict[str, Any]:
     """w[i][j] >= 0: buyer i's utility coefficient for good j (per unit; for Cobb-Douglas
-    the exponent). Returns prices, spending b[i][j], residuals."""
+    the exponent). Returns per-unit prices, spending b[i][j], allocation, residuals.
+    Linear markets use Newton stages (numpy) when `newton` and numpy is installed, and
+    proportional response dynamics otherwise or after them; both end in the exact step."""
     n, m = len(budgets), len(supply)
+    deadline = time.monotonic() + time_limit
     if utility == "cobb_douglas":
         spend = [[budgets[i] * w[i][j] / sum(w[i]) for j in range(m)] for i in range(n)]
         prices = [sum(spend[i][j] for i in range(n)) for j in range(m)]
         return _report(budgets, w, supply, prices, spend, utility=utility,
-                           tolerance=tolerance, iterations=0, method="closed_form")
+                       tolerance=tolerance, iterations=0, method="closed_form")
+    if utility == "ces":
+        from mabeam_markets import newton as smoothed
+
+        wr = [[w[i][j] * supply[j] ** rho for j in range(m)] for i in range(n)]
+        prices, spend, it = smoothed.ces(budgets, wr, rho, rel_tol=tolerance * 1e-3,
+                                         max_iterations=max_iterations, deadline=deadline)
+        return _report(budgets, w, supply, prices, spend, utility=utility, rho=rho,
+                       tolerance=tolerance, iterations=it, method="newton")
     # Whole-supply utility: what buyer i gets from all of good j.
     ws = [[w[i][j] * supply[j] for j in range(m)] for i in range(n)]
-    spend = []
-    for i in range(n):
-        tot = sum(ws[i])
-        spend.append([budgets[i] * ws[i][j] / tot for j in range(m)])
-    deadline = time.monotonic() + time_limit
-    it, check_at = 0, 5
+    spend, it = [], 0
+    if newton and numpy_available():
+        from mabeam_markets import newton as smoothed
+
+        for spend, order, it in smoothed.linear_stages(
+                budgets, ws, max_iterations=max_iterations, deadline=deadline):
+            exact = _exact(budgets, ws, spend, order)
+            if exact is not None:
+                rep = _report(budgets, w, supply, exact[0], exact[1], utility=utility,
+                              tolerance=tolerance, iterations=it, method="exact")
+                if rep["certified"]:
+                    return rep
+    if not spend:
+        for i in range(n):
+            tot = sum(ws[i])
+            spend.append([budgets[i] * ws[i][j] / tot for j in range(m)])
+    check_at = it + 5
     best: dict[str, Any] | None = None
     while True:
         prices = [sum(spend[i][j] for i in range(n)) for j in range(m)]
@@ -105,6 +135,7 @@ def solve(budgets: list[float], w: list[list[float]], supply: list[float], utili
 
 
 def _exact(budgets: list[float], ws: list[list[float]], spend: list[list[float]],
+           order: list[tuple[int, int]] | None = None,
            ) -> tuple[list[float], list[list[float]]] | None:
     """Guess the equilibrium's spending graph, price it, and verify the guess exactly:
     every buyer's best-value goods under those prices must absorb its budget (max flow)."""
@@ -113,8 +144,10 @@ def _exact(budgets: list[float], ws: list[list[float]], spend: list[list[float]]
     # The equilibrium spending graph is (generically) a forest, and the dynamics' spending
     # on its edges stays large while the rest fades: a maximum spanning forest by spending
     # finds it long before the fading edges are gone.
-    ranked = sorted(((spend[i][j] / budgets[i], i, j) for i in range(n) for j in range(m)
-                     if spend[i][j] > 1e-12 * budgets[i]), reverse=True)
+    if order is None:  # (i, j) by spend / budget, largest first (numpy callers pass it)
+        order = [(i, j) for _, i, j in sorted(
+            ((spend[i][j] / budgets[i], i, j) for i in range(n) for j in range(m)
+             if spend[i][j] > 1e-12 * budgets[i]), reverse=True)]
     root = list(range(n + m))
 
     def find(a: int) -> int:
@@ -124,11 +157,15 @@ def _exact(budgets: list[float], ws: list[list[float]], spend: list[list[float]]
         return a
 
     forest: list[list[int]] = [[] for _ in range(n)]
-    for _, i, j in ranked:
+    edges = 0
+    for i, j in order:
         a, b = find(i), find(n + j)
         if a != b:
             root[a] = b
             forest[i].append(j)
+            edges += 1
+            if edges == n + m - 1:
+                break  # spanning: no later edge can join anything
     p = _prices_from(forest, budgets, ws, m)
     if p is None:
         return None
@@ -137,8 +174,44 @@ def _exact(budgets: list[float], ws: list[list[float]], spend: list[list[float]]
         bpb = [ws[i][j] / p[j] if p[j] > 0 else 0.0 for j in range(m)]
         top = max(bpb)
         best.append([j for j in range(m) if ws[i][j] > 0 and bpb[j] >= top * (1 - 1e-9)])
-    flow = _spend_by_flow(best, budgets, p)
+        if not set(forest[i]) <= set(best[i]):
+            return None  # the guess spends on a good that is not a best buy: wrong forest
+    # Generic case: the spending on a forest is unique (peel the leaves); only when that
+    # goes negative (a degenerate market, whose equilibrium spending is not a forest) does
+    # the max flow over all best-value edges decide.
+    flow = _tree_flow(forest, budgets, p) or _spend_by_flow(best, budgets, p)
     return None if flow is None else (p, flow)
+
+
+def _tree_flow(forest: list[list[int]], budgets: list[float], p: list[float],
+               ) -> list[list[float]] | None:
+    """The one spending on the forest's edges that spends every budget and pays every price
+    (each tree balances: _prices_from scaled it so); None if some edge would be negative."""
+    n, m = len(budgets), len(p)
+    adj: list[set[int]] = [set() for _ in range(n + m)]
+    for i, js in enumerate(forest):
+        for j in js:
+            adj[i].add(n + j)
+            adj[n + j].add(i)
+    left = [*budgets, *p]  # what each buyer still spends / each good still takes
+    spend = [[0.0] * m for _ in range(n)]
+    leaves = deque(v for v in range(n + m) if len(adj[v]) == 1)
+    total = sum(budgets)
+    while leaves:
+        v = leaves.popleft()
+        if len(adj[v]) != 1:
+            continue
+        u = adj[v].pop()
+        adj[u].discard(v)
+        x = left[v]
+        left[u] -= x
+        i, j = (v, u - n) if v < n else (u, v - n)
+        if x < -1e-12 * total:
+            return None
+        spend[i][j] = max(x, 0.0)
+        if len(adj[u]) == 1:
+            leaves.append(u)
+    return spend
 
 
 def _prices_from(edges: list[list[int]], budgets: list[float], ws: list[list[float]],
@@ -234,7 +307,9 @@ def _spend_by_flow(edges: list[list[int]], budgets: list[float], p: list[float],
 
 def _report(budgets: list[float], w: list[list[float]], supply: list[float],
             prices: list[float], spend: list[list[float]], *, utility: str, tolerance: float,
-            iterations: int, method: str) -> dict[str, Any]:
+            iterations: int, method: str, rho: float = 0.5) -> dict[str, Any]:
+    """Residuals of a candidate: `prices` are for each good's whole supply here; the report
+    gives them per unit."""
     n, m = len(budgets), len(supply)
     sold = [sum(spend[i][j] for i in range(n)) / prices[j] * supply[j] if prices[j] > 0
             else 0.0 for j in range(m)]
@@ -242,10 +317,17 @@ def _report(budgets: list[float], w: list[list[float]], supply: list[float],
                    default=0.0)
     budget = max(abs(sum(spend[i]) - budgets[i]) / budgets[i] for i in range(n))
     opt = 0.0
+    sigma = 1.0 / (1.0 - rho)
     for i in range(n):
         if utility == "cobb_douglas":
             tot = sum(w[i])
             loss = sum(abs(spend[i][j] - budgets[i] * w[i][j] / tot) for j in range(m))
+        elif utility == "ces":
+            # The optimal shares at these prices (per unit: w^sigma * price^(1 - sigma)).
+            raw = [w[i][j] ** sigma * (prices[j] / supply[j]) ** (1 - sigma)
+                   if w[i][j] > 0 and prices[j] > 0 else 0.0 for j in range(m)]
+            tot = sum(raw)
+            loss = sum(abs(spend[i][j] - budgets[i] * raw[j] / tot) for j in range(m))
         else:
             bpb = [w[i][j] * supply[j] / prices[j] if prices[j] > 0 else 0.0
                    for j in range(m)]
@@ -253,7 +335,7 @@ def _report(budgets: list[float], w: list[list[float]], supply: list[float],
             loss = sum(spend[i][j] * (1 - bpb[j] / top) for j in range(m) if top > 0)
         opt = max(opt, loss / budgets[i])
     worst = max(clearing, budget, opt)
-    return {"prices": prices, "spend": spend,
+    return {"prices": [prices[j] / supply[j] for j in range(m)], "spend": spend,
             "allocation": [[spend[i][j] / prices[j] * supply[j] if prices[j] > 0 else 0.0
                             for j in range(m)] for i in range(n)],
             "residuals": {"clearing": clearing, "budgets": budget, "optimality": opt},
@@ -268,14 +350,18 @@ class FisherMarket(OneRound):
     kind = "preferences"
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        only(params, {"goods", "utility", "tolerance", "max_iterations", "time_limit"})
+        only(params, {"goods", "utility", "rho", "tolerance", "max_iterations", "time_limit"})
         goods = params.get("goods")
         if not isinstance(goods, dict) or not goods or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                 and v > 0 for v in goods.values()):
             raise ProtocolError("goods must map good names to supplies > 0")
+        utility = choice(params, "utility", "linear", ("linear", "cobb_douglas", "ces"))
+        if utility == "ces" and not numpy_available():
+            raise ProtocolError("utility ces needs numpy on the daemon's host "
+                                "(pip install 'mabeamd[markets]')")
         return {"goods": {str(g): float(s) for g, s in goods.items()},
-                "utility": choice(params, "utility", "linear", ("linear", "cobb_douglas")),
+                "utility": utility, "rho": number(params, "rho", 0.5, lo=0.01, hi=0.99),
                 "tolerance": number(params, "tolerance", 1e-6, lo=1e-15, hi=1.0),
                 "max_iterations": integer(params, "max_iterations", 10_000, lo=1,
                                           hi=10_000_000),
@@ -300,7 +386,7 @@ class FisherMarket(OneRound):
             w.append([us.get(g, 0.0) for g in goods])
         wanted = [j for j in range(len(goods)) if any(row[j] > 0 for row in w)]
         sol = solve(budgets, [[row[j] for j in wanted] for row in w],
-                    [p["goods"][goods[j]] for j in wanted], p["utility"],
+                    [p["goods"][goods[j]] for j in wanted], p["utility"], rho=p["rho"],
                     tolerance=p["tolerance"], max_iterations=p["max_iterations"],
                     time_limit=p["time_limit"])
         price = dict.fromkeys(goods, 0.0)

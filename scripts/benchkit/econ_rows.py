@@ -78,7 +78,9 @@ def sealed_bid_live(n: int, reps: int, count: int = 1000) -> list[Row]:
 
 
 def _timed(fn: Any, n: int, reps: int, unit: float = 1e3) -> tuple[list[list[float]], Any]:
-    runs, last = [], None
+    """n timed calls fn(0..n-1), reps times, after one untimed warm-up call (imports, caches:
+    the steady state is what a daemon serving many sessions sees)."""
+    runs, last = [], fn(0)
     for _ in range(reps):
         lat = []
         for k in range(n):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from benchkit.load import run_clients
 from benchkit.stats import pick_median_rep, summary
 from benchkit.var_rows import RedisPeer, _call, var_daemon
 from mabeamd import wire
+from mabeamd.testing import Daemon
 
 # Small on purpose: the row is about what one more variable costs the daemon, not its value.
 VALUE = {"n": 1}
@@ -163,9 +165,12 @@ def million_variables(count: int, n: int, reps: int) -> list[Row]:
         after = daemon_memory(d.pid, d.shm_segments())
         runs = [run_clients(get_client, [(endpoint, count, n, rep)])[0]
                 for rep in range(reps)]
+        restart = _restart_after_kill(d)
+        check = run_clients(get_client, [(endpoint, count, 100, reps)])[0]  # all still there
         d.stop()
     finally:
         d.cleanup()
+    del check
     grown = (after[0] - before[0]) + (after[1] - before[1])
     per_var = grown / count
     with RedisPeer() as peer:
@@ -207,4 +212,23 @@ def million_variables(count: int, n: int, reps: int) -> list[Row]:
         else:
             row.peer = f"Redis: not run ({why})"
         rows.append(row)
+    rows.append(Row(f"worker restart after kill -9 at {count:,} variables", "ms", goal="-",
+                    p50=restart, p95=restart, p99=restart, samples=1, reps=1,
+                    note=f"shard 0 ({count // 2:,} variables): snapshot + WAL replay + a new "
+                         "shared-memory generation, to the replacement's hello; random "
+                         "reads after it check the values"))
     return rows
+
+
+def _restart_after_kill(d: Daemon) -> float:
+    """kill -9 worker 0; milliseconds until it is running again (polled every 20 ms)."""
+    pid = d.workers()[0]["pid"]
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    while True:
+        w = d.workers()[0]
+        if w["state"] == "running" and w["pid"] != pid:
+            return (time.monotonic() - t0) * 1000
+        if w["state"] == "failed" or time.monotonic() - t0 > 300:
+            raise RuntimeError(f"worker 0 did not come back: {w}")
+        time.sleep(0.02)
