@@ -7,7 +7,9 @@ bids whose lowest item it is (in a fixed order: value descending, then submissio
 "unsold". The bound adds, for each undecided item, the best value per item of a bid that can
 still take it; a node whose bound does not beat the incumbent by more than EPS is pruned, so
 of several allocations with the same total the first one found in that order is kept — the
-same input always gives the same allocation. With a time limit the search stops with the
+same input always gives the same allocation. A greedy allocation (value per sqrt(items))
+seeds the search just below its value, which prunes from the first node without changing
+which allocation is kept. With a time limit the search stops with the
 best allocation found and the root bound as its proven upper bound; `optimal` is then false
 unless the two meet.
 """
@@ -74,31 +76,58 @@ class _BranchAndBound:
             b.sort(key=lambda i: (-self.val[i], i))
         for d in self.dens:
             d.sort(key=lambda e: (-e[0], e[1]))
+        # The bound's inner loop reads these: (value per item, items, bidder bit) per item,
+        # best first, without dict lookups.
+        self.cands = [[(per, self.mask[i], self.who[i]) for per, i in d] for d in self.dens]
         self.best = 0.0
         self.best_set: list[int] = []
         self.nodes = 0
         self.deadline = 0.0
 
     def bound(self, taken: int, used: int) -> float:
+        """Each undecided item at the best value per item of a bid that can still take it."""
         h = 0.0
         free = self.full & ~taken
+        cands = self.cands
         while free:
             low = free & -free
             free ^= low
-            for per, i in self.dens[low.bit_length() - 1]:
-                if not self.mask[i] & taken and not self.who[i] & used:
+            for per, mask, who in cands[low.bit_length() - 1]:
+                if not mask & taken and not who & used:
                     h += per
                     break
         return h
+
+    def greedy(self) -> tuple[float, list[int]]:
+        """A quick feasible allocation: bids by value per sqrt(items), taken when they fit."""
+        order = sorted(self.idx, key=lambda i: (-self.val[i] / self.mask[i].bit_count() ** 0.5,
+                                                i))
+        taken = used = 0
+        value, chosen = 0.0, []
+        for i in order:
+            if not self.mask[i] & taken and not self.who[i] & used:
+                taken |= self.mask[i]
+                used |= self.who[i]
+                value += self.val[i]
+                chosen.append(i)
+        return value, chosen
 
     def run(self, time_limit: float) -> Solution:
         self.deadline = time.monotonic() + time_limit
         root = self.bound(0, 0)
         optimal = True
+        # The greedy value, a hair lowered, is the first incumbent: it prunes from the start,
+        # yet the search still finds (and keeps) the first best allocation in its own order,
+        # so the tie rule above holds. Kept only if the search finds nothing better.
+        g_value, g_set = self.greedy()
+        self.best = g_value - 1e-6 * max(1.0, g_value)
+        self.best_set = g_set
         try:
             self.dfs(0, 0, 0.0, [])
         except _Timeout:
             optimal = False
+        if self.best_set is g_set:  # nothing beat the lowered greedy value: greedy is it
+            self.best = g_value
         bound = root if not optimal else self.best
         if bound - self.best <= EPS * max(1.0, abs(bound)):
             optimal, bound = True, self.best
