@@ -27,6 +27,7 @@ import zmq.asyncio
 
 from mabeamd import wire
 from mabeamd.config import Endpoint
+from mabeamd.frames import NOBLOCK, recv_frames, send_frames
 from mabeamd.registry import ConnKey
 from mabeamd.wire import ErrorCode, WireError
 from mabeamd.zmqutil import bind_endpoint, curve_server, router, unlink_endpoint
@@ -100,7 +101,9 @@ class AgentEndpoint:
         curve = self.endpoints[index].curve
         for _ in range(BATCH):
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=not curve)
+                # CURVE needs Frames (for their User-Id); plain sockets take the fast path.
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False) if curve \
+                    else recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:  # closed under us during shutdown
@@ -153,6 +156,10 @@ class AgentEndpoint:
     def _start(self, index: int, envelope: list[bytes], conn: ConnKey, rid: int | str,
                pending: Awaitable[Any]) -> None:
         self.in_flight[conn] = self.in_flight.get(conn, 0) + 1
+        if isinstance(pending, asyncio.Future):
+            # A forwarded request (varops): reply from the future's callback, no task.
+            pending.add_done_callback(lambda f: self._finished(index, envelope, conn, rid, f))
+            return
 
         async def finish() -> None:
             try:
@@ -178,6 +185,31 @@ class AgentEndpoint:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _finished(self, index: int, envelope: list[bytes], conn: ConnKey, rid: int | str,
+                  fut: asyncio.Future[Any]) -> None:
+        left = self.in_flight.get(conn, 1) - 1
+        if left:
+            self.in_flight[conn] = left
+        else:
+            self.in_flight.pop(conn, None)
+        if fut.cancelled():
+            reply = wire.reply_error(rid, ErrorCode.SHUTTING_DOWN, "mabeamd is stopping")
+        elif isinstance(exc := fut.exception(), WireError):
+            self._error_stats(exc)
+            reply = wire.reply_error(rid, exc.code, exc.message)
+        elif exc is not None:
+            self.stats["errors"] += 1
+            log.error("agent endpoint: request %r failed: %r", rid, exc)
+            reply = wire.reply_error(rid, ErrorCode.INTERNAL, repr(exc))
+        else:
+            try:
+                reply = wire.reply_ok(rid, fut.result())
+            except Exception as err:  # e.g. a result msgpack cannot encode
+                self.stats["errors"] += 1
+                log.exception("agent endpoint: reply to %r failed", rid)
+                reply = wire.reply_error(rid, ErrorCode.INTERNAL, repr(err))
+        self.send(index, envelope, reply)
+
     def send(self, index: int, envelope: list[bytes], frames: list[bytes]) -> bool:
         """Send from outside a drain (late replies, pushes)."""
         ok = self._send(index, envelope, frames)
@@ -186,7 +218,7 @@ class AgentEndpoint:
 
     def _send(self, index: int, envelope: list[bytes], frames: list[bytes]) -> bool:
         try:
-            self.sockets[index].send_multipart(envelope + frames, flags=zmq.NOBLOCK)
+            send_frames(self.sockets[index], envelope + frames, NOBLOCK)
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the peer left; EAGAIN: it is not reading (HWM reached).
             self.stats["undeliverable"] += 1

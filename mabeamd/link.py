@@ -22,6 +22,7 @@ import zmq
 import zmq.asyncio
 
 from mabeamd import wire
+from mabeamd.frames import NOBLOCK, recv_frames, send_frames
 from mabeamd.zmqutil import bind_private, router
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class WorkerLink:
         self._scheduled = False
         for _ in range(BATCH):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(self.sock, NOBLOCK)
             except zmq.Again:
                 return
             except zmq.ZMQError:  # closed during shutdown
@@ -110,7 +111,7 @@ class WorkerLink:
         self._seq += 1
         frames = [identity(index, generation), *wire.encode({"id": self._seq, "op": op}, body)]
         try:
-            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            send_frames(self.sock, frames, NOBLOCK)
         except zmq.ZMQError:
             return False
         finally:

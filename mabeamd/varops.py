@@ -64,7 +64,10 @@ class VariableService:
         self.registry = registry
         self.events = events
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        # fwd id -> (shard, future, deadline on the loop clock); in id order, hence in
+        # deadline order. One timer sweeps expired entries (no timer per request).
+        self._pending: dict[int, tuple[int, asyncio.Future[Any], float]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         # (actor, op, body) -> a reason to refuse, or None: the mabeamd_authorize hook.
         self.authorize: Callable[[str, str, dict[str, Any]], str | None] = \
             lambda actor, op, body: None
@@ -105,23 +108,42 @@ class VariableService:
             raise WireError(ErrorCode.BAD_REQUEST, "name must be a string")
         return self.to_shard(shard_of(name, self.shards), op, args, actor)
 
-    async def to_shard(self, shard: int, op: str, args: dict[str, Any], actor: str) -> Any:
+    def to_shard(self, shard: int, op: str, args: dict[str, Any], actor: str,
+                 ) -> asyncio.Future[Any]:
+        """Send a request to a shard's worker; the future gets its answer. A plain future,
+        not a coroutine: the agent endpoint replies from its done-callback, so a forwarded
+        request costs no task and no timer of its own (the hop cost docs/benchmarks.md
+        measures)."""
         if not self._is_running(shard):
             raise WireError(ErrorCode.BUSY, f"shard {shard} is not serving (its worker is "
                             "restarting); retry")
         fwd = next(self._ids)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[fwd] = (shard, fut)
-        try:
-            if not self._send(shard, {"fwd": fwd, "op": op, "args": args, "actor": actor}):
-                raise WireError(ErrorCode.BUSY, f"shard {shard} is not reachable; retry")
-            try:
-                return await asyncio.wait_for(fut, FORWARD_TIMEOUT)
-            except asyncio.TimeoutError:
-                raise WireError(ErrorCode.BUSY, f"shard {shard} did not answer in "
-                                f"{FORWARD_TIMEOUT:g}s; retry") from None
-        finally:
-            self._pending.pop(fwd, None)
+        loop = asyncio.get_running_loop()
+        if not self._send(shard, {"fwd": fwd, "op": op, "args": args, "actor": actor}):
+            raise WireError(ErrorCode.BUSY, f"shard {shard} is not reachable; retry")
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending[fwd] = (shard, fut, loop.time() + FORWARD_TIMEOUT)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(1.0, self._sweep)
+        return fut
+
+    def _sweep(self) -> None:
+        """Fail requests their worker has not answered within FORWARD_TIMEOUT."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        expired = []
+        for fwd, (_, _, deadline) in self._pending.items():
+            if deadline > now:
+                break
+            expired.append(fwd)
+        for fwd in expired:
+            shard, fut, _ = self._pending.pop(fwd)
+            if not fut.done():
+                fut.set_exception(WireError(ErrorCode.BUSY, f"shard {shard} did not answer "
+                                            f"in {FORWARD_TIMEOUT:g}s; retry"))
+        if self._pending:
+            self._sweeper = loop.call_later(1.0, self._sweep)
 
     async def list_vars(self, body: dict[str, Any]) -> Any:
         """One page of variables by name prefix, merged across all shards in name order."""
@@ -133,8 +155,15 @@ class VariableService:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
             raise WireError(ErrorCode.BAD_REQUEST, f"limit must be 1..{MAX_LIST}")
         args = {"prefix": prefix, "after": after, "limit": limit}
-        pages = await asyncio.gather(*(self.to_shard(i, "var.list", args, ADMIN)
-                                       for i in range(self.shards)))
+        sent: list[asyncio.Future[Any]] = []
+        try:
+            for i in range(self.shards):
+                sent.append(self.to_shard(i, "var.list", args, ADMIN))
+        except WireError:
+            for fut in sent:
+                fut.cancel()  # their answers, if any, are dropped
+            raise
+        pages = await asyncio.gather(*sent)
         merged = sorted((v for p in pages for v in p["vars"]), key=lambda v: v["name"])
         more = any(p["next"] for p in pages) or len(merged) > limit
         page = merged[:limit]
@@ -143,9 +172,9 @@ class VariableService:
     # --- from the worker link --------------------------------------------------------------
 
     def on_result(self, body: dict[str, Any]) -> None:
-        entry = self._pending.get(body.get("fwd"))  # type: ignore[arg-type]
+        entry = self._pending.pop(body.get("fwd"), None)  # type: ignore[arg-type]
         if entry is None or entry[1].done():
-            return  # timed out already
+            return  # timed out or cancelled already
         if body.get("ok"):
             event = body.get("event")
             if isinstance(event, dict):
@@ -156,8 +185,9 @@ class VariableService:
 
     def worker_down(self, shard: int) -> None:
         """Requests the dead worker will never answer: retryable."""
-        for s, fut in list(self._pending.values()):
-            if s == shard and not fut.done():
+        for fwd in [k for k, e in self._pending.items() if e[0] == shard]:
+            _, fut, _ = self._pending.pop(fwd)
+            if not fut.done():
                 fut.set_exception(WireError(ErrorCode.BUSY, f"shard {shard}'s worker died "
                                             "while serving the request; it may or may not have "
                                             "been applied: read it back, then retry"))

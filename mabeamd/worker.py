@@ -25,6 +25,7 @@ from typing import Any
 import zmq
 
 from mabeamd import wire
+from mabeamd.frames import NOBLOCK, recv_frames, send_frames
 from mabeamd.link import identity
 from mabeamd.logsetup import setup_child_logging
 from mabeamd.plugins import PluginHost
@@ -77,8 +78,7 @@ class Worker:
     def _send(self, op: str, body: dict[str, Any]) -> None:
         self._seq += 1
         try:
-            self._sock.send_multipart(wire.encode({"id": self._seq, "op": op}, body),
-                                      flags=zmq.NOBLOCK)
+            send_frames(self._sock, wire.encode({"id": self._seq, "op": op}, body), NOBLOCK)
         except zmq.Again:
             # The arbiter is not reading: its requests time out (`busy`) and heartbeats
             # stop, which is what should happen to a link that is stuck.
@@ -154,7 +154,7 @@ class Worker:
         batch: list[list[bytes]] = []
         while len(batch) < BATCH:
             try:
-                batch.append(self._sock.recv_multipart(zmq.NOBLOCK))
+                batch.append(recv_frames(self._sock, NOBLOCK))
             except zmq.Again:
                 break
         if not batch:

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                                            count=100 if q else 1000)),
         ("economic mechanisms", lambda: econ_rows.mechanisms(30 if q else 1000,
                                                              1 if q else reps,
-                                                             fisher=1 if q else 10)),
+                                                             fisher=2 if q else 20)),
     ]
     started = time.monotonic()
     rows: list[Row] = []

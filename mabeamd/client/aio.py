@@ -27,6 +27,7 @@ import zmq.asyncio
 
 from mabeamd import wire
 from mabeamd.client.errors import ConnectionLost, MabeamError, Timeout, error_for
+from mabeamd.frames import NOBLOCK, recv_frames, send_frames
 
 log = logging.getLogger("mabeamd.client")
 
@@ -176,7 +177,7 @@ class AsyncClient:
         pause = 0.001
         while True:
             try:
-                self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                send_frames(self._sock, frames, NOBLOCK)
                 break
             except zmq.Again:
                 if self._loop.time() + pause > deadline:
@@ -200,7 +201,7 @@ class AsyncClient:
             return
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 return
             except zmq.ZMQError:  # closed under us

@@ -6,14 +6,14 @@ The branch and bound decides items in a fixed order — least contested first: b
 per item summed over the bids that contain it, ascending, then item number (measured: on
 random 20 x 100 instances this order needs a third of the nodes of plain item order) — and
 branches on the first undecided one: either one of the bids whose first item it is (in a
-fixed order: value descending, then submission order) or "unsold". The bound adds, for each undecided item, the best value per item of a bid that can
-still take it; a node whose bound does not beat the incumbent by more than EPS is pruned, so
-of several allocations with the same total the first one found in that order is kept — the
-same input always gives the same allocation. A greedy allocation (value per sqrt(items))
-seeds the search just below its value, which prunes from the first node without changing
-which allocation is kept. With a time limit the search stops with the
-best allocation found and the root bound as its proven upper bound; `optimal` is then false
-unless the two meet.
+fixed order: value descending, then submission order) or "unsold". The bound adds, for each
+undecided item, the best value per item of a bid that can still take it; a node whose bound
+does not beat the incumbent by more than EPS is pruned, so of several allocations with the
+same total the first one found in that order is kept — the same input always gives the same
+allocation. A greedy allocation (value per sqrt(items)) seeds the search just below its
+value, which prunes from the first node without changing which allocation is kept. With a
+time limit the search stops with the best allocation found and the root bound as its proven
+upper bound; `optimal` is then false unless the two meet.
 """
 
 from __future__ import annotations

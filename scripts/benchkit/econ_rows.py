@@ -156,8 +156,9 @@ def mechanisms(n: int, reps: int, fisher: int = 10) -> list[Row]:
     runs, _ = _timed(one_fisher, fn, reps)
     rows.append(_row("Fisher market 50x50 linear, to 1e-6", "ms", runs, seed_target="< 50",
                      goal="p95 <= 25",
-                     note=f"certified {sum(certified)}/{len(certified)}; proportional "
-                          "response + exact spending-forest step, pure Python"))
+                     note=f"certified {sum(certified)}/{len(certified)}; Newton stages on "
+                          "the smoothed Eisenberg-Gale dual (numpy) + exact spending-forest "
+                          "step"))
 
     def orders(seed: int) -> tuple[list[Any], list[Any]]:
         r = random.Random(seed)
