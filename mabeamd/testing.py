@@ -7,6 +7,7 @@ NOTIFY_SOCKET, so callers wait for exactly what systemd would wait for, with no 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -68,9 +69,28 @@ def run_ctl(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0
                           timeout=timeout, check=False, input=stdin)
 
 
+_made: list[Path] = []
+
+
+@atexit.register
+def _remove_tmpdirs() -> None:
+    """Every short_tmpdir goes when the process that made it exits (test runs and bench
+    runs made hundreds and left them in /tmp). A forked child inherits the list but not
+    the right to remove them."""
+    if os.getpid() != _PARENT:
+        return
+    for d in _made:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def short_tmpdir() -> Path:
     # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
-    return Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
+    d = Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
+    _made.append(d)
+    return d
+
+
+_PARENT = os.getpid()
 
 
 class NotifyListener:
