@@ -408,6 +408,11 @@ class Arbiter:
         elif op == "result":
             w.on_heartbeat(generation)  # any message is a sign of life
             self.variables.on_result(body)
+        elif op == "results":  # a worker's answers to one batch of requests
+            w.on_heartbeat(generation)
+            for result in body.get("results") or ():
+                if isinstance(result, dict):
+                    self.variables.on_result(result)
         elif op == "hello":
             pid = body.get("pid")
             w.on_hello(generation, pid if isinstance(pid, int) else -1)

@@ -164,8 +164,12 @@ class Worker:
             # Group commit: the WAL is durable (per policy) before any reply leaves. If this
             # raises, the worker dies and its writes are answered by no one.
             self.shard.commit()
-        for body in replies:
-            self._send("result", body)
+        # One link message for the whole batch: per message, not per byte, is what the link
+        # costs both ends (docs/benchmarks.md).
+        if len(replies) == 1:
+            self._send("result", replies[0])
+        elif replies:
+            self._send("results", {"results": replies})
         self._wake()  # sends consumed the edge; more may have arrived
 
     async def _tick(self) -> None:
