@@ -20,7 +20,7 @@ from mabeamd import wire
 CTX = mp.get_context("spawn")
 
 
-def _dealer(endpoint: str) -> tuple[zmq.Context[Any], zmq.Socket[Any]]:
+def dealer(endpoint: str) -> tuple[zmq.Context[Any], zmq.Socket[Any]]:
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
@@ -34,7 +34,7 @@ def latency_client(endpoint: str, op: str, n: int, warmup: int, out: Any) -> Non
     """Sequential request/reply; puts the n latencies (microseconds) on `out`.
 
     op "hello" registers a new agent id with every request (what registration costs)."""
-    ctx, s = _dealer(endpoint)
+    ctx, s = dealer(endpoint)
     lat: list[float] = []
     empty = wire.pack({})
     prefix = f"bench-{os.getpid()}-"
@@ -78,7 +78,7 @@ def sdk_register_client(endpoint: str, n: int, warmup: int, out: Any) -> None:
 
 def rate_client(endpoint: str, op: str, seconds: float, window: int, out: Any) -> None:
     """Keep `window` requests in flight for `seconds`; puts the number completed."""
-    ctx, s = _dealer(endpoint)
+    ctx, s = dealer(endpoint)
     body = wire.pack({})
     sent = done = 0
     deadline = time.monotonic() + seconds

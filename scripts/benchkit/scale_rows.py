@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import zmq
 
 from benchkit import Row
-from benchkit.load import run_clients
-from benchkit.stats import pick_median_rep, summary
-from benchkit.var_rows import RedisPeer, _call, var_daemon
+from benchkit.load import dealer, run_clients
+from benchkit.var_rows import RedisPeer, _call, lat_row, var_daemon
 from mabeamd import wire
 from mabeamd.testing import Daemon
 
@@ -38,12 +36,7 @@ def name_of(i: int) -> str:
 def create_client(endpoint: str, start: int, stop: int, window: int, out: Any) -> None:
     """var.create names start..stop-1, `window` requests in flight; puts the count made."""
     agent = f"scale-{os.getpid()}"
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.SNDHWM, 0)
-    s.setsockopt(zmq.RCVHWM, 0)
-    s.connect(endpoint)
+    ctx, s = dealer(endpoint)
     _call(s, 0, "hello", {"agent": agent})
     nxt, done = start, 0
 
@@ -199,19 +192,9 @@ def million_variables(count: int, n: int, reps: int) -> list[Row]:
     for mode, metric, goal in (
             ("shm", f"variable read at {count:,} variables (SDK, shared memory)", "p95 <= 5"),
             ("wire", f"variable get at {count:,} variables (SDK, over the wire)", "p95 <= 150")):
-        per_rep = [r[mode] for r in runs]
-        i, spr = pick_median_rep(per_rep)
-        p50, p95, p99 = summary(per_rep[i])
-        row = Row(metric, "us", seed_target="< 1000", goal=goal, p50=p50, p95=p95, p99=p99,
-                  spread=spr, samples=n, reps=reps,
-                  note="random names among all of them (not a hot set)")
-        if redis_runs:
-            j, _ = pick_median_rep(redis_runs)
-            row.peer, row.peer_value = "Redis GET, same keys", summary(redis_runs[j])[1]
-            row.ratio = p95 / row.peer_value
-        else:
-            row.peer = f"Redis: not run ({why})"
-        rows.append(row)
+        rows.append(lat_row(metric, [r[mode] for r in runs], redis_runs or None, why,
+                            peer="Redis GET, same keys", seed_target="< 1000", goal=goal,
+                            note="random names among all of them (not a hot set)"))
     rows.append(Row(f"worker restart after kill -9 at {count:,} variables", "ms", goal="-",
                     p50=restart, p95=restart, p99=restart, samples=1, reps=1,
                     note=f"shard 0 ({count // 2:,} variables): snapshot + WAL replay + a new "

@@ -199,15 +199,16 @@ class RedisPeer:
 # --- rows ----------------------------------------------------------------------------------
 
 
-def _lat_row(metric: str, ours: list[list[float]], theirs: list[list[float]] | None,
-             why_not: str, **kw: Any) -> Row:
+def lat_row(metric: str, ours: list[list[float]], theirs: list[list[float]] | None,
+            why_not: str, peer: str = "Redis 7 (redis-py, AOF everysec)", **kw: Any) -> Row:
+    """A latency row (us) from repetitions of ours and of the Redis peer's (None: not run)."""
     i, spr = pick_median_rep(ours)
     p50, p95, p99 = summary(ours[i])
     row = Row(metric, "us", p50=p50, p95=p95, p99=p99, spread=spr, samples=len(ours[i]),
               reps=len(ours), **kw)
     if theirs:
         j, _ = pick_median_rep(theirs)
-        row.peer, row.peer_value = "Redis 7 (redis-py, AOF everysec)", summary(theirs[j])[1]
+        row.peer, row.peer_value = peer, summary(theirs[j])[1]
         row.ratio = p95 / row.peer_value
     else:
         row.peer = f"Redis: not run ({why_not})"
@@ -235,14 +236,14 @@ def variables(n: int, reps: int, seconds: float) -> list[Row]:
             peer_rates = [sum(x for x, _ in run_clients(redis_rate, [(peer.port, seconds, 64)]
                                                          * 2)) / seconds for _ in range(reps)]
         why = peer.why_not
-    rows.append(_lat_row("variable read, same host (SDK, shared memory)", ours["shm"],
+    rows.append(lat_row("variable read, same host (SDK, shared memory)", ours["shm"],
                          theirs.get("get"), why, seed_target="< 1000", goal="p95 <= 5",
                          note="Client.get_var: no round trip; peer = a Redis GET over "
                               "loopback (goal: >= 10x faster)"))
-    rows.append(_lat_row("variable get over the wire (tcp loopback)", ours["get"],
+    rows.append(lat_row("variable get over the wire (tcp loopback)", ours["get"],
                          theirs.get("get"), why, seed_target="< 1000", goal="p95 <= 150",
                          note="var.get: client -> arbiter -> worker -> back"))
-    rows.append(_lat_row("variable set, acknowledged (fsync everysec)", ours["set"],
+    rows.append(lat_row("variable set, acknowledged (fsync everysec)", ours["set"],
                          theirs.get("set"), why, seed_target="< 1000", goal="p95 <= 250",
                          note="var.set: WAL append before the reply; peer: SET with AOF "
                               "everysec (goal: writes >= 1.0x Redis)"))
