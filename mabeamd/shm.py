@@ -237,22 +237,24 @@ class SegmentWriter:
         REC.pack_into(mm, off, len(payload), zlib.crc32(payload))
         mm[off + REC.size: off + REC.size + len(payload)] = payload
         self.data_used += _align(REC.size + len(payload))
+        h = _hash(self._key, name.encode())
         slot = self._index.get(name)
         if slot is None:
-            slot = self._free_slot(name)
+            slot = self._free_slot(h)
             self._index[name] = slot
         else:
             self.garbage += 1
-        was = self._publish(slot, _hash(self._key, name.encode()), off, len(payload), flags)
+        was = self._publish(slot, h, off, len(payload), flags)
         if was != LIVE and flags == LIVE:
             self.live += 1
         elif was == LIVE and flags != LIVE:
             self.live -= 1
 
-    def _free_slot(self, name: str) -> int:
+    def _free_slot(self, h: int) -> int:
+        """The first empty slot probing from the name's hash h."""
         assert self._mm is not None
         mask = self.slot_count - 1
-        i = _hash(self._key, name.encode()) & mask
+        i = h & mask
         while U64.unpack_from(self._mm, HEADER_SIZE + i * SLOT.size + 8)[0]:  # name hash
             i = (i + 1) & mask
         return i
