@@ -282,3 +282,18 @@ def test_fisher_protocol_cobb_douglas_and_unwanted_goods() -> None:
     with pytest.raises(ProtocolError, match="budget"):
         f.decide({"params": {"goods": {"a": 1}}, "participants": [{"id": "x"}],
                   "responses": [{"agent": "x", "value": {"budget": 0, "utilities": {"a": 1}}}]})
+
+
+def test_fisher_protocol_ces_and_bad_rho() -> None:
+    f = FisherMarket()
+    inputs = {"params": {"goods": {"a": 2, "b": 1}, "utility": "ces", "rho": 0.5},
+              "participants": [{"id": "x"}, {"id": "y"}],
+              "responses": [{"agent": "x", "value": {"budget": 4, "utilities": {"a": 1, "b": 3}}},
+                            {"agent": "y", "value": {"budget": 6, "utilities": {"a": 2, "b": 1}}}]}
+    r = f.decide(inputs)
+    assert r["certified"] and r["method"] == "newton" and r["utility"] == "ces"
+    assert sum(r["allocation"][a].get("a", 0) for a in "xy") == pytest.approx(2.0)
+    assert sum(r["spent"].values()) == pytest.approx(10.0)
+    inputs["params"]["rho"] = 1.5
+    with pytest.raises(ProtocolError, match="rho"):
+        f.decide(inputs)
