@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mabeam_auctions.clock import Dutch, English
 from mabeam_auctions.combinatorial import Combinatorial, verify_allocation
-from mabeam_auctions.sealed import SealedBid, _plain_bids, verify_sale
+from mabeam_auctions.sealed import SealedBid, _column_bids, _plain_bids, verify_sale
 from mabeam_auctions.wdp import Bid, milp_available, solve
 
 from mabeamd.protocol import ProtocolError, Response
@@ -91,8 +91,10 @@ ANSWERS = st.one_of(
 def test_sealed_fast_path_agrees_with_the_general_path(
         answers: list[tuple[int, Any, int, Any]], resubmit: bool, rule: str,
         reserve: int) -> None:
-    """decide() takes a fast path for plain inputs; an extra participant key (ignored by
-    the general path) forces the general path. Same result, or the same error, always."""
+    """decide() takes a columnar fast path for the commonest inputs (participants {id} only),
+    a per-answer fast path for other plain ones (participants with a weight), and an extra
+    participant key (ignored by the general path) forces the general path. Same result, or
+    the same error, always."""
     def inputs(extra: dict[str, Any]) -> dict[str, Any]:
         rs = []
         for who, value, seq, at in answers:
@@ -102,7 +104,7 @@ def test_sealed_fast_path_agrees_with_the_general_path(
                 r["at"] = at
             rs.append(r)
         return {"params": {"rule": rule, "reserve": reserve, "resubmit": resubmit},
-                "participants": [{"id": f"a{i}", "weight": 1.0, **extra} for i in range(5)],
+                "participants": [{"id": f"a{i}", **extra} for i in range(5)],
                 "responses": rs}
 
     def outcome(extra: dict[str, Any]) -> Any:
@@ -111,11 +113,17 @@ def test_sealed_fast_path_agrees_with_the_general_path(
         except ProtocolError as exc:
             return ("error", str(exc))
 
-    assert outcome({}) == outcome({"note": "general path"})
+    general = outcome({"weight": 1.0, "note": "general path"})
+    assert outcome({}) == general
+    assert outcome({"weight": 1.0}) == general
     if all(who < 5 and type(v) is dict and ((set(v) == {"pass"} and v["pass"] is True) or (
             set(v) == {"bid"} and type(v["bid"]) in (int, float) and v["bid"] >= 0))
            and at is not True for who, v, _, at in answers):
-        assert _plain_bids(inputs({}), not resubmit) is not None  # the fast path did run
+        assert _plain_bids(inputs({"weight": 1.0}), not resubmit) is not None  # it ran
+        if answers and len({who for who, *_ in answers}) == len(answers) and all(
+                "bid" in v for _, v, _, _ in answers) and len({at is None for *_, at in
+                                                               answers}) == 1:
+            assert _column_bids(inputs({})) is not None  # and so did the columnar one
 
 
 def clock_run(proto: English | Dutch, values: list[float], params: dict[str, Any],
@@ -312,3 +320,21 @@ def test_cats_files_through_protocols_eval(tmp_path: Path) -> None:
     bad.write_text("goods 2\n0 5 7 #\n")
     out = run_ctl("protocols", "eval", "combinatorial", str(bad))
     assert out.returncode == 65 and "goods must be in" in out.stderr
+
+
+def test_sealed_columnar_path_takes_engine_shaped_inputs() -> None:
+    """What the live engine hands decide(): participants {id, weight, priority, metadata},
+    answers {agent, value, seq, at}. The columnar path takes it, with the general result."""
+    rng = random.Random(7)
+    ids = [f"b{i:03d}" for i in range(300)]
+    inputs: dict[str, Any] = {
+        "params": {"rule": "second", "reserve": 50},
+        "participants": [{"id": a, "weight": 1.0, "priority": 0, "metadata": {}} for a in ids],
+        "responses": [{"agent": a, "value": {"bid": rng.randint(1, 100)}, "seq": k,
+                       "at": 0.001 * k} for k, a in enumerate(ids[:250])]}
+    assert _column_bids(inputs) is not None
+    fast = SEALED.decide(inputs)
+    inputs["participants"] = [{**p, "note": "general path"} for p in inputs["participants"]]
+    assert _column_bids(inputs) is None
+    assert SEALED.decide(inputs) == fast
+    assert len(fast["missing"]) == 50 and fast["winner"] is not None
