@@ -27,7 +27,7 @@ import zmq.asyncio
 
 from mabeamd import wire
 from mabeamd.config import Endpoint
-from mabeamd.frames import NOBLOCK, recv_frames, send_frames
+from mabeamd.frames import NOBLOCK, recv_ready, send_frames
 from mabeamd.registry import ConnKey
 from mabeamd.wire import ErrorCode, WireError
 from mabeamd.zmqutil import bind_endpoint, curve_server, router, unlink_endpoint
@@ -103,11 +103,13 @@ class AgentEndpoint:
             try:
                 # CURVE needs Frames (for their User-Id); plain sockets take the fast path.
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=False) if curve \
-                    else recv_frames(sock, NOBLOCK)
+                    else recv_ready(sock)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:  # closed under us during shutdown
                 log.debug("agent endpoint %d: %s", index, exc)
+                return
+            if parts is None:
                 return
             principal: str | None = None
             if curve:

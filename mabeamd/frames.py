@@ -18,6 +18,8 @@ import zmq
 NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 try:  # the Cython backend (CPython); on another backend use the plain wrappers
     from zmq.backend.cython import _zmq
@@ -45,3 +47,12 @@ def recv_frames(sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
     while _get(sock, _RCVMORE):
         parts.append(_recv(sock, flags))
     return parts
+
+
+def recv_ready(sock: zmq.Socket[Any]) -> list[bytes] | None:
+    """The next message if one is waiting, else None: drain loops ask ZMQ_EVENTS (which also
+    re-arms the socket's edge-triggered FD) instead of paying for a zmq.Again exception at
+    the end of every drain (pyzmq builds those in Python: ~5 µs each)."""
+    if not _get(sock, _EVENTS) & _POLLIN:
+        return None
+    return recv_frames(sock, NOBLOCK)

@@ -22,7 +22,7 @@ import zmq
 import zmq.asyncio
 
 from mabeamd import wire
-from mabeamd.frames import NOBLOCK, recv_frames, send_frames
+from mabeamd.frames import NOBLOCK, recv_ready, send_frames
 from mabeamd.zmqutil import bind_private, router
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,10 @@ class WorkerLink:
         self._scheduled = False
         for _ in range(BATCH):
             try:
-                frames = recv_frames(self.sock, NOBLOCK)
-            except zmq.Again:
-                return
+                frames = recv_ready(self.sock)
             except zmq.ZMQError:  # closed during shutdown
+                return
+            if frames is None:
                 return
             self._dispatch(frames)
         self._wake()  # more may be queued: continue after other work had a turn

@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 
 from mabeamd import wire
-from mabeamd.frames import NOBLOCK, recv_frames, send_frames
+from mabeamd.frames import NOBLOCK, recv_ready, send_frames
 from mabeamd.link import identity
 from mabeamd.logsetup import setup_child_logging
 from mabeamd.plugins import PluginHost
@@ -153,10 +153,10 @@ class Worker:
         self._scheduled = False
         batch: list[list[bytes]] = []
         while len(batch) < BATCH:
-            try:
-                batch.append(recv_frames(self._sock, NOBLOCK))
-            except zmq.Again:
+            frames = recv_ready(self._sock)
+            if frames is None:
                 break
+            batch.append(frames)
         if not batch:
             return
         replies = [r for r in (self._serve(frames) for frames in batch) if r is not None]

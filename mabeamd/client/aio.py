@@ -27,7 +27,7 @@ import zmq.asyncio
 
 from mabeamd import wire
 from mabeamd.client.errors import ConnectionLost, MabeamError, Timeout, error_for
-from mabeamd.frames import NOBLOCK, recv_frames, send_frames
+from mabeamd.frames import NOBLOCK, recv_ready, send_frames
 
 log = logging.getLogger("mabeamd.client")
 
@@ -201,10 +201,10 @@ class AsyncClient:
             return
         while True:
             try:
-                frames = recv_frames(sock, NOBLOCK)
-            except zmq.Again:
+                frames = recv_ready(sock)
+            except zmq.ZMQError:  # closed under us (or a message gone between the checks)
                 return
-            except zmq.ZMQError:  # closed under us
+            if frames is None:
                 return
             self._handle(frames)
 
