@@ -1,21 +1,24 @@
 """Fisher market equilibrium: buyers with budgets, goods with supplies, prices that clear.
 
-Linear utilities (u_i(x) = sum_j u_ij x_ij): proportional response dynamics (each buyer
-re-splits its budget in proportion to the utility each good gave it; converges to the
-equilibrium) followed, every few rounds, by an exact step: guess the equilibrium's spending
-graph as the maximum spanning forest of where the dynamics spend, solve its utility ratios
-for prices, scale each connected group so prices equal budgets, and find the spending on
-every buyer's best-value goods by a max flow. If that flow spends every budget, the
-equilibrium is exact (residuals at rounding level); if not, the dynamics go on.
-Cobb-Douglas utilities (u_i = prod_j x_ij^a_ij) have a closed form: buyer i spends the share
-a_ij / sum_k a_ik of its budget on good j.
+Linear utilities (u_i(x) = sum_j u_ij x_ij): find where the equilibrium spends, then make it
+exact. Where the money goes comes from Newton stages on the smoothed Eisenberg-Gale dual
+(newton.py, numpy) or, without numpy, from proportional response dynamics (each buyer
+re-splits its budget in proportion to the utility each good gave it). The exact step: guess
+the equilibrium's spending graph as the maximum spanning forest of that spending, solve its
+utility ratios for prices, scale each connected group so prices equal budgets, check every
+forest edge is a best buy, and spend along the forest (unique: peel the leaves) - or, when
+that goes negative (a degenerate market), by a max flow over all best-value edges. If every
+budget is spent, the equilibrium is exact (residuals at rounding level); if not, the search
+goes on. Cobb-Douglas utilities (u_i = prod_j x_ij^a_ij) have a closed form: buyer i spends
+the share a_ij / sum_k a_ik of its budget on good j. CES utilities (0 < rho < 1) are one
+Newton solve (newton.ces). Prices are per unit.
 
 Every result is certified by its residuals, all relative: `clearing` (max over priced goods
 of |sold - supply| / supply), `budgets` (max over buyers of |spent - budget| / budget),
 `optimality` (max over buyers of the budget share weighted loss against the buyer's best
-utility per unit of money; 0 when every coin buys a best good, for Cobb-Douglas the
-distance from the optimal shares). `tolerance` is the largest; `certified` says it is within
-params.tolerance. Goods nobody values get price 0 and are not sold.
+utility per unit of money; 0 when every coin buys a best good; for Cobb-Douglas and CES the
+distance from the optimal shares at these prices). `tolerance` is the largest; `certified`
+says it is within params.tolerance. Goods nobody values get price 0 and are not sold.
 """
 
 from __future__ import annotations
