@@ -115,6 +115,9 @@ def _unmap(q: memoryview | None, mm: mmap.mmap | None) -> None:
         mm.close()
 
 
+_ZEROS = bytes(8)
+
+
 def _align(n: int) -> int:
     return (n + 7) & ~7
 
@@ -143,7 +146,8 @@ class SegmentWriter:
         self.progress: Callable[[], None] = progress
         initial = []
         for k, r in enumerate(records):
-            initial.append((self._encode(r), r.name, False))
+            payload = self._encode(r)
+            initial.append((REC.pack(len(payload), zlib.crc32(payload)) + payload, r.name, 0))
             if not k & PROGRESS_EVERY and k:
                 progress()
         self._build(initial, slots, data_size)
@@ -154,15 +158,15 @@ class SegmentWriter:
     def _encode(r: Record) -> bytes:
         return _pack([r.name, r.version, r.value, r.meta])
 
-    def _build(self, entries: list[tuple[bytes, str, bool]], slots: int, data_size: int) -> None:
-        """Write generation+1 with these (payload, name, deleted) entries and switch to it."""
-        live = [e for e in entries if not e[2]]
+    def _build(self, live: list[tuple[bytes, str, int]], slots: int, data_size: int) -> None:
+        """Write generation+1 with these live records and switch to it: (record = REC header
+        and payload, name, slot hash under this writer's key or 0 if not known yet)."""
         # A power of two: probing masks the hash with slot_count - 1 (any other count leaves
         # most slots unreachable and the probe loop never ends).
         slots = 1 << max(4, (slots - 1).bit_length())
         while slots * MAX_LOAD < len(live) + 1:
             slots *= 2
-        need = sum(_align(REC.size + len(p)) for p, _, _ in live)
+        need = sum(_align(len(rec)) for rec, _, _ in live)
         while data_size < need * 2:
             data_size *= 2
         gen = self.generation + 1
@@ -191,10 +195,7 @@ class SegmentWriter:
         self._index: dict[str, int] = {}
         self.live = 0
         self.garbage = 0
-        for k, (payload, name, _) in enumerate(live):
-            self._append(name, payload, LIVE)
-            if not k & PROGRESS_EVERY and k:
-                self.progress()
+        self._fill(live)
         self._write_header()
         self._ctl_q[0] = gen  # new readers start here
         if old_q is not None:
@@ -205,6 +206,43 @@ class SegmentWriter:
                 old_path.unlink()
         else:  # a predecessor (e.g. a crashed worker's generation) is retired too
             self._retire_older(gen)
+
+    def _fill(self, live: list[tuple[bytes, str, int]]) -> None:
+        """Write a fresh generation's records in bulk. Nobody maps the file before _build
+        publishes it, so slots skip the seqlock dance (seq 0 is even: stable) and the data
+        region is one copy; a compaction also reuses each record's header (its CRC) and
+        slot hash. This is how long a big shard's worker stalls when its segment grows."""
+        mm = self._mm
+        assert mm is not None
+        mask = self.slot_count - 1
+        taken = bytearray(self.slot_count)
+        index = self._index
+        chunks: list[bytes] = []
+        off = self.data_offset
+        for k, (rec, name, known) in enumerate(live):
+            n = len(rec) - REC.size
+            size = _align(len(rec))
+            chunks.append(rec)
+            if size != len(rec):
+                chunks.append(_ZEROS[: size - len(rec)])
+            h = known or _hash(self._key, name.encode())
+            i = index.get(name, -1)
+            if i < 0:
+                i = h & mask
+                while taken[i]:
+                    i = (i + 1) & mask
+                taken[i] = 1
+                index[name] = i
+                self.live += 1
+            else:  # the same name twice: the later record wins, as with _append
+                self.garbage += 1
+            SLOT.pack_into(mm, HEADER_SIZE + i * SLOT.size, 0, h, off, n, LIVE)
+            off += size
+            if not k & PROGRESS_EVERY and k:
+                self.progress()
+        blob = b"".join(chunks)
+        mm[self.data_offset: self.data_offset + len(blob)] = blob
+        self.data_used = len(blob)
 
     def _retire_older(self, gen: int) -> None:
         for g in range(max(1, gen - 64), gen):
@@ -304,10 +342,10 @@ class SegmentWriter:
         assert mm is not None
         entries = []
         for name, slot in self._index.items():
-            _, _, off, length, flags = SLOT.unpack_from(mm, HEADER_SIZE + slot * SLOT.size)
-            if flags == LIVE:
-                entries.append((bytes(mm[off + REC.size: off + REC.size + length]), name, False))
-        live_bytes = sum(_align(REC.size + len(p)) for p, _, _ in entries) + extra
+            _, h, off, length, flags = SLOT.unpack_from(mm, HEADER_SIZE + slot * SLOT.size)
+            if flags == LIVE:  # same writer, same key: the record and its hash carry over
+                entries.append((mm[off: off + REC.size + length], name, h))
+        live_bytes = sum(_align(len(rec)) for rec, _, _ in entries) + extra
         # At least as much room again as the live data before the next compaction: each
         # compaction copies the live data once per that much written (amortised O(1) per
         # byte), and the segment stays within 2-4x its live data (fallocate reserves it all).
