@@ -18,9 +18,9 @@ from typing import Any
 import msgpack
 
 from mabeamd import snapshot
+from mabeamd.sharding import shard_of
 from mabeamd.statedir import META, StateDirError
 from mabeamd.variables import ShardStore
-from mabeamd.varops import shard_of
 from mabeamd.wal import replay
 
 

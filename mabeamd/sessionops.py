@@ -12,7 +12,7 @@ engine. The sessions themselves run in workers (sessions.py); the arbiter
   its memory; their writes were applied all together or not at all).
 
 A session's variables must all live on one shard, because that shard's worker applies them
-in one WAL record. Names sharing a `{tag}` share a shard (see varops.shard_of).
+in one WAL record. Names sharing a `{tag}` share a shard (see sharding.shard_of).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from mabeamd.events import EventPublisher
 from mabeamd.plugins import PluginHost
 from mabeamd.registry import Registry, check_agent_id
 from mabeamd.shard import ADMIN
-from mabeamd.varops import VariableService, shard_of
+from mabeamd.sharding import shard_of
+from mabeamd.varops import VariableService
 from mabeamd.wire import ErrorCode, WireError, check_fields
 
 START_FIELDS = {"agent", "protocol", "participants", "query", "variables", "params", "deadline",

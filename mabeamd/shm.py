@@ -45,9 +45,8 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -82,8 +81,9 @@ def supported() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One variable as a segment holds it (a tuple: the read path makes one per get)."""
+
     name: str
     version: int
     value: Any

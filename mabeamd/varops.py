@@ -1,11 +1,5 @@
-"""Variable ops on the agent endpoint (and for mabeamctl): route each to its shard's worker.
-
-    shard = crc32(UTF-8 key) mod N    (N fixed when the state directory was created)
-
-The key is the name, or, when the name holds a `{tag}` (a "{", then at least one character,
-then "}"), just the tag between the first "{" and the next "}" -- as in Redis Cluster. Names
-sharing a tag share a shard, which a coordination session needs: it changes its variables
-atomically, in one shard's WAL.
+"""Variable ops on the agent endpoint (and for mabeamctl): route each to its shard's worker
+(sharding.py says which: crc32 of the name, or of its `{tag}`, mod the shard count).
 
 The arbiter validates the caller (writes need an agent registered on the calling connection,
 which becomes the actor), forwards the request over the worker link and relays the worker's
@@ -19,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +20,7 @@ from mabeamd.endpoint import AgentEndpoint, Request
 from mabeamd.events import EventPublisher
 from mabeamd.registry import Registry
 from mabeamd.shard import ADMIN
+from mabeamd.sharding import shard_of
 from mabeamd.wire import ErrorCode, WireError, check_fields
 
 FORWARD_TIMEOUT = 30.0
@@ -37,19 +31,6 @@ WRITE_FIELDS = {
     "var.set": {"agent", "name", "value", "expect_version"},
     "var.delete": {"agent", "name", "expect_version"},
 }
-
-
-def shard_key(name: str) -> str:
-    start = name.find("{")
-    if start >= 0:
-        end = name.find("}", start + 1)
-        if end > start + 1:
-            return name[start + 1:end]
-    return name
-
-
-def shard_of(name: str, shards: int) -> int:
-    return zlib.crc32(shard_key(name).encode()) % shards
 
 
 Send = Callable[[int, dict[str, Any]], bool]

@@ -24,8 +24,8 @@ from mabeamd.client import (
     NotFound,
     Push,
 )
+from mabeamd.sharding import shard_of
 from mabeamd.testing import Daemon
-from mabeamd.varops import shard_of
 
 T = TypeVar("T")
 Answer = Callable[[Invitation], Any]

@@ -25,11 +25,13 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mabeamd import wire
-from mabeamd.client.errors import ConnectionLost, MabeamError, Timeout, error_for
+from mabeamd import shm, wire
+from mabeamd.client.errors import ConnectionLost, MabeamError, NotFound, Timeout, error_for
 from mabeamd.frames import NOBLOCK, recv_ready, send_frames
+from mabeamd.sharding import shard_of
 
 log = logging.getLogger("mabeamd.client")
+_SHM_OK = shm.supported()  # same-host reads: x86-64 only (see shm.supported)
 
 
 @dataclass
@@ -346,11 +348,7 @@ class AsyncClient:
 
     def _local_get(self, name: str) -> dict[str, Any] | None:
         """None means "ask the daemon" (not mappable here, or the segment is busy)."""
-        from mabeamd import shm
-        from mabeamd.client.errors import NotFound
-        from mabeamd.varops import shard_of
-
-        if self._shm is None or not shm.supported():
+        if self._shm is None or not _SHM_OK:
             return None
         shard = shard_of(name, self.shards)
         reader = self._readers.get(shard)
