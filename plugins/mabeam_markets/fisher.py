@@ -348,7 +348,7 @@ def _report(budgets: list[float], w: list[list[float]], supply: list[float],
 
 class FisherMarket(OneRound):
     name = "fisher_market"
-    summary = ("Fisher market equilibrium (linear or Cobb-Douglas utilities), certified by "
+    summary = ("Fisher market equilibrium (linear, Cobb-Douglas or CES utilities), certified by "
                "its residuals")
     kind = "preferences"
 
