@@ -58,7 +58,7 @@ class AgentEndpoint:
         self.max_in_flight = max_in_flight
         self.handlers: dict[str, Handler] = {}
         self.in_flight: dict[ConnKey, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self.stats = {"requests": 0, "errors": 0, "malformed": 0, "busy": 0,
                       "undeliverable": 0, "pushed": 0, "push_failed": 0}
         # A shadow of the daemon's context: same libzmq context, so the ZAP handler (CURVE)
@@ -158,34 +158,14 @@ class AgentEndpoint:
     def _start(self, index: int, envelope: list[bytes], conn: ConnKey, rid: int | str,
                pending: Awaitable[Any]) -> None:
         self.in_flight[conn] = self.in_flight.get(conn, 0) + 1
-        if isinstance(pending, asyncio.Future):
-            # A forwarded request (varops): reply from the future's callback, no task.
-            pending.add_done_callback(lambda f: self._finished(index, envelope, conn, rid, f))
-            return
-
-        async def finish() -> None:
-            try:
-                reply = wire.reply_ok(rid, await pending)
-            except WireError as exc:
-                self._error_stats(exc)
-                reply = wire.reply_error(rid, exc.code, exc.message)
-            except asyncio.CancelledError:
-                reply = wire.reply_error(rid, ErrorCode.SHUTTING_DOWN, "mabeamd is stopping")
-            except Exception as exc:
-                self.stats["errors"] += 1
-                log.exception("agent endpoint: request %r failed", rid)
-                reply = wire.reply_error(rid, ErrorCode.INTERNAL, repr(exc))
-            finally:
-                left = self.in_flight.get(conn, 1) - 1
-                if left:
-                    self.in_flight[conn] = left
-                else:
-                    self.in_flight.pop(conn, None)
-            self.send(index, envelope, reply)
-
-        task = asyncio.create_task(finish())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # A forwarded request (varops) is already a plain future: its answer costs no task.
+        # A coroutine gets one, kept so close() can cancel it. Either way the reply leaves
+        # from the done-callback.
+        fut = asyncio.ensure_future(pending)
+        if fut is not pending:
+            self._tasks.add(fut)
+            fut.add_done_callback(self._tasks.discard)
+        fut.add_done_callback(lambda f: self._finished(index, envelope, conn, rid, f))
 
     def _finished(self, index: int, envelope: list[bytes], conn: ConnKey, rid: int | str,
                   fut: asyncio.Future[Any]) -> None:
@@ -201,7 +181,7 @@ class AgentEndpoint:
             reply = wire.reply_error(rid, exc.code, exc.message)
         elif exc is not None:
             self.stats["errors"] += 1
-            log.error("agent endpoint: request %r failed: %r", rid, exc)
+            log.error("agent endpoint: request %r failed", rid, exc_info=exc)
             reply = wire.reply_error(rid, ErrorCode.INTERNAL, repr(exc))
         else:
             try:
