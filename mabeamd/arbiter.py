@@ -405,11 +405,8 @@ class Arbiter:
             w.on_heartbeat(generation)
         elif op == "loading":
             w.on_loading(generation)
-        elif op == "result":
-            w.on_heartbeat(generation)  # any message is a sign of life
-            self.variables.on_result(body)
         elif op == "results":  # a worker's answers to one batch of requests
-            w.on_heartbeat(generation)
+            w.on_heartbeat(generation)  # any message is a sign of life
             for result in body.get("results") or ():
                 if isinstance(result, dict):
                     self.variables.on_result(result)

@@ -166,9 +166,7 @@ class Worker:
             self.shard.commit()
         # One link message for the whole batch: per message, not per byte, is what the link
         # costs both ends (docs/benchmarks.md).
-        if len(replies) == 1:
-            self._send("result", replies[0])
-        elif replies:
+        if replies:
             self._send("results", {"results": replies})
         self._wake()  # sends consumed the edge; more may have arrived
 
