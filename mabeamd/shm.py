@@ -191,11 +191,9 @@ class SegmentWriter:
         self._mm, self._q, self._path, self.generation = mm, memoryview(mm).cast("Q"), path, gen
         self.slot_count, self.data_size = slots, data_size
         self.data_offset = HEADER_SIZE + slots * SLOT.size
-        self.data_used = 0
         self._index: dict[str, int] = {}
-        self.live = 0
         self.garbage = 0
-        self._fill(live)
+        self._fill(live)  # sets data_used and live
         self._write_header()
         self._ctl_q[0] = gen  # new readers start here
         if old_q is not None:
@@ -211,7 +209,8 @@ class SegmentWriter:
         """Write a fresh generation's records in bulk. Nobody maps the file before _build
         publishes it, so slots skip the seqlock dance (seq 0 is even: stable) and the data
         region is one copy; a compaction also reuses each record's header (its CRC) and
-        slot hash. This is how long a big shard's worker stalls when its segment grows."""
+        slot hash. This is how long a big shard's worker stalls when its segment grows.
+        Names are unique: both callers take them from a dict (the store, the old index)."""
         mm = self._mm
         assert mm is not None
         mask = self.slot_count - 1
@@ -226,16 +225,11 @@ class SegmentWriter:
             if size != len(rec):
                 chunks.append(_ZEROS[: size - len(rec)])
             h = known or _hash(self._key, name.encode())
-            i = index.get(name, -1)
-            if i < 0:
-                i = h & mask
-                while taken[i]:
-                    i = (i + 1) & mask
-                taken[i] = 1
-                index[name] = i
-                self.live += 1
-            else:  # the same name twice: the later record wins, as with _append
-                self.garbage += 1
+            i = h & mask
+            while taken[i]:
+                i = (i + 1) & mask
+            taken[i] = 1
+            index[name] = i
             SLOT.pack_into(mm, HEADER_SIZE + i * SLOT.size, 0, h, off, n, LIVE)
             off += size
             if not k & PROGRESS_EVERY and k:
@@ -243,6 +237,7 @@ class SegmentWriter:
         blob = b"".join(chunks)
         mm[self.data_offset: self.data_offset + len(blob)] = blob
         self.data_used = len(blob)
+        self.live = len(live)
 
     def _retire_older(self, gen: int) -> None:
         for g in range(max(1, gen - 64), gen):
