@@ -129,6 +129,12 @@ class Protocol:
         """Validate params and fill in defaults; raise ProtocolError. Pure."""
         return dict(params)
 
+    def decide_params(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """The first step of a one-round decide(): the inputs hold params, participants and
+        responses and nothing else; returns the params checked as at session start."""
+        only(inputs, {"params", "participants", "responses"}, "inputs")
+        return self.check_params(dict(inputs.get("params") or {}))
+
     def check_response(self, kind: str, value: Any, params: dict[str, Any]) -> None:
         """Validate one participant's answer to a round of `kind`; a ProtocolError is sent
         back to the participant (who may answer again) and the answer is not recorded."""

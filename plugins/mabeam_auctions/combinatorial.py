@@ -103,8 +103,7 @@ class Combinatorial(OneRound):
         return parse_cats(text)
 
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        only(inputs, {"params", "participants", "responses"}, "inputs")
-        p = self.check_params(dict(inputs.get("params") or {}))
+        p = self.decide_params(inputs)
         ps = participants_of(inputs)
         rs = sorted(responses_of(inputs, ps).values(), key=lambda r: (r.seq, r.agent))
         items = p["items"]

@@ -65,8 +65,7 @@ class SealedBid(OneRound):
         return {"item": params["item"], "rule": params["rule"], "reserve": params["reserve"]}
 
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        only(inputs, {"params", "participants", "responses"}, "inputs")
-        params = self.check_params(dict(inputs.get("params") or {}))
+        params = self.decide_params(inputs)
         first_wins = not params["resubmit"]
         fast = _column_bids(inputs)
         if fast is None:

@@ -83,8 +83,7 @@ class ContractNet(Protocol):
     # --- the pure mechanism ----------------------------------------------------------------
 
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        only(inputs, {"params", "participants", "responses"}, "inputs")
-        params = self.check_params(dict(inputs.get("params") or {}))
+        params = self.decide_params(inputs)
         ps = participants_of(inputs)
         rs = responses_of(inputs, ps)
         ranked, ineligible, refused = [], [], []

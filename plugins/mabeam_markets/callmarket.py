@@ -152,8 +152,7 @@ class CallMarket(OneRound):
         orders_of(value)
 
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        only(inputs, {"params", "participants", "responses"}, "inputs")
-        p = self.check_params(dict(inputs.get("params") or {}))
+        p = self.decide_params(inputs)
         ps = participants_of(inputs)
         buys: list[Order] = []
         sells: list[Order] = []

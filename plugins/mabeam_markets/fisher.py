@@ -374,8 +374,7 @@ class FisherMarket(OneRound):
         prefs_of(value, params["goods"])
 
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        only(inputs, {"params", "participants", "responses"}, "inputs")
-        p = self.check_params(dict(inputs.get("params") or {}))
+        p = self.decide_params(inputs)
         ps = participants_of(inputs)
         rs = responses_of(inputs, ps)
         if not rs:

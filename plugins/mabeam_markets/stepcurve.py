@@ -110,8 +110,7 @@ class SupplyDemand(OneRound):
         steps_of(value)
 
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        only(inputs, {"params", "participants", "responses"}, "inputs")
-        p = self.check_params(dict(inputs.get("params") or {}))
+        p = self.decide_params(inputs)
         ps = participants_of(inputs)
         demand: list[Step] = []
         supply: list[Step] = []

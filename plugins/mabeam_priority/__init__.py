@@ -129,8 +129,7 @@ class Priority(OneRound):
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Escalation offline: with params.decision it is validated and applied, without it
         the outcome is {"escalated": true, ...} and no allocations."""
-        only(inputs, {"params", "participants", "responses"}, "inputs")
-        params = self.check_params(dict(inputs.get("params") or {}))
+        params = self.decide_params(inputs)
         reqs = _requests(inputs, params)
         cap, strategy = params["capacity"], params["strategy"]
         escalated = False

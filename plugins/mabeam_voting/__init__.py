@@ -53,8 +53,7 @@ class Consensus(OneRound):
                                 'optional "reason")')
 
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        only(inputs, {"params", "participants", "responses"}, "inputs")
-        self.check_params(dict(inputs.get("params") or {}))
+        self.decide_params(inputs)
         ps = participants_of(inputs)
         if not ps:
             raise ProtocolError("consensus needs at least one participant")
@@ -143,8 +142,7 @@ class Vote(OneRound):
         return Fraction(str(p.weight if w is None else w))
 
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        only(inputs, {"params", "participants", "responses"}, "inputs")
-        params = self.check_params(dict(inputs.get("params") or {}))
+        params = self.decide_params(inputs)
         ps = participants_of(inputs)
         if not ps:
             raise ProtocolError("a vote needs at least one participant")
