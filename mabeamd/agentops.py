@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mabeamd import __version__, wire
+from mabeamd import __version__, credentials, wire
 from mabeamd.config import AgentsSection
 from mabeamd.endpoint import AgentEndpoint, Request
 from mabeamd.events import EventPublisher
@@ -64,6 +64,11 @@ class AgentService:
         self._changed = asyncio.Event()
         self._push_ids = itertools.count(1)
         self.hello_extra: dict[str, Any] = {}  # e.g. shard count, shm and event endpoints
+        # Direct variable access (shard_endpoint.py), offered on plain connections only:
+        # each shard's endpoint as its worker bound it (None: not serving one), and the key
+        # that signs the write credential handed out at hello.
+        self.shard_endpoints: list[str | None] = []
+        self.write_key = b""
         # Told of every agent that turns unhealthy, goes or says bye (sessions: absent).
         self.on_down: list[Callable[[str], None]] = []
         endpoint.handlers.update({
@@ -126,13 +131,20 @@ class AgentService:
         self._pulse()
         if created:
             log.debug("agent %s registered", agent_id)
-        return {
+        reply = {
             "agent": agent_id, "token": rec.token, "created": created,
             "heartbeat_interval": self.settings.heartbeat_interval,
             "missed_beats": self.settings.missed_beats,
             "server": {"mabeamd": __version__, "protocol": wire.PROTOCOL.decode()},
             **self.hello_extra,
         }
+        if (self.write_key and any(self.shard_endpoints)
+                and not self.endpoint.endpoints[req.conn[0]].curve):
+            # Not to CURVE clients: shard endpoints are plain, and their traffic must not
+            # leave the encrypted channel.
+            reply["shard_endpoints"] = self.shard_endpoints
+            reply["credential"] = credentials.issue(self.write_key, agent_id, rec.epoch)
+        return reply
 
     def heartbeat(self, req: Request, body: dict[str, Any]) -> Any:
         check_fields(body, "heartbeat", {"agents"})

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from mabeamd.child import Reaper
 from mabeamd.commands import build_handlers
 from mabeamd.config import EX_CONFIG, Config, ConfigError, parse_endpoint
 from mabeamd.control import ControlServer
+from mabeamd.credentials import WRITE_KEY_ENV
 from mabeamd.endpoint import AgentEndpoint
 from mabeamd.events import EventPublisher
 from mabeamd.link import WorkerLink
@@ -43,6 +45,7 @@ from mabeamd.plugins import PluginHost
 from mabeamd.registry import Registry
 from mabeamd.sdnotify import Notifier, child_environment
 from mabeamd.sessionops import SessionService
+from mabeamd.shard_endpoint import shard_address
 from mabeamd.statedir import StateDirError, check_shm, open_state, remove_segments
 from mabeamd.varops import VariableService
 from mabeamd.watcher import State, WorkerWatcher, worker_argv
@@ -104,6 +107,10 @@ class Arbiter:
         self._bg: set[asyncio.Task[Any]] = set()
         self._lock_fd: int | None = None
         self.reaper: Reaper
+        # Signs the write credentials agents use on shard endpoints (credentials.py); the
+        # workers get it in their environment. Per run: a restart voids every credential.
+        self.write_key = secrets.token_bytes(32)
+        self.revoked: dict[str, int] = {}  # agent -> highest revoked epoch, for new workers
 
     # --- start-up --------------------------------------------------------------------------
 
@@ -179,7 +186,8 @@ class Arbiter:
                          for i in range(self.worker_count)]
         for w in self.watchers:
             w.start()
-        self.managed = ManagedSupervisor(self.reaper, self.registry, self.worker_env(),
+        self.managed = ManagedSupervisor(self.reaper, self.registry,
+                                         child_environment(dict(os.environ)),
                                          self._managed_agent_env())
         self.managed.start_all(self.config.managed)
 
@@ -236,6 +244,9 @@ class Arbiter:
         self.sessions.install(self.endpoint)
         self.variables.authorize = self.sessions.authorize
         self.agents.on_down.append(self._agent_down)
+        self.agents.write_key = self.write_key
+        self.agents.shard_endpoints = [None] * self.worker_count
+        self.registry.on_revoke = self._revoke
         self.agents.hello_extra = {
             "shards": self.worker_count,
             "shm": {"dir": cfg.variables.shm_dir, "prefix": self.meta.shm_prefix},
@@ -377,13 +388,17 @@ class Arbiter:
                       "--shm-prefix", self.meta.shm_prefix, "--fsync", v.fsync,
                       "--history", str(v.history), "--max-value", str(v.max_value),
                       "--snapshot-every", str(v.snapshot_every),
-                      "--disabled-plugins", ",".join(self.config.plugins.disabled)]
+                      "--disabled-plugins", ",".join(self.config.plugins.disabled),
+                      "--max-message", str(self.config.agents.max_message)]
+        if self.config.agents.shard_endpoint:
+            shard_args += ["--shard-endpoint",
+                           shard_address(self.config.agents.shard_endpoint, index)]
         return worker_argv(index, generation, link=self.paths.endpoint(self.paths.worker_link),
                            heartbeat=w.heartbeat_interval, log_level=self.config.daemon.log_level,
                            wrapper=w.wrapper, shard_args=shard_args)
 
     def worker_env(self) -> dict[str, str]:
-        return child_environment(dict(os.environ))
+        return {**child_environment(dict(os.environ)), WRITE_KEY_ENV: self.write_key.hex()}
 
     async def send_to_worker(self, index: int, generation: int, op: str) -> bool:
         return self.link.send(index, generation, op, {})
@@ -394,6 +409,7 @@ class Arbiter:
         if event == "exited":
             self.variables.worker_down(index)
             self.sessions.worker_down(index)
+            self.agents.shard_endpoints[index] = None
         if self.state == "running" and event in ("running", "exited", "failed"):
             self.notifier.status(self.status_line())
 
@@ -413,6 +429,18 @@ class Arbiter:
         elif op == "hello":
             pid = body.get("pid")
             w.on_hello(generation, pid if isinstance(pid, int) else -1)
+            if generation == w.generation:
+                # Revocations so far first: its shard endpoint takes writes only after them.
+                self.link.send(index, generation, "revoke", {"agents": self.revoked,
+                                                             "full": True})
+                address = body.get("shard_endpoint")
+                self.agents.shard_endpoints[index] = address if isinstance(address, str) \
+                    else None
+        elif op == "events":  # writes served on a worker's shard endpoint
+            w.on_heartbeat(generation)
+            for event in body.get("events") or ():
+                if isinstance(event, dict):
+                    self.events.publish(f"var.{event.get('name')}", event)
         elif op in ("push", "event", "ended"):
             w.on_heartbeat(generation)
             if generation != w.generation:
@@ -425,6 +453,14 @@ class Arbiter:
                 self.sessions.on_event(body)
             else:
                 self.sessions.on_ended(body)
+
+    def _revoke(self, agent: str, epoch: int) -> None:
+        """An agent's binding to a connection ended: its write credential stops working on
+        every shard endpoint (workers started later get the whole map at hello)."""
+        self.revoked[agent] = epoch
+        for w in self.watchers:
+            if w.state is State.RUNNING:
+                self.link.send(w.index, w.generation, "revoke", {"agents": {agent: epoch}})
 
     def _agent_down(self, agent: str) -> None:
         """Sessions count an agent that left or went silent as absent."""

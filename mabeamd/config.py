@@ -144,6 +144,11 @@ class AgentsSection:
         max=10_000_000, reload=True)
     max_message: int = _opt(
         1 << 20, "int", "largest agent message accepted, in bytes", min=1024, max=1 << 30)
+    shard_endpoint: str = _opt(
+        "tcp://127.0.0.1:7710", "endpoint", "where workers serve variable requests directly, "
+        "one hop instead of two: tcp://HOST:PORT (worker i binds PORT+i) or ipc://PATH "
+        "(worker i binds PATH-i); no curve+ (CURVE clients use the agent endpoints); "
+        "empty = every request goes through the agent endpoints")
 
 
 @dataclass(frozen=True)
@@ -479,6 +484,13 @@ def _check_cross(cfg: Config, origin: str) -> None:
     endpoints = [("[agents] endpoints", e) for e in cfg.agents.endpoints]
     if cfg.events.endpoint:
         endpoints.append(("[events] endpoint", cfg.events.endpoint))
+    if cfg.agents.shard_endpoint:
+        if cfg.agents.shard_endpoint.startswith("curve+"):
+            raise ConfigError(
+                f"{origin}: [agents] shard_endpoint: CURVE is not served on shard endpoints; "
+                f"give a plain endpoint (loopback or ipc) or leave it empty, and let CURVE "
+                f"clients use the curve+ agent endpoints")
+        endpoints.append(("[agents] shard_endpoint", cfg.agents.shard_endpoint))
     for label, text in endpoints:
         ep = parse_endpoint(text)
         assert ep is not None  # checked by _check_value

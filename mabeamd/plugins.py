@@ -143,6 +143,13 @@ class PluginHost:
             return f"{reason} (plugin {name})"
         return None
 
+    def authorize(self, actor: str, op: str, details: dict[str, Any]) -> str | None:
+        """The mabeamd_authorize hook (a reason to refuse, or None), in the arbiter and in
+        workers serving direct writes."""
+        if not self.pm.hook.mabeamd_authorize.get_hookimpls():
+            return None  # the common case, without building the call
+        return self.refusal("mabeamd_authorize", actor=actor, op=op, details=details)
+
     def protocols(self) -> dict[str, Protocol]:
         """Every protocol the active plugins provide, by name. A name provided twice keeps
         the first (plugins in name order); something that is not a Protocol is refused."""

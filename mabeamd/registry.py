@@ -8,6 +8,9 @@ Pure data (no sockets, no clock of its own) so every rule is unit-tested directl
   theirs in the environment).
 - Ids in a key's namespace (NAME and NAME/...) may be registered only by the client
   authenticated with key NAME.
+- Each binding of an id to a connection gets a new *epoch* (a counter of this run): the
+  write credential (credentials.py) names it, and `on_revoke(id, epoch)` is called when that
+  binding ends (deregistered, or taken over by another connection).
 - Liveness: any request from an agent counts as a heartbeat. Silent for `unhealthy_after`
   seconds -> unhealthy; silent `gone_after` seconds more -> gone (removed).
 
@@ -54,6 +57,7 @@ class AgentRecord:
     status: str = HEALTHY
     unhealthy_since: float | None = None
     managed: str | None = None
+    epoch: int = 0
 
     def public(self, now: float) -> dict[str, Any]:
         return {
@@ -106,6 +110,8 @@ class Registry:
         # (insort/remove move pointers in C: ~10 us at 100,000 agents.)
         self._sorted: list[str] = []
         self._preassigned: dict[str, tuple[str, str]] = {}  # id -> (token, managed name)
+        self._epochs = itertools.count(1)
+        self.on_revoke: Callable[[str, int], None] = lambda agent_id, epoch: None
 
     def __len__(self) -> int:
         return len(self.agents)
@@ -137,6 +143,9 @@ class Registry:
                 raise WireError(ErrorCode.EXISTS, f"agent id {agent_id!r} is registered from "
                                 "another connection; present its token to take it over")
             self._unindex(rec)
+            if rec.conn != conn:  # taken over: the old connection's credential ends here
+                self.on_revoke(agent_id, rec.epoch)
+                rec.epoch = next(self._epochs)
             rec.conn, rec.principal = conn, principal
             rec.capabilities, rec.metadata, rec.weight, rec.priority = caps, meta, weight, priority
             self._index(rec)
@@ -148,7 +157,7 @@ class Registry:
         rec = AgentRecord(
             agent_id, conn, caps, meta, weight, priority, principal,
             pre[0] if pre else secrets.token_urlsafe(16), wall, now,
-            managed=pre[1] if pre else None)
+            managed=pre[1] if pre else None, epoch=next(self._epochs))
         self.agents[agent_id] = rec
         self._order[agent_id] = None
         bisect.insort(self._sorted, agent_id)
@@ -173,6 +182,7 @@ class Registry:
             self._order.pop(agent_id, None)
             del self._sorted[bisect.bisect_left(self._sorted, agent_id)]
             self._unindex(rec)
+            self.on_revoke(agent_id, rec.epoch)
         return rec
 
     def owned(self, agent_id: str, conn: ConnKey) -> AgentRecord:

@@ -85,9 +85,7 @@ class SessionService:
 
     def authorize(self, actor: str, op: str, body: dict[str, Any]) -> str | None:
         """The mabeamd_authorize hook: a reason to refuse, or None."""
-        if not self.plugins.pm.hook.mabeamd_authorize.get_hookimpls():
-            return None  # the common case, without building the call
-        return self.plugins.refusal("mabeamd_authorize", actor=actor, op=op, details=body)
+        return self.plugins.authorize(actor, op, body)
 
     def install(self, endpoint: AgentEndpoint) -> None:
         endpoint.handlers.update({"session.start": self.start, "session.get": self.get,

@@ -26,6 +26,15 @@ from mabeamd.wire import ErrorCode, WireError
 
 log = logging.getLogger(__name__)
 ADMIN = "@admin"
+# The variable ops a shard serves for agents, with the fields each takes: the arbiter's
+# varops.py and the worker's shard_endpoint.py check requests against these.
+READ_OPS = frozenset({"var.get", "var.history"})
+WRITE_FIELDS = {
+    "var.create": frozenset({"agent", "name", "value", "type", "access", "writers", "policy",
+                             "constraints"}),
+    "var.set": frozenset({"agent", "name", "value", "expect_version"}),
+    "var.delete": frozenset({"agent", "name", "expect_version"}),
+}
 
 
 def _int_or_none(body: dict[str, Any], key: str) -> int | None:

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENDPOINTS = """
 [agents]
 endpoints = ["ipc://{run}/agents.sock"]
+shard_endpoint = "ipc://{run}/shard"
 heartbeat_interval = 0.2
 gone_after = 0.5
 [events]

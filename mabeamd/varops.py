@@ -19,18 +19,12 @@ from typing import Any
 from mabeamd.endpoint import AgentEndpoint, Request
 from mabeamd.events import EventPublisher
 from mabeamd.registry import Registry
-from mabeamd.shard import ADMIN
+from mabeamd.shard import ADMIN, READ_OPS, WRITE_FIELDS
 from mabeamd.sharding import shard_of
 from mabeamd.wire import ErrorCode, WireError, check_fields
 
 FORWARD_TIMEOUT = 30.0
 MAX_LIST = 1000
-WRITE_FIELDS = {
-    "var.create": {"agent", "name", "value", "type", "access", "writers", "policy",
-                   "constraints"},
-    "var.set": {"agent", "name", "value", "expect_version"},
-    "var.delete": {"agent", "name", "expect_version"},
-}
 
 
 Send = Callable[[int, dict[str, Any]], bool]
@@ -56,8 +50,8 @@ class VariableService:
     def install(self, endpoint: AgentEndpoint) -> None:
         for op in WRITE_FIELDS:
             endpoint.handlers[op] = self._write_handler(op)
-        endpoint.handlers["var.get"] = self._read_handler("var.get")
-        endpoint.handlers["var.history"] = self._read_handler("var.history")
+        for op in READ_OPS:
+            endpoint.handlers[op] = self._read_handler(op)
         endpoint.handlers["var.list"] = lambda req, body: self.list_vars(body)
 
     # --- handlers --------------------------------------------------------------------------

@@ -25,12 +25,14 @@ from typing import Any
 import zmq
 
 from mabeamd import wire
+from mabeamd.credentials import WRITE_KEY_ENV, Verifier
 from mabeamd.frames import NOBLOCK, recv_ready, send_frames
 from mabeamd.link import identity
 from mabeamd.logsetup import setup_child_logging
 from mabeamd.plugins import PluginHost
 from mabeamd.sessions import SessionEngine
 from mabeamd.shard import Shard
+from mabeamd.shard_endpoint import ShardEndpoint
 
 log = logging.getLogger("mabeamd.worker")
 
@@ -74,6 +76,9 @@ class Worker:
         self._last_progress = -math.inf  # the first progress() call reports at once
         self._loop: asyncio.AbstractEventLoop
         self._sock: zmq.Socket[Any]
+        # Direct variable requests (shard_endpoint.py), when configured and bound.
+        self.direct: ShardEndpoint | None = None
+        self._direct_scheduled = False
 
     def _send(self, op: str, body: dict[str, Any]) -> None:
         self._seq += 1
@@ -116,11 +121,19 @@ class Worker:
         try:
             if self.shard is not None:
                 self.sessions = SessionEngine(self.shard, self.plugins, self._out)
+            direct = self.direct
+            if direct is not None and (self.shard is None or not direct.bind()):
+                direct.close()
+                direct = self.direct = None
             self._send("hello", {"index": self.index, "generation": self.generation,
-                                 "pid": os.getpid()})
+                                 "pid": os.getpid(),
+                                 "shard_endpoint": direct.address if direct else None})
             self._hello_sent = True
             loop.add_reader(sock.FD, self._drain)
             self._drain()
+            if direct is not None:
+                loop.add_reader(direct.sock.FD, self._drain_direct)
+                self._drain_direct()
             tasks = [asyncio.create_task(c) for c in (self._beat(), self._tick())]
             await self._stop.wait()
             if self.sessions is not None:
@@ -130,8 +143,12 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
             loop.remove_reader(sock.FD)
+            if self.direct is not None:
+                loop.remove_reader(self.direct.sock.FD)
             self._send("bye", {"generation": self.generation})
         finally:
+            if self.direct is not None:
+                self.direct.close()
             sock.close()
             ctx.term()
             if self.shard is not None:
@@ -170,6 +187,37 @@ class Worker:
             self._send("results", {"results": replies})
         self._wake()  # sends consumed the edge; more may have arrived
 
+    def _wake_direct(self) -> None:
+        if not self._direct_scheduled:
+            self._direct_scheduled = True
+            self._loop.call_soon(self._drain_direct)
+
+    def _drain_direct(self) -> None:
+        """Serve a batch from the shard endpoint: same group commit as _drain, then the
+        replies, then the writes' events to the arbiter (it publishes them) in one message."""
+        self._direct_scheduled = False
+        direct, shard = self.direct, self.shard
+        if direct is None or shard is None:
+            return
+        batch = direct.receive()
+        if not batch:
+            return
+        served = [direct.serve(frames, self._handle_var) for frames in batch]
+        events = [event for _, event in served if event is not None]
+        if events:
+            shard.commit()  # durable (per policy) before any reply leaves
+        for reply, _ in served:
+            direct.send(reply)
+        if events:
+            self._send("events", {"events": events})
+            self._wake()
+        self._wake_direct()  # sends consumed the edge; more may have arrived
+
+    def _handle_var(self, op: str, args: dict[str, Any], actor: str,
+                    ) -> tuple[Any, dict[str, Any] | None]:
+        assert self.shard is not None
+        return self.shard.handle(op, args, actor, time.time())
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -194,6 +242,15 @@ class Worker:
         if op == "agents_down":
             if self.sessions is not None:
                 self.sessions.agents_down(list(body.get("agents") or []))
+            return None
+        if op == "revoke":  # agents whose write credentials end (credentials.py)
+            if self.direct is not None:
+                agents = body.get("agents")
+                if isinstance(agents, dict):
+                    self.direct.verifier.revoke({a: e for a, e in agents.items()
+                                                 if isinstance(e, int)})
+                if body.get("full"):
+                    self.direct.writes_open = True
             return None
         if op != "request":
             log.warning("unknown op from arbiter: %s", op)
@@ -235,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot-every", type=int, default=10000)
     parser.add_argument("--disabled-plugins", default="",
                         help="comma-separated plugin names not to load")
+    parser.add_argument("--shard-endpoint", default="",
+                        help="where to serve variable requests directly (empty: nowhere)")
+    parser.add_argument("--max-message", type=int, default=wire.DEFAULT_MAX_MESSAGE)
     args = parser.parse_args(argv)
     setup_child_logging(args.log_level, f"worker[{args.index}]")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -246,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     # points, same disabled list as the arbiter; failures are logged to the daemon's log).
     plugins = PluginHost()
     worker = Worker(args.index, args.generation, args.link, args.heartbeat, plugins=plugins)
+    key = os.environ.pop(WRITE_KEY_ENV, "")  # not for anything this process spawns
+    if args.shard_endpoint and key:
+        worker.direct = ShardEndpoint(args.shard_endpoint, args.max_message,
+                                      Verifier(bytes.fromhex(key)), plugins.authorize)
     worker.connect()
     worker.progress()  # "loading": start_timeout now bounds silence, not start-up work
     plugins.load([n for n in args.disabled_plugins.split(",") if n])
