@@ -247,6 +247,8 @@ class Arbiter:
         self.agents.write_key = self.write_key
         self.agents.shard_endpoints = [None] * self.worker_count
         self.registry.on_revoke = self._revoke
+        self.var_events = False  # whether workers send the events of direct writes
+        self.events.on_interest = self._var_interest
         self.agents.hello_extra = {
             "shards": self.worker_count,
             "shm": {"dir": cfg.variables.shm_dir, "prefix": self.meta.shm_prefix},
@@ -433,6 +435,7 @@ class Arbiter:
                 # Revocations so far first: its shard endpoint takes writes only after them.
                 self.link.send(index, generation, "revoke", {"agents": self.revoked,
                                                              "full": True})
+                self.link.send(index, generation, "var_events", {"wanted": self.var_events})
                 address = body.get("shard_endpoint")
                 self.agents.shard_endpoints[index] = address if isinstance(address, str) \
                     else None
@@ -461,6 +464,16 @@ class Arbiter:
         for w in self.watchers:
             if w.state is State.RUNNING:
                 self.link.send(w.index, w.generation, "revoke", {"agents": {agent: epoch}})
+
+    def _var_interest(self) -> None:
+        """Tell workers whether to send var.* events of direct writes (building and relaying
+        events nobody receives costs an arbiter wake-up per batch of writes)."""
+        wanted = self.events.watched("var.")
+        if wanted != self.var_events:
+            self.var_events = wanted
+            for w in self.watchers:
+                if w.state is State.RUNNING:
+                    self.link.send(w.index, w.generation, "var_events", {"wanted": wanted})
 
     def _agent_down(self, agent: str) -> None:
         """Sessions count an agent that left or went silent as absent."""

@@ -5,12 +5,18 @@ with at least ``seq`` (one counter across all topics), ``time`` (UNIX seconds) a
 event's fields. Subscribers filter by topic prefix (``agent.``, ``worker.``). ZeroMQ drops
 events for a subscriber that falls more than ``events.hwm`` behind; the sequence numbers let
 it see that it missed some.
+
+The publisher also knows which topic prefixes are subscribed (XPUB passes each prefix's
+first subscription and last unsubscription up), so producers elsewhere can skip building
+events nobody receives: workers send the `var.*` events of writes served on their shard
+endpoints only while some subscription covers them (`on_interest`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -30,6 +36,9 @@ class EventPublisher:
         self.seq = 0
         self.published = 0
         self.subscriptions = 0
+        self.topics: set[bytes] = set()  # subscribed prefixes
+        # Called with a topic family (e.g. "var.") whenever whether it is watched may change.
+        self.on_interest: Callable[[], None] = lambda: None
         self.sock: zmq.asyncio.Socket | None = None
         if ctx is None or endpoint is None:
             return
@@ -52,8 +61,19 @@ class EventPublisher:
             msg = await self.sock.recv()
             if msg[:1] == b"\x01":
                 self.subscriptions += 1
+                self.topics.add(msg[1:])
             elif msg[:1] == b"\x00":
                 self.subscriptions = max(0, self.subscriptions - 1)
+                self.topics.discard(msg[1:])
+            else:
+                continue
+            self.on_interest()
+
+    def watched(self, family: str) -> bool:
+        """Whether some subscription receives events of `family` (a topic prefix such as
+        "var."): a subscribed prefix that covers it or lies inside it."""
+        f = family.encode()
+        return any(f.startswith(t) or t.startswith(f) for t in self.topics)
 
     def publish(self, topic: str, fields: dict[str, Any]) -> None:
         self.seq += 1

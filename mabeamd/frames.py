@@ -56,3 +56,17 @@ def recv_ready(sock: zmq.Socket[Any]) -> list[bytes] | None:
     if not _get(sock, _EVENTS) & _POLLIN:
         return None
     return recv_frames(sock, NOBLOCK)
+
+
+def recv_batch(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
+    """Up to `limit` waiting messages. Under load, where a drain finds many, receiving until
+    zmq.Again is cheaper than recv_ready's ZMQ_EVENTS per message (a getsockopt that polls
+    the socket's mailbox: ~2 us with a syscall each, against one ~2.5 us exception per
+    batch); the Again re-arms the edge-triggered FD the same way."""
+    batch: list[list[bytes]] = []
+    while len(batch) < limit:
+        try:
+            batch.append(recv_frames(sock, NOBLOCK))
+        except zmq.Again:
+            break
+    return batch

@@ -30,7 +30,7 @@ import zmq
 from mabeamd import wire
 from mabeamd.config import parse_endpoint
 from mabeamd.credentials import Verifier
-from mabeamd.frames import NOBLOCK, recv_ready, send_frames
+from mabeamd.frames import NOBLOCK, recv_batch, send_frames
 from mabeamd.shard import ADMIN, READ_OPS, WRITE_FIELDS
 from mabeamd.wire import ErrorCode, WireError, check_fields
 from mabeamd.zmqutil import bind_endpoint, router, unlink_endpoint
@@ -59,16 +59,17 @@ Serve = Callable[[str, dict[str, Any], str], tuple[Any, dict[str, Any] | None]]
 
 
 class ShardEndpoint:
-    def __init__(self, address: str, max_message: int, verifier: Verifier,
-                 authorize: Authorize) -> None:
+    def __init__(self, ctx: zmq.Context[Any], address: str, max_message: int,
+                 verifier: Verifier, authorize: Authorize) -> None:
         self.address = address
         self.max_message = max_message
         self.verifier = verifier
         self.authorize = authorize
         self.writes_open = False  # set once the arbiter's revocations have arrived
         self.stats = {"requests": 0, "errors": 0, "undeliverable": 0}
-        self._ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context()
-        self.sock = router(self._ctx, sndhwm=10000, rcvhwm=10000, linger=0)
+        # The worker's context: one I/O thread for the link and this socket (on a 2-core
+        # machine every extra thread is another wake-up competing for a core).
+        self.sock = router(ctx, sndhwm=10000, rcvhwm=10000, linger=0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
         self.sock.setsockopt(zmq.HEARTBEAT_IVL, 10_000)
         self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30_000)
@@ -88,16 +89,10 @@ class ShardEndpoint:
 
     def receive(self) -> list[list[bytes]]:
         """Up to BATCH waiting messages (frames with their routing envelope)."""
-        batch: list[list[bytes]] = []
-        while len(batch) < BATCH:
-            try:
-                frames = recv_ready(self.sock)
-            except zmq.ZMQError:  # closed during shutdown
-                break
-            if frames is None:
-                break
-            batch.append(frames)
-        return batch
+        try:
+            return recv_batch(self.sock, BATCH)
+        except zmq.ZMQError:  # closed during shutdown
+            return []
 
     def serve(self, frames: list[bytes], handle: Serve,
               ) -> tuple[list[bytes], dict[str, Any] | None]:
@@ -151,7 +146,6 @@ class ShardEndpoint:
 
     def close(self) -> None:
         self.sock.close(linger=0)
-        self._ctx.term()
         ep = parse_endpoint(self.address)
         if ep is not None:
             with contextlib.suppress(OSError):

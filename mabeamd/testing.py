@@ -62,6 +62,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> int:
+    """The first of n consecutive loopback TCP ports that nothing listens on right now (for
+    shard endpoints: worker i binds PORT+i)."""
+    for _ in range(100):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports on loopback")
+
+
 def run_ctl(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run mabeamctl as a user would (a fresh process)."""

@@ -79,6 +79,7 @@ class Worker:
         # Direct variable requests (shard_endpoint.py), when configured and bound.
         self.direct: ShardEndpoint | None = None
         self._direct_scheduled = False
+        self.var_events = False  # someone subscribes to var.* (the arbiter says)
 
     def _send(self, op: str, body: dict[str, Any]) -> None:
         self._seq += 1
@@ -208,7 +209,7 @@ class Worker:
             shard.commit()  # durable (per policy) before any reply leaves
         for reply, _ in served:
             direct.send(reply)
-        if events:
+        if events and self.var_events:
             self._send("events", {"events": events})
             self._wake()
         self._wake_direct()  # sends consumed the edge; more may have arrived
@@ -251,6 +252,9 @@ class Worker:
                                                  if isinstance(e, int)})
                 if body.get("full"):
                     self.direct.writes_open = True
+            return None
+        if op == "var_events":
+            self.var_events = bool(body.get("wanted"))
             return None
         if op != "request":
             log.warning("unknown op from arbiter: %s", op)
@@ -306,11 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     # points, same disabled list as the arbiter; failures are logged to the daemon's log).
     plugins = PluginHost()
     worker = Worker(args.index, args.generation, args.link, args.heartbeat, plugins=plugins)
+    worker.connect()
     key = os.environ.pop(WRITE_KEY_ENV, "")  # not for anything this process spawns
     if args.shard_endpoint and key:
-        worker.direct = ShardEndpoint(args.shard_endpoint, args.max_message,
+        worker.direct = ShardEndpoint(worker._ctx, args.shard_endpoint, args.max_message,
                                       Verifier(bytes.fromhex(key)), plugins.authorize)
-    worker.connect()
     worker.progress()  # "loading": start_timeout now bounds silence, not start-up work
     plugins.load([n for n in args.disabled_plugins.split(",") if n])
     if args.state_dir is not None:

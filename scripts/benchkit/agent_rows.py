@@ -14,12 +14,13 @@ from benchkit import Row
 from benchkit.load import EchoPeer, latency_client, run_clients, sdk_register_client
 from benchkit.stats import pick_median_rep, summary
 from mabeamd import wire
-from mabeamd.testing import Daemon, free_port
+from mabeamd.testing import Daemon, free_port, free_ports
 
 
 def tcp_daemon(agents: str = "", extra: str = "") -> tuple[Daemon, str]:
     """A bench daemon with its agent endpoint on a free loopback port (the default transport
-    agents use), no event endpoint, and heartbeats slow enough not to expire idle agents."""
+    agents use), shard endpoints on two more, no event endpoint, and heartbeats slow enough
+    not to expire idle agents."""
     port = free_port()
     d = Daemon(f"""
 [daemon]
@@ -28,6 +29,7 @@ log_level = "warning"
 count = 2
 [agents]
 endpoints = ["tcp://127.0.0.1:{port}"]
+shard_endpoint = "tcp://127.0.0.1:{free_ports(2)}"
 heartbeat_interval = 300.0
 {agents}
 [events]

@@ -16,6 +16,7 @@ from benchkit.agent_rows import tcp_daemon
 from benchkit.load import run_clients
 from benchkit.stats import pick_median_rep, spread, summary
 from mabeamd import wire
+from mabeamd.sharding import shard_of
 from mabeamd.testing import Daemon, free_port, short_tmpdir
 
 VALUE = {"x": 12345, "tag": "bench", "pad": "p" * 64}
@@ -38,17 +39,59 @@ def _call(s: zmq.Socket[Any], rid: int, op: str, body: dict[str, Any]) -> dict[s
     return result
 
 
+class Conn:
+    """A wire client as docs/protocol.md describes it, in any language: hello on the agent
+    endpoint, then variable requests straight to their shard's endpoint (one hop), writes
+    carrying the credential from hello. via="agent" sends everything through the agent
+    endpoint instead (two hops: the arbiter forwards to the worker)."""
+
+    def __init__(self, endpoint: str, agent: str, via: str = "shard") -> None:
+        self.ctx = zmq.Context()
+        self.agent_sock = self._dealer(endpoint)
+        hello = _call(self.agent_sock, 0, "hello", {"agent": agent})
+        self.agent, self.credential = agent, hello.get("credential")
+        self.shards = int(hello["shards"])
+        eps = hello.get("shard_endpoints") or []
+        if via == "shard" and not (eps and all(eps) and self.credential):
+            raise RuntimeError("the daemon offers no shard endpoints")
+        self.socks = [self._dealer(e) for e in eps] if via == "shard" else \
+            [self.agent_sock] * self.shards
+
+    def _dealer(self, endpoint: str) -> zmq.Socket[Any]:
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(endpoint)
+        return s
+
+    def body(self, op: str, name: str, value: Any = None) -> dict[str, Any]:
+        if op == "var.get":
+            return {"name": name}
+        out = {"agent": self.agent, "name": name, "value": value}
+        if self.socks[0] is not self.agent_sock:
+            out["credential"] = self.credential
+        return out
+
+    def sock(self, name: str) -> zmq.Socket[Any]:
+        return self.socks[shard_of(name, self.shards)]
+
+    def call(self, rid: int, op: str, name: str, value: Any = None) -> dict[str, Any]:
+        return _call(self.sock(name), rid, op, self.body(op, name, value))
+
+    def close(self) -> None:
+        for s in {*self.socks, self.agent_sock}:
+            s.close()
+        self.ctx.term()
+
+
 def mabeam_client(endpoint: str, mode: str, n: int, warmup: int, out: Any) -> None:
-    """Sequential latencies (us) of var.get / var.set over the wire, or of shared-memory
-    reads through the SDK (mode "shm")."""
+    """Sequential latencies (us) of var.get / var.set over the wire (mode "get", "set"; one
+    hop to the shard endpoint), of var.get through the agent endpoint (mode "get-agent"), or
+    of shared-memory reads through the SDK (mode "shm")."""
     agent, names = f"bench-{os.getpid()}", [f"bench/{os.getpid()}/{i}" for i in range(100)]
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(endpoint)
-    _call(s, 0, "hello", {"agent": agent})
+    op, _, via = mode.partition("-")
+    conn = Conn(endpoint, agent, via or "shard")
     for i, name in enumerate(names):
-        _call(s, i + 1, "var.create", {"agent": agent, "name": name, "value": VALUE})
+        conn.call(i + 1, "var.create", name, VALUE)
     lat: list[float] = []
     if mode == "shm":
         from mabeamd.client import Client
@@ -62,50 +105,57 @@ def mabeam_client(endpoint: str, mode: str, n: int, warmup: int, out: Any) -> No
                     lat.append((time.perf_counter_ns() - t0) / 1000)
     else:
         for i in range(warmup + n):
-            body: dict[str, Any] = {"name": names[i % 100]}
-            if mode == "set":
-                body.update(agent=agent, value=VALUE)
+            name = names[i % 100]
             t0 = time.perf_counter_ns()
-            _call(s, 1000 + i, f"var.{mode}", body)
+            conn.call(1000 + i, f"var.{op}", name, VALUE)
             if i >= warmup:
                 lat.append((time.perf_counter_ns() - t0) / 1000)
-    s.close()
-    ctx.term()
+    conn.close()
     out.put(lat)
 
 
 def mabeam_rate(endpoint: str, seconds: float, window: int, out: Any) -> None:
-    """Pipelined get/set mix (1:1), `window` requests in flight."""
-    agent = f"rate-{os.getpid()}"
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(endpoint)
-    _call(s, 0, "hello", {"agent": agent})
+    """Pipelined get/set mix (1:1) to the shard endpoints, `window` requests in flight."""
+    conn = Conn(endpoint, f"rate-{os.getpid()}")
     names = [f"rate/{os.getpid()}/{i}" for i in range(100)]
     for i, name in enumerate(names):
-        _call(s, i + 1, "var.create", {"agent": agent, "name": name, "value": VALUE})
+        conn.call(i + 1, "var.create", name, VALUE)
+    poller = zmq.Poller()
+    for s in conn.socks:
+        poller.register(s, zmq.POLLIN)
     sent = done = 0
     deadline = time.monotonic() + seconds
 
     def send(k: int) -> None:
         name = names[k % 100]
-        body = {"name": name} if k % 2 else {"agent": agent, "name": name, "value": VALUE}
-        s.send_multipart(wire.encode({"id": k, "op": "var.get" if k % 2 else "var.set"}, body))
+        op = "var.get" if k % 2 else "var.set"
+        conn.sock(name).send_multipart(wire.encode({"id": k, "op": op},
+                                                   conn.body(op, name, VALUE)))
+
+    def receive(timeout: int) -> int:
+        got = 0
+        for s, _ in poller.poll(timeout):
+            while True:
+                try:
+                    s.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                got += 1
+        return got
 
     while sent < window:
         send(sent)
         sent += 1
     while time.monotonic() < deadline:
-        s.recv_multipart()
-        done += 1
-        send(sent)
-        sent += 1
-    while done < sent and s.poll(5000):
-        s.recv_multipart()
-        done += 1
-    s.close()
-    ctx.term()
+        got = receive(1000)
+        done += got
+        for _ in range(got):
+            send(sent)
+            sent += 1
+    end = time.monotonic() + 5
+    while done < sent and time.monotonic() < end:
+        done += receive(100)
+    conn.close()
     out.put((done, seconds))
 
 
@@ -221,7 +271,7 @@ def variables(n: int, reps: int, seconds: float) -> list[Row]:
     try:
         d.start()
         ours = {m: [run_clients(mabeam_client, [(endpoint, m, n, 200)])[0] for _ in range(reps)]
-                for m in ("shm", "get", "set")}
+                for m in ("shm", "get", "set", "get-agent")}
         rates = [sum(x for x, _ in run_clients(mabeam_rate, [(endpoint, seconds, 64)] * 2))
                  / seconds for _ in range(reps)]
         d.stop()
@@ -242,11 +292,16 @@ def variables(n: int, reps: int, seconds: float) -> list[Row]:
                               "loopback (goal: >= 10x faster)"))
     rows.append(lat_row("variable get over the wire (tcp loopback)", ours["get"],
                          theirs.get("get"), why, seed_target="< 1000", goal="p95 <= 150",
-                         note="var.get: client -> arbiter -> worker -> back"))
+                         note="var.get on the shard's endpoint: client -> worker -> back"))
+    rows.append(lat_row("variable get through the agent endpoint (two hops)",
+                         ours["get-agent"], theirs.get("get"), why,
+                         note="var.get: client -> arbiter -> worker -> arbiter -> client: "
+                              "what the shard endpoint saves"))
     rows.append(lat_row("variable set, acknowledged (fsync everysec)", ours["set"],
                          theirs.get("set"), why, seed_target="< 1000", goal="p95 <= 250",
-                         note="var.set: WAL append before the reply; peer: SET with AOF "
-                              "everysec (goal: writes >= 1.0x Redis)"))
+                         note="var.set on the shard's endpoint: WAL append before the "
+                              "reply; peer: SET with AOF everysec (goal: writes >= 1.0x "
+                              "Redis)"))
     mid = sorted(rates)[len(rates) // 2]
     rate_row = Row("variable ops/s pipelined (get/set 1:1, 2 procs x 64)", "ops/s",
                    seed_target="> 10,000", goal=">= 60,000", rate=mid, spread=spread(rates),
