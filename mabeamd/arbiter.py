@@ -248,6 +248,7 @@ class Arbiter:
         self.agents.shard_endpoints = [None] * self.worker_count
         self.registry.on_revoke = self._revoke
         self.var_events = False  # whether workers send the events of direct writes
+        self.shard_traffic: dict[int, dict[str, Any]] = {}  # from workers' heartbeats
         self.events.on_interest = self._var_interest
         self.agents.hello_extra = {
             "shards": self.worker_count,
@@ -412,6 +413,7 @@ class Arbiter:
             self.variables.worker_down(index)
             self.sessions.worker_down(index)
             self.agents.shard_endpoints[index] = None
+            self.shard_traffic.pop(index, None)
         if self.state == "running" and event in ("running", "exited", "failed"):
             self.notifier.status(self.status_line())
 
@@ -421,6 +423,9 @@ class Arbiter:
         w = self.watchers[index]
         if op == "heartbeat":
             w.on_heartbeat(generation)
+            traffic = body.get("shard_traffic")
+            if isinstance(traffic, dict) and generation == w.generation:
+                self.shard_traffic[index] = traffic
         elif op == "loading":
             w.on_loading(generation)
         elif op == "results":  # a worker's answers to one batch of requests

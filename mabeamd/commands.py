@@ -60,7 +60,10 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
 
     async def workers(body: dict[str, Any], progress: Progress) -> Any:
         check_fields(body, "workers")
-        return {"workers": [w.info() for w in arbiter.watchers]}
+        return {"workers": [{**w.info(),
+                             "shard_endpoint": arbiter.agents.shard_endpoints[w.index],
+                             "shard_traffic": arbiter.shard_traffic.get(w.index)}
+                            for w in arbiter.watchers]}
 
     async def workers_restart(body: dict[str, Any], progress: Progress) -> Any:
         indexes = _worker_index(arbiter, body)

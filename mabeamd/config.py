@@ -494,6 +494,12 @@ def _check_cross(cfg: Config, origin: str) -> None:
     for label, text in endpoints:
         ep = parse_endpoint(text)
         assert ep is not None  # checked by _check_value
+        if not ep.loopback and not cfg.security.allow_insecure_remote \
+                and label == "[agents] shard_endpoint":
+            raise ConfigError(
+                f"{origin}: {label}: {text} is not on loopback, and shard endpoints are plain "
+                "(no CURVE): bind it on loopback or ipc, leave it empty, or set [security] "
+                "allow_insecure_remote = true")
         if not ep.curve and not ep.loopback and not cfg.security.allow_insecure_remote:
             raise ConfigError(
                 f"{origin}: {label}: {text} is not on loopback, so it needs CURVE: write "

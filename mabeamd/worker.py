@@ -227,7 +227,10 @@ class Worker:
 
     async def _beat(self) -> None:
         while True:
-            self._send("heartbeat", {"generation": self.generation, "t": time.monotonic()})
+            beat: dict[str, Any] = {"generation": self.generation, "t": time.monotonic()}
+            if self.direct is not None:
+                beat["shard_traffic"] = self.direct.stats
+            self._send("heartbeat", beat)
             self._wake()
             await asyncio.sleep(self.heartbeat)
 

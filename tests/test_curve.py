@@ -34,6 +34,7 @@ def curve_daemon(make_daemon: Callable[..., Daemon]) -> tuple[Daemon, str, Path]
     d = make_daemon(f"""
 [agents]
 endpoints = ["curve+tcp://127.0.0.1:{port}", "ipc://{{run}}/agents.sock"]
+shard_endpoint = "ipc://{{run}}/shard"
 heartbeat_interval = 0.5
 [events]
 endpoint = ""
@@ -67,7 +68,12 @@ def test_allowed_key_works_and_owns_its_namespace(
         curve_daemon: tuple[Daemon, str, Path]) -> None:
     d, endpoint, keys = curve_daemon
     with keyed(endpoint, keys, "alice") as alice, keyed(endpoint, keys, "bob") as bob:
-        alice.register("alice")
+        hello = alice.register("alice")
+        # Shard endpoints are plain: a CURVE client keeps its traffic on the curve+ endpoint.
+        assert "shard_endpoints" not in hello and "credential" not in hello
+        assert alice.aio._routes is None
+        alice.create_var("alice", "curve/x", 1)
+        assert alice.set_var("alice", "curve/x", 2)["version"] == 2
         alice.register("alice/worker-1", ["w"])
         alice.register("free-agent")  # outside any key's namespace: anyone may
         assert alice.get_agent("alice/worker-1")["principal"] == "alice"
@@ -80,7 +86,7 @@ def test_allowed_key_works_and_owns_its_namespace(
     with Client(d.agent_endpoint, timeout=2) as plain:
         with pytest.raises(Forbidden):
             plain.register("alice/sneaky")
-        plain.register("visitor")
+        assert plain.register("visitor")["credential"]  # on the plain endpoint: offered
         shown = d.call("agents.show", {"agent": "alice"})
         assert shown["principal"] == "alice"
         assert shown["connection"]["endpoint"].startswith("curve+tcp://")

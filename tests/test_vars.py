@@ -28,9 +28,11 @@ from mabeamd.testing import Daemon
 from mabeamd.wire import WireError
 
 
-@pytest.fixture
-def client(daemon: Daemon) -> Iterator[Client]:
-    with Client(daemon.agent_endpoint, timeout=5) as c:
+@pytest.fixture(params=[True, False], ids=["shard-endpoints", "agent-endpoint"])
+def client(daemon: Daemon, request: pytest.FixtureRequest) -> Iterator[Client]:
+    """The same rules whether requests go to the shard endpoints (one hop) or through the
+    agent endpoint (the arbiter forwards them)."""
+    with Client(daemon.agent_endpoint, timeout=5, direct=request.param) as c:
         c.register("alice")
         c.register("bob")
         yield c

@@ -26,7 +26,16 @@ import zmq
 import zmq.asyncio
 
 from mabeamd import shm, wire
-from mabeamd.client.errors import ConnectionLost, MabeamError, NotFound, Timeout, error_for
+from mabeamd.client.errors import (
+    Busy,
+    ConnectionLost,
+    MabeamError,
+    NotFound,
+    NotRegistered,
+    Timeout,
+    error_for,
+)
+from mabeamd.client.routes import Lost, Routes
 from mabeamd.frames import NOBLOCK, recv_ready, send_frames
 from mabeamd.sharding import shard_of
 
@@ -51,6 +60,7 @@ class Registration:
     weight: float = 1.0
     priority: int = 0
     token: str | None = None
+    credential: str | None = None  # for writes on shard endpoints (from hello)
 
     def hello(self) -> dict[str, Any]:
         body: dict[str, Any] = {"agent": self.agent, "capabilities": self.capabilities,
@@ -61,14 +71,19 @@ class Registration:
         return body
 
 
+class _NoRoute(Exception):
+    """The shard's route cannot take the request now: use the agent endpoint."""
+
+
 class AsyncClient:
     """Connect with `async with AsyncClient(endpoint) as c:` or `await c.connect()`."""
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  server_key: bytes | None = None,
                  client_keys: tuple[bytes, bytes] | None = None,
-                 heartbeat: bool = True, push_queue: int = 10000) -> None:
+                 heartbeat: bool = True, push_queue: int = 10000, direct: bool = True) -> None:
         self.endpoint = endpoint or os.environ.get("MABEAM_ENDPOINT", "tcp://127.0.0.1:7700")
+        self.direct = direct  # variable requests to shard endpoints when offered
         self.timeout = timeout
         self.server_key = server_key
         self.client_keys = client_keys
@@ -90,6 +105,9 @@ class AsyncClient:
         self._shm: dict[str, Any] | None = None
         self._readers: dict[int, Any] = {}
         self.events_endpoint: str | None = None
+        # Variable requests straight to their shard's endpoint (routes.py); not for CURVE
+        # clients, whose traffic stays on the encrypted agent endpoint.
+        self._routes: Routes | None = None
         self.dropped_pushes = 0
         self.reregistrations = 0
 
@@ -119,6 +137,8 @@ class AsyncClient:
         s.connect(self.endpoint)
         self._sock = s
         self._loop.add_reader(s.FD, self._drain)
+        if self.direct and self.server_key is None:
+            self._routes = Routes(self._ctx, self._loop, self.endpoint, self._handle)
         self._tasks = []
         if self._heartbeat:
             self._tasks.append(asyncio.create_task(self._beat()))
@@ -137,6 +157,9 @@ class AsyncClient:
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
+        if self._routes is not None:
+            self._routes.close()
+            self._routes = None
         if self._sock is not None:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._sock.FD)
@@ -155,6 +178,12 @@ class AsyncClient:
     async def request(self, op: str, body: dict[str, Any] | None = None,
                       timeout: float | None = None) -> Any:
         """Send one request; return the result or raise the error's exception type."""
+        return await self._request(op, body or {}, timeout, None)
+
+    async def _request(self, op: str, body: dict[str, Any], timeout: float | None,
+                       shard: int | None) -> Any:
+        """To the agent endpoint (shard None) or to a shard's route: raises _NoRoute when
+        that route cannot take it now, routes.Lost when its connection dropped."""
         if self._sock is None:
             raise ConnectionLost("not connected")
         rid = next(self._ids)
@@ -163,14 +192,46 @@ class AsyncClient:
         self._pending[rid] = fut
         wait = self.timeout if timeout is None else timeout
         deadline = loop.time() + wait
+        frames = wire.encode({"id": rid, "op": op}, body)
         try:
-            await self._send(wire.encode({"id": rid, "op": op}, body or {}), deadline, op)
+            if shard is None:
+                await self._send(frames, deadline, op)
+            elif self._routes is None or not self._routes.send(shard, rid, frames, fut):
+                raise _NoRoute
             try:
                 return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 raise Timeout(f"{op}: no reply from {self.endpoint} in {wait:g}s") from None
         finally:
             self._pending.pop(rid, None)
+            if shard is not None and self._routes is not None:
+                self._routes.done(shard, rid)
+
+    async def _var(self, op: str, body: dict[str, Any], agent: str | None = None) -> Any:
+        """A variable request: to its shard's endpoint when there is a route (and, for a
+        write, a credential for `agent`), else, or when that route cannot serve it, to the
+        agent endpoint. Same answer either way."""
+        routes = self._routes
+        if routes is not None and routes.addresses and self.shards:
+            direct: dict[str, Any] | None = body
+            if agent is not None:
+                reg = self.registrations.get(agent)
+                direct = {**body, "credential": reg.credential} \
+                    if reg is not None and reg.credential else None
+            if direct is not None:
+                try:
+                    return await self._request(op, direct, None,
+                                               shard_of(body["name"], self.shards))
+                except _NoRoute:
+                    pass
+                except Lost:
+                    if agent is not None:
+                        raise Busy(f"{op}: the worker of {body['name']!r} went away while "
+                                   "serving it; it may or may not have been applied: read it "
+                                   "back, then retry", "busy") from None
+                except (Busy, NotRegistered):
+                    pass  # a worker still starting, or a stale credential: ask the arbiter
+        return await self.request(op, body)
 
     async def _send(self, frames: list[bytes], deadline: float, op: str) -> None:
         """Send without blocking the loop. EAGAIN means no connection is up (IMMEDIATE keeps
@@ -264,14 +325,21 @@ class AsyncClient:
         reg = Registration(agent, list(capabilities), dict(metadata or {}), weight, priority,
                            token)
         reply: dict[str, Any] = await self.request("hello", reg.hello())
-        reg.token = reply["token"]
         self.registrations[agent] = reg
+        self._registered(reg, reply)
         self.heartbeat_interval = float(reply.get("heartbeat_interval", 5.0))
         self.shards = int(reply.get("shards") or 0)
         self._shm = reply.get("shm")
         self.events_endpoint = reply.get("events")
         self._wake.set()
         return reply
+
+    def _registered(self, reg: Registration, reply: dict[str, Any]) -> None:
+        """Take what a hello reply hands this registration: token, credential, routes."""
+        reg.token = reply["token"]
+        reg.credential = reply.get("credential")
+        if self._routes is not None:
+            self._routes.update(reply.get("shard_endpoints"))
 
     async def bye(self, agent: str) -> None:
         self.registrations.pop(agent, None)
@@ -333,7 +401,7 @@ class AsyncClient:
             body["writers"] = writers
         if constraints is not None:
             body["constraints"] = constraints
-        result: dict[str, Any] = await self.request("var.create", body)
+        result: dict[str, Any] = await self._var("var.create", body, agent)
         return result
 
     async def get_var(self, name: str, *, local: bool = True) -> dict[str, Any]:
@@ -343,7 +411,7 @@ class AsyncClient:
             found = self._local_get(name)
             if found is not None:
                 return found
-        result: dict[str, Any] = await self.request("var.get", {"name": name})
+        result: dict[str, Any] = await self._var("var.get", {"name": name})
         return result
 
     def _local_get(self, name: str) -> dict[str, Any] | None:
@@ -369,7 +437,7 @@ class AsyncClient:
         body: dict[str, Any] = {"agent": agent, "name": name, "value": value}
         if expect_version is not None:
             body["expect_version"] = expect_version
-        result: dict[str, Any] = await self.request("var.set", body)
+        result: dict[str, Any] = await self._var("var.set", body, agent)
         return result
 
     async def delete_var(self, agent: str, name: str, *,
@@ -377,7 +445,7 @@ class AsyncClient:
         body: dict[str, Any] = {"agent": agent, "name": name}
         if expect_version is not None:
             body["expect_version"] = expect_version
-        result: dict[str, Any] = await self.request("var.delete", body)
+        result: dict[str, Any] = await self._var("var.delete", body, agent)
         return result
 
     async def list_vars(self, prefix: str = "", *, after: str = "", limit: int = 100,
@@ -388,7 +456,7 @@ class AsyncClient:
         return result
 
     async def var_history(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("var.history", {"name": name})
+        result: dict[str, Any] = await self._var("var.history", {"name": name})
         return result
 
     async def watch_vars(self, prefix: str = "") -> AsyncIterator[dict[str, Any]]:
@@ -466,7 +534,7 @@ class AsyncClient:
                 continue
             try:
                 result = await self.request("hello", reg.hello())
-                reg.token = result["token"]
+                self._registered(reg, result)
                 self.reregistrations += 1
                 log.info("agent %s re-registered", agent)
             except MabeamError as exc:

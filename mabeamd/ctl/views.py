@@ -39,12 +39,15 @@ def show_workers(ws: list[dict[str, Any]]) -> str:
         last = w["last_exit"] or "-"
         if w["state"] == "backoff" and w["restart_in"] is not None:
             last += f" (restart in {w['restart_in']:.1f}s)"
+        traffic = w.get("shard_traffic") or {}
         rows.append([w["index"], w["state"].upper() if w["state"] == "failed" else w["state"],
                      w["pid"], w["cpu_percent"], render.size(w["rss"]),
                      render.duration(w["uptime"]), w["restarts"], w["crashes"],
-                     w["start_failures"] + w["spawn_failures"], last])
+                     w["start_failures"] + w["spawn_failures"],
+                     traffic.get("requests", "-") if w.get("shard_endpoint") else "-", last])
+    # DIRECT: requests served on the worker's shard endpoint (--json has its address).
     return render.table(["WORKER", "STATE", "PID", "CPU%", "RSS", "UPTIME", "RESTARTS",
-                         "CRASHES", "START_FAIL", "LAST EXIT"], rows)
+                         "CRASHES", "START_FAIL", "DIRECT", "LAST EXIT"], rows)
 
 
 def show_plugins(ps: list[dict[str, Any]]) -> str:

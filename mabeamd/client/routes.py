@@ -1,0 +1,168 @@
+"""The SDK's direct routes: one DEALER per shard endpoint, for variable requests.
+
+At hello the daemon lists each shard's endpoint (`shard_endpoints`, docs/protocol.md) and
+gives the agent a write credential. A variable request then goes straight to the worker that
+owns its name (sharding.py): one hop instead of two through the agent endpoint. The agent
+endpoint stays the fallback, and the answer is the same either way:
+
+- no route yet (not connected: IMMEDIATE keeps messages out of a connection that is not up,
+  so a send fails at once instead of queueing), a CURVE client (shard endpoints are plain),
+  or an agent without a credential: the request goes to the agent endpoint;
+- the connection to a worker drops with requests in flight (its worker died): a read is
+  asked again through the agent endpoint, a write fails `busy` ("may or may not have been
+  applied"), as it would through the arbiter.
+
+Replies come back on the route's socket and are handed to the client's reply handler; the
+client owns the request ids and their futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from mabeamd.frames import NOBLOCK, recv_batch, send_frames
+
+log = logging.getLogger("mabeamd.client")
+
+WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]", "::")
+
+
+def resolve(advertised: str, via: str) -> str:
+    """The address to connect to: a shard endpoint bound on a wildcard host is reached on
+    the host the client reached the agent endpoint at."""
+    if advertised.startswith("tcp://") and via.startswith("tcp://"):
+        host, _, port = advertised[len("tcp://"):].rpartition(":")
+        if host in WILDCARD_HOSTS:
+            via_host = via[len("tcp://"):].rpartition(":")[0]
+            return f"tcp://{via_host}:{port}"
+    return advertised
+
+
+class Lost(Exception):
+    """The route's connection dropped with this request in flight."""
+
+
+class Routes:
+    def __init__(self, ctx: zmq.Context[Any], loop: asyncio.AbstractEventLoop, via: str,
+                 on_reply: Callable[[list[bytes]], None]) -> None:
+        self._ctx = ctx
+        self._loop = loop
+        self._via = via
+        self._on_reply = on_reply
+        self.addresses: list[str | None] = []
+        self._socks: dict[int, zmq.Socket[Any]] = {}
+        self._monitors: dict[int, zmq.Socket[Any]] = {}
+        self._scheduled: set[int] = set()
+        # shard -> {request id: future} of requests in flight on that route
+        self._in_flight: dict[int, dict[int, asyncio.Future[Any]]] = {}
+
+    def update(self, addresses: Any) -> None:
+        """The shard endpoints a hello reply listed (a changed address reconnects)."""
+        if not isinstance(addresses, list):
+            return
+        new = [resolve(a, self._via) if isinstance(a, str) else None for a in addresses]
+        for shard in list(self._socks):
+            if shard >= len(new) or new[shard] != self.addresses[shard]:
+                self._drop(shard)
+        self.addresses = new
+
+    def _socket(self, shard: int) -> zmq.Socket[Any] | None:
+        sock = self._socks.get(shard)
+        if sock is None and shard < len(self.addresses) and self.addresses[shard]:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            sock.connect(self.addresses[shard])
+            # Process the monitor's pending commands now: until its side of the inproc pipe
+            # is attached, events the monitored socket emits can be lost (seen: a
+            # DISCONNECTED that never arrived, requests left waiting for their timeout).
+            monitor.getsockopt(zmq.EVENTS)
+            self._socks[shard], self._monitors[shard] = sock, monitor
+            self._in_flight[shard] = {}
+            self._loop.add_reader(sock.FD, self._drain, shard)
+            self._loop.add_reader(monitor.FD, self._watch, shard)
+        return sock
+
+    def send(self, shard: int, rid: int, frames: list[bytes], fut: asyncio.Future[Any],
+             ) -> bool:
+        """Send on the shard's route; False when there is none up right now."""
+        sock = self._socket(shard)
+        if sock is None:
+            return False
+        try:
+            send_frames(sock, frames, NOBLOCK)
+        except zmq.ZMQError:  # EAGAIN: not connected (yet, or any more)
+            return False
+        self._in_flight[shard][rid] = fut
+        self._wake(shard)  # a send can consume ZMQ_FD's edge
+        return True
+
+    def done(self, shard: int, rid: int) -> None:
+        flights = self._in_flight.get(shard)
+        if flights is not None:
+            flights.pop(rid, None)
+
+    def _wake(self, shard: int) -> None:
+        if shard not in self._scheduled:
+            self._scheduled.add(shard)
+            self._loop.call_soon(self._drain, shard)
+
+    def _drain(self, shard: int) -> None:
+        self._scheduled.discard(shard)
+        sock = self._socks.get(shard)
+        if sock is None:
+            return
+        try:
+            batch = recv_batch(sock, 1 << 30)
+        except zmq.ZMQError:  # closed under us
+            return
+        for frames in batch:
+            self._on_reply(frames)
+
+    def _watch(self, shard: int) -> None:
+        monitor = self._monitors.get(shard)
+        if monitor is None:
+            return
+        while True:
+            try:
+                event = recv_monitor_message(monitor, NOBLOCK)
+            except zmq.ZMQError:  # EAGAIN: nothing more (or closed)
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._drain(shard)  # replies that arrived before the drop still count
+                lost = self._in_flight.get(shard, {})
+                for fut in lost.values():
+                    if not fut.done():
+                        fut.set_exception(Lost())
+                lost.clear()
+
+    def _drop(self, shard: int) -> None:
+        sock, monitor = self._socks.pop(shard, None), self._monitors.pop(shard, None)
+        for s in (sock, monitor):
+            if s is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(s.FD)
+        if sock is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            sock.close(linger=0)
+        if monitor is not None:
+            monitor.close(linger=0)
+        for fut in self._in_flight.pop(shard, {}).values():
+            if not fut.done():
+                fut.set_exception(Lost())
+
+    def close(self) -> None:
+        for shard in list(self._socks):
+            self._drop(shard)
+        self.addresses = []

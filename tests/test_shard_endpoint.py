@@ -1,0 +1,359 @@
+"""Shard endpoints: variable requests served by the workers themselves (one hop), write
+credentials and their revocation, events, fallbacks. Real daemons, real sockets, real
+signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from mabeamd import credentials, wire
+from mabeamd.client import AsyncClient, Busy, Client
+from mabeamd.sharding import shard_of
+from mabeamd.testing import Daemon, free_port, free_ports
+
+
+class Wire:
+    """A bare wire client, as someone writing one in another language would."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.socks: dict[str, zmq.Socket[Any]] = {}
+        self.agent = self.sock(endpoint)
+        self.rid = 0
+
+    def sock(self, endpoint: str) -> zmq.Socket[Any]:
+        if endpoint not in self.socks:
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RCVTIMEO, 5000)
+            s.connect(endpoint)
+            self.socks[endpoint] = s
+        return self.socks[endpoint]
+
+    def call(self, sock: zmq.Socket[Any], op: str, body: Any) -> tuple[str, Any]:
+        self.rid += 1
+        sock.send_multipart(wire.encode({"id": self.rid, "op": op}, body))
+        _, header, reply = sock.recv_multipart()
+        h = wire.unpack(header)
+        assert h["id"] == self.rid
+        return h["status"], wire.unpack(reply)
+
+    def ok(self, sock: zmq.Socket[Any], op: str, body: Any) -> Any:
+        status, reply = self.call(sock, op, body)
+        assert status == "ok", reply
+        return reply
+
+    def code(self, sock: zmq.Socket[Any], op: str, body: Any) -> str:
+        status, reply = self.call(sock, op, body)
+        assert status == "error", reply
+        return str(reply["code"])
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def bare(daemon: Daemon) -> Iterator[Wire]:
+    w = Wire(daemon.agent_endpoint)
+    yield w
+    w.close()
+
+
+def shard_sock(w: Wire, hello: dict[str, Any], name: str) -> zmq.Socket[Any]:
+    eps = hello["shard_endpoints"]
+    return w.sock(eps[shard_of(name, len(eps))])
+
+
+def test_hello_offers_shard_endpoints_and_a_credential(daemon: Daemon, bare: Wire) -> None:
+    hello = bare.ok(bare.agent, "hello", {"agent": "alice"})
+    assert hello["shard_endpoints"] == [f"ipc://{daemon.run_dir}/shard-{i}" for i in range(2)]
+    assert hello["credential"].startswith(f"{hello['credential'].split('.')[0]}.")
+    name = "plan/x"
+    s = shard_sock(bare, hello, name)
+    cred = hello["credential"]
+    created = bare.ok(s, "var.create", {"agent": "alice", "credential": cred, "name": name,
+                                        "value": 1, "type": "int"})
+    assert (created["owner"], created["version"]) == ("alice", 1)
+    bare.ok(s, "var.set", {"agent": "alice", "credential": cred, "name": name, "value": 2,
+                           "expect_version": 1})
+    # The agent endpoint and the shard endpoint see the same variable.
+    via_arbiter = bare.ok(bare.agent, "var.get", {"name": name})
+    assert via_arbiter == bare.ok(s, "var.get", {"name": name})
+    assert via_arbiter["value"] == 2 and via_arbiter["modified_by"] == "alice"
+    assert [h["value"] for h in bare.ok(s, "var.history", {"name": name})["history"]] == [1]
+    assert bare.code(s, "var.set", {"agent": "alice", "credential": cred, "name": name,
+                                    "value": 3, "expect_version": 1}) == "version_mismatch"
+    assert bare.code(s, "var.set", {"agent": "alice", "credential": cred, "name": name,
+                                    "value": "text"}) == "constraint_violation"
+    assert bare.ok(s, "var.delete", {"agent": "alice", "credential": cred,
+                                     "name": name})["deleted"] is True
+    assert bare.code(bare.agent, "var.get", {"name": name}) == "not_found"
+
+
+def test_bad_requests_and_forged_credentials_change_nothing(daemon: Daemon, bare: Wire) -> None:
+    hello = bare.ok(bare.agent, "hello", {"agent": "alice"})
+    bare.ok(bare.agent, "hello", {"agent": "bob"})
+    cred, name = hello["credential"], "acl/x"
+    s = shard_sock(bare, hello, name)
+    bare.ok(s, "var.create", {"agent": "alice", "credential": cred, "name": name, "value": 0})
+    epoch, _, mac = cred.partition(".")
+    forged = [f"{epoch}.{'0' * len(mac)}", f"{int(epoch) + 1}.{mac}", "", "x", 17, None,
+              f"{'9' * 40}.{mac}"]
+    for bad in forged:
+        assert bare.code(s, "var.set", {"agent": "alice", "credential": bad, "name": name,
+                                        "value": 1}) in ("not_registered", "bad_request")
+    # alice's credential does not speak for bob
+    assert bare.code(s, "var.set", {"agent": "bob", "credential": cred, "name": name,
+                                    "value": 1}) == "not_registered"
+    assert bare.code(s, "var.set", {"agent": "alice", "name": name, "value": 1}) == \
+        "bad_request"  # no credential
+    assert bare.code(s, "var.set", {"agent": "alice", "credential": cred, "name": name,
+                                    "value": 1, "extra": 1}) == "bad_request"
+    assert bare.code(s, "var.list", {}) == "unknown_op"
+    assert bare.code(s, "hello", {"agent": "mallory"}) == "unknown_op"
+    assert bare.code(s, "var.get", {"name": 5}) == "bad_request"
+    s.send_multipart([b"MB1", b"\xc1", b"\x80"])  # not msgpack
+    assert wire.unpack(s.recv_multipart()[1])["status"] == "error"
+    s.send_multipart([b"XX9", wire.pack({"id": 1, "op": "var.get"}), wire.pack({})])
+    assert wire.unpack(s.recv_multipart()[2])["code"] == "unsupported_version"
+    got = bare.ok(bare.agent, "var.get", {"name": name})
+    assert (got["version"], got["value"]) == (1, 0)
+    assert all(w["state"] == "running" and w["crashes"] == 0 for w in daemon.workers())
+
+
+def test_bye_revokes_the_credential_and_a_new_hello_issues_another(
+        daemon: Daemon, bare: Wire) -> None:
+    hello = bare.ok(bare.agent, "hello", {"agent": "alice"})
+    name = "rev/x"
+    s = shard_sock(bare, hello, name)
+    old = hello["credential"]
+    bare.ok(s, "var.create", {"agent": "alice", "credential": old, "name": name, "value": 0})
+    bare.ok(bare.agent, "bye", {"agent": "alice"})
+    body = {"agent": "alice", "credential": old, "name": name, "value": 1}
+    daemon.wait_until(lambda: bare.call(s, "var.set", body)[0] == "error", timeout=5)
+    assert bare.code(s, "var.set", body) == "not_registered"
+    again = bare.ok(bare.agent, "hello", {"agent": "alice"})
+    assert again["credential"] != old
+    bare.ok(s, "var.set", {**body, "credential": again["credential"]})
+    assert bare.code(s, "var.set", body) == "not_registered"  # the old one stays revoked
+
+
+def test_takeover_by_another_connection_revokes_the_old_credential(
+        daemon: Daemon, bare: Wire) -> None:
+    hello = bare.ok(bare.agent, "hello", {"agent": "alice"})
+    name = "take/x"
+    s = shard_sock(bare, hello, name)
+    bare.ok(s, "var.create", {"agent": "alice", "credential": hello["credential"],
+                              "name": name, "value": 0})
+    other = Wire(daemon.agent_endpoint)
+    try:
+        taken = other.ok(other.agent, "hello", {"agent": "alice", "token": hello["token"]})
+        body = {"agent": "alice", "credential": hello["credential"], "name": name, "value": 1}
+        daemon.wait_until(lambda: bare.call(s, "var.set", body)[0] == "error",
+                                 timeout=5)
+        assert bare.code(s, "var.set", body) == "not_registered"
+        t = shard_sock(other, taken, name)
+        assert other.ok(t, "var.set", {**body, "credential": taken["credential"]})[
+            "version"] >= 2
+    finally:
+        other.close()
+
+
+def test_a_restarted_worker_knows_earlier_revocations(daemon: Daemon, bare: Wire) -> None:
+    hello = bare.ok(bare.agent, "hello", {"agent": "alice"})
+    name = "rev/restart"
+    s = shard_sock(bare, hello, name)
+    body = {"agent": "alice", "credential": hello["credential"], "name": name, "value": 0}
+    bare.ok(s, "var.create", body)
+    bare.ok(bare.agent, "bye", {"agent": "alice"})
+    index = shard_of(name, 2)
+    before = daemon.workers()[index]
+    os.kill(before["pid"], signal.SIGKILL)
+    daemon.wait_until(lambda: daemon.workers()[index]["generation"] > before["generation"]
+                      and daemon.workers()[index]["state"] == "running")
+    # The reconnected DEALER reaches the new worker; the old credential stays dead there.
+    daemon.wait_until(lambda: bare.call(s, "var.get", {"name": name})[0] == "ok",
+                             timeout=10)
+    assert bare.code(s, "var.set", {**body, "value": 1}) == "not_registered"
+
+
+def test_sdk_routes_variable_requests_past_the_arbiter(daemon: Daemon) -> None:
+    with Client(daemon.agent_endpoint, timeout=5) as c:
+        c.register("alice")
+        for i in range(10):  # first requests may fall back while the routes connect
+            c.create_var("alice", f"warm/{i}", i)
+        before = daemon.call("status")["agent_traffic"]["requests"]
+        for i in range(50):
+            c.set_var("alice", f"warm/{i % 10}", i)
+            assert c.get_var(f"warm/{i % 10}", local=False)["value"] == i
+        after = daemon.call("status")["agent_traffic"]["requests"]
+        assert after - before < 10, "variable requests went through the agent endpoint"
+        served = {}
+
+        def counted() -> bool:
+            served.update({w["index"]: (w["shard_traffic"] or {}).get("requests", 0)
+                           for w in daemon.workers()})
+            return sum(served.values()) >= 100
+        daemon.wait_until(counted, timeout=5), served
+        assert all(w["shard_endpoint"] for w in daemon.workers())
+
+
+def test_var_events_of_direct_writes_reach_subscribers(daemon: Daemon) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        async with AsyncClient(daemon.agent_endpoint, timeout=5) as c:
+            await c.register("alice")
+            await c.create_var("alice", "ev/warm", 0)
+            seen: list[dict[str, Any]] = []
+
+            async def watch() -> None:
+                async for ev in c.watch_vars("ev/"):
+                    seen.append(ev)
+                    if ev.get("name") == "ev/x" and ev.get("version") == 3:
+                        return
+            task = asyncio.create_task(watch())
+            for _ in range(100):  # until the subscription is in place and workers know it
+                await asyncio.sleep(0.02)
+                await c.set_var("alice", "ev/warm", 0)
+                if seen:
+                    break
+            await c.create_var("alice", "ev/x", 1)
+            await c.set_var("alice", "ev/x", 2)
+            await c.set_var("alice", "ev/x", 3)
+            await asyncio.wait_for(task, 5)
+            return [e for e in seen if e["name"] == "ev/x"]
+    events = asyncio.run(scenario())
+    assert [(e["op"], e["version"], e["value"], e["by"]) for e in events] == \
+        [("create", 1, 1, "alice"), ("set", 2, 2, "alice"), ("set", 3, 3, "alice")]
+
+
+def test_requests_in_flight_when_the_route_drops(daemon: Daemon) -> None:
+    """A read in flight on a dropped route is asked again through the agent endpoint; a
+    write fails busy (it may or may not have been applied)."""
+    black = zmq.Context.instance().socket(zmq.ROUTER)  # takes requests, never answers
+    black.setsockopt(zmq.LINGER, 0)
+    port = black.bind_to_random_port("tcp://127.0.0.1")
+
+    async def scenario() -> tuple[Any, Any]:
+        async with AsyncClient(daemon.agent_endpoint, timeout=5) as c:
+            await c.register("alice")
+            await c.create_var("alice", "drop/x", 7)
+            assert c._routes is not None
+            c._routes.update([f"tcp://127.0.0.1:{port}"] * 2)
+            c._routes._socket(shard_of("drop/x", 2))  # connect now, before the requests
+            await asyncio.sleep(0.3)
+
+            async def in_flight(coro: Any) -> Any:
+                task = asyncio.ensure_future(coro)
+                for _ in range(500):  # until the black hole has it
+                    await asyncio.sleep(0.01)
+                    if black.poll(0):
+                        black.recv_multipart()
+                        return task
+                raise AssertionError("the request never reached the route")
+            read = await in_flight(c.get_var("drop/x", local=False))
+            write = await in_flight(c.set_var("alice", "drop/x", 8))
+            black.close(linger=0)  # the "worker" dies with both in flight
+            got = await asyncio.wait_for(read, 5)
+            with pytest.raises(Busy, match="may or may not have been applied"):
+                await asyncio.wait_for(write, 5)
+            return got, await c.get_var("drop/x", local=False)
+    got, after = asyncio.run(scenario())
+    assert got["value"] == 7 and after["value"] == 7
+
+
+def test_sdk_survives_a_worker_kill(daemon: Daemon) -> None:
+    with Client(daemon.agent_endpoint, timeout=5) as c:
+        c.register("alice")
+        names = [f"k/{i}" for i in range(20)]
+        for n in names:
+            c.create_var("alice", n, 0)
+        victim = daemon.workers()[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        for n in names:  # every write lands once the shard serves again
+            while True:
+                try:
+                    c.set_var("alice", n, 1)
+                    break
+                except Busy:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+        assert [c.get_var(n, local=False)["value"] for n in names] == [1] * 20
+
+
+def test_no_shard_endpoints_when_configured_empty(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon("""
+[agents]
+endpoints = ["ipc://{run}/agents.sock"]
+shard_endpoint = ""
+[events]
+endpoint = ""
+""")
+    d.start()
+    w = Wire(d.agent_endpoint)
+    try:
+        hello = w.ok(w.agent, "hello", {"agent": "alice"})
+        assert "shard_endpoints" not in hello and "credential" not in hello
+    finally:
+        w.close()
+    with Client(d.agent_endpoint, timeout=5) as c:
+        c.register("bob")
+        c.create_var("bob", "plain/x", 1)
+        assert c.set_var("bob", "plain/x", 2)["version"] == 2
+    assert all(w["shard_endpoint"] is None for w in d.workers())
+
+
+def test_a_worker_that_cannot_bind_serves_through_the_arbiter(
+        make_daemon: Callable[..., Daemon]) -> None:
+    base = free_ports(2)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", base + 1))  # worker 1's port is taken
+    squatter.listen()
+    try:
+        port = free_port()
+        d = make_daemon(f"""
+[agents]
+endpoints = ["tcp://127.0.0.1:{port}"]
+shard_endpoint = "tcp://127.0.0.1:{base}"
+[events]
+endpoint = ""
+""")
+        d.start()
+        assert [w["shard_endpoint"] for w in d.workers()] == \
+            [f"tcp://127.0.0.1:{base}", None]
+        assert "cannot bind shard endpoint" in d.log()
+        with Client(f"tcp://127.0.0.1:{port}", timeout=5) as c:
+            c.register("alice")
+            names = [f"bind/{i}" for i in range(20)]
+            assert {shard_of(n, 2) for n in names} == {0, 1}
+            for n in names:
+                c.create_var("alice", n, n)
+            assert [c.get_var(n, local=False)["value"] for n in names] == names
+    finally:
+        squatter.close()
+
+
+def test_credentials_unit() -> None:
+    key = os.urandom(32)
+    v = credentials.Verifier(key)
+    c1 = credentials.issue(key, "alice", 5)
+    assert v.check("alice", c1) and not v.check("bob", c1)
+    assert not v.check("alice", credentials.issue(os.urandom(32), "alice", 5))
+    v.revoke({"alice": 5})
+    assert not v.check("alice", c1)
+    assert v.check("alice", credentials.issue(key, "alice", 6))
+    v.revoke({"alice": 3})  # an older revocation does not undo a newer one
+    assert not v.check("alice", c1)
+    for bad in ("5", ".abc", "-1.00", "5.zz", 5, None, "5." + "0" * 32):
+        assert not v.check("alice", bad)
