@@ -19,16 +19,19 @@ from typing import Any
 import msgpack
 
 from mabeamd import snapshot
-from mabeamd.shm import PROGRESS_EVERY, Record, SegmentWriter
+from mabeamd.shm import PROGRESS_EVERY, SegmentWriter
 from mabeamd.variables import ShardStore, Variable, check_name
 from mabeamd.wal import WriteAheadLog, replay
-from mabeamd.wire import ErrorCode, WireError
+from mabeamd.wire import ErrorCode, Packed, WireError
 
 log = logging.getLogger(__name__)
 ADMIN = "@admin"
 # The variable ops a shard serves for agents, with the fields each takes: the arbiter's
 # varops.py and the worker's shard_endpoint.py check requests against these.
 READ_OPS = frozenset({"var.get", "var.history"})
+# msgpack of {"op": "put", "var": ...} up to the value of "var": a put's WAL record is this
+# and the packed state (test_wal checks it decodes as the map).
+PUT_PREFIX = b"\x82\xa2op\xa3put\xa3var"
 WRITE_FIELDS = {
     "var.create": frozenset({"agent", "name", "value", "type", "access", "writers", "policy",
                              "constraints"}),
@@ -72,8 +75,7 @@ class Shard:
         self.since_snapshot = replayed
         self.segment = SegmentWriter(
             shm_dir, shm_prefix, index, slots=max(1024, 2 * len(self.store.vars)),
-            records=(Record(v.name, v.version, v.value, v.meta())
-                     for v in self.store.vars.values()), progress=progress)
+            records=(v.public() for v in self.store.vars.values()), progress=progress)
         log.info("shard %d: %d variables (snapshot at %d, %d WAL records replayed) in %.0f ms",
                  index, len(self.store.vars), seq, replayed, (time.monotonic() - t0) * 1000)
 
@@ -81,9 +83,12 @@ class Shard:
 
     def handle(self, op: str, body: dict[str, Any], actor: str, now: float,
                ) -> tuple[Any, dict[str, Any] | None]:
-        """(result, event) for one request; raises WireError. Writes need commit()."""
+        """(result, event) for one request; raises WireError. Writes need commit(). A
+        variable comes back as wire.Packed: its segment record, the bytes of its public map."""
         if op == "var.get":
-            return self.store.get(body.get("name")).public(), None
+            var = self.store.get(body.get("name"))
+            return Packed(self.segment.payload(var.name) or msgpack.packb(
+                var.public(), use_bin_type=True)), None
         if op == "var.history":
             var = self.store.get(body.get("name"))
             past = [{"version": v, "value": val, "modified_by": by, "updated_at": t}
@@ -119,7 +124,13 @@ class Shard:
         return self._write(effect, actor)
 
     def _write(self, effect: dict[str, Any], actor: str) -> tuple[Any, dict[str, Any]]:
-        self.wal.append(msgpack.packb(effect, use_bin_type=True))  # first: the log
+        if effect["op"] == "put":
+            # The new state is packed once: the WAL record embeds it (a map {"op", "var"}
+            # whose value is these bytes), the segment publishes it, the reply carries it.
+            packed = msgpack.packb(effect["var"], use_bin_type=True)
+            self.wal.append(PUT_PREFIX + packed)  # first: the log
+        else:
+            self.wal.append(msgpack.packb(effect, use_bin_type=True))
         var: Variable | None = self.store.apply(effect)
         if var is None:
             self.segment.delete(effect["name"], effect["version"])
@@ -128,10 +139,10 @@ class Shard:
             result: Any = {"name": effect["name"], "deleted": True,
                            "version": effect["version"]}
         else:
-            self.segment.put(var.name, var.version, var.value, var.meta())
+            self.segment.put_packed(var.name, packed)
             event = {"name": var.name, "op": "set" if var.version > 1 else "create",
                      "version": var.version, "by": actor, "value": var.value}
-            result = var.public()
+            result = Packed(packed)
         self.since_snapshot += 1
         return result, event
 
@@ -152,7 +163,7 @@ class Shard:
         for effect in effects:
             var = self.store.apply(effect)
             assert var is not None
-            self.segment.put(var.name, var.version, var.value, var.meta())
+            self.segment.put_packed(var.name, msgpack.packb(var.public(), use_bin_type=True))
             events.append({"name": var.name, "op": "set", "version": var.version, "by": actor,
                            "value": var.value})
         self.since_snapshot += len(effects)

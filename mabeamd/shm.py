@@ -6,7 +6,12 @@ a data area of value records:
     header  (4096 B)  magic, generation, next_generation, slot_count, data_offset,
                       data_size, data_used, live, hash key
     slots   (32 B each) seq u64 | name hash u64 | record offset u64 | length u32 | flags u32
-    records           length u32 | crc32 u32 | msgpack [name, version, value, meta]
+    records           length u32 | crc32 u32 | msgpack map: the variable as `var.get`
+                      answers it (name, value, version and the metadata), or for a
+                      deleted one {name, version, deleted: true}
+
+A record is the very bytes a `var.get` reply carries as its body: readers decode it once
+into the answer, and the worker sends it without packing it again.
 
 Why it cannot tear:
 - Records are immutable. The writer appends each new version at the end of the data area
@@ -46,11 +51,11 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 
-MAGIC = b"MBSHM001"
+MAGIC = b"MBSHM002"  # 002: records are the public map (001: [name, version, value, meta])
 HEADER = struct.Struct("<8sQQQQQQQ16s")
 HEADER_SIZE = 4096
 NEXT_GEN_OFFSET = 16  # header field next_generation: what readers poll
@@ -79,15 +84,6 @@ class Unavailable(SegmentError):
 def supported() -> bool:
     """Seqlock reads from Python are only sound with x86-64's ordered loads and stores."""
     return platform.machine().lower() in ("x86_64", "amd64")
-
-
-class Record(NamedTuple):
-    """One variable as a segment holds it (a tuple: the read path makes one per get)."""
-
-    name: str
-    version: int
-    value: Any
-    meta: dict[str, Any]
 
 
 def segment_path(directory: Path, prefix: str, shard: int, generation: int) -> Path:
@@ -126,9 +122,10 @@ class SegmentWriter:
     """The single writer of one shard's segment (the shard's worker)."""
 
     def __init__(self, directory: Path, prefix: str, shard: int, *, slots: int = 1024,
-                 data_size: int = 1 << 20, records: Iterable[Record] = (),
+                 data_size: int = 1 << 20, records: Iterable[dict[str, Any]] = (),
                  progress: Callable[[], None] = lambda: None) -> None:
-        """Create a new generation (retiring any current one) holding `records`."""
+        """Create a new generation (retiring any current one) holding `records` (public
+        maps of variables, each with its "name")."""
         self.directory, self.prefix, self.shard = Path(directory), prefix, shard
         self._key = secrets.token_bytes(16)
         self._ctl_fd = os.open(control_path(self.directory, prefix, shard),
@@ -146,17 +143,13 @@ class SegmentWriter:
         self.progress: Callable[[], None] = progress
         initial = []
         for k, r in enumerate(records):
-            payload = self._encode(r)
-            initial.append((REC.pack(len(payload), zlib.crc32(payload)) + payload, r.name, 0))
+            payload = _pack(r)
+            initial.append((REC.pack(len(payload), zlib.crc32(payload)) + payload, r["name"], 0))
             if not k & PROGRESS_EVERY and k:
                 progress()
         self._build(initial, slots, data_size)
 
     # --- layout ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _encode(r: Record) -> bytes:
-        return _pack([r.name, r.version, r.value, r.meta])
 
     def _build(self, live: list[tuple[bytes, str, int]], slots: int, data_size: int) -> None:
         """Write generation+1 with these live records and switch to it: (record = REC header
@@ -312,16 +305,31 @@ class SegmentWriter:
             return
         self.compact(extra=need)
 
-    def put(self, name: str, version: int, value: Any, meta: dict[str, Any]) -> None:
-        payload = _pack([name, version, value, meta])
+    def put_packed(self, name: str, payload: bytes) -> None:
+        """Publish a variable: `payload` is its public map, packed (with this `name`)."""
         self._room(name, payload)
         self._append(name, payload, LIVE)
         self._sync_header()
 
+    def put(self, name: str, version: int, value: Any, meta: dict[str, Any]) -> None:
+        self.put_packed(name, _pack({"name": name, "value": value, "version": version,
+                                     **meta}))
+
+    def payload(self, name: str) -> bytes | None:
+        """The current record's bytes (the writer's own copy: no seqlock needed)."""
+        slot = self._index.get(name)
+        mm = self._mm
+        if slot is None or mm is None:
+            return None
+        _, _, off, length, flags = SLOT.unpack_from(mm, HEADER_SIZE + slot * SLOT.size)
+        if flags != LIVE:
+            return None
+        return mm[off + REC.size: off + REC.size + length]
+
     def delete(self, name: str, version: int) -> None:
         if name not in self._index:
             return
-        payload = _pack([name, version, None, {"deleted": True}])
+        payload = _pack({"name": name, "version": version, "deleted": True})
         self._room(name, payload)
         self._append(name, payload, DELETED)
         self._sync_header()
@@ -408,8 +416,9 @@ class SegmentReader:
             return
         raise Unavailable(f"shard {self.shard}: no current segment")
 
-    def get(self, name: str) -> Record | None:
-        """The current record of `name`, None if absent or deleted. Raises Unavailable."""
+    def get(self, name: str) -> dict[str, Any] | None:
+        """The variable `name` as `var.get` answers it (a new dict each call), None if
+        absent or deleted. Raises Unavailable."""
         for _ in range(1000):
             mm, q = self._mm, self._q
             assert mm is not None and q is not None
@@ -422,8 +431,9 @@ class SegmentReader:
             self.retries += 1
         raise Unavailable(f"shard {self.shard}: no consistent read of {name!r}")
 
-    def _lookup(self, mm: mmap.mmap, q: memoryview, name: str) -> Record | bool | None:
-        """Record, None (absent), or False (inconsistent: retry)."""
+    def _lookup(self, mm: mmap.mmap, q: memoryview, name: str,
+                ) -> dict[str, Any] | bool | None:
+        """The record's map, None (absent), or False (inconsistent: retry)."""
         encoded = name.encode()
         h = _hash(self._key, encoded)
         i = h & self._mask
@@ -457,9 +467,9 @@ class SegmentReader:
                 payload = mm[off + REC.size: end]
                 if plen != length or zlib.crc32(payload) != crc:
                     return False
-                rname, version, value, meta = msgpack.unpackb(payload, raw=False)
-                if rname == name:
-                    return None if flags == DELETED else Record(rname, version, value, meta)
+                rec = msgpack.unpackb(payload, raw=False)
+                if rec["name"] == name:
+                    return None if flags == DELETED else rec
             i = (i + 1) & self._mask
         return None
 

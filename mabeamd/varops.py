@@ -21,7 +21,7 @@ from mabeamd.events import EventPublisher
 from mabeamd.registry import Registry
 from mabeamd.shard import ADMIN, READ_OPS, WRITE_FIELDS
 from mabeamd.sharding import shard_of
-from mabeamd.wire import ErrorCode, WireError, check_fields
+from mabeamd.wire import ErrorCode, Packed, WireError, check_fields
 
 FORWARD_TIMEOUT = 30.0
 MAX_LIST = 1000
@@ -154,7 +154,9 @@ class VariableService:
             event = body.get("event")
             if isinstance(event, dict):
                 self.events.publish(f"var.{event.get('name')}", event)
-            entry[1].set_result(body.get("result"))
+            packed = body.get("packed")
+            entry[1].set_result(Packed(packed) if isinstance(packed, bytes)
+                                else body.get("result"))
         else:
             entry[1].set_exception(WireError(str(body.get("code")), str(body.get("message"))))
 

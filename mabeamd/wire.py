@@ -53,6 +53,13 @@ class WireError(Exception):
         self.request_id = request_id
 
 
+class Packed(bytes):
+    """A body already packed with pack() (e.g. a variable's record, which the worker holds
+    packed): encode() sends it as is instead of packing it again."""
+
+    __slots__ = ()
+
+
 def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -72,7 +79,7 @@ def unpack(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE) -> Any:
 
 
 def encode(header: dict[str, Any], body: Any) -> list[bytes]:
-    return [PROTOCOL, pack(header), pack(body)]
+    return [PROTOCOL, pack(header), body if type(body) is Packed else pack(body)]
 
 
 def decode(frames: list[bytes], max_size: int = DEFAULT_MAX_MESSAGE) -> tuple[dict[str, Any], Any]:

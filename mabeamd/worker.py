@@ -279,6 +279,8 @@ class Worker:
             log.exception("shard %d: request failed", self.index)
             return {"fwd": fwd, "ok": False, "code": wire.ErrorCode.INTERNAL,
                     "message": repr(exc)}
+        if type(result) is wire.Packed:  # relayed as is: the arbiter need not repack it
+            return {"fwd": fwd, "ok": True, "packed": bytes(result), "event": event}
         return {"fwd": fwd, "ok": True, "result": result, "event": event}
 
 

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mabeamd import shm
-from mabeamd.shm import Record, SegmentReader, SegmentWriter, Unavailable
+from mabeamd.shm import SegmentReader, SegmentWriter, Unavailable
 
 pytestmark = pytest.mark.skipif(not shm.supported(), reason="seqlock reads need x86-64")
 
@@ -37,14 +38,15 @@ def test_put_get_overwrite_delete(shmdir: Path) -> None:
     assert r.get("missing") is None
     w.put("a", 1, {"x": [1, 2]}, {"type": "map"})
     w.put("ü/名前", 1, "unicode ok", {})
-    assert r.get("a") == Record("a", 1, {"x": [1, 2]}, {"type": "map"})
+    assert r.get("a") == {"name": "a", "value": {"x": [1, 2]}, "version": 1, "type": "map"}
     w.put("a", 2, b"bytes", {})
-    assert r.get("a") == Record("a", 2, b"bytes", {})
-    assert r.get("ü/名前").value == "unicode ok"  # type: ignore[union-attr]
+    assert r.get("a") == {"name": "a", "value": b"bytes", "version": 2}
+    assert w.payload("a") == msgpack.packb({"name": "a", "value": b"bytes", "version": 2})
+    assert r.get("ü/名前")["value"] == "unicode ok"  # type: ignore[index]
     w.delete("a", 3)
-    assert r.get("a") is None
+    assert r.get("a") is None and w.payload("a") is None
     w.put("a", 4, 42, {})  # back again, same slot
-    assert r.get("a").version == 4  # type: ignore[union-attr]
+    assert r.get("a")["version"] == 4  # type: ignore[index]
     assert w.stats()["live"] == 2
     w.close(unlink=True)
     r.close()
@@ -60,7 +62,7 @@ def test_growth_and_compaction_switch_readers(shmdir: Path) -> None:
     for k in range(300):
         last = max(i for i in range(2000) if i % 300 == k)
         rec = r.get(f"k{k}")
-        assert rec is not None and rec.version == last and rec.value == "v" * (last % 97)
+        assert rec is not None and rec["version"] == last and rec["value"] == "v" * (last % 97)
     assert r.generation == w.generation
     # Only the current generation's file is left.
     files = sorted(p.name for p in shmdir.iterdir())
@@ -74,11 +76,11 @@ def test_new_writer_retires_the_old_generation(shmdir: Path) -> None:
     w1 = SegmentWriter(shmdir, "t", 0)
     w1.put("a", 1, "old", {})
     r = SegmentReader(shmdir, "t", 0)
-    assert r.get("a").value == "old"  # type: ignore[union-attr]
+    assert r.get("a")["value"] == "old"  # type: ignore[index]
     w1.close()  # the worker died; its file stays, readers keep reading it
-    assert r.get("a").value == "old"  # type: ignore[union-attr]
-    w2 = SegmentWriter(shmdir, "t", 0, records=[Record("a", 2, "new", {})])
-    assert r.get("a").value == "new"  # type: ignore[union-attr]
+    assert r.get("a")["value"] == "old"  # type: ignore[index]
+    w2 = SegmentWriter(shmdir, "t", 0, records=[{"name": "a", "version": 2, "value": "new"}])
+    assert r.get("a")["value"] == "new"  # type: ignore[index]
     assert sorted(p.name for p in shmdir.iterdir()) == [f"t-s0-g{w2.generation}", "t-s0.ctl"]
     w2.close(unlink=True)
     r.close()
@@ -87,13 +89,13 @@ def test_new_writer_retires_the_old_generation(shmdir: Path) -> None:
 def test_any_slot_count_asked_for_works(shmdir: Path) -> None:
     """A restarted shard asks for 2 x its variables' slots (1026 here): the table must still
     be a power of two, or probing reaches a few slots only and never ends."""
-    records = [Record(f"v{i}", 1, i, {}) for i in range(600)]
+    records = [{"name": f"v{i}", "version": 1, "value": i} for i in range(600)]
     w = SegmentWriter(shmdir, "t", 0, slots=1026, records=records)
     r = SegmentReader(shmdir, "t", 0)
     assert w.slot_count & (w.slot_count - 1) == 0 and w.slot_count >= 1026
     for i in range(600):
         got = r.get(f"v{i}")
-        assert got is not None and got.value == i
+        assert got is not None and got["value"] == i
     w.put("v600", 1, 600, {})
     assert r.get("v600") is not None
     r.close()
@@ -140,7 +142,7 @@ def test_matches_a_dict_model(ops: list[tuple[str, str, Any]]) -> None:
                 w.compact()
             for n in [f"n{i}" for i in range(12)]:
                 rec = r.get(n)
-                got = None if rec is None else (rec.version, rec.value)
+                got = None if rec is None else (rec["version"], rec["value"])
                 assert got == model.get(n)
         w.close(unlink=True)
         r.close()
@@ -190,12 +192,12 @@ def _read_and_check(directory: str, reads: int, out: Any) -> None:
         name = NAMES[k % len(NAMES)]
         rec = r.get(name)
         assert rec is not None, f"read {k}: {name} absent in generation {r.generation}"
-        v = rec.value
-        if rec.name != name or zlib.crc32(v["blob"]) != v["crc"] or v["i"] != rec.version:
+        v = rec["value"]
+        if rec["name"] != name or zlib.crc32(v["blob"]) != v["crc"] or v["i"] != rec["version"]:
             torn += 1
-        if rec.version < last.get(name, -1):
+        if rec["version"] < last.get(name, -1):
             backwards += 1
-        last[name] = rec.version
+        last[name] = rec["version"]
     out.put((torn, backwards, r.retries, r.generation))
     r.close()
 

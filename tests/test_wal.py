@@ -140,3 +140,17 @@ def test_kill9_loses_no_acknowledged_record(tmp_path: Path, policy: str) -> None
         found = [s for s, _ in replay(d)]
         assert found[: len(acked)] == acked  # all acknowledged, in order
         assert found == list(range(1, len(found) + 1))
+
+
+def test_a_put_record_is_the_effect_map() -> None:
+    """A put is logged as PUT_PREFIX + its packed state (packed once for log, segment and
+    reply); replay must read it as the effect {"op": "put", "var": state}."""
+    import msgpack
+
+    from mabeamd.shard import PUT_PREFIX
+
+    state = {"name": "a/b", "value": {"x": [1, 2.5, None]}, "version": 7, "owner": "o"}
+    packed = msgpack.packb(state, use_bin_type=True)
+    effect = {"op": "put", "var": state}
+    assert PUT_PREFIX + packed == msgpack.packb(effect, use_bin_type=True)
+    assert msgpack.unpackb(PUT_PREFIX + packed, raw=False) == effect

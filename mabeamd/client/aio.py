@@ -429,7 +429,7 @@ class AsyncClient:
             return None
         if rec is None:
             raise NotFound(f"no variable {name!r}", "not_found")
-        return {"name": rec.name, "value": rec.value, "version": rec.version, **rec.meta}
+        return rec
 
     async def set_var(self, agent: str, name: str, value: Any, *,
                       expect_version: int | None = None) -> dict[str, Any]:
