@@ -53,7 +53,7 @@ def recv_ready(sock: zmq.Socket[Any]) -> list[bytes] | None:
     """The next message if one is waiting, else None: drain loops ask ZMQ_EVENTS (which also
     re-arms the socket's edge-triggered FD) instead of paying for a zmq.Again exception at
     the end of every drain (pyzmq builds those in Python: ~5 µs each)."""
-    if not _get(sock, _EVENTS) & _POLLIN:
+    if not readable(sock):
         return None
     return recv_frames(sock, NOBLOCK)
 
@@ -70,3 +70,10 @@ def recv_batch(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
         except zmq.Again:
             break
     return batch
+
+
+def readable(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message is waiting (ZMQ_EVENTS: one call, no exception). Asking also
+    re-arms the edge-triggered FD, so a loop that sent on the socket asks this before it
+    sleeps: true means drain again now."""
+    return bool(_get(sock, _EVENTS) & _POLLIN)

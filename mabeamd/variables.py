@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
 import sys
 from collections import deque
 from dataclasses import dataclass
@@ -81,9 +82,12 @@ def packed_size(value: Any) -> int:
             from None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
 def check_name(name: Any) -> str:
     if (not isinstance(name, str) or not 0 < len(name) <= NAME_MAX
-            or any(ord(c) < 32 for c in name)):
+            or _CONTROL.search(name) is not None):
         raise Refused(ErrorCode.BAD_REQUEST, f"name must be 1-{NAME_MAX} characters, no control "
                       "characters")
     return name

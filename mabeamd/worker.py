@@ -26,7 +26,7 @@ import zmq
 
 from mabeamd import wire
 from mabeamd.credentials import WRITE_KEY_ENV, Verifier
-from mabeamd.frames import NOBLOCK, recv_ready, send_frames
+from mabeamd.frames import NOBLOCK, readable, recv_ready, send_frames
 from mabeamd.link import identity
 from mabeamd.logsetup import setup_child_logging
 from mabeamd.plugins import PluginHost
@@ -212,7 +212,8 @@ class Worker:
         if events and self.var_events:
             self._send("events", {"events": events})
             self._wake()
-        self._wake_direct()  # sends consumed the edge; more may have arrived
+        if readable(direct.sock):  # (also re-arms the FD, which the sends may have taken)
+            self._wake_direct()
 
     def _handle_var(self, op: str, args: dict[str, Any], actor: str,
                     ) -> tuple[Any, dict[str, Any] | None]:

@@ -16,6 +16,7 @@ from benchkit.agent_rows import tcp_daemon
 from benchkit.load import run_clients
 from benchkit.stats import pick_median_rep, spread, summary
 from mabeamd import wire
+from mabeamd.frames import recv_batch, recv_frames, send_frames
 from mabeamd.sharding import shard_of
 from mabeamd.testing import Daemon, free_port, short_tmpdir
 
@@ -31,8 +32,9 @@ def var_daemon(fsync: str = "everysec") -> tuple[Daemon, str]:
 
 
 def _call(s: zmq.Socket[Any], rid: int, op: str, body: dict[str, Any]) -> dict[str, Any]:
-    s.send_multipart(wire.encode({"id": rid, "op": op}, body))
-    _, header, reply = s.recv_multipart()
+    # frames.py: the SDK's multipart calls (pyzmq's wrappers build an enum per frame)
+    send_frames(s, wire.encode({"id": rid, "op": op}, body))
+    _, header, reply = recv_frames(s)
     if wire.unpack(header).get("status") != "ok":
         raise RuntimeError(f"{op} failed: {wire.unpack(reply)}")
     result: dict[str, Any] = wire.unpack(reply)
@@ -129,18 +131,13 @@ def mabeam_rate(endpoint: str, seconds: float, window: int, out: Any) -> None:
     def send(k: int) -> None:
         name = names[k % 100]
         op = "var.get" if k % 2 else "var.set"
-        conn.sock(name).send_multipart(wire.encode({"id": k, "op": op},
-                                                   conn.body(op, name, VALUE)))
+        send_frames(conn.sock(name), wire.encode({"id": k, "op": op},
+                                                 conn.body(op, name, VALUE)))
 
     def receive(timeout: int) -> int:
         got = 0
         for s, _ in poller.poll(timeout):
-            while True:
-                try:
-                    s.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                got += 1
+            got += len(recv_batch(s, 1 << 30))
         return got
 
     while sent < window:
