@@ -357,3 +357,68 @@ def test_credentials_unit() -> None:
     assert not v.check("alice", c1)
     for bad in ("5", ".abc", "-1.00", "5.zz", 5, None, "5." + "0" * 32):
         assert not v.check("alice", bad)
+
+
+def test_sync_client_waits_in_the_callers_thread(daemon: Daemon) -> None:
+    """Client (blocking) serves variable requests on per-thread routes; a dropped route
+    retries reads through the agent endpoint and fails writes busy, as AsyncClient does."""
+    import concurrent.futures
+    import threading
+
+    with Client(daemon.agent_endpoint, timeout=5) as c:
+        c.register("alice")
+        errors: list[BaseException] = []
+
+        def work(k: int) -> None:
+            try:
+                for i in range(30):
+                    name = f"thr/{k}/{i % 5}"
+                    if i < 5:
+                        c.create_var("alice", name, i)
+                    else:
+                        c.set_var("alice", name, i)
+                    assert c.get_var(name, local=False)["value"] == i
+            except BaseException as exc:
+                errors.append(exc)
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+
+        black = zmq.Context.instance().socket(zmq.ROUTER)
+        black.setsockopt(zmq.LINGER, 0)
+        port = black.bind_to_random_port("tcp://127.0.0.1")
+
+        async def reroute() -> None:
+            assert c.aio._routes is not None
+            c.aio._routes.update([f"tcp://127.0.0.1:{port}"] * 2)
+        c._run(reroute())
+        # One helper thread for every call: its route is made (and connected) once.
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        warm = pool.submit(c.get_var, "thr/0/0", local=False)
+        if black.poll(1000):  # the route connected at once: answer, as a worker would
+            envelope, _, header, _ = black.recv_multipart()
+            black.send_multipart([envelope, *wire.reply_ok(wire.unpack(header)["id"], {})])
+        warm.result(5)  # else it went to the agent endpoint while the route connected
+        time.sleep(0.3)
+        results: dict[str, Any] = {}
+        for key, fn in (("read", lambda: c.get_var("thr/0/0", local=False)),
+                        ("write", lambda: c.set_var("alice", "thr/0/0", 99))):
+            fut = pool.submit(fn)
+            assert black.poll(5000), f"the {key} never reached the route"
+            black.recv_multipart()
+            black.close(linger=0)
+            try:
+                results[key] = fut.result(10)
+            except Exception as exc:
+                results[key] = exc
+            black = zmq.Context.instance().socket(zmq.ROUTER)
+            black.setsockopt(zmq.LINGER, 0)
+            black.bind(f"tcp://127.0.0.1:{port}")
+            time.sleep(0.3)  # the route reconnects
+        pool.shutdown()
+        black.close(linger=0)
+        assert results["read"]["value"] == 25  # thread 0 wrote 25 last to thr/0/0
+        assert isinstance(results["write"], Busy), results["write"]

@@ -35,7 +35,7 @@ from mabeamd.client.errors import (
     Timeout,
     error_for,
 )
-from mabeamd.client.routes import Lost, Routes
+from mabeamd.client.routes import Lost, NoRoute, Routes
 from mabeamd.frames import NOBLOCK, recv_ready, send_frames
 from mabeamd.sharding import shard_of
 
@@ -71,8 +71,25 @@ class Registration:
         return body
 
 
-class _NoRoute(Exception):
-    """The shard's route cannot take the request now: use the agent endpoint."""
+def direct_fallback(exc: Exception, op: str, body: dict[str, Any], agent: str | None,
+                    ) -> None:
+    """Whether a request a shard route could not serve goes to the agent endpoint (return)
+    or fails (raise): no route, a worker still starting (`busy`) or a stale credential
+    (`not_registered`) mean nothing was done, so ask the arbiter; a connection lost with the
+    request in flight means a read can be asked again, a write may or may not have been
+    applied."""
+    if isinstance(exc, Lost) and agent is not None:
+        raise Busy(f"{op}: the worker of {body['name']!r} went away while serving it; it may "
+                   "or may not have been applied: read it back, then retry", "busy") from None
+
+
+def write_body(agent: str, name: str, expect_version: int | None = None,
+               **fields: Any) -> dict[str, Any]:
+    """The body of var.set / var.delete."""
+    body: dict[str, Any] = {"agent": agent, "name": name, **fields}
+    if expect_version is not None:
+        body["expect_version"] = expect_version
+    return body
 
 
 class AsyncClient:
@@ -182,7 +199,7 @@ class AsyncClient:
 
     async def _request(self, op: str, body: dict[str, Any], timeout: float | None,
                        shard: int | None) -> Any:
-        """To the agent endpoint (shard None) or to a shard's route: raises _NoRoute when
+        """To the agent endpoint (shard None) or to a shard's route: raises NoRoute when
         that route cannot take it now, routes.Lost when its connection dropped."""
         if self._sock is None:
             raise ConnectionLost("not connected")
@@ -197,7 +214,7 @@ class AsyncClient:
             if shard is None:
                 await self._send(frames, deadline, op)
             elif self._routes is None or not self._routes.send(shard, rid, frames, fut):
-                raise _NoRoute
+                raise NoRoute
             try:
                 return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
@@ -207,30 +224,31 @@ class AsyncClient:
             if shard is not None and self._routes is not None:
                 self._routes.done(shard, rid)
 
+    def direct_target(self, body: dict[str, Any], agent: str | None,
+                      ) -> tuple[int, dict[str, Any]] | None:
+        """(shard, body to send there) when a variable request may take its shard's route:
+        there is one, and a write's `agent` has a credential. None: the agent endpoint."""
+        routes = self._routes
+        if routes is None or not routes.addresses or not self.shards:
+            return None
+        direct = body
+        if agent is not None:
+            reg = self.registrations.get(agent)
+            if reg is None or not reg.credential:
+                return None
+            direct = {**body, "credential": reg.credential}
+        return shard_of(body["name"], self.shards), direct
+
     async def _var(self, op: str, body: dict[str, Any], agent: str | None = None) -> Any:
         """A variable request: to its shard's endpoint when there is a route (and, for a
         write, a credential for `agent`), else, or when that route cannot serve it, to the
-        agent endpoint. Same answer either way."""
-        routes = self._routes
-        if routes is not None and routes.addresses and self.shards:
-            direct: dict[str, Any] | None = body
-            if agent is not None:
-                reg = self.registrations.get(agent)
-                direct = {**body, "credential": reg.credential} \
-                    if reg is not None and reg.credential else None
-            if direct is not None:
-                try:
-                    return await self._request(op, direct, None,
-                                               shard_of(body["name"], self.shards))
-                except _NoRoute:
-                    pass
-                except Lost:
-                    if agent is not None:
-                        raise Busy(f"{op}: the worker of {body['name']!r} went away while "
-                                   "serving it; it may or may not have been applied: read it "
-                                   "back, then retry", "busy") from None
-                except (Busy, NotRegistered):
-                    pass  # a worker still starting, or a stale credential: ask the arbiter
+        agent endpoint. Same answer either way (see `direct_fallback`)."""
+        target = self.direct_target(body, agent)
+        if target is not None:
+            try:
+                return await self._request(op, target[1], None, target[0])
+            except (NoRoute, Lost, Busy, NotRegistered) as exc:
+                direct_fallback(exc, op, body, agent)
         return await self.request(op, body)
 
     async def _send(self, frames: list[bytes], deadline: float, op: str) -> None:
@@ -395,14 +413,22 @@ class AsyncClient:
                          policy: str = "last_write_wins",
                          constraints: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create a variable owned by `agent` (one of ours). Raises Exists if it exists."""
+        body = self.create_body(agent, name, value, type=type, access=access, writers=writers,
+                                policy=policy, constraints=constraints)
+        result: dict[str, Any] = await self._var("var.create", body, agent)
+        return result
+
+    @staticmethod
+    def create_body(agent: str, name: str, value: Any, *, type: str, access: str,
+                    writers: list[str] | None, policy: str,
+                    constraints: dict[str, Any] | None) -> dict[str, Any]:
         body: dict[str, Any] = {"agent": agent, "name": name, "value": value, "type": type,
                                 "access": access, "policy": policy}
         if writers is not None:
             body["writers"] = writers
         if constraints is not None:
             body["constraints"] = constraints
-        result: dict[str, Any] = await self._var("var.create", body, agent)
-        return result
+        return body
 
     async def get_var(self, name: str, *, local: bool = True) -> dict[str, Any]:
         """The variable (value, version and metadata). Same host: read from shared memory
@@ -434,17 +460,13 @@ class AsyncClient:
     async def set_var(self, agent: str, name: str, value: Any, *,
                       expect_version: int | None = None) -> dict[str, Any]:
         """Set as `agent`; with expect_version it is a compare-and-set (VersionMismatch)."""
-        body: dict[str, Any] = {"agent": agent, "name": name, "value": value}
-        if expect_version is not None:
-            body["expect_version"] = expect_version
+        body = write_body(agent, name, expect_version, value=value)
         result: dict[str, Any] = await self._var("var.set", body, agent)
         return result
 
     async def delete_var(self, agent: str, name: str, *,
                          expect_version: int | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"agent": agent, "name": name}
-        if expect_version is not None:
-            body["expect_version"] = expect_version
+        body = write_body(agent, name, expect_version)
         result: dict[str, Any] = await self._var("var.delete", body, agent)
         return result
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mabeamd.wire import ErrorCode
 
 
@@ -89,3 +91,12 @@ _BY_CODE: dict[str, type[MabeamError]] = {
 def error_for(code: str, message: str) -> MabeamError:
     """The exception for an error reply; unknown codes give a plain MabeamError."""
     return _BY_CODE.get(code, MabeamError)(message, code)
+
+
+def result_of(header: dict[str, Any], body: Any) -> Any:
+    """A reply's result, or its error raised as the matching exception."""
+    if header.get("status") == "ok":
+        return body
+    if isinstance(body, dict):
+        raise error_for(str(body.get("code")), str(body.get("message")))
+    raise MabeamError(f"malformed reply {header!r}")

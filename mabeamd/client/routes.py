@@ -21,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from mabeamd import wire
 from mabeamd.frames import NOBLOCK, recv_batch, send_frames
 
 log = logging.getLogger("mabeamd.client")
@@ -133,18 +136,13 @@ class Routes:
         monitor = self._monitors.get(shard)
         if monitor is None:
             return
-        while True:
-            try:
-                event = recv_monitor_message(monitor, NOBLOCK)
-            except zmq.ZMQError:  # EAGAIN: nothing more (or closed)
-                return
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self._drain(shard)  # replies that arrived before the drop still count
-                lost = self._in_flight.get(shard, {})
-                for fut in lost.values():
-                    if not fut.done():
-                        fut.set_exception(Lost())
-                lost.clear()
+        if zmq.EVENT_DISCONNECTED in _monitor_events(monitor):
+            self._drain(shard)  # replies that arrived before the drop still count
+            lost = self._in_flight.get(shard, {})
+            for fut in lost.values():
+                if not fut.done():
+                    fut.set_exception(Lost())
+            lost.clear()
 
     def _drop(self, shard: int) -> None:
         sock, monitor = self._socks.pop(shard, None), self._monitors.pop(shard, None)
@@ -166,3 +164,83 @@ class Routes:
         for shard in list(self._socks):
             self._drop(shard)
         self.addresses = []
+
+
+class NoRoute(Exception):
+    """The shard's route cannot take the request now: use the agent endpoint."""
+
+
+class ThreadRoutes:
+    """Blocking routes for the synchronous Client: each calling thread gets its own DEALER
+    per shard endpoint and waits on it itself. Handing the call to the client's event-loop
+    thread instead costs two thread wake-ups, as much as the hop the route saves."""
+
+    def __init__(self, ctx: zmq.Context[Any]) -> None:
+        self._ctx = ctx
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[zmq.Socket[Any]] = []
+        self._closed = False
+
+    def _route(self, address: str) -> tuple[zmq.Socket[Any], zmq.Socket[Any], zmq.Poller]:
+        routes: dict[str, Any] = self._local.__dict__.setdefault("routes", {})
+        route = routes.get(address)
+        if route is None:
+            with self._lock:
+                if self._closed:
+                    raise NoRoute
+                sock = self._ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.IMMEDIATE, 1)
+                monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                sock.connect(address)
+                monitor.getsockopt(zmq.EVENTS)  # attach the monitor now (see Routes)
+                self._all += [sock, monitor]
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
+            route = routes[address] = (sock, monitor, poller)
+        return route
+
+    def call(self, address: str, rid: int, frames: list[bytes], timeout: float,
+             ) -> tuple[dict[str, Any], Any]:
+        """Send and wait for the reply with id `rid`: (header, body). Raises NoRoute (not
+        connected: nothing was sent), Lost (the connection dropped while waiting) or
+        TimeoutError."""
+        sock, monitor, poller = self._route(address)
+        try:
+            send_frames(sock, frames, NOBLOCK)
+        except zmq.ZMQError:
+            raise NoRoute from None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            for ready, _ in poller.poll(int(left * 1000) + 1):
+                if ready is monitor:
+                    for event in _monitor_events(monitor):
+                        if event == zmq.EVENT_DISCONNECTED:
+                            raise Lost
+                    continue
+                for reply in recv_batch(sock, 1 << 30):
+                    header, body = wire.decode(reply, max_size=1 << 30)
+                    if header.get("id") == rid:
+                        return header, body
+                    # a reply to a request that timed out earlier: dropped
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for s in self._all:
+                s.close(linger=0)
+            self._all = []
+
+
+def _monitor_events(monitor: zmq.Socket[Any]) -> list[int]:
+    events = []
+    while True:
+        try:
+            events.append(int(recv_monitor_message(monitor, NOBLOCK)["event"]))
+        except zmq.ZMQError:
+            return events

@@ -13,8 +13,12 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from mabeamd.client.aio import AsyncClient, Push
-from mabeamd.client.errors import Timeout
+import zmq
+
+from mabeamd import wire
+from mabeamd.client.aio import AsyncClient, Push, direct_fallback, write_body
+from mabeamd.client.errors import Busy, NotRegistered, Timeout, result_of
+from mabeamd.client.routes import Lost, NoRoute, ThreadRoutes
 
 T = TypeVar("T")
 
@@ -35,6 +39,9 @@ class Client:
         self.aio.on_push = self._pushes.put
         self.timeout = timeout
         self._run(self.aio.connect())
+        # Variable requests on shard routes wait in the caller's thread (see ThreadRoutes).
+        self._threads = ThreadRoutes(zmq.Context.instance()) \
+            if self.aio._routes is not None else None
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -72,9 +79,32 @@ class Client:
     def send(self, sender: str, to: str, body: Any, topic: str = "") -> dict[str, Any]:
         return self._run(self.aio.send(sender, to, body, topic))
 
-    def create_var(self, agent: str, name: str, value: Any = None, **options: Any,
-                   ) -> dict[str, Any]:
-        return self._run(self.aio.create_var(agent, name, value, **options))
+    def _var(self, op: str, body: dict[str, Any], agent: str | None = None) -> Any:
+        """AsyncClient._var, waiting in this thread: the shard's route if there is one, else
+        (or when it cannot serve the request) the agent endpoint through the loop."""
+        target = self.aio.direct_target(body, agent)
+        routes = self.aio._routes
+        address = routes.addresses[target[0]] if target and routes else None
+        if target is not None and self._threads is not None and address is not None:
+            rid = next(self.aio._ids)
+            try:
+                header, reply = self._threads.call(
+                    address, rid, wire.encode({"id": rid, "op": op}, target[1]), self.timeout)
+                return result_of(header, reply)
+            except TimeoutError:
+                raise Timeout(f"{op}: no reply from {address} in {self.timeout:g}s") from None
+            except (NoRoute, Lost, Busy, NotRegistered) as exc:
+                direct_fallback(exc, op, body, agent)
+        return self._run(self.aio.request(op, body))
+
+    def create_var(self, agent: str, name: str, value: Any = None, *, type: str = "any",
+                   access: str = "public", writers: list[str] | None = None,
+                   policy: str = "last_write_wins",
+                   constraints: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._var("var.create", self.aio.create_body(
+            agent, name, value, type=type, access=access, writers=writers, policy=policy,
+            constraints=constraints), agent)
+        return result
 
     def get_var(self, name: str, *, local: bool = True) -> dict[str, Any]:
         if local and self.aio.shards:
@@ -84,21 +114,27 @@ class Client:
                 found = self.aio._local_get(name)
             if found is not None:
                 return found
-        return self._run(self.aio.get_var(name, local=False))
+        result: dict[str, Any] = self._var("var.get", {"name": name})
+        return result
 
     def set_var(self, agent: str, name: str, value: Any, *,
                 expect_version: int | None = None) -> dict[str, Any]:
-        return self._run(self.aio.set_var(agent, name, value, expect_version=expect_version))
+        result: dict[str, Any] = self._var(
+            "var.set", write_body(agent, name, expect_version, value=value), agent)
+        return result
 
     def delete_var(self, agent: str, name: str, *,
                    expect_version: int | None = None) -> dict[str, Any]:
-        return self._run(self.aio.delete_var(agent, name, expect_version=expect_version))
+        result: dict[str, Any] = self._var("var.delete", write_body(agent, name, expect_version),
+                                           agent)
+        return result
 
     def list_vars(self, prefix: str = "", **kw: Any) -> dict[str, Any]:
         return self._run(self.aio.list_vars(prefix, **kw))
 
     def var_history(self, name: str) -> dict[str, Any]:
-        return self._run(self.aio.var_history(name))
+        result: dict[str, Any] = self._var("var.history", {"name": name})
+        return result
 
     def start_session(self, agent: str, protocol: str, **options: Any) -> dict[str, Any]:
         wait = options.get("wait", True)
@@ -125,6 +161,8 @@ class Client:
             raise Timeout("no push message in time") from None
 
     def close(self) -> None:
+        if self._threads is not None:
+            self._threads.close()
         if self._loop.is_running():
             self._run(self.aio.close())
             self._loop.call_soon_threadsafe(self._loop.stop)
