@@ -30,11 +30,12 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from mabeamd import wire
-from mabeamd.frames import NOBLOCK, recv_batch, send_frames
+from mabeamd.frames import NOBLOCK, recv_batch, recv_frames, send_frames
 
 log = logging.getLogger("mabeamd.client")
 
 WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]", "::")
+WATCH_MS = 50  # a blocked caller looks for a dropped route this often
 
 
 def resolve(advertised: str, via: str) -> str:
@@ -182,7 +183,7 @@ class ThreadRoutes:
         self._all: list[zmq.Socket[Any]] = []
         self._closed = False
 
-    def _route(self, address: str) -> tuple[zmq.Socket[Any], zmq.Socket[Any], zmq.Poller]:
+    def _route(self, address: str) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         routes: dict[str, Any] = self._local.__dict__.setdefault("routes", {})
         route = routes.get(address)
         if route is None:
@@ -192,14 +193,12 @@ class ThreadRoutes:
                 sock = self._ctx.socket(zmq.DEALER)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.IMMEDIATE, 1)
+                sock.setsockopt(zmq.RCVTIMEO, WATCH_MS)
                 monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
                 sock.connect(address)
                 monitor.getsockopt(zmq.EVENTS)  # attach the monitor now (see Routes)
                 self._all += [sock, monitor]
-            poller = zmq.Poller()
-            poller.register(sock, zmq.POLLIN)
-            poller.register(monitor, zmq.POLLIN)
-            route = routes[address] = (sock, monitor, poller)
+            route = routes[address] = (sock, monitor)
         return route
 
     def call(self, address: str, rid: int, frames: list[bytes], timeout: float,
@@ -207,27 +206,27 @@ class ThreadRoutes:
         """Send and wait for the reply with id `rid`: (header, body). Raises NoRoute (not
         connected: nothing was sent), Lost (the connection dropped while waiting) or
         TimeoutError."""
-        sock, monitor, poller = self._route(address)
+        sock, monitor = self._route(address)
         try:
             send_frames(sock, frames, NOBLOCK)
         except zmq.ZMQError:
             raise NoRoute from None
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            for ready, _ in poller.poll(int(left * 1000) + 1):
-                if ready is monitor:
-                    for event in _monitor_events(monitor):
-                        if event == zmq.EVENT_DISCONNECTED:
-                            raise Lost
-                    continue
-                for reply in recv_batch(sock, 1 << 30):
-                    header, body = wire.decode(reply, max_size=1 << 30)
-                    if header.get("id") == rid:
-                        return header, body
-                    # a reply to a request that timed out earlier: dropped
+            try:
+                # A plain blocking receive (the GIL released), in slices of WATCH_MS: no
+                # poller to build per call; between slices, a look for a dropped connection.
+                reply = recv_frames(sock)
+            except zmq.Again:
+                if zmq.EVENT_DISCONNECTED in _monitor_events(monitor):
+                    raise Lost from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError from None
+                continue
+            header, body = wire.decode(reply, max_size=1 << 30)
+            if header.get("id") == rid:
+                return header, body
+            # else a reply to a request that timed out earlier: dropped
 
     def close(self) -> None:
         with self._lock:

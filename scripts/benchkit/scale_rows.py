@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import zmq
 
 from benchkit import Row
-from benchkit.load import dealer, run_clients
-from benchkit.var_rows import RedisPeer, _call, lat_row, var_daemon
+from benchkit.load import run_clients
+from benchkit.var_rows import Conn, RedisPeer, lat_row, var_daemon
 from mabeamd import wire
+from mabeamd.frames import recv_batch, send_frames
 from mabeamd.testing import Daemon
 
 # Small on purpose: the row is about what one more variable costs the daemon, not its value.
@@ -34,31 +36,35 @@ def name_of(i: int) -> str:
 
 
 def create_client(endpoint: str, start: int, stop: int, window: int, out: Any) -> None:
-    """var.create names start..stop-1, `window` requests in flight; puts the count made."""
-    agent = f"scale-{os.getpid()}"
-    ctx, s = dealer(endpoint)
-    _call(s, 0, "hello", {"agent": agent})
+    """var.create names start..stop-1 on the shard endpoints, `window` requests in flight;
+    puts the count made."""
+    conn = Conn(endpoint, f"scale-{os.getpid()}")
+    poller = zmq.Poller()
+    for sock in conn.socks:
+        poller.register(sock, zmq.POLLIN)
     nxt, done = start, 0
 
     def send() -> None:
         nonlocal nxt
-        s.send_multipart(wire.encode({"id": nxt, "op": "var.create"},
-                                     {"agent": agent, "name": name_of(nxt), "value": VALUE}))
+        name = name_of(nxt)
+        send_frames(conn.sock(name), wire.encode({"id": nxt, "op": "var.create"},
+                                                 conn.body("var.create", name, VALUE)))
         nxt += 1
 
     while nxt < stop and nxt - start < window:
         send()
     while done < stop - start:
-        if not s.poll(30_000):
+        ready = poller.poll(30_000)
+        if not ready:
             raise RuntimeError(f"no reply in 30 s after {done} creates")
-        _, header, body = s.recv_multipart()
-        if wire.unpack(header).get("status") != "ok":
-            raise RuntimeError(f"var.create failed: {wire.unpack(body)}")
-        done += 1
-        if nxt < stop:
-            send()
-    s.close()
-    ctx.term()
+        for sock, _ in ready:
+            for _, header, body in recv_batch(sock, 1 << 30):
+                if wire.unpack(header).get("status") != "ok":
+                    raise RuntimeError(f"var.create failed: {wire.unpack(body)}")
+                done += 1
+                if nxt < stop:
+                    send()
+    conn.close()
     out.put(done)
 
 
@@ -182,8 +188,9 @@ def million_variables(count: int, n: int, reps: int) -> list[Row]:
                 note=f"growth of the arbiter + workers (PSS without shm pages) "
                      f"{(after[0] - before[0]) / 2**20:,.0f} MiB plus shm segments "
                      f"{(after[1] - before[1]) / 2**20:,.0f} MiB, over {count:,} variables "
-                     f"with a {BLOB_LEN}-byte value each; created over tcp by {procs} "
-                     f"pipelined clients at {create_rate:,.0f} creates/s")]
+                     f"with a {BLOB_LEN}-byte value each; created over tcp on the shard "
+                     f"endpoints by {procs} pipelined clients at {create_rate:,.0f} "
+                     "creates/s")]
     if redis_mem is not None:
         rows[0].peer, rows[0].peer_value = "Redis used_memory, same keys", redis_mem / count
         rows[0].ratio = per_var / rows[0].peer_value
