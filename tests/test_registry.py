@@ -126,3 +126,23 @@ def test_discovery_matches_brute_force(program: list[tuple[Any, ...]],
         assert cursor == page[-1].id
         after = cursor
     assert got == expected
+
+
+def test_epochs_end_with_their_binding() -> None:
+    """A credential names (id, epoch): an update on the same connection keeps the epoch; a
+    takeover, a bye or going silent ends it (on_revoke) and a new binding gets a new one."""
+    r = Registry(10)
+    ended: list[tuple[str, int]] = []
+    r.on_revoke = lambda agent, epoch: ended.append((agent, epoch))
+    rec, _ = reg(r, "x")
+    first = rec.epoch
+    assert reg(r, "x", A)[0].epoch == first and not ended  # an update
+    moved = reg(r, "x", B, token=rec.token)[0]
+    assert ended == [("x", first)] and moved.epoch > first
+    r.deregister("x")
+    assert ended[-1] == ("x", moved.epoch)
+    again = reg(r, "x")[0]
+    assert again.epoch > moved.epoch
+    reg(r, "y", now=0.0)
+    r.sweep(100.0, unhealthy_after=1.0, gone_after=1.0)
+    assert {a for a, _ in ended} == {"x", "y"}
