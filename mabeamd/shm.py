@@ -381,8 +381,14 @@ class SegmentWriter:
 class SegmentReader:
     """Reads one shard's segment from any process; never blocks the writer."""
 
-    def __init__(self, directory: Path, prefix: str, shard: int) -> None:
+    def __init__(self, directory: Path, prefix: str, shard: int, *,
+                 prefault: bool = False) -> None:
+        """prefault: map each generation with MAP_POPULATE. Its first read then pays for
+        faulting the whole segment in (~70 ms for 288 MiB on the benchmark machine) and no
+        read after it takes a page fault: worth it for a long-lived reader of a big shard
+        (random reads at 500,000 variables per shard: p95 8.9 -> 4.4 us)."""
         self.directory, self.prefix, self.shard = Path(directory), prefix, shard
+        self._flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if prefault else 0)
         self._mm: mmap.mmap | None = None
         self._q: memoryview | None = None
         self.generation = 0
@@ -401,7 +407,7 @@ class SegmentReader:
             except (FileNotFoundError, struct.error):
                 continue  # retired between reading the control file and opening: again
             try:
-                mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+                mm = mmap.mmap(fd, 0, flags=self._flags, prot=mmap.PROT_READ)
             finally:
                 os.close(fd)
             magic, g, _, slots, _, data_size, _, _, key = HEADER.unpack_from(mm, 0)

@@ -52,9 +52,10 @@ def test_put_get_overwrite_delete(shmdir: Path) -> None:
     r.close()
 
 
-def test_growth_and_compaction_switch_readers(shmdir: Path) -> None:
+@pytest.mark.parametrize("prefault", [False, True])
+def test_growth_and_compaction_switch_readers(shmdir: Path, prefault: bool) -> None:
     w = SegmentWriter(shmdir, "t", 0, slots=16, data_size=4096)
-    r = SegmentReader(shmdir, "t", 0)
+    r = SegmentReader(shmdir, "t", 0, prefault=prefault)
     first_gen = r.generation
     for i in range(2000):  # forces table growth and data compaction many times
         w.put(f"k{i % 300}", i, "v" * (i % 97), {})

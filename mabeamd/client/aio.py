@@ -98,9 +98,11 @@ class AsyncClient:
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  server_key: bytes | None = None,
                  client_keys: tuple[bytes, bytes] | None = None,
-                 heartbeat: bool = True, push_queue: int = 10000, direct: bool = True) -> None:
+                 heartbeat: bool = True, push_queue: int = 10000, direct: bool = True,
+                 prefault: bool = False) -> None:
         self.endpoint = endpoint or os.environ.get("MABEAM_ENDPOINT", "tcp://127.0.0.1:7700")
         self.direct = direct  # variable requests to shard endpoints when offered
+        self.prefault = prefault  # map shard segments populated (shm.SegmentReader)
         self.timeout = timeout
         self.server_key = server_key
         self.client_keys = client_keys
@@ -449,7 +451,7 @@ class AsyncClient:
         try:
             if reader is None:
                 reader = self._readers[shard] = shm.SegmentReader(
-                    Path(self._shm["dir"]), self._shm["prefix"], shard)
+                    Path(self._shm["dir"]), self._shm["prefix"], shard, prefault=self.prefault)
             rec = reader.get(name)
         except (OSError, shm.SegmentError):
             return None

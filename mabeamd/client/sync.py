@@ -27,7 +27,7 @@ class Client:
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  server_key: bytes | None = None,
                  client_keys: tuple[bytes, bytes] | None = None, heartbeat: bool = True,
-                 direct: bool = True) -> None:
+                 direct: bool = True, prefault: bool = False) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mabeamd-client",
                                         daemon=True)
@@ -35,7 +35,8 @@ class Client:
         self._pushes: queue.Queue[Push] = queue.Queue()
         self._local_lock = threading.Lock()
         self.aio = AsyncClient(endpoint, timeout=timeout, server_key=server_key,
-                               client_keys=client_keys, heartbeat=heartbeat, direct=direct)
+                               client_keys=client_keys, heartbeat=heartbeat, direct=direct,
+                               prefault=prefault)
         self.aio.on_push = self._pushes.put
         self.timeout = timeout
         self._run(self.aio.connect())
