@@ -30,7 +30,7 @@ from mabeamd.config import Endpoint
 from mabeamd.frames import NOBLOCK, recv_ready, send_frames
 from mabeamd.registry import ConnKey
 from mabeamd.wire import ErrorCode, WireError
-from mabeamd.zmqutil import bind_endpoint, curve_server, router, unlink_endpoint
+from mabeamd.zmqutil import agent_router, bind_endpoint, curve_server, unlink_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,7 @@ class AgentEndpoint:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining: set[int] = set()
         for ep in endpoints:
-            sock = router(self._ctx, sndhwm=10000, rcvhwm=10000, linger=0)
-            sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
-            # ZMTP heartbeats: libzmq drops connections whose peer vanished without a FIN
-            # (host down, cable out), freeing their pipes; agents' liveness is separate.
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 10_000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30_000)
+            sock = agent_router(self._ctx, max_message)
             if ep.curve:
                 curve_server(sock, curve_keys)
             self.sockets.append(sock)

@@ -33,7 +33,7 @@ from mabeamd.credentials import Verifier
 from mabeamd.frames import NOBLOCK, recv_batch, send_frames
 from mabeamd.shard import ADMIN, READ_OPS, WRITE_FIELDS
 from mabeamd.wire import ErrorCode, WireError, check_fields
-from mabeamd.zmqutil import bind_endpoint, router, unlink_endpoint
+from mabeamd.zmqutil import agent_router, bind_endpoint, unlink_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,7 @@ class ShardEndpoint:
         self.stats = {"requests": 0, "errors": 0, "undeliverable": 0}
         # The worker's context: one I/O thread for the link and this socket (on a 2-core
         # machine every extra thread is another wake-up competing for a core).
-        self.sock = router(ctx, sndhwm=10000, rcvhwm=10000, linger=0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
-        self.sock.setsockopt(zmq.HEARTBEAT_IVL, 10_000)
-        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30_000)
+        self.sock = agent_router(ctx, max_message)
 
     def bind(self) -> bool:
         """Bind; False (logged) when the address cannot be had: the shard is then served

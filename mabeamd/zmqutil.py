@@ -25,6 +25,17 @@ def router(ctx: zmq.Context[S], *, sndhwm: int, rcvhwm: int, linger: int) -> S:
     return sock
 
 
+def agent_router(ctx: zmq.Context[S], max_message: int) -> S:
+    """A ROUTER facing agents (agent endpoints, shard endpoints): bounded messages and ZMTP
+    heartbeats, so libzmq drops connections whose peer vanished without a FIN (host down,
+    cable out) and frees their pipes; agents' liveness is a separate, application matter."""
+    sock = router(ctx, sndhwm=10000, rcvhwm=10000, linger=0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 10_000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30_000)
+    return sock
+
+
 def bind_private(sock: zmq.Socket[Any], path: Path, mode: int = 0o600) -> None:
     """Bind an ipc socket whose file never exists with looser permissions than `mode`."""
     with contextlib.suppress(FileNotFoundError):

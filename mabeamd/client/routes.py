@@ -49,6 +49,25 @@ def resolve(advertised: str, via: str) -> str:
     return advertised
 
 
+def _route_socket(ctx: zmq.Context[Any], address: str,
+                  ) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+    """A DEALER to a shard endpoint and the monitor that reports its drops. IMMEDIATE: a
+    send while the connection is not up fails at once (the caller falls back) instead of
+    queueing for a worker that may be restarting."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    sock.connect(address)
+    # Process the monitor's pending commands now: until its side of the inproc pipe is
+    # attached, events the monitored socket emits can be lost (seen: a DISCONNECTED that
+    # never arrived, requests left waiting for their timeout).
+    monitor.getsockopt(zmq.EVENTS)
+    return sock, monitor
+
+
 class Lost(Exception):
     """The route's connection dropped with this request in flight."""
 
@@ -79,18 +98,9 @@ class Routes:
 
     def _socket(self, shard: int) -> zmq.Socket[Any] | None:
         sock = self._socks.get(shard)
-        if sock is None and shard < len(self.addresses) and self.addresses[shard]:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
-            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            sock.connect(self.addresses[shard])
-            # Process the monitor's pending commands now: until its side of the inproc pipe
-            # is attached, events the monitored socket emits can be lost (seen: a
-            # DISCONNECTED that never arrived, requests left waiting for their timeout).
-            monitor.getsockopt(zmq.EVENTS)
+        address = self.addresses[shard] if shard < len(self.addresses) else None
+        if sock is None and address:
+            sock, monitor = _route_socket(self._ctx, address)
             self._socks[shard], self._monitors[shard] = sock, monitor
             self._in_flight[shard] = {}
             self._loop.add_reader(sock.FD, self._drain, shard)
@@ -190,13 +200,8 @@ class ThreadRoutes:
             with self._lock:
                 if self._closed:
                     raise NoRoute
-                sock = self._ctx.socket(zmq.DEALER)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.IMMEDIATE, 1)
+                sock, monitor = _route_socket(self._ctx, address)
                 sock.setsockopt(zmq.RCVTIMEO, WATCH_MS)
-                monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-                sock.connect(address)
-                monitor.getsockopt(zmq.EVENTS)  # attach the monitor now (see Routes)
                 self._all += [sock, monitor]
             route = routes[address] = (sock, monitor)
         return route
