@@ -55,8 +55,40 @@ def test_everysec_syncs_at_most_once_a_second(tmp_path: Path) -> None:
     log.tick(now + 0.5)
     assert log.fsyncs == base
     log.tick(now + 1.5)
+    deadline = time.monotonic() + 5
+    while log.fsyncs == base and time.monotonic() < deadline:  # the background thread
+        time.sleep(0.001)
     assert log.fsyncs == base + 1
+    log.tick(now + 3.0)  # nothing appended since: nothing to sync
+    log.append(b"b")
+    log.tick(now + 2.0)  # within a second of the last sync (at 1.5): not yet
+    time.sleep(0.05)
+    assert log.fsyncs == base + 1
+    log.close()  # joins the thread and syncs what is left
+    assert log.fsyncs == base + 2
+    assert [p for _, p in replay(tmp_path)] == [b"a", b"b"]
+
+
+def test_a_failed_background_fsync_refuses_later_writes(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection (an EIO from fsync cannot be had for real here): once the background
+    fsync fails, appends raise instead of acknowledging writes on a log that may not be
+    durable."""
+    log = WriteAheadLog(tmp_path, "everysec")
+    log.append(b"a")
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(wal.os, "fsync", broken)
+    log.tick(time.monotonic() + 2)
+    deadline = time.monotonic() + 5
+    while log.failed is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with pytest.raises(OSError, match="background fsync failed"):
+        log.append(b"b")
+    monkeypatch.undo()
     log.close()
+    assert [p for _, p in replay(tmp_path)] == [b"a"]
 
 
 @pytest.mark.parametrize("cut", ["mid-header", "mid-payload", "garbage"])
