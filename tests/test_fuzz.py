@@ -154,3 +154,64 @@ def test_hundred_thousand_random_frames(make_daemon: Any) -> None:
         s.close()
     ctx.term()
     assert d.stop() == 0
+
+
+VAR_OPS = ["var.get", "var.history", "var.create", "var.set", "var.delete", "var.list",
+           "hello", "nope"]
+
+
+def random_var_message(rng: random.Random, credential: str) -> list[bytes]:
+    """Hostile or half-valid variable requests for a shard endpoint: garbage frames, wrong
+    shapes, random bodies, and well-formed ones with right, wrong and missing credentials."""
+    if rng.random() < 0.3:
+        return random_message(rng)  # the generic hostile shapes
+    body: dict[str, Any] = {}
+    for key in rng.sample(["name", "value", "agent", "credential", "expect_version", "type",
+                           "access", "writers", "policy", "constraints", "zz"],
+                          rng.randrange(6)):
+        body[key] = random_value(rng)
+    if rng.random() < 0.6:
+        body["name"] = f"fz/{rng.randrange(40)}"
+    if rng.random() < 0.5:
+        body["agent"] = "fuzzer"
+        body["credential"] = rng.choice([credential, credential[:-1] + "0", "1.00", 7])
+    return [wire.PROTOCOL, wire.pack({"id": rng.randrange(1 << 30), "op": rng.choice(VAR_OPS)}),
+            wire.pack(body)]
+
+
+@pytest.mark.slow
+def test_shard_endpoint_survives_random_requests(make_daemon: Any) -> None:
+    d: Daemon = make_daemon(workers=1)
+    d.start()
+    rng = random.Random(20261130)
+    with Client(d.agent_endpoint) as c:
+        hello = c.register("fuzzer")
+        c.create_var("fuzzer", "fz/anchor", {"keep": 1}, type="map")
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.connect(hello["shard_endpoints"][0])
+        worker = d.workers()[0]
+        replies = 0
+        for i in range(30_000):
+            s.send_multipart(random_var_message(rng, hello["credential"]))
+            if i % 64 == 0:
+                while s.poll(0):
+                    s.recv_multipart()
+                    replies += 1
+        deadline = time.monotonic() + 30
+        while s.poll(1000) and time.monotonic() < deadline:
+            s.recv_multipart()
+            replies += 1
+        s.close()
+        ctx.term()
+        after = d.workers()[0]
+        assert (after["pid"], after["crashes"]) == (worker["pid"], 0), after
+        assert replies > 20_000  # every routable request got an answer
+        assert len(c.list_vars("fz/")["vars"]) > 1  # some well-formed writes were applied
+        assert c.get_var("fz/anchor", local=False)["value"] == {"keep": 1}
+        assert c.set_var("fuzzer", "fz/anchor", {"keep": 2})["value"] == {"keep": 2}
+        assert c.get_var("fz/anchor")["value"] == {"keep": 2}  # shared memory agrees
+    assert "Traceback" not in d.log()
+    assert d.stop() == 0
