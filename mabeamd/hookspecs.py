@@ -126,8 +126,11 @@ def mabeamd_session_ended(session: dict[str, Any]) -> None:
 
 @hookspec(firstresult=True)
 def mabeamd_authorize(actor: str, op: str, details: dict[str, Any]) -> str | None:
-    """Called in the arbiter before an agent's state-changing request is served: ``op`` is
+    """Called before an agent's state-changing request is served: ``op`` is
     ``var.create``, ``var.set``, ``var.delete``, ``session.start``, ``session.respond`` or
-    ``session.cancel``; ``actor`` the agent id making it; ``details`` the request body.
-    Return a reason to refuse (the agent gets ``forbidden``), or None to allow. The first
-    result wins: the first refusal stops the call."""
+    ``session.cancel``; ``actor`` the agent id making it; ``details`` the request body. It
+    runs in the arbiter, and for variable writes an agent sends to a shard endpoint in that
+    shard's worker (each process loads the plugins: keep state a refusal depends on outside
+    the process, or refuse the same way in each). Return a reason to refuse (the agent gets
+    ``forbidden``), or None to allow. The first result wins: the first refusal stops the
+    call."""

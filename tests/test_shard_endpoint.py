@@ -16,9 +16,10 @@ import pytest
 import zmq
 
 from mabeamd import credentials, wire
-from mabeamd.client import AsyncClient, Busy, Client
+from mabeamd.client import AsyncClient, Busy, Client, Forbidden
 from mabeamd.sharding import shard_of
-from mabeamd.testing import Daemon, free_port, free_ports
+from mabeamd.testing import Daemon, free_port, free_ports, short_tmpdir
+from tests.test_plugins import install
 
 
 class Wire:
@@ -422,3 +423,45 @@ def test_sync_client_waits_in_the_callers_thread(daemon: Daemon) -> None:
         black.close(linger=0)
         assert results["read"]["value"] == 25  # thread 0 wrote 25 last to thr/0/0
         assert isinstance(results["write"], Busy), results["write"]
+
+
+GUARD = """
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("mabeamd")
+
+
+@hookimpl
+def mabeamd_authorize(actor, op, details):
+    if str(details.get("name", "")).startswith("guarded/") and actor != "warden":
+        return f"{actor} may not {op} guarded variables"
+    return None
+"""
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["shard-endpoints", "agent-endpoint"])
+def test_authorize_hook_guards_both_paths(make_daemon: Callable[..., Daemon],
+                                          direct: bool) -> None:
+    site = short_tmpdir()
+    install(site, "guardplug", {"guard": "guardplug"}, {"guardplug": GUARD})
+    d = make_daemon(env={"PYTHONPATH": str(site)}).start()
+    with Client(d.agent_endpoint, timeout=5, direct=direct) as c:
+        c.register("warden")
+        c.register("intruder")
+        for _ in range(20):  # until the routes are up (the first writes may fall back)
+            c.create_var("warden", f"open/{_}", 0)
+        c.create_var("warden", "guarded/x", 1)
+        with pytest.raises(Forbidden, match=r"may not var\.set guarded"):
+            c.set_var("intruder", "guarded/x", 2)
+        with pytest.raises(Forbidden):
+            c.delete_var("intruder", "guarded/x")
+        assert c.set_var("warden", "guarded/x", 3)["version"] == 2
+        assert c.get_var("guarded/x", local=False)["value"] == 3
+
+    def refused_by_workers() -> int:
+        return sum((w["shard_traffic"] or {}).get("errors", 0) for w in d.workers())
+    if direct:  # the workers refused them (their counters arrive with heartbeats)
+        d.wait_until(lambda: refused_by_workers() >= 2, what="the workers' refusals")
+    else:
+        time.sleep(0.3)
+        assert refused_by_workers() == 0
