@@ -95,6 +95,8 @@ class Routes:
             if shard >= len(new) or new[shard] != self.addresses[shard]:
                 self._drop(shard)
         self.addresses = new
+        for shard in range(len(new)):  # connect now: the first requests need them up
+            self._socket(shard)
 
     def _socket(self, shard: int) -> zmq.Socket[Any] | None:
         sock = self._socks.get(shard)
@@ -192,6 +194,13 @@ class ThreadRoutes:
         self._lock = threading.Lock()
         self._all: list[zmq.Socket[Any]] = []
         self._closed = False
+
+    def prepare(self, addresses: list[str | None]) -> None:
+        """Connect this thread's routes now (the Client does at register), so its first
+        requests find them up instead of falling back to the agent endpoint."""
+        for address in addresses:
+            if address:
+                self._route(address)
 
     def _route(self, address: str) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         routes: dict[str, Any] = self._local.__dict__.setdefault("routes", {})

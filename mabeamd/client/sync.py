@@ -8,6 +8,7 @@ from one thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Coroutine
@@ -56,8 +57,12 @@ class Client:
     def register(self, agent: str, capabilities: list[str] | tuple[str, ...] = (),
                  *, metadata: dict[str, Any] | None = None, weight: float = 1.0,
                  priority: int = 0, token: str | None = None) -> dict[str, Any]:
-        return self._run(self.aio.register(agent, capabilities, metadata=metadata,
-                                           weight=weight, priority=priority, token=token))
+        reply = self._run(self.aio.register(agent, capabilities, metadata=metadata,
+                                            weight=weight, priority=priority, token=token))
+        if self._threads is not None and self.aio._routes is not None:
+            with contextlib.suppress(NoRoute):  # closed meanwhile
+                self._threads.prepare(self.aio._routes.addresses)
+        return reply
 
     def bye(self, agent: str) -> None:
         self._run(self.aio.bye(agent))
