@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from mabeamd import credentials, wire
-from mabeamd.client import AsyncClient, Busy, Client, Forbidden
+from mabeamd.client import AsyncClient, Busy, Client, Forbidden, NotFound
 from mabeamd.sharding import shard_of
 from mabeamd.testing import Daemon, free_port, free_ports, short_tmpdir
 from tests.test_plugins import install
@@ -465,3 +465,19 @@ def test_authorize_hook_guards_both_paths(make_daemon: Callable[..., Daemon],
     else:
         time.sleep(0.3)
         assert refused_by_workers() == 0
+
+
+def test_routes_open_at_the_first_variable_request_not_at_hello(daemon: Daemon) -> None:
+    """A process may host hundreds of agents that never touch a variable (the bench's
+    1,000-bidder auction): routes cost sockets only once variables are used, and then every
+    shard's at once."""
+    async def scenario() -> tuple[int, int, int]:
+        async with AsyncClient(daemon.agent_endpoint, timeout=5) as c:
+            await c.register("quiet")
+            assert c._routes is not None
+            at_hello = len(c._routes._socks)
+            with pytest.raises(NotFound):
+                await c.get_var("nothing/here", local=False)
+            return at_hello, len(c._routes._socks), c.shards
+    at_hello, after, shards = asyncio.run(scenario())
+    assert at_hello == 0 and after == shards == 2

@@ -59,7 +59,11 @@ def _route_socket(ctx: zmq.Context[Any], address: str,
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
-    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
     sock.connect(address)
     # Process the monitor's pending commands now: until its side of the inproc pipe is
     # attached, events the monitored socket emits can be lost (seen: a DISCONNECTED that
@@ -83,6 +87,7 @@ class Routes:
         self._socks: dict[int, zmq.Socket[Any]] = {}
         self._monitors: dict[int, zmq.Socket[Any]] = {}
         self._scheduled: set[int] = set()
+        self._unroutable: set[int] = set()  # shards whose route could not be made
         # shard -> {request id: future} of requests in flight on that route
         self._in_flight: dict[int, dict[int, asyncio.Future[Any]]] = {}
 
@@ -95,19 +100,32 @@ class Routes:
             if shard >= len(new) or new[shard] != self.addresses[shard]:
                 self._drop(shard)
         self.addresses = new
-        for shard in range(len(new)):  # connect now: the first requests need them up
-            self._socket(shard)
+        self._unroutable.clear()
 
     def _socket(self, shard: int) -> zmq.Socket[Any] | None:
-        sock = self._socks.get(shard)
-        address = self.addresses[shard] if shard < len(self.addresses) else None
-        if sock is None and address:
+        """The shard's route. The first variable request connects every shard's route, so
+        the requests after it find theirs up; not at hello, because a process may host
+        hundreds of agents that never touch a variable (a route is two sockets)."""
+        if shard not in self._socks:
+            for other in range(len(self.addresses)):
+                self._connect(other)
+        return self._socks.get(shard)
+
+    def _connect(self, shard: int) -> None:
+        address = self.addresses[shard]
+        if not address or shard in self._socks or shard in self._unroutable:
+            return
+        try:
             sock, monitor = _route_socket(self._ctx, address)
-            self._socks[shard], self._monitors[shard] = sock, monitor
-            self._in_flight[shard] = {}
-            self._loop.add_reader(sock.FD, self._drain, shard)
-            self._loop.add_reader(monitor.FD, self._watch, shard)
-        return sock
+        except zmq.ZMQError as exc:  # out of sockets or descriptors: the agent endpoint
+            log.warning("no route to shard %d at %s (%s): its variable requests go to the "
+                        "agent endpoint", shard, address, exc)
+            self._unroutable.add(shard)
+            return
+        self._socks[shard], self._monitors[shard] = sock, monitor
+        self._in_flight[shard] = {}
+        self._loop.add_reader(sock.FD, self._drain, shard)
+        self._loop.add_reader(monitor.FD, self._watch, shard)
 
     def send(self, shard: int, rid: int, frames: list[bytes], fut: asyncio.Future[Any],
              ) -> bool:
@@ -195,13 +213,6 @@ class ThreadRoutes:
         self._all: list[zmq.Socket[Any]] = []
         self._closed = False
 
-    def prepare(self, addresses: list[str | None]) -> None:
-        """Connect this thread's routes now (the Client does at register), so its first
-        requests find them up instead of falling back to the agent endpoint."""
-        for address in addresses:
-            if address:
-                self._route(address)
-
     def _route(self, address: str) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         routes: dict[str, Any] = self._local.__dict__.setdefault("routes", {})
         route = routes.get(address)
@@ -209,17 +220,30 @@ class ThreadRoutes:
             with self._lock:
                 if self._closed:
                     raise NoRoute
-                sock, monitor = _route_socket(self._ctx, address)
+                try:
+                    sock, monitor = _route_socket(self._ctx, address)
+                except zmq.ZMQError as exc:  # out of sockets or descriptors
+                    log.warning("no route to %s (%s): using the agent endpoint", address, exc)
+                    raise NoRoute from None
                 sock.setsockopt(zmq.RCVTIMEO, WATCH_MS)
                 self._all += [sock, monitor]
             route = routes[address] = (sock, monitor)
         return route
 
-    def call(self, address: str, rid: int, frames: list[bytes], timeout: float,
-             ) -> tuple[dict[str, Any], Any]:
-        """Send and wait for the reply with id `rid`: (header, body). Raises NoRoute (not
-        connected: nothing was sent), Lost (the connection dropped while waiting) or
-        TimeoutError."""
+    def call(self, addresses: list[str | None], shard: int, rid: int, frames: list[bytes],
+             timeout: float) -> tuple[dict[str, Any], Any]:
+        """Send to `addresses[shard]` and wait for the reply with id `rid`: (header, body).
+        Raises NoRoute (no route up: nothing was sent), Lost (the connection dropped while
+        waiting) or TimeoutError. A thread's first request connects its routes to every
+        shard, so the requests after it find theirs up (as Routes does)."""
+        address = addresses[shard]
+        if address is None:
+            raise NoRoute
+        routes: dict[str, Any] = self._local.__dict__.setdefault("routes", {})
+        if address not in routes:
+            for other in addresses:
+                if other:
+                    self._route(other)
         sock, monitor = self._route(address)
         try:
             send_frames(sock, frames, NOBLOCK)

@@ -8,7 +8,6 @@ from one thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 from collections.abc import Coroutine
@@ -57,12 +56,8 @@ class Client:
     def register(self, agent: str, capabilities: list[str] | tuple[str, ...] = (),
                  *, metadata: dict[str, Any] | None = None, weight: float = 1.0,
                  priority: int = 0, token: str | None = None) -> dict[str, Any]:
-        reply = self._run(self.aio.register(agent, capabilities, metadata=metadata,
-                                            weight=weight, priority=priority, token=token))
-        if self._threads is not None and self.aio._routes is not None:
-            with contextlib.suppress(NoRoute):  # closed meanwhile
-                self._threads.prepare(self.aio._routes.addresses)
-        return reply
+        return self._run(self.aio.register(agent, capabilities, metadata=metadata,
+                                           weight=weight, priority=priority, token=token))
 
     def bye(self, agent: str) -> None:
         self._run(self.aio.bye(agent))
@@ -90,15 +85,17 @@ class Client:
         (or when it cannot serve the request) the agent endpoint through the loop."""
         target = self.aio.direct_target(body, agent)
         routes = self.aio._routes
-        address = routes.addresses[target[0]] if target and routes else None
-        if target is not None and self._threads is not None and address is not None:
+        if target is not None and self._threads is not None and routes is not None:
             rid = next(self.aio._ids)
+            addresses = routes.addresses
             try:
                 header, reply = self._threads.call(
-                    address, rid, wire.encode({"id": rid, "op": op}, target[1]), self.timeout)
+                    addresses, target[0], rid, wire.encode({"id": rid, "op": op}, target[1]),
+                    self.timeout)
                 return result_of(header, reply)
             except TimeoutError:
-                raise Timeout(f"{op}: no reply from {address} in {self.timeout:g}s") from None
+                raise Timeout(f"{op}: no reply from {addresses[target[0]]} in "
+                              f"{self.timeout:g}s") from None
             except (NoRoute, Lost, Busy, NotRegistered) as exc:
                 direct_fallback(exc, op, body, agent)
         return self._run(self.aio.request(op, body))
