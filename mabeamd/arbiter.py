@@ -466,9 +466,7 @@ class Arbiter:
         """An agent's binding to a connection ended: its write credential stops working on
         every shard endpoint (workers started later get the whole map at hello)."""
         self.revoked[agent] = epoch
-        for w in self.watchers:
-            if w.state is State.RUNNING:
-                self.link.send(w.index, w.generation, "revoke", {"agents": {agent: epoch}})
+        self._to_running_workers("revoke", {"agents": {agent: epoch}})
 
     def _var_interest(self) -> None:
         """Tell workers whether to send var.* events of direct writes (building and relaying
@@ -476,9 +474,13 @@ class Arbiter:
         wanted = self.events.watched("var.")
         if wanted != self.var_events:
             self.var_events = wanted
-            for w in self.watchers:
-                if w.state is State.RUNNING:
-                    self.link.send(w.index, w.generation, "var_events", {"wanted": wanted})
+            self._to_running_workers("var_events", {"wanted": wanted})
+
+    def _to_running_workers(self, op: str, body: dict[str, Any]) -> None:
+        """A link message to every running worker (one starting gets the state at hello)."""
+        for w in self.watchers:
+            if w.state is State.RUNNING:
+                self.link.send(w.index, w.generation, op, body)
 
     def _agent_down(self, agent: str) -> None:
         """Sessions count an agent that left or went silent as absent."""

@@ -29,15 +29,15 @@ ADMIN = "@admin"
 # The variable ops a shard serves for agents, with the fields each takes: the arbiter's
 # varops.py and the worker's shard_endpoint.py check requests against these.
 READ_OPS = frozenset({"var.get", "var.history"})
-# msgpack of {"op": "put", "var": ...} up to the value of "var": a put's WAL record is this
-# and the packed state (test_wal checks it decodes as the map).
-PUT_PREFIX = b"\x82\xa2op\xa3put\xa3var"
 WRITE_FIELDS = {
     "var.create": frozenset({"agent", "name", "value", "type", "access", "writers", "policy",
                              "constraints"}),
     "var.set": frozenset({"agent", "name", "value", "expect_version"}),
     "var.delete": frozenset({"agent", "name", "expect_version"}),
 }
+# msgpack of {"op": "put", "var": ...} up to the value of "var": a put's WAL record is this
+# and the packed state (test_wal checks it decodes as the map).
+PUT_PREFIX = b"\x82\xa2op\xa3put\xa3var"
 
 
 def _int_or_none(body: dict[str, Any], key: str) -> int | None:
