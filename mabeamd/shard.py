@@ -21,7 +21,7 @@ import msgpack
 from mabeamd import snapshot
 from mabeamd.shm import PROGRESS_EVERY, SegmentWriter
 from mabeamd.variables import ShardStore, Variable, check_name
-from mabeamd.wal import WriteAheadLog, replay
+from mabeamd.wal import WriteAheadLog
 from mabeamd.wire import ErrorCode, Packed, WireError
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,16 @@ class Shard:
             if not k & PROGRESS_EVERY:
                 progress()
         replayed = 0
-        for _, payload in replay(self.dir, after=seq):
+
+        def apply(payload: bytes) -> None:
+            nonlocal replayed
             self.store.apply(msgpack.unpackb(payload, raw=False))
             replayed += 1
             if not replayed & PROGRESS_EVERY:
                 progress()
-        self.wal = WriteAheadLog(self.dir, fsync)
+
+        # One read of the log: replayed past the snapshot, then opened to append after it.
+        self.wal = WriteAheadLog(self.dir, fsync, after=seq, apply=apply)
         self.since_snapshot = replayed
         self.segment = SegmentWriter(
             shm_dir, shm_prefix, index, slots=max(1024, 2 * len(self.store.vars)),

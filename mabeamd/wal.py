@@ -25,6 +25,15 @@ Replay reads every file in order. A record cut short or failing its CRC at the e
 last file is a torn tail (the write the crash interrupted, never acknowledged): it is
 discarded and the file truncated there. Anything wrong before that point is corruption:
 WalCorrupt, and the daemon refuses to start rather than drop acknowledged writes silently.
+
+Sequence numbers never go back, and a file's name is the sequence number of its first
+record. An empty file still says where numbering goes on: after a snapshot the log rotates
+to an empty `wal-<snapshot seq + 1>.log`, and a log opened on it must number its next
+record from there, not from 1 (builds before 2026-12-01 did, and replay then skipped
+those records as older than the snapshot: acknowledged writes lost on the next start). Such a
+file -- the last one, its first record numbered below its name, numbered contiguously
+from there -- is renumbered in place at open, with a warning; every record in it was
+written after the snapshot that named it, so nothing is skipped.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -78,6 +87,19 @@ def replay(directory: Path, after: int = 0) -> Iterator[tuple[int, bytes]]:
                     f.write(MAGIC)
                     continue
                 raise WalCorrupt(f"{path}: not a mabeamd WAL file")
+            named = _first_seq(path)
+            head = next(_records(data), None)  # the first record, if it is intact
+            if head is not None:
+                first = head[1]
+                if first < named and last and expected in (None, named):
+                    data = _renumber(path, data, named - first)
+                elif first != named:
+                    raise WalCorrupt(f"{path}: its first record is sequence {first}, but the "
+                                     f"file's name says {named}")
+                if expected is not None and named != expected:
+                    raise WalCorrupt(f"{path}: starts at sequence {named} where {expected} "
+                                     "was expected (a file is missing or out of place)")
+                expected = named
             pos = 8
             while pos < len(data):
                 bad = None
@@ -105,9 +127,56 @@ def replay(directory: Path, after: int = 0) -> Iterator[tuple[int, bytes]]:
                 pos = end
 
 
+def _records(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(position, seq, payload) of each whole, intact record of a file's bytes, stopping at
+    the first one cut short or failing its checksum."""
+    pos = 8
+    while pos + REC.size <= len(data):
+        length, crc, seq = REC.unpack_from(data, pos)
+        end = pos + REC.size + length
+        payload = data[pos + REC.size:end]
+        if length > MAX_RECORD or end > len(data) or _crc(seq, payload) != crc:
+            return
+        yield pos, seq, payload
+        pos = end
+
+
+def _renumber(path: Path, data: bytes, shift: int) -> bytes:
+    """Rewrite the last file's records `shift` higher (the pre-0.5 numbering after a
+    snapshot, see the module docstring), atomically: a new file is fsynced, then renamed
+    over the old one. Refuses (WalCorrupt) unless the records are contiguous."""
+    out = [MAGIC]
+    prev: int | None = None
+    for _, seq, payload in _records(data):
+        if prev is not None and seq != prev + 1:
+            raise WalCorrupt(f"{path}: sequence {seq} after {prev}, in a file whose numbering "
+                             "must be repaired; see docs/operations.md, 'A shard whose WAL is "
+                             "refused'")
+        prev = seq
+        out.append(REC.pack(len(payload), _crc(seq + shift, payload), seq + shift) + payload)
+    fixed = b"".join(out)
+    tmp = path.with_name(f".{path.name}.renumber")
+    with open(tmp, "wb") as t:
+        t.write(fixed)
+        t.flush()
+        os.fsync(t.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    first = (prev or 0) - len(out) + 2
+    log.warning("%s: %d records numbered from %d now numbered from %d (written after a "
+                "snapshot by a build that numbered them from 1 again; replay would have "
+                "skipped them)", path, len(out) - 1, first, first + shift)
+    return fixed  # intact records only: a torn tail is gone with the old file
+
+
 class WriteAheadLog:
     def __init__(self, directory: Path, policy: str = "everysec",
-                 rotate_bytes: int = 64 << 20) -> None:
+                 rotate_bytes: int = 64 << 20, *, after: int = 0,
+                 apply: Callable[[bytes], None] | None = None) -> None:
+        """Open the log for appending, after reading it once: `apply` gets the payload of
+        every record past `after` (the snapshot's sequence number), in order. The next
+        record is numbered after the last one, the last file's name and `after`, whichever
+        is highest."""
         if policy not in POLICIES:
             raise ValueError(f"fsync policy must be one of {POLICIES}, got {policy!r}")
         self.directory = Path(directory)
@@ -121,10 +190,16 @@ class WriteAheadLog:
         self._sync_asked = threading.Event()
         self._stopping = threading.Event()
         self.failed: OSError | None = None
-        self.next_seq = 1
-        for seq, _ in replay(self.directory):  # also repairs a torn tail
+        self.next_seq = after + 1
+        self.replayed = 0
+        for seq, payload in replay(self.directory):  # also repairs a torn tail
             self.next_seq = seq + 1
+            if seq > after and apply is not None:
+                apply(payload)
+                self.replayed += 1
         files = wal_files(self.directory)
+        if files:
+            self.next_seq = max(self.next_seq, _first_seq(files[-1]), after + 1)
         self._fd = -1
         self._size = 0
         if files:
@@ -228,9 +303,11 @@ class WriteAheadLog:
         self._last_sync = time.monotonic()
 
     def rotate(self) -> int:
-        """Start a new file (after a snapshot); returns the first seq it will hold."""
+        """Start a new file (after a snapshot); returns the first seq it will hold. A file
+        that holds no record yet is already the new file: it is kept."""
         self.sync()
-        self._start_file()
+        if self._size > len(MAGIC):
+            self._start_file()
         return self.next_seq
 
     def drop_before(self, seq: int) -> list[Path]:

@@ -186,3 +186,91 @@ def test_a_put_record_is_the_effect_map() -> None:
     effect = {"op": "put", "var": state}
     assert PUT_PREFIX + packed == msgpack.packb(effect, use_bin_type=True)
     assert msgpack.unpackb(PUT_PREFIX + packed, raw=False) == effect
+
+
+def _snapshot_like_a_shard(log: WriteAheadLog) -> int:
+    """What Shard.take_snapshot does to the log: sync, rotate, drop what the snapshot covers;
+    returns the snapshot's sequence number."""
+    seq = log.next_seq - 1
+    log.rotate()
+    log.drop_before(seq + 1)
+    return seq
+
+
+def test_numbering_goes_on_after_a_snapshot_and_a_restart(tmp_path: Path) -> None:
+    """The data loss of 2026-11: after a snapshot the log is one empty file; reopened, it
+    numbered its next record 1 again, and the next start skipped that record as older than
+    the snapshot."""
+    log = WriteAheadLog(tmp_path, "always")
+    log.append(b"a1")
+    log.append(b"a2")
+    snap = _snapshot_like_a_shard(log)
+    log.close()
+    assert snap == 2
+    log = WriteAheadLog(tmp_path, "always", after=snap)  # restart
+    assert log.append(b"acked") == 3
+    log.commit()
+    log.close()
+    got: list[bytes] = []
+    log = WriteAheadLog(tmp_path, "always", after=snap, apply=got.append)  # restart again
+    assert got == [b"acked"] and log.replayed == 1
+    assert log.append(b"next") == 4
+    log.close()
+
+
+def test_numbering_goes_on_after_the_snapshot_when_the_log_files_are_gone(
+        tmp_path: Path) -> None:
+    log = WriteAheadLog(tmp_path, "always", after=41)
+    assert log.append(b"x") == 42
+    log.close()
+    assert wal.wal_files(tmp_path)[0].name == f"wal-{42:020d}.log"
+
+
+def test_two_snapshots_in_a_row_and_a_snapshot_of_an_empty_log(tmp_path: Path) -> None:
+    """rotate() on a file with no record used to fail with FileExistsError (the new file has
+    the same name): `mabeamctl vars snapshot` answered `internal`."""
+    log = WriteAheadLog(tmp_path, "always")
+    assert _snapshot_like_a_shard(log) == 0  # never written
+    log.append(b"a")
+    assert _snapshot_like_a_shard(log) == 1
+    assert _snapshot_like_a_shard(log) == 1  # nothing since the last one
+    log.close()
+    assert [f.name for f in wal.wal_files(tmp_path)] == [f"wal-{2:020d}.log"]
+    log = WriteAheadLog(tmp_path, "always", after=1)
+    assert log.append(b"b") == 2
+    log.close()
+
+
+def test_a_log_renumbered_from_one_after_a_snapshot_is_repaired(tmp_path: Path) -> None:
+    """A state directory written by the builds with the bug: the last file is named after the
+    snapshot (wal-3) but its records are numbered 1, 2. They were all written after the
+    snapshot: they are renumbered 3, 4 and replayed, not skipped."""
+    path = tmp_path / f"wal-{3:020d}.log"
+    recs = [wal.REC.pack(len(p), wal._crc(s, p), s) + p for s, p in ((1, b"x"), (2, b"y"))]
+    path.write_bytes(wal.MAGIC + b"".join(recs) + b"\x07\x00")  # and a torn tail
+    got: list[bytes] = []
+    log = WriteAheadLog(tmp_path, "always", after=2, apply=got.append)
+    assert got == [b"x", b"y"]
+    assert log.append(b"z") == 5
+    log.close()
+    assert [(s, p) for s, p in replay(tmp_path)] == [(3, b"x"), (4, b"y"), (5, b"z")]
+
+
+def test_a_first_record_that_contradicts_its_file_name_is_refused(tmp_path: Path) -> None:
+    log = WriteAheadLog(tmp_path, "never", rotate_bytes=60)
+    for i in range(9):
+        log.append(b"payload-%d" % i)
+    log.close()
+    files = wal.wal_files(tmp_path)
+    assert len(files) >= 3
+    before = [f.read_bytes() for f in files]
+    last, first = files[-1], wal._first_seq(files[-1])
+    moved = last.rename(last.with_name(f"wal-{first - 1:020d}.log"))
+    with pytest.raises(WalCorrupt, match=f"name says {first - 1}"):
+        list(replay(tmp_path))
+    moved.rename(last)
+    files[1].rename(files[1].with_name(f"wal-{999:020d}.log"))  # now the last, out of place
+    with pytest.raises(WalCorrupt, match=r"where \d+ was expected"):
+        list(replay(tmp_path))
+    # Refused, and nothing was rewritten.
+    assert sorted(f.read_bytes() for f in wal.wal_files(tmp_path)) == sorted(before)
