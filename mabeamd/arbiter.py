@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -46,7 +45,14 @@ from mabeamd.registry import Registry
 from mabeamd.sdnotify import Notifier, child_environment
 from mabeamd.sessionops import SessionService
 from mabeamd.shard_endpoint import shard_address
-from mabeamd.statedir import StateDirError, check_shm, open_state, remove_segments
+from mabeamd.statedir import (
+    StateDirError,
+    check_shm,
+    lock_dir,
+    lock_state_dir,
+    open_state,
+    remove_segments,
+)
 from mabeamd.varops import VariableService
 from mabeamd.watcher import State, WorkerWatcher, worker_argv
 from mabeamd.wire import ErrorCode, WireError
@@ -105,7 +111,7 @@ class Arbiter:
         self.workers_stopped = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._bg: set[asyncio.Task[Any]] = set()
-        self._lock_fd: int | None = None
+        self._lock_fds: list[int] = []  # runtime and state directory locks
         self.reaper: Reaper
         # Signs the write credentials agents use on shard endpoints (credentials.py); the
         # workers get it in their environment. Per run: a restart voids every credential.
@@ -125,25 +131,28 @@ class Arbiter:
             if not os.access(d, os.W_OK | os.X_OK):
                 raise StartupError(f"{label} directory {d} is not writable by uid {os.geteuid()}")
         try:
-            self.meta = open_state(self.paths.state_dir, self.worker_count)
-            check_shm(Path(self.config.variables.shm_dir), self.config.variables.min_free_shm)
-        except StateDirError as exc:
-            raise StartupError(str(exc), EX_CONFIG) from exc
-        fd = os.open(self.paths.runtime_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = lock_dir(self.paths.runtime_dir)
         except BlockingIOError:
-            os.close(fd)
             raise StartupError(
                 f"another mabeamd is already running with runtime directory "
                 f"{self.paths.runtime_dir} (try: mabeamctl --socket "
                 f"{self.paths.control_socket} status)") from None
-        self._lock_fd = fd
+        self._lock_fds.append(fd)
+        try:
+            self._lock_fds.append(lock_state_dir(self.paths.state_dir))
+        except StateDirError as exc:
+            self._release_lock()
+            raise StartupError(str(exc)) from None
+        try:
+            self.meta = open_state(self.paths.state_dir, self.worker_count)
+            check_shm(Path(self.config.variables.shm_dir), self.config.variables.min_free_shm)
+        except StateDirError as exc:
+            self._release_lock()
+            raise StartupError(str(exc), EX_CONFIG) from exc
 
     def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing drops the flock
-            self._lock_fd = None
+        while self._lock_fds:
+            os.close(self._lock_fds.pop())  # closing drops the flock
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

@@ -57,27 +57,22 @@ def overrides_from(args: argparse.Namespace) -> dict[tuple[str, str], tuple[Any,
 
 
 def run_reshard(cfg: configmod.Config, paths: pathsmod.Paths, shards: int) -> int:
-    import fcntl
-
     from mabeamd.reshard import reshard
-    from mabeamd.statedir import StateDirError
+    from mabeamd.statedir import StateDirError, lock_state_dir
     from mabeamd.wal import WalCorrupt
 
-    if paths.runtime_dir.exists():
-        fd = os.open(paths.runtime_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"mabeamd: --reshard: a daemon is running on {paths.runtime_dir}; stop it "
-                  "first", file=sys.stderr)
-            return 1
-        finally:
-            os.close(fd)
+    try:
+        fd = lock_state_dir(paths.state_dir, "--reshard")
+    except (StateDirError, OSError) as exc:
+        print(f"mabeamd: {exc}", file=sys.stderr)
+        return 1
     try:
         out = reshard(paths.state_dir, shards, cfg.variables.history)
     except (StateDirError, WalCorrupt, OSError) as exc:
         print(f"mabeamd: --reshard: {exc}", file=sys.stderr)
         return 1
+    finally:
+        os.close(fd)
     print(f"resharded {paths.state_dir}: {out['variables']} variables from {out['from']} to "
           f"{out['to']} shards; old shards kept as {out['backup']}. Set workers.count = "
           f"{out['to']} before starting.")

@@ -11,6 +11,7 @@ worker calls once per batch of requests (group commit).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +21,13 @@ import msgpack
 
 from mabeamd import snapshot
 from mabeamd.shm import PROGRESS_EVERY, SegmentWriter
+from mabeamd.statedir import lock_dir
 from mabeamd.variables import ShardStore, Variable, check_name
 from mabeamd.wal import WriteAheadLog
 from mabeamd.wire import ErrorCode, Packed, WireError
 
 log = logging.getLogger(__name__)
+LOCK_WAIT = 10.0  # seconds a new worker waits for its shard directory's lock
 ADMIN = "@admin"
 # The variable ops a shard serves for agents, with the fields each takes: the arbiter's
 # varops.py and the worker's shard_endpoint.py check requests against these.
@@ -47,6 +50,10 @@ def _int_or_none(body: dict[str, Any], key: str) -> int | None:
     return v
 
 
+class ShardInUse(Exception):
+    pass
+
+
 class Shard:
     def __init__(self, index: int, state_dir: Path, shm_dir: Path, shm_prefix: str, *,
                  fsync: str, history: int, max_value: int, snapshot_every: int,
@@ -56,6 +63,15 @@ class Shard:
         self.index = index
         self.dir = state_dir / f"shard-{index}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        # The only writer of this directory. A predecessor killed a moment ago (kill -9 of the
+        # arbiter takes its workers with it, but not in the same instant) gets a few seconds
+        # to go; one still there after that is not ours to race.
+        try:
+            self._lock_fd = lock_dir(self.dir, wait=LOCK_WAIT, poll=progress)
+        except BlockingIOError:
+            raise ShardInUse(f"shard {index}: {self.dir} is still locked by another process "
+                             f"after {LOCK_WAIT:.0f} s (a worker of another mabeamd on this "
+                             "state directory?); not loading it") from None
         self.snapshot_every = snapshot_every
         self.locked: dict[str, str] = {}  # variable -> the session holding it (sessions.py)
         t0 = time.monotonic()
@@ -196,3 +212,4 @@ class Shard:
     def close(self) -> None:
         self.wal.close()
         self.segment.close()
+        os.close(self._lock_fd)

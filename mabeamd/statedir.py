@@ -4,14 +4,23 @@
 The shard count is fixed when the directory is created: a different workers.count later is
 refused, because rehashing every variable is a deliberate operation (`mabeamd --reshard N`),
 never a side effect of a config edit.
+
+One daemon per state directory: the arbiter holds an flock on the directory itself for its
+whole life (the runtime directory's lock does not cover a second daemon started with another
+runtime directory, and two of them once acknowledged writes with the same sequence numbers
+into one WAL). Offline tools (`--reshard`, `--check-state`) take the same lock. Each worker
+also locks its own shard directory, so a worker left over from a crashed daemon can never
+write beside its replacement.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +39,35 @@ class StateMeta:
     @property
     def shm_prefix(self) -> str:
         return f"mabeamd-{self.instance}"
+
+
+def lock_dir(path: Path, wait: float = 0.0, poll: Callable[[], None] = lambda: None) -> int:
+    """An exclusive flock on directory `path`; returns the fd that holds it (closing it
+    releases it). Waits up to `wait` seconds for a holder to go, calling `poll` between
+    tries; raises BlockingIOError when it is still held then."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise
+        poll()
+        time.sleep(0.05)
+
+
+def lock_state_dir(state_dir: Path, what: str = "mabeamd") -> int:
+    """The one-daemon-per-state-directory lock; StateDirError naming the holder if taken."""
+    try:
+        return lock_dir(state_dir)
+    except BlockingIOError:
+        raise StateDirError(
+            f"{what}: state directory {state_dir} is in use by another mabeamd (or an "
+            "offline tool such as --reshard); one daemon per state directory: stop the other "
+            "one first, or give this one its own state_dir") from None
 
 
 def open_state(state_dir: Path, shards: int) -> StateMeta:

@@ -31,12 +31,15 @@ from mabeamd.link import identity
 from mabeamd.logsetup import setup_child_logging
 from mabeamd.plugins import PluginHost
 from mabeamd.sessions import SessionEngine
-from mabeamd.shard import Shard
+from mabeamd.shard import Shard, ShardInUse
 from mabeamd.shard_endpoint import ShardEndpoint
+from mabeamd.snapshot import SnapshotCorrupt
+from mabeamd.wal import WalCorrupt
 
 log = logging.getLogger("mabeamd.worker")
 
 PR_SET_PDEATHSIG = 1
+EXIT_SHARD_REFUSED = 3  # the shard's files were refused (corrupt, or locked by another process)
 
 
 def die_with_parent(parent: int) -> None:
@@ -326,9 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.state_dir is not None:
         # Loaded before hello: the arbiter counts the worker as running only once its shard
         # serves. A big shard takes seconds; worker.progress keeps the arbiter informed.
-        worker.shard = Shard(args.index, args.state_dir, args.shm_dir, args.shm_prefix,
-                             fsync=args.fsync, history=args.history, max_value=args.max_value,
-                             snapshot_every=args.snapshot_every, progress=worker.progress)
+        try:
+            worker.shard = Shard(args.index, args.state_dir, args.shm_dir, args.shm_prefix,
+                                 fsync=args.fsync, history=args.history,
+                                 max_value=args.max_value, snapshot_every=args.snapshot_every,
+                                 progress=worker.progress)
+        except (ShardInUse, WalCorrupt, SnapshotCorrupt) as exc:
+            # Nothing is changed on disk; retrying is the watcher's call (and FAILED after
+            # its budget). docs/operations.md: "A shard whose WAL is refused".
+            log.error("shard %d not loaded: %s", args.index, exc)
+            return EXIT_SHARD_REFUSED
     return int(uvloop.run(worker.run()))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -174,3 +175,27 @@ def test_a_write_after_snapshot_survives_two_kill9s_of_the_daemon(
     d.start()
     got = _ctl(d, "vars", "get", "{t}/a1")
     assert (got["version"], got["value"]) == (2, "acked-1")
+
+
+def test_a_shard_directory_locked_by_another_process_is_not_loaded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker never loads (or writes) a shard another live process holds: it waits a
+    little for a predecessor to die, then refuses, changing nothing."""
+    from mabeamd import shard as shardmod
+
+    (tmp_path / "shm").mkdir()
+    s = Shard(0, tmp_path / "state", tmp_path / "shm", "mb-lock", fsync="always", history=4,
+              max_value=1 << 16, snapshot_every=100)
+    s.handle("var.create", {"name": "x", "value": 1}, "a", 1.0)
+    s.commit()
+    monkeypatch.setattr(shardmod, "LOCK_WAIT", 0.2)
+    files = sorted(p.name for p in (tmp_path / "state" / "shard-0").iterdir())
+    with pytest.raises(shardmod.ShardInUse, match="still locked by another process"):
+        Shard(0, tmp_path / "state", tmp_path / "shm", "mb-lock", fsync="always", history=4,
+              max_value=1 << 16, snapshot_every=100)
+    assert sorted(p.name for p in (tmp_path / "state" / "shard-0").iterdir()) == files
+    s.close()
+    again = Shard(0, tmp_path / "state", tmp_path / "shm", "mb-lock", fsync="always",
+                  history=4, max_value=1 << 16, snapshot_every=100)
+    assert again.store.get("x").value == 1
+    again.close()

@@ -148,6 +148,23 @@ def test_second_instance_on_same_runtime_dir_is_refused(
     assert daemon.call("ping")["pong"] is True
 
 
+def test_second_instance_on_same_state_dir_is_refused(
+        daemon: Daemon, make_daemon: Callable[..., Daemon]) -> None:
+    """Another runtime directory, the same state directory: two daemons once both
+    acknowledged writes into one WAL with the same sequence numbers."""
+    daemon.call("vars.create", {"name": "solo", "value": 1})
+    other = make_daemon()
+    other.state_dir = daemon.state_dir
+    other.start(wait_ready=False)
+    assert other.wait() == 1
+    assert f"state directory {daemon.state_dir} is in use by another mabeamd" in other.log()
+    assert not other.socket.exists()  # refused before it bound anything
+    assert daemon.call("vars.get", {"name": "solo"})["version"] == 1
+    assert daemon.stop() == 0
+    other.start()  # the lock goes with the daemon that held it
+    assert other.call("vars.get", {"name": "solo"})["value"] == 1
+
+
 def test_restart_all_workers_one_by_one(daemon: Daemon) -> None:
     before = pids(daemon)
     result = daemon.call("workers.restart", {"index": "all"})

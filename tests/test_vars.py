@@ -337,7 +337,7 @@ def test_reshard_moves_every_variable(make_daemon: Callable[..., Daemon]) -> Non
     cmd = [sys.executable, "-m", "mabeamd", "--config", str(d.config_path), "--runtime-dir",
            str(d.run_dir), "--state-dir", str(d.state_dir), "--reshard", "3"]
     running = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert running.returncode == 1 and "a daemon is running" in running.stderr
+    assert running.returncode == 1 and "is in use by another mabeamd" in running.stderr
     assert d.stop() == 0
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
