@@ -396,7 +396,8 @@ class Arbiter:
 
     def worker_argv(self, index: int, generation: int) -> list[str]:
         w, v = self.config.workers, self.config.variables
-        shard_args = ["--state-dir", str(self.paths.state_dir), "--shm-dir", v.shm_dir,
+        shard_args = ["--state-dir", str(self.paths.state_dir),
+                      "--shards", str(self.meta.shards), "--shm-dir", v.shm_dir,
                       "--shm-prefix", self.meta.shm_prefix, "--fsync", v.fsync,
                       "--history", str(v.history), "--max-value", str(v.max_value),
                       "--snapshot-every", str(v.snapshot_every),

@@ -93,7 +93,8 @@ class ControlServer:
                             ErrorCode.TOO_LARGE):
                 self.stats["malformed"] += 1
             rid = rid if rid is not None else exc.request_id
-            await self._send(envelope, wire.reply_error(rid, exc.code, exc.message))
+            await self._send(envelope, wire.reply_error(rid, exc.code, exc.message,
+                                                        exc.details))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -138,7 +138,7 @@ class AgentEndpoint:
         except WireError as exc:
             self._error_stats(exc)
             self._send(index, envelope, wire.reply_error(
-                rid if rid is not None else exc.request_id, exc.code, exc.message))
+                rid if rid is not None else exc.request_id, exc.code, exc.message, exc.details))
         except Exception as exc:
             self.stats["errors"] += 1
             log.exception("agent endpoint: request %r failed", rid)
@@ -173,7 +173,7 @@ class AgentEndpoint:
             reply = wire.reply_error(rid, ErrorCode.SHUTTING_DOWN, "mabeamd is stopping")
         elif isinstance(exc := fut.exception(), WireError):
             self._error_stats(exc)
-            reply = wire.reply_error(rid, exc.code, exc.message)
+            reply = wire.reply_error(rid, exc.code, exc.message, exc.details)
         elif exc is not None:
             self.stats["errors"] += 1
             log.error("agent endpoint: request %r failed", rid, exc_info=exc)

@@ -40,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offline: move every variable of the (stopped) daemon's state "
                         "directory into N shards, keep the old shards as a backup, and exit; "
                         "then set workers.count = N")
+    p.add_argument("--check-state", action="store_true",
+                   help="offline: load every shard of the (stopped) daemon's state directory "
+                        "without writing, report shards that cannot be loaded and names that "
+                        "are misplaced or in two shards, say what --repair would do, and exit "
+                        "(0 clean, 1 problems)")
+    p.add_argument("--repair", action="store_true",
+                   help="with --check-state: move misplaced names to their shard and keep "
+                        "the chosen copy of each duplicated one (see --keep)")
+    p.add_argument("--keep", action="append", default=[], metavar="NAME=SHARD",
+                   help="with --check-state --repair: the copy of duplicated NAME to keep "
+                        "(repeat for each duplicated name)")
+    p.add_argument("--json", action="store_true", help="with --check-state: JSON output")
     p.add_argument("--version", action="version", version=f"mabeamd {__version__}")
     return p
 
@@ -79,6 +91,59 @@ def run_reshard(cfg: configmod.Config, paths: pathsmod.Paths, shards: int) -> in
     return 0
 
 
+def run_check_state(cfg: configmod.Config, paths: pathsmod.Paths, args: argparse.Namespace,
+                    ) -> int:
+    import json
+
+    from mabeamd import checkstate
+    from mabeamd.statedir import StateDirError, lock_state_dir
+
+    keep: dict[str, int] = {}
+    for item in args.keep:
+        name, sep, shard = item.rpartition("=")
+        if not sep or not name or not shard.isdigit():
+            print(f"mabeamd: --keep {item!r}: expected NAME=SHARD (a shard number)",
+                  file=sys.stderr)
+            return 2
+        keep[name] = int(shard)
+    if keep and not args.repair:
+        print("mabeamd: --keep goes with --repair", file=sys.stderr)
+        return 2
+    if not (paths.state_dir / "meta.json").exists():
+        print(f"mabeamd: --check-state: {paths.state_dir} is not a mabeamd state directory "
+              "(no meta.json)", file=sys.stderr)
+        return 1
+    try:
+        fd = lock_state_dir(paths.state_dir, "--check-state")
+    except (StateDirError, OSError) as exc:
+        print(f"mabeamd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        report, effects = checkstate.check(paths.state_dir, cfg.variables.history, keep)
+        repaired = False
+        if args.repair and report.blocked:
+            pass  # reported below; nothing written
+        elif args.repair and effects:
+            checkstate.repair(paths.state_dir, effects)
+            repaired = True
+    except (StateDirError, OSError) as exc:
+        print(f"mabeamd: --check-state: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        os.close(fd)
+    if args.json:
+        print(json.dumps({**report.as_dict(), "repaired": repaired}, indent=2, default=repr))
+    else:
+        print(checkstate.render(report))
+        if repaired:
+            print(f"repaired: {len(report.actions)} action(s) written to the shards' WALs")
+        elif args.repair and report.blocked:
+            print("nothing written: resolve what 'cannot repair' lists first")
+    if report.clean or repaired:
+        return 0
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config_path = args.config
@@ -93,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     if args.reshard is not None:
         return run_reshard(cfg, paths, args.reshard)
+    if args.check_state:
+        return run_check_state(cfg, paths, args)
+    if args.repair or args.keep or args.json:
+        print("mabeamd: --repair, --keep and --json go with --check-state", file=sys.stderr)
+        return 2
     if args.check_config:
         print(f"configuration OK: {cfg.source}")
         print(f"runtime_dir     {paths.runtime_dir}")

@@ -45,9 +45,15 @@ def reshard(state_dir: Path, new: int, history: int = 16) -> dict[str, Any]:
     if new < 1:
         raise StateDirError("the new shard count must be at least 1")
     states: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
     for i in range(old):
         store = load_shard(state_dir / f"shard-{i}", history)
-        states += [v.state() for v in store.vars.values()]
+        for name, v in store.vars.items():
+            if name in seen:  # resharding would keep one copy, chosen by accident
+                raise StateDirError(f"{name!r} is in shards {seen[name]} and {i}: run "
+                                    "`mabeamd --check-state` and choose the copy to keep first")
+            seen[name] = i
+            states.append(v.state())
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for i in range(old):
         src = state_dir / f"shard-{i}"

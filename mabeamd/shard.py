@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from mabeamd import snapshot
+from mabeamd.sharding import shard_of
 from mabeamd.shm import PROGRESS_EVERY, SegmentWriter
 from mabeamd.statedir import lock_dir
 from mabeamd.variables import ShardStore, Variable, check_name
@@ -32,6 +33,7 @@ ADMIN = "@admin"
 # The variable ops a shard serves for agents, with the fields each takes: the arbiter's
 # varops.py and the worker's shard_endpoint.py check requests against these.
 READ_OPS = frozenset({"var.get", "var.history"})
+NAMED_OPS = READ_OPS | {"var.create", "var.set", "var.delete"}
 WRITE_FIELDS = {
     "var.create": frozenset({"agent", "name", "value", "type", "access", "writers", "policy",
                              "constraints"}),
@@ -57,10 +59,12 @@ class ShardInUse(Exception):
 class Shard:
     def __init__(self, index: int, state_dir: Path, shm_dir: Path, shm_prefix: str, *,
                  fsync: str, history: int, max_value: int, snapshot_every: int,
-                 progress: Callable[[], None] = lambda: None) -> None:
-        """Load the shard. `progress` is called every few thousand records while loading and
-        whenever the segment is rebuilt: the worker's sign of life during long work."""
+                 shards: int = 1, progress: Callable[[], None] = lambda: None) -> None:
+        """Load shard `index` of `shards`. `progress` is called every few thousand records
+        while loading and whenever the segment is rebuilt: the worker's sign of life during
+        long work."""
         self.index = index
+        self.shards = shards
         self.dir = state_dir / f"shard-{index}"
         self.dir.mkdir(parents=True, exist_ok=True)
         # The only writer of this directory. A predecessor killed a moment ago (kill -9 of the
@@ -105,6 +109,8 @@ class Shard:
                ) -> tuple[Any, dict[str, Any] | None]:
         """(result, event) for one request; raises WireError. Writes need commit(). A
         variable comes back as wire.Packed: its segment record, the bytes of its public map."""
+        if op in NAMED_OPS:
+            self.check_owner(body.get("name"))
         if op == "var.get":
             var = self.store.get(body.get("name"))
             return Packed(self.segment.payload(var.name) or msgpack.packb(
@@ -143,6 +149,18 @@ class Shard:
             raise WireError(ErrorCode.UNKNOWN_OP, f"shard: unknown op {op!r}")
         return self._write(effect, actor)
 
+    def check_owner(self, name: Any) -> None:
+        """Refuse a name another shard owns (`wrong_shard`, with the owner and the count):
+        served here, it would live in two shards at once, and a client with a stale shard
+        count or a wrong hash would split the state without anyone noticing."""
+        if isinstance(name, str):
+            owner = shard_of(name, self.shards)
+            if owner != self.index:
+                raise WireError(ErrorCode.WRONG_SHARD,
+                                f"{name!r} belongs to shard {owner} of {self.shards}, not to "
+                                f"shard {self.index}", details={"shard": owner,
+                                                                 "shards": self.shards})
+
     def _write(self, effect: dict[str, Any], actor: str) -> tuple[Any, dict[str, Any]]:
         if effect["op"] == "put":
             # The new state is packed once: the WAL record embeds it (a map {"op", "var"}
@@ -173,6 +191,8 @@ class Shard:
         they go to the WAL as one record, so a crash leaves all of them or none. Returns the
         `var.*` events; durable on return."""
         actor = f"session:{session}"
+        for name in writes:
+            self.check_owner(name)
         effects = [self.store.set(check_name(name), value, actor, now, via_session=True)
                    for name, value in sorted(writes.items())]
         if not effects:

@@ -129,7 +129,7 @@ class ShardEndpoint:
         except WireError as exc:
             self.stats["errors"] += 1
             return envelope + wire.reply_error(rid if rid is not None else exc.request_id,
-                                               exc.code, exc.message), None
+                                               exc.code, exc.message, exc.details), None
         except Exception as exc:
             self.stats["errors"] += 1
             log.exception("shard endpoint: request %r failed", rid)

@@ -158,7 +158,10 @@ class VariableService:
             entry[1].set_result(Packed(packed) if isinstance(packed, bytes)
                                 else body.get("result"))
         else:
-            entry[1].set_exception(WireError(str(body.get("code")), str(body.get("message"))))
+            details = body.get("details")
+            entry[1].set_exception(WireError(str(body.get("code")), str(body.get("message")),
+                                             details=details if isinstance(details, dict)
+                                             else None))
 
     def worker_down(self, shard: int) -> None:
         """Requests the dead worker will never answer: retryable."""

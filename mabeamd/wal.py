@@ -73,18 +73,22 @@ def _first_seq(path: Path) -> int:
     return int(path.stem.split("-", 1)[1])
 
 
-def replay(directory: Path, after: int = 0) -> Iterator[tuple[int, bytes]]:
-    """Yield (seq, payload) for every record with seq > after, truncating a torn tail."""
+def replay(directory: Path, after: int = 0, repair: bool = True,
+           ) -> Iterator[tuple[int, bytes]]:
+    """Yield (seq, payload) for every record with seq > after, truncating a torn tail and
+    renumbering a last file numbered from 1 (see the module docstring). With repair=False
+    nothing is written: the same records come out, the files stay as they are."""
     files = wal_files(directory)
     expected: int | None = None
     for n, path in enumerate(files):
         last = n == len(files) - 1
-        with open(path, "r+b") as f:
+        with open(path, "r+b" if repair else "rb") as f:
             data = f.read()
             if data[:8] != MAGIC:
                 if last and len(data) < 8:  # created, crashed before the magic was written
-                    f.truncate(0)
-                    f.write(MAGIC)
+                    if repair:
+                        f.truncate(0)
+                        f.write(MAGIC)
                     continue
                 raise WalCorrupt(f"{path}: not a mabeamd WAL file")
             named = _first_seq(path)
@@ -92,7 +96,9 @@ def replay(directory: Path, after: int = 0) -> Iterator[tuple[int, bytes]]:
             if head is not None:
                 first = head[1]
                 if first < named and last and expected in (None, named):
-                    data = _renumber(path, data, named - first)
+                    data = _renumbered(path, data, named - first)
+                    if repair:
+                        _replace(path, data)
                 elif first != named:
                     raise WalCorrupt(f"{path}: its first record is sequence {first}, but the "
                                      f"file's name says {named}")
@@ -117,9 +123,11 @@ def replay(directory: Path, after: int = 0) -> Iterator[tuple[int, bytes]]:
                 if bad is not None:
                     if not last:
                         raise WalCorrupt(f"{path} at byte {pos}: {bad}, and later files exist")
-                    log.warning("%s: torn tail at byte %d (%s): %d bytes of an unacknowledged "
-                                "write discarded", path, pos, bad, len(data) - pos)
-                    f.truncate(pos)
+                    if repair:
+                        log.warning("%s: torn tail at byte %d (%s): %d bytes of an "
+                                    "unacknowledged write discarded", path, pos, bad,
+                                    len(data) - pos)
+                        f.truncate(pos)
                     break
                 if seq > after:
                     yield seq, data[pos + REC.size:end]
@@ -141,10 +149,10 @@ def _records(data: bytes) -> Iterator[tuple[int, int, bytes]]:
         pos = end
 
 
-def _renumber(path: Path, data: bytes, shift: int) -> bytes:
-    """Rewrite the last file's records `shift` higher (the pre-0.5 numbering after a
-    snapshot, see the module docstring), atomically: a new file is fsynced, then renamed
-    over the old one. Refuses (WalCorrupt) unless the records are contiguous."""
+def _renumbered(path: Path, data: bytes, shift: int) -> bytes:
+    """The last file's bytes with its records numbered `shift` higher (the numbering from 1
+    after a snapshot, see the module docstring). Refuses (WalCorrupt) unless the records are
+    contiguous."""
     out = [MAGIC]
     prev: int | None = None
     for _, seq, payload in _records(data):
@@ -154,19 +162,22 @@ def _renumber(path: Path, data: bytes, shift: int) -> bytes:
                              "refused'")
         prev = seq
         out.append(REC.pack(len(payload), _crc(seq + shift, payload), seq + shift) + payload)
-    fixed = b"".join(out)
-    tmp = path.with_name(f".{path.name}.renumber")
+    first = (prev or 0) - len(out) + 2
+    log.warning("%s: %d records numbered from %d are numbered from %d (written after a "
+                "snapshot by a build that numbered them from 1 again; replay would have "
+                "skipped them)", path, len(out) - 1, first, first + shift)
+    return b"".join(out)  # intact records only: a torn tail is gone with the old file
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Atomically: a new file is fsynced, then renamed over the old one."""
+    tmp = path.with_name(f".{path.name}.new")
     with open(tmp, "wb") as t:
-        t.write(fixed)
+        t.write(data)
         t.flush()
         os.fsync(t.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
-    first = (prev or 0) - len(out) + 2
-    log.warning("%s: %d records numbered from %d now numbered from %d (written after a "
-                "snapshot by a build that numbered them from 1 again; replay would have "
-                "skipped them)", path, len(out) - 1, first, first + shift)
-    return fixed  # intact records only: a torn tail is gone with the old file
 
 
 class WriteAheadLog:

@@ -41,16 +41,21 @@ class ErrorCode:
     SHUTTING_DOWN: Final = "shutting_down"
     TIMEOUT: Final = "timeout"
     CONSTRAINT_VIOLATION: Final = "constraint_violation"
+    WRONG_SHARD: Final = "wrong_shard"  # with "shard" (the owner) and "shards" (the count)
 
 
 class WireError(Exception):
-    """A request that cannot be served; carries the code sent back to the peer."""
+    """A request that cannot be served; carries the code sent back to the peer, and
+    `details`: fields the error body carries beside code and message (e.g. wrong_shard's
+    shard and shards)."""
 
-    def __init__(self, code: str, message: str, request_id: int | str | None = None) -> None:
+    def __init__(self, code: str, message: str, request_id: int | str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.details = details
 
 
 class Packed(bytes):
@@ -147,8 +152,10 @@ def reply_ok(rid: int | str, body: Any) -> list[bytes]:
     return encode({"id": rid, "status": "ok"}, body)
 
 
-def reply_error(rid: int | str | None, code: str, message: str) -> list[bytes]:
-    return encode({"id": rid, "status": "error"}, {"code": code, "message": message})
+def reply_error(rid: int | str | None, code: str, message: str,
+                details: dict[str, Any] | None = None) -> list[bytes]:
+    return encode({"id": rid, "status": "error"},
+                  {**(details or {}), "code": code, "message": message})
 
 
 def reply_progress(rid: int | str, message: str, **extra: Any) -> list[bytes]:

@@ -278,7 +278,8 @@ class Worker:
             result, event = self.shard.handle(op, body.get("args") or {},
                                               str(body.get("actor")), time.time())
         except wire.WireError as exc:
-            return {"fwd": fwd, "ok": False, "code": exc.code, "message": exc.message}
+            return {"fwd": fwd, "ok": False, "code": exc.code, "message": exc.message,
+                    "details": exc.details}
         except Exception as exc:
             log.exception("shard %d: request failed", self.index)
             return {"fwd": fwd, "ok": False, "code": wire.ErrorCode.INTERNAL,
@@ -297,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat", type=float, required=True)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--state-dir", type=Path)
+    parser.add_argument("--shards", type=int, default=1,
+                        help="the state directory's shard count (this worker owns the names "
+                             "that hash to --index)")
     parser.add_argument("--shm-dir", type=Path)
     parser.add_argument("--shm-prefix")
     parser.add_argument("--fsync", default="everysec")
@@ -331,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         # serves. A big shard takes seconds; worker.progress keeps the arbiter informed.
         try:
             worker.shard = Shard(args.index, args.state_dir, args.shm_dir, args.shm_prefix,
-                                 fsync=args.fsync, history=args.history,
+                                 shards=args.shards, fsync=args.fsync, history=args.history,
                                  max_value=args.max_value, snapshot_every=args.snapshot_every,
                                  progress=worker.progress)
         except (ShardInUse, WalCorrupt, SnapshotCorrupt) as exc:

@@ -481,3 +481,56 @@ def test_routes_open_at_the_first_variable_request_not_at_hello(daemon: Daemon) 
             return at_hello, len(c._routes._socks), c.shards
     at_hello, after, shards = asyncio.run(scenario())
     assert at_hello == 0 and after == shards == 2
+
+
+def test_a_shard_endpoint_refuses_names_it_does_not_own(daemon: Daemon, bare: Wire) -> None:
+    """A create sent to the wrong worker used to succeed; a second create of the same name
+    through the agent endpoint succeeded too, and var.list showed two variables with one
+    name. Every named op on the wrong shard is refused `wrong_shard`, with the owner and the
+    count, and changes nothing."""
+    hello = bare.ok(bare.agent, "hello", {"agent": "alice"})
+    eps, cred, name = hello["shard_endpoints"], hello["credential"], "split/x"
+    owner = shard_of(name, len(eps))
+    wrong = bare.sock(eps[1 - owner])
+    write = {"agent": "alice", "credential": cred, "name": name}
+    for op, body in (("var.create", {**write, "value": 1}), ("var.set", {**write, "value": 2}),
+                     ("var.delete", write), ("var.get", {"name": name}),
+                     ("var.history", {"name": name})):
+        status, reply = bare.call(wrong, op, body)
+        assert status == "error", (op, reply)
+        assert (reply["code"], reply["shard"], reply["shards"]) == ("wrong_shard", owner, 2)
+        assert f"belongs to shard {owner} of 2" in reply["message"]
+    bare.ok(bare.agent, "var.create", {"agent": "alice", "name": name, "value": 1})
+    listed = bare.ok(bare.agent, "var.list", {"prefix": "split/"})["vars"]
+    assert [v["name"] for v in listed] == [name]
+    # Still refused once the name exists (not `exists` from the wrong store).
+    assert bare.code(wrong, "var.create", {**write, "value": 1}) == "wrong_shard"
+
+
+def test_the_sdk_sends_a_refused_wrong_shard_request_through_the_arbiter(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that hashes with a stale shard count reaches the wrong worker: it is told
+    `wrong_shard`, nothing is done there, and the SDK asks the agent endpoint instead."""
+    from mabeamd.client import WrongShard
+
+    with Client(daemon.agent_endpoint) as c:
+        c.register("stale")
+        name = next(f"stale/{i}" for i in range(100)
+                    if shard_of(f"stale/{i}", 2) != shard_of(f"stale/{i}", 1))
+        assert c.create_var("stale", name, 0)["version"] == 1
+        c.aio.shards = 1  # as if the daemon had been resharded since hello
+        sets = 0
+        # The first requests may take the agent endpoint while the routes connect; once a
+        # route is up the stale hash sends a write to the wrong worker.
+        while "sent through the agent endpoint instead" not in caplog.text:
+            assert sets < 200, "no request ever reached the wrong shard's route"
+            sets += 1
+            assert c.set_var("stale", name, sets)["version"] == sets + 1
+            time.sleep(0.01)
+        assert "belongs to shard" in caplog.text
+        c.aio.shards = 2
+        got = c.get_var(name, local=False)
+        assert (got["version"], got["value"]) == (sets + 1, sets)
+        with pytest.raises(WrongShard) as exc:  # straight at the wrong route, no fallback
+            c._run(c.aio._request("var.get", {"name": name}, None, 1 - shard_of(name, 2)))
+        assert (exc.value.shard, exc.value.shards) == (shard_of(name, 2), 2)

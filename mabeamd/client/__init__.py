@@ -26,6 +26,7 @@ from mabeamd.client.errors import (
     UnknownOp,
     UnsupportedVersion,
     VersionMismatch,
+    WrongShard,
     error_for,
 )
 from mabeamd.client.sync import Client
@@ -34,5 +35,5 @@ __all__ = [
     "Agent", "AsyncClient", "BadRequest", "Busy", "Client", "Conflict", "ConnectionLost",
     "Exists", "Forbidden", "Internal", "Invitation", "MabeamError", "Message", "NotFound",
     "NotRegistered", "Push", "Registration", "ShuttingDown", "Timeout", "TooLarge", "UnknownOp",
-    "UnsupportedVersion", "VersionMismatch", "error_for", "invitation", "topic",
+    "UnsupportedVersion", "VersionMismatch", "WrongShard", "error_for", "invitation", "topic",
 ]

@@ -33,6 +33,7 @@ from mabeamd.client.errors import (
     NotFound,
     NotRegistered,
     Timeout,
+    WrongShard,
     error_for,
 )
 from mabeamd.client.routes import Lost, NoRoute, Routes
@@ -72,15 +73,18 @@ class Registration:
 
 
 def direct_fallback(exc: Exception, op: str, body: dict[str, Any], agent: str | None,
-                    ) -> None:
+                    shards: int = 0) -> None:
     """Whether a request a shard route could not serve goes to the agent endpoint (return)
-    or fails (raise): no route, a worker still starting (`busy`) or a stale credential
-    (`not_registered`) mean nothing was done, so ask the arbiter; a connection lost with the
-    request in flight means a read can be asked again, a write may or may not have been
-    applied."""
+    or fails (raise): no route, a worker still starting (`busy`), a stale credential
+    (`not_registered`) or a name the worker does not own (`wrong_shard`: a stale shard
+    count) mean nothing was done, so ask the arbiter; a connection lost with the request in
+    flight means a read can be asked again, a write may or may not have been applied."""
     if isinstance(exc, Lost) and agent is not None:
         raise Busy(f"{op}: the worker of {body['name']!r} went away while serving it; it may "
                    "or may not have been applied: read it back, then retry", "busy") from None
+    if isinstance(exc, WrongShard):  # refused, so nothing done: the arbiter routes it right
+        log.warning("%s %r: %s (this client counts %s shards); sent through the agent "
+                    "endpoint instead", op, body["name"], exc.message, shards)
 
 
 def write_body(agent: str, name: str, expect_version: int | None = None,
@@ -249,8 +253,8 @@ class AsyncClient:
         if target is not None:
             try:
                 return await self._request(op, target[1], None, target[0])
-            except (NoRoute, Lost, Busy, NotRegistered) as exc:
-                direct_fallback(exc, op, body, agent)
+            except (NoRoute, Lost, Busy, NotRegistered, WrongShard) as exc:
+                direct_fallback(exc, op, body, agent, self.shards)
         return await self.request(op, body)
 
     async def _send(self, frames: list[bytes], deadline: float, op: str) -> None:
@@ -309,7 +313,7 @@ class AsyncClient:
         if status == "ok":
             fut.set_result(body)
         elif status == "error" and isinstance(body, dict):
-            fut.set_exception(error_for(str(body.get("code")), str(body.get("message"))))
+            fut.set_exception(error_for(str(body.get("code")), str(body.get("message")), body))
 
     def _deliver(self, push: Push) -> None:
         if self.on_push is not None:

@@ -77,6 +77,19 @@ class Timeout(MabeamError):
     code = ErrorCode.TIMEOUT
 
 
+class WrongShard(MabeamError):
+    """The name belongs to another shard than the one asked: `shard` is its owner, `shards`
+    the daemon's shard count (a client that hashed with a stale count re-routes)."""
+
+    code = ErrorCode.WRONG_SHARD
+
+    def __init__(self, message: str, code: str | None = None, shard: int | None = None,
+                 shards: int | None = None) -> None:
+        super().__init__(message, code)
+        self.shard = shard
+        self.shards = shards
+
+
 class ConnectionLost(MabeamError):
     """The client is closed or gave up reconnecting."""
 
@@ -88,8 +101,14 @@ _BY_CODE: dict[str, type[MabeamError]] = {
 }
 
 
-def error_for(code: str, message: str) -> MabeamError:
-    """The exception for an error reply; unknown codes give a plain MabeamError."""
+def error_for(code: str, message: str, body: dict[str, Any] | None = None) -> MabeamError:
+    """The exception for an error reply (`body`: the whole error body, for the fields some
+    codes carry); unknown codes give a plain MabeamError."""
+    if code == ErrorCode.WRONG_SHARD:
+        body = body or {}
+        shard, shards = body.get("shard"), body.get("shards")
+        return WrongShard(message, code, shard if isinstance(shard, int) else None,
+                          shards if isinstance(shards, int) else None)
     return _BY_CODE.get(code, MabeamError)(message, code)
 
 
@@ -98,5 +117,5 @@ def result_of(header: dict[str, Any], body: Any) -> Any:
     if header.get("status") == "ok":
         return body
     if isinstance(body, dict):
-        raise error_for(str(body.get("code")), str(body.get("message")))
+        raise error_for(str(body.get("code")), str(body.get("message")), body)
     raise MabeamError(f"malformed reply {header!r}")

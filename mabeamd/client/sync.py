@@ -17,7 +17,7 @@ import zmq
 
 from mabeamd import wire
 from mabeamd.client.aio import AsyncClient, Push, direct_fallback, write_body
-from mabeamd.client.errors import Busy, NotRegistered, Timeout, result_of
+from mabeamd.client.errors import Busy, NotRegistered, Timeout, WrongShard, result_of
 from mabeamd.client.routes import Lost, NoRoute, ThreadRoutes
 
 T = TypeVar("T")
@@ -96,8 +96,8 @@ class Client:
             except TimeoutError:
                 raise Timeout(f"{op}: no reply from {addresses[target[0]]} in "
                               f"{self.timeout:g}s") from None
-            except (NoRoute, Lost, Busy, NotRegistered) as exc:
-                direct_fallback(exc, op, body, agent)
+            except (NoRoute, Lost, Busy, NotRegistered, WrongShard) as exc:
+                direct_fallback(exc, op, body, agent, self.aio.shards)
         return self._run(self.aio.request(op, body))
 
     def create_var(self, agent: str, name: str, value: Any = None, *, type: str = "any",
