@@ -158,17 +158,22 @@ while True:
 
 @pytest.mark.parametrize("policy", wal.POLICIES)
 def test_kill9_loses_no_acknowledged_record(tmp_path: Path, policy: str) -> None:
-    """kill -9 at a random moment; every sequence the writer acknowledged is in the log."""
+    """kill -9 at a random moment while it writes; every sequence the writer acknowledged is
+    in the log. The moment is picked after the writer has acknowledged something (waiting
+    for its first lines, not for a fixed time: a loaded machine may take a second just to
+    start Python)."""
     for trial in range(3):
         d = tmp_path / f"t{trial}"
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(d), policy],
                                 stdout=subprocess.PIPE, text=True)
-        time.sleep(0.2 + random.random() * 0.3)
+        assert proc.stdout is not None
+        first = [proc.stdout.readline() for _ in range(10)]  # blocks until it writes
+        assert all(line.endswith("\n") for line in first), first
+        time.sleep(random.random() * 0.3)
         proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate()
+        rest, _ = proc.communicate()
         # Only complete lines: the kill may land mid-way through printing a number.
-        acked = [int(x) for x in out.split("\n")[:-1]]
-        assert acked, "the writer acknowledged nothing"
+        acked = [int(x) for x in ("".join(first) + rest).split("\n")[:-1]]
         found = [s for s, _ in replay(d)]
         assert found[: len(acked)] == acked  # all acknowledged, in order
         assert found == list(range(1, len(found) + 1))
