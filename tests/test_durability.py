@@ -11,6 +11,7 @@ daemon and mabeamctl.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import tempfile
@@ -37,6 +38,19 @@ from mabeamd.wire import WireError
 NAMES = st.sampled_from([f"k/{i}" for i in range(6)])
 VALUES = st.one_of(st.integers(-5, 5), st.text(max_size=4), st.none(),
                    st.lists(st.integers(0, 3), max_size=3))
+
+
+def die(shard: Shard) -> None:
+    """What the kernel does for a process killed with -9: its descriptors close (and with
+    them its flocks), nothing is flushed or synced, no Python cleanup runs."""
+    log = shard.wal
+    log._stopping.set()  # the background fsync thread dies with the process
+    log._sync_asked.set()
+    with log._lock:
+        os.close(log._fd)
+        log._fd = -1
+    shard.segment.close()  # only the mapping: the next generation is a new file
+    os.close(shard._lock_fd)
 
 
 class ShardMachine(RuleBasedStateMachine):
@@ -110,7 +124,7 @@ class ShardMachine(RuleBasedStateMachine):
         """As kill -9 of the worker: nothing closed or flushed by the process (what write(2)
         handed the kernel stays, as it does when a process dies)."""
         assert self.shard is not None
-        self.shard.segment.close()  # only the mapping: the next generation is a new file
+        die(self.shard)
         self.shard = None
         self._open()
 
