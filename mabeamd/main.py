@@ -69,9 +69,9 @@ def overrides_from(args: argparse.Namespace) -> dict[tuple[str, str], tuple[Any,
 
 
 def run_reshard(cfg: configmod.Config, paths: pathsmod.Paths, shards: int) -> int:
-    from mabeamd.reshard import reshard
-    from mabeamd.statedir import StateDirError, lock_state_dir
-    from mabeamd.wal import WalCorrupt
+    from mabeamd.storage.reshard import reshard
+    from mabeamd.storage.statedir import StateDirError, lock_state_dir
+    from mabeamd.storage.wal import WalCorrupt
 
     try:
         fd = lock_state_dir(paths.state_dir, "--reshard")
@@ -95,8 +95,8 @@ def run_check_state(cfg: configmod.Config, paths: pathsmod.Paths, args: argparse
                     ) -> int:
     import json
 
-    from mabeamd import checkstate
-    from mabeamd.statedir import StateDirError, lock_state_dir
+    from mabeamd.storage import checkstate
+    from mabeamd.storage.statedir import StateDirError, lock_state_dir
 
     keep: dict[str, int] = {}
     for item in args.keep:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvloop
 
-    from mabeamd.arbiter import Arbiter, StartupError
+    from mabeamd.daemon.arbiter import Arbiter, StartupError
     from mabeamd.logsetup import LogSetup
 
     logs = LogSetup()

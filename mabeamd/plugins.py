@@ -118,14 +118,22 @@ class PluginHost:
     def call(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of `hook` (newest first, as pluggy orders them); return
         [(plugin name, result)] for non-None results, only the first for a hook whose spec
-        says firstresult. A raising plugin is disabled."""
+        says firstresult. A raising plugin is disabled; a call that does not give every
+        argument the spec names is the daemon's bug, not the plugins': it raises
+        pluggy.HookCallError (as pluggy's own hook call does) and disables nobody."""
         caller = getattr(self.pm.hook, hook)
-        firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+        spec = caller.spec
+        if spec is not None:
+            missing = [a for a in spec.argnames if a not in kwargs]
+            if missing:
+                raise pluggy.HookCallError(f"hook {hook!r} called without argument(s) {missing}")
+        firstresult = bool(spec and spec.opts.get("firstresult"))
         results: list[tuple[str, Any]] = []
         for impl in reversed(caller.get_hookimpls()):
             name = self.pm.get_name(impl.plugin) or "?"
+            args = [kwargs[a] for a in impl.argnames]  # a subset of the spec's: checked above
             try:
-                result = impl.function(*[kwargs[a] for a in impl.argnames])
+                result = impl.function(*args)
             except Exception as exc:
                 rec = self.records.setdefault(name, PluginRecord(name, repr(impl.plugin)))
                 self._fail(rec, f"{hook} raised {exc!r}")

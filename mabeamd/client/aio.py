@@ -25,7 +25,6 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mabeamd import shm, wire
 from mabeamd.client.errors import (
     Busy,
     ConnectionLost,
@@ -37,8 +36,10 @@ from mabeamd.client.errors import (
     error_for,
 )
 from mabeamd.client.routes import Lost, NoRoute, Routes
-from mabeamd.frames import NOBLOCK, recv_ready, send_frames
-from mabeamd.sharding import shard_of
+from mabeamd.net import wire
+from mabeamd.net.frames import NOBLOCK, recv_ready, send_frames
+from mabeamd.storage import shm
+from mabeamd.storage.sharding import shard_of
 
 log = logging.getLogger("mabeamd.client")
 _SHM_OK = shm.supported()  # same-host reads: x86-64 only (see shm.supported)
@@ -143,7 +144,7 @@ class AsyncClient:
         self._loop = asyncio.get_running_loop()
         # One ZeroMQ context (and I/O thread) per process, shared by every client in it: a
         # context per client meant a process hosting 500 agents ran 500 I/O threads, and
-        # each send woke one of them (measured: ~57 µs per send, most of an agent's cost).
+        # each send woke one of them (measured as most of an agent's cost; docs/benchmarks.md).
         self._ctx = zmq.Context.instance()
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mabeamd.wire import ErrorCode
+from mabeamd.net.wire import ErrorCode
 
 
 class MabeamError(Exception):

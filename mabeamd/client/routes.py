@@ -29,8 +29,8 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from mabeamd import wire
-from mabeamd.frames import NOBLOCK, recv_batch, recv_frames, send_frames
+from mabeamd.net import wire
+from mabeamd.net.frames import NOBLOCK, recv_batch, recv_frames, send_frames
 
 log = logging.getLogger("mabeamd.client")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from mabeamd import wire
+from mabeamd.net import wire
 
 
 class ControlError(Exception):

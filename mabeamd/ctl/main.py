@@ -271,7 +271,7 @@ def watch_vars(c: ControlClient, args: argparse.Namespace) -> Result:
     """Subscribe to var.<pattern> events and print each change as a line (JSON with --json)."""
     import zmq
 
-    from mabeamd import wire
+    from mabeamd.net import wire
 
     endpoint = c.call("status").get("event_endpoint")
     if not endpoint:
@@ -311,7 +311,7 @@ COMMANDS = {"status": cmd_status, "vars": cmd_vars, "workers": cmd_workers, "age
 
 def keys_generate(args: argparse.Namespace) -> int:
     """Local: write NAME.key / NAME.key_secret; needs no daemon."""
-    from mabeamd.auth import generate
+    from mabeamd.agents.auth import generate
     from mabeamd.config import MANAGED_NAME
 
     if not MANAGED_NAME.match(args.name):

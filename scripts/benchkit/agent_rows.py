@@ -13,7 +13,7 @@ import zmq
 from benchkit import Row
 from benchkit.load import EchoPeer, latency_client, run_clients, sdk_register_client
 from benchkit.stats import pick_median_rep, summary
-from mabeamd import wire
+from mabeamd.net import wire
 from mabeamd.testing import Daemon, free_port, free_ports
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from mabeamd import wire
+from mabeamd.net import wire
 
 CTX = mp.get_context("spawn")
 

@@ -18,8 +18,8 @@ import zmq
 from benchkit import Row
 from benchkit.load import run_clients
 from benchkit.var_rows import Conn, RedisPeer, lat_row, var_daemon
-from mabeamd import wire
-from mabeamd.frames import recv_batch, send_frames
+from mabeamd.net import wire
+from mabeamd.net.frames import recv_batch, send_frames
 from mabeamd.testing import Daemon
 
 # Small on purpose: the row is about what one more variable costs the daemon, not its value.

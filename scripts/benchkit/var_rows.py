@@ -15,9 +15,9 @@ from benchkit import Row
 from benchkit.agent_rows import tcp_daemon
 from benchkit.load import run_clients
 from benchkit.stats import pick_median_rep, spread, summary
-from mabeamd import wire
-from mabeamd.frames import recv_batch, recv_frames, send_frames
-from mabeamd.sharding import shard_of
+from mabeamd.net import wire
+from mabeamd.net.frames import recv_batch, recv_frames, send_frames
+from mabeamd.storage.sharding import shard_of
 from mabeamd.testing import Daemon, free_port, short_tmpdir
 
 VALUE = {"x": 12345, "tag": "bench", "pad": "p" * 64}

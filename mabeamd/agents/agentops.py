@@ -1,0 +1,259 @@
+"""The agent ops served on the agent endpoint, and agent liveness.
+
+Ops (see docs/protocol.md for the exact bodies):
+    hello        register (or update) an agent id on this connection
+    heartbeat    signs of life for some or all of the connection's agents
+    bye          deregister
+    agent.get    one agent
+    agent.list   discover by capability, status, metadata, id prefix (paginated)
+    agent.wait   wait until N matching agents are healthy
+    agent.send   a message to another agent, pushed to its connection
+    ping         liveness of the daemon itself
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mabeamd import __version__
+from mabeamd.agents import credentials
+from mabeamd.agents.endpoint import AgentEndpoint, Request
+from mabeamd.agents.events import EventPublisher
+from mabeamd.agents.registry import HEALTHY, UNHEALTHY, AgentRecord, Registry, check_agent_id
+from mabeamd.config import AgentsSection
+from mabeamd.net import wire
+from mabeamd.net.wire import ErrorCode, WireError, check_fields
+
+log = logging.getLogger(__name__)
+
+MAX_LIST_LIMIT = 1000
+MAX_WAIT = 3600.0
+
+
+def parse_query(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate the discovery fields shared by agent.list and agent.wait."""
+    caps = body.get("capabilities", [])
+    if isinstance(caps, str):
+        caps = [caps]
+    if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+        raise WireError(ErrorCode.BAD_REQUEST, "capabilities must be a string or a list of them")
+    status = body.get("status", HEALTHY)
+    if status not in (HEALTHY, UNHEALTHY, "any"):
+        raise WireError(ErrorCode.BAD_REQUEST, "status must be healthy, unhealthy or any")
+    meta = body.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise WireError(ErrorCode.BAD_REQUEST, "metadata must be a map")
+    prefix = body.get("prefix", "")
+    if not isinstance(prefix, str):
+        raise WireError(ErrorCode.BAD_REQUEST, "prefix must be a string")
+    return {"capabilities": caps, "status": None if status == "any" else status,
+            "metadata": meta, "prefix": prefix}
+
+
+class AgentService:
+    def __init__(self, endpoint: AgentEndpoint, registry: Registry, events: EventPublisher,
+                 settings: AgentsSection) -> None:
+        self.endpoint = endpoint
+        self.registry = registry
+        self.events = events
+        self.settings = settings
+        self._changed = asyncio.Event()
+        self._push_ids = itertools.count(1)
+        self.hello_extra: dict[str, Any] = {}  # e.g. shard count, shm and event endpoints
+        # Direct variable access (shard_endpoint.py), offered on plain connections only:
+        # each shard's endpoint as its worker bound it (None: not serving one), and the key
+        # that signs the write credential handed out at hello.
+        self.shard_endpoints: list[str | None] = []
+        self.write_key = b""
+        # Told of every agent that turns unhealthy, goes or says bye (sessions: absent).
+        self.on_down: list[Callable[[str], None]] = []
+        endpoint.handlers.update({
+            "hello": self.hello, "heartbeat": self.heartbeat, "bye": self.bye,
+            "agent.get": self.get_agent, "agent.list": self.list_agents,
+            "agent.wait": self.wait_agents, "agent.send": self.send_message, "ping": self.ping,
+        })
+
+    # --- liveness --------------------------------------------------------------------------
+
+    @property
+    def unhealthy_after(self) -> float:
+        return self.settings.heartbeat_interval * self.settings.missed_beats
+
+    def _pulse(self) -> None:
+        """Wake agent.wait requests: the set of agents changed."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.02, min(1.0, self.settings.heartbeat_interval / 2)))
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> None:
+        unhealthy, gone = self.registry.sweep(now, self.unhealthy_after, self.settings.gone_after)
+        for rec in unhealthy:
+            log.info("agent %s unhealthy: silent for %.1fs", rec.id, now - rec.last_seen)
+            self.events.publish("agent.unhealthy", {"agent": rec.id})
+        for rec in gone:
+            log.info("agent %s gone", rec.id)
+            self.events.publish("agent.gone", {"agent": rec.id, "reason": "silent"})
+        for rec in (*unhealthy, *gone):
+            self._down(rec.id)
+        if unhealthy or gone:
+            self._pulse()
+
+    def _down(self, agent_id: str) -> None:
+        for fn in self.on_down:
+            fn(agent_id)
+
+    def _alive(self, agent_id: str) -> None:
+        if self.registry.touch(agent_id, time.monotonic()):
+            self.events.publish("agent.healthy", {"agent": agent_id})
+            self._pulse()
+
+    # --- ops -------------------------------------------------------------------------------
+
+    def ping(self, req: Request, body: dict[str, Any]) -> Any:
+        return {"pong": True, "time": time.time()}
+
+    def hello(self, req: Request, body: dict[str, Any]) -> Any:
+        check_fields(body, "hello", {"agent", "capabilities", "metadata", "weight", "priority",
+                                 "token"})
+        agent_id = check_agent_id(body.get("agent"))
+        rec, created = self.registry.register(agent_id, req.conn, req.principal, body,
+                                              now=time.monotonic(), wall=time.time())
+        self.events.publish("agent.registered" if created else "agent.updated",
+                            {"agent": agent_id, "capabilities": list(rec.capabilities)})
+        self._pulse()
+        if created:
+            log.debug("agent %s registered", agent_id)
+        reply = {
+            "agent": agent_id, "token": rec.token, "created": created,
+            "heartbeat_interval": self.settings.heartbeat_interval,
+            "missed_beats": self.settings.missed_beats,
+            "server": {"mabeamd": __version__, "protocol": wire.PROTOCOL.decode()},
+            **self.hello_extra,
+        }
+        if (self.write_key and any(self.shard_endpoints)
+                and not self.endpoint.endpoints[req.conn[0]].curve):
+            # Not to CURVE clients: shard endpoints are plain, and their traffic must not
+            # leave the encrypted channel.
+            reply["shard_endpoints"] = self.shard_endpoints
+            reply["credential"] = credentials.issue(self.write_key, agent_id, rec.epoch)
+        return reply
+
+    def heartbeat(self, req: Request, body: dict[str, Any]) -> Any:
+        check_fields(body, "heartbeat", {"agents"})
+        ids = body.get("agents")
+        if ids is None:
+            ids = self.registry.connection_agents(req.conn)
+        elif not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise WireError(ErrorCode.BAD_REQUEST, "agents must be a list of agent ids")
+        unknown = []
+        for agent_id in ids:
+            rec = self.registry.agents.get(agent_id)
+            if rec is None or rec.conn != req.conn:
+                unknown.append(agent_id)  # the client re-registers these
+            else:
+                self._alive(agent_id)
+        return {"alive": len(ids) - len(unknown), "unknown": unknown,
+                "heartbeat_interval": self.settings.heartbeat_interval}
+
+    def bye(self, req: Request, body: dict[str, Any]) -> Any:
+        check_fields(body, "bye", {"agent"})
+        agent_id = check_agent_id(body.get("agent"))
+        self.registry.owned(agent_id, req.conn)
+        self.registry.deregister(agent_id)
+        self.events.publish("agent.bye", {"agent": agent_id})
+        self._down(agent_id)
+        self._pulse()
+        return {"agent": agent_id}
+
+    def get_agent(self, req: Request, body: dict[str, Any]) -> Any:
+        check_fields(body, "agent.get", {"agent"})
+        agent_id = check_agent_id(body.get("agent"))
+        rec = self.registry.agents.get(agent_id)
+        if rec is None:
+            raise WireError(ErrorCode.NOT_FOUND, f"no agent {agent_id!r}")
+        return rec.public(time.monotonic())
+
+    def list_agents(self, req: Request, body: dict[str, Any]) -> Any:
+        check_fields(body, "agent.list", {"capabilities", "status", "metadata", "prefix", "after",
+                                      "limit"})
+        q = parse_query(body)
+        after = body.get("after") or ""
+        limit = body.get("limit", 100)
+        if not isinstance(after, str):
+            raise WireError(ErrorCode.BAD_REQUEST, "after must be a cursor string")
+        if isinstance(limit, bool) or not isinstance(limit, int) or \
+                not 1 <= limit <= MAX_LIST_LIMIT:
+            raise WireError(ErrorCode.BAD_REQUEST, f"limit must be 1..{MAX_LIST_LIMIT}")
+        page, cursor = self.registry.discover(after=after, limit=limit, **q)
+        now = time.monotonic()
+        return {"agents": [r.public(now) for r in page], "next": cursor}
+
+    async def wait_agents(self, req: Request, body: dict[str, Any]) -> Any:
+        check_fields(body, "agent.wait", {"capabilities", "status", "metadata", "prefix", "count",
+                                      "timeout"})
+        q = parse_query(body)
+        count = body.get("count", 1)
+        timeout = body.get("timeout", 10.0)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100000:
+            raise WireError(ErrorCode.BAD_REQUEST, "count must be 1..100000")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
+                not 0 <= timeout <= MAX_WAIT:
+            raise WireError(ErrorCode.BAD_REQUEST, f"timeout must be 0..{MAX_WAIT:g} seconds")
+        deadline = time.monotonic() + timeout
+        while True:
+            page, _ = self.registry.discover(limit=count, **q)
+            if len(page) >= count:
+                now = time.monotonic()
+                return {"agents": [r.public(now) for r in page]}
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WireError(ErrorCode.TIMEOUT, f"{len(page)} of {count} matching agents "
+                                f"after {timeout:g}s")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+
+    def send_message(self, req: Request, body: dict[str, Any]) -> Any:
+        check_fields(body, "agent.send", {"from", "to", "topic", "body"})
+        sender = check_agent_id(body.get("from"), "from")
+        target = check_agent_id(body.get("to"), "to")
+        topic = body.get("topic", "")
+        if not isinstance(topic, str) or len(topic) > 256:
+            raise WireError(ErrorCode.BAD_REQUEST, "topic must be a string of <= 256 chars")
+        self.registry.owned(sender, req.conn)
+        self._alive(sender)
+        rec = self.registry.agents.get(target)
+        if rec is None:
+            raise WireError(ErrorCode.NOT_FOUND, f"no agent {target!r}")
+        push_id = next(self._push_ids)
+        ok = self.endpoint.push(rec.conn, push_id, "message", {
+            "to": target, "from": sender, "topic": topic, "body": body.get("body")})
+        if not ok:
+            raise WireError(ErrorCode.BUSY, f"agent {target!r} is not reading its messages "
+                            "(or its connection is gone)")
+        return {"delivered": True, "push_id": push_id}
+
+    # --- admin views -----------------------------------------------------------------------
+
+    def admin_list(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [r.public(now) for r in sorted(self.registry.agents.values(),
+                                              key=lambda r: r.id)]
+
+    def admin_show(self, agent_id: str) -> dict[str, Any]:
+        rec: AgentRecord | None = self.registry.agents.get(agent_id)
+        if rec is None:
+            raise WireError(ErrorCode.NOT_FOUND, f"no agent {agent_id!r}")
+        d = rec.public(time.monotonic())
+        d["connection"] = {"endpoint": str(self.endpoint.endpoints[rec.conn[0]]),
+                           "routing_id": rec.conn[1].hex()}
+        return d

@@ -1,0 +1,125 @@
+"""The control server: a ROUTER on ipc for mabeamctl and other admin tools.
+
+Transport only: it decodes requests, runs each in its own task (no global command lock: a
+slow `workers restart` never holds up `status`), streams progress frames for long
+operations, and sends exactly one final reply per request. What each op does lives in
+commands.py. Replies that cannot be delivered (peer gone, peer not reading) are counted,
+never silently lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from mabeamd.net import wire
+from mabeamd.net.wire import ErrorCode, WireError
+from mabeamd.net.zmqutil import bind_private, router
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], Awaitable[None]]
+Handler = Callable[[dict[str, Any], Progress], Awaitable[Any]]
+
+
+class ControlServer:
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        path: Path,
+        handlers: Mapping[str, Handler],
+        max_message: int,
+    ) -> None:
+        self.path = path
+        self.handlers = handlers
+        self.max_message = max_message
+        self.sock = router(ctx, sndhwm=1000, rcvhwm=1000, linger=1000)
+        # Oversized requests cut the connection inside libzmq, before we allocate them.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = {"requests": 0, "errors": 0, "undeliverable": 0, "malformed": 0}
+
+    def bind(self, group: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        bind_private(self.sock, self.path, 0o600)
+        self.apply_group(group)
+
+    def apply_group(self, group: str) -> None:
+        """0600 for the owner alone, or 0660 with the given group (reloadable)."""
+        if group:
+            os.chown(self.path, -1, grp.getgrnam(group).gr_gid)
+            os.chmod(self.path, 0o660)
+        else:
+            os.chmod(self.path, 0o600)
+
+    async def run(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart(copy=True)
+            # DEALER peers send [routing id, proto, header, body]; a REQ peer adds an empty
+            # delimiter, which we keep in the envelope so its reply is routed back.
+            n = 2 if len(frames) > 1 and frames[1] == b"" else 1
+            envelope, payload = frames[:n], frames[n:]
+            self.stats["requests"] += 1
+            task = asyncio.create_task(self._handle(envelope, payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, envelope: list[bytes], payload: list[bytes]) -> None:
+        rid: int | str | None = None
+        try:
+            rid, op, body = wire.parse_request(payload, self.max_message)
+            handler = self.handlers.get(op)
+            if handler is None:
+                raise WireError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known: "
+                                f"{', '.join(sorted(self.handlers))}")
+
+            async def progress(message: str, _rid: int | str = rid) -> None:
+                await self._send(envelope, wire.reply_progress(_rid, message))
+
+            result = await handler(body, progress)
+            await self._send(envelope, wire.reply_ok(rid, result))
+        except WireError as exc:
+            self.stats["errors"] += 1
+            if exc.code in (ErrorCode.BAD_REQUEST, ErrorCode.UNSUPPORTED_VERSION,
+                            ErrorCode.TOO_LARGE):
+                self.stats["malformed"] += 1
+            rid = rid if rid is not None else exc.request_id
+            await self._send(envelope, wire.reply_error(rid, exc.code, exc.message,
+                                                        exc.details))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats["errors"] += 1
+            await self._send(envelope, wire.reply_incident(
+                rid, log, f"control: request {rid!r} failed", exc))
+
+    async def _send(self, envelope: list[bytes], frames: list[bytes]) -> None:
+        try:
+            await self.sock.send_multipart(envelope + frames, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the client left; EAGAIN: it stopped reading (HWM reached).
+            self.stats["undeliverable"] += 1
+            log.debug("control: reply undeliverable: %s", exc)
+
+    async def drain(self, timeout: float) -> None:
+        """Let in-flight requests finish (e.g. the reply to `stop`), up to `timeout`."""
+        current = asyncio.current_task()
+        pending = [t for t in self._tasks if t is not current]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.sock.close(linger=500)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()

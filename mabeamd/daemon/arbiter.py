@@ -1,0 +1,567 @@
+"""The arbiter: the daemon's one main process.
+
+It owns the runtime directory (instance lock, sockets), the worker link, the control socket
+and the plugin host; it spawns one WorkerWatcher per worker slot and reacts to signals:
+SIGTERM/SIGINT stop gracefully (a second one kills the workers at once), SIGHUP reloads the
+configuration and plugins without closing any socket.
+
+Nothing here blocks the event loop: child exits arrive through pidfds, worker silence is a
+deadline check, log writes go through a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from mabeamd import __version__
+from mabeamd import config as configmod
+from mabeamd import paths as pathsmod
+from mabeamd.agents.agentops import AgentService
+from mabeamd.agents.auth import AuthError, KeyAuthenticator, load_server_keys
+from mabeamd.agents.credentials import WRITE_KEY_ENV
+from mabeamd.agents.endpoint import AgentEndpoint
+from mabeamd.agents.events import EventPublisher
+from mabeamd.agents.registry import Registry
+from mabeamd.agents.varops import VariableService
+from mabeamd.config import EX_CONFIG, Config, ConfigError, parse_endpoint
+from mabeamd.control.commands import build_handlers
+from mabeamd.control.server import ControlServer
+from mabeamd.daemon.child import Reaper
+from mabeamd.daemon.managed import ManagedSupervisor
+from mabeamd.daemon.sdnotify import Notifier, child_environment
+from mabeamd.daemon.watcher import State, WorkerWatcher, worker_argv
+from mabeamd.logsetup import LogSetup
+from mabeamd.net.link import WorkerLink
+from mabeamd.net.wire import ErrorCode, WireError
+from mabeamd.net.zmqutil import shard_address
+from mabeamd.paths import Paths
+from mabeamd.plugins import PluginHost
+from mabeamd.sessions.service import SessionService
+from mabeamd.storage.statedir import (
+    StateDirError,
+    check_shm,
+    lock_dir,
+    lock_state_dir,
+    open_state,
+    remove_segments,
+)
+
+log = logging.getLogger("mabeamd.arbiter")
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+class StartupError(Exception):
+    """The daemon cannot start; str() is the operator's message, `code` the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_worker_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class Arbiter:
+    def __init__(
+        self,
+        config: Config,
+        paths: Paths,
+        *,
+        config_path: str | None,
+        overrides: dict[tuple[str, str], tuple[Any, str]],
+        logs: LogSetup,
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.config_path = config_path
+        self.overrides = overrides
+        self.logs = logs
+        self.notifier = Notifier()
+        self.plugins = PluginHost()
+        self.worker_count = config.workers.count or default_worker_count()
+        self.watchers: list[WorkerWatcher] = []
+        self.state = "starting"
+        self.started_mono = time.monotonic()
+        self.started_wall = time.time()
+        self.ready_after: float | None = None
+        self.stop_reason = ""
+        self.stop_requested = asyncio.Event()
+        self.workers_stopped = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._lock_fds: list[int] = []  # runtime and state directory locks
+        self.reaper: Reaper
+        # Signs the write credentials agents use on shard endpoints (credentials.py); the
+        # workers get it in their environment. Per run: a restart voids every credential.
+        self.write_key = secrets.token_bytes(32)
+        self.revoked: dict[str, int] = {}  # agent -> highest revoked epoch, for new workers
+
+    # --- start-up --------------------------------------------------------------------------
+
+    def _prepare_dirs(self) -> None:
+        group = bool(self.config.control.group)
+        for label, d, mode in (("runtime", self.paths.runtime_dir, 0o750 if group else 0o700),
+                               ("state", self.paths.state_dir, 0o700)):
+            try:
+                d.mkdir(parents=True, exist_ok=True, mode=mode)
+            except OSError as exc:
+                raise StartupError(f"cannot create {label} directory {d}: {exc.strerror}") from exc
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise StartupError(f"{label} directory {d} is not writable by uid {os.geteuid()}")
+        try:
+            fd = lock_dir(self.paths.runtime_dir)
+        except BlockingIOError:
+            raise StartupError(
+                f"another mabeamd is already running with runtime directory "
+                f"{self.paths.runtime_dir} (try: mabeamctl --socket "
+                f"{self.paths.control_socket} status)") from None
+        self._lock_fds.append(fd)
+        try:
+            self._lock_fds.append(lock_state_dir(self.paths.state_dir))
+        except StateDirError as exc:
+            self._release_lock()
+            raise StartupError(str(exc)) from None
+        try:
+            self.meta = open_state(self.paths.state_dir, self.worker_count)
+            check_shm(Path(self.config.variables.shm_dir), self.config.variables.min_free_shm)
+        except StateDirError as exc:
+            self._release_lock()
+            raise StartupError(str(exc), EX_CONFIG) from exc
+
+    def _release_lock(self) -> None:
+        while self._lock_fds:
+            os.close(self._lock_fds.pop())  # closing drops the flock
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._prepare_dirs()
+        try:
+            return await self._run(loop)
+        finally:
+            self._release_lock()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> int:
+        self.reaper = Reaper(loop)
+        self.plugins.load(self.config.plugins.disabled)
+        self.plugins.call("mabeamd_configure", config=self.config)
+
+        self.ctx = zmq.asyncio.Context()
+        self.link = WorkerLink(self.ctx, self.paths.worker_link, self._on_link_message)
+        self.control = ControlServer(self.ctx, self.paths.control_socket, build_handlers(self),
+                                     self.config.control.max_message)
+        try:
+            self._setup_agents()
+            self.link.bind()
+            self.control.bind(self.config.control.group)
+            self.endpoint.bind()
+            self.events.bind()
+        except (zmq.ZMQError, OSError, AuthError) as exc:
+            self._close_sockets()
+            raise StartupError(f"cannot bind sockets: {exc}") from exc
+
+        for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+            loop.add_signal_handler(sig, self.request_stop, name)
+        loop.add_signal_handler(signal.SIGHUP, self._background, self.reload, "SIGHUP")
+
+        tasks = [asyncio.create_task(c) for c in
+                 (self.link.run(), self.control.run(), self._liveness_loop(),
+                  self._watchdog_loop(), self.endpoint.run(), self.events.run(),
+                  self.agents.sweep_loop())]
+        log.info("mabeamd %s starting: %d workers, control socket %s, config %s",
+                 __version__, self.worker_count, self.paths.control_socket, self.config.source)
+        self.watchers = [WorkerWatcher(i, self, self.config.workers)
+                         for i in range(self.worker_count)]
+        for w in self.watchers:
+            w.start()
+        self.managed = ManagedSupervisor(self.reaper, self.registry,
+                                         child_environment(dict(os.environ)),
+                                         self._managed_agent_env())
+        self.managed.start_all(self.config.managed)
+
+        settle = asyncio.gather(*(w.wait_settled() for w in self.watchers))
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        waiters: set[asyncio.Future[Any]] = {settle, stop}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if not self.stop_requested.is_set():
+            self.state = "running"
+            self.ready_after = time.monotonic() - self.started_mono
+            self.plugins.call("mabeamd_startup", config=self.config, paths=self.paths)
+            self.notifier.ready(self.status_line())
+            log.info("ready in %.0f ms: %s", self.ready_after * 1000, self.status_line())
+        else:
+            settle.cancel()
+        await stop
+        await self._shutdown()
+        for t in tasks:
+            await cancel_and_wait(t)
+        self._close_sockets()
+        self.reaper.close()
+        self.ctx.term()
+        self.notifier.close()
+        log.info("stopped (%s)", self.stop_reason)
+        return 0
+
+    def _setup_agents(self) -> None:
+        """The agent endpoint, the event publisher and, for curve+ endpoints, CURVE/ZAP."""
+        cfg = self.config
+        endpoints = [parse_endpoint(e) for e in cfg.agents.endpoints]
+        events_ep = parse_endpoint(cfg.events.endpoint) if cfg.events.endpoint else None
+        wanted = [e for e in [*endpoints, events_ep] if e is not None]
+        curve_keys = None
+        self.auth: KeyAuthenticator | None = None
+        if any(e.curve for e in wanted):
+            curve_keys = load_server_keys(cfg.security.server_key)
+            self.auth = KeyAuthenticator(self.ctx)
+            self.auth.start()
+            self.auth.reload(cfg.security.authorized_keys)
+        self.events = EventPublisher(self.ctx, events_ep, cfg.events.hwm, curve_keys)
+        self.registry = Registry(cfg.agents.max_agents,
+                                 owner_of=self.auth.owner_of if self.auth else None)
+        self.endpoint = AgentEndpoint(self.ctx, [e for e in endpoints if e is not None],
+                                      cfg.agents.max_message, cfg.agents.max_in_flight,
+                                      curve_keys)
+        self.agents = AgentService(self.endpoint, self.registry, self.events, cfg.agents)
+        self.variables = VariableService(
+            self.worker_count,
+            lambda i, body: self.link.send(i, self.watchers[i].generation, "request", body),
+            lambda i: self.watchers[i].state is State.RUNNING, self.registry, self.events)
+        self.variables.install(self.endpoint)
+        self.sessions = SessionService(self.variables, self.registry, self.endpoint,
+                                       self.events, self.plugins, settings=cfg.sessions)
+        self.sessions.install(self.endpoint)
+        self.variables.authorize = self.sessions.authorize
+        self.agents.on_down.append(self._agent_down)
+        self.agents.write_key = self.write_key
+        self.agents.shard_endpoints = [None] * self.worker_count
+        self.registry.on_revoke = self._revoke
+        self.var_events = False  # whether workers send the events of direct writes
+        self.shard_traffic: dict[int, dict[str, Any]] = {}  # from workers' heartbeats
+        self.events.on_interest = self._var_interest
+        self.agents.hello_extra = {
+            "shards": self.worker_count,
+            "shm": {"dir": cfg.variables.shm_dir, "prefix": self.meta.shm_prefix},
+            "events": events_ep.address if events_ep is not None else None,
+        }
+
+    def _managed_agent_env(self) -> dict[str, str]:
+        """Where managed agents connect: the first plain endpoint, else the first CURVE one
+        (with the server's public key; the program's env must then supply client keys)."""
+        endpoints = self.endpoint.endpoints
+        chosen = next((e for e in endpoints if not e.curve), endpoints[0])
+        env = {"MABEAM_ENDPOINT": chosen.address}
+        if chosen.curve:
+            public, _ = load_server_keys(self.config.security.server_key)
+            env["MABEAM_SERVER_KEY"] = public.decode()
+        return env
+
+    def _close_sockets(self) -> None:
+        for closer in ("control", "link", "events"):
+            obj = getattr(self, closer, None)
+            if obj is not None:
+                obj.close()
+        endpoint = getattr(self, "endpoint", None)
+        if endpoint is not None:
+            for sock in endpoint.sockets:
+                sock.close(linger=0)
+        if getattr(self, "auth", None) is not None:
+            assert self.auth is not None
+            self.auth.stop()
+
+    # --- stopping --------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_requested.is_set():
+            if reason.startswith("SIG"):
+                log.warning("second %s: killing workers now", reason)
+                for w in self.watchers:
+                    w.kill_now()
+            return
+        self.stop_reason = reason
+        self.state = "stopping"
+        self.stop_requested.set()
+
+    def refuse_if_stopping(self) -> None:
+        if self.stop_requested.is_set():
+            raise WireError(ErrorCode.SHUTTING_DOWN, "mabeamd is shutting down")
+
+    async def _shutdown(self) -> None:
+        log.info("stopping (%s): stopping %d workers", self.stop_reason, len(self.watchers))
+        self.notifier.stopping()
+        self.plugins.call("mabeamd_shutdown", reason=self.stop_reason)
+        # Managed agents first, while they can still say bye; then stop accepting agent work
+        # (waiting requests get `shutting_down`).
+        await self.managed.stop_all()
+        await self.endpoint.close()
+        self.events.publish("daemon.stopping", {"reason": self.stop_reason})
+        stops = asyncio.gather(*(w.stop() for w in self.watchers))
+        try:
+            await asyncio.wait_for(asyncio.shield(stops), self.config.daemon.shutdown_timeout)
+        except asyncio.TimeoutError:
+            log.error("shutdown_timeout (%gs) reached: killing workers",
+                      self.config.daemon.shutdown_timeout)
+            for w in self.watchers:
+                w.kill_now()
+            await asyncio.gather(*(w.wait_exited() for w in self.watchers))
+            stops.cancel()
+        self.workers_stopped.set()
+        removed = remove_segments(Path(self.config.variables.shm_dir), self.meta.shm_prefix)
+        log.debug("removed %d shared-memory segment files", removed)
+        await self.control.drain(timeout=2.0)
+        for t in list(self._bg):
+            await cancel_and_wait(t)
+
+    # --- reload ----------------------------------------------------------------------------
+
+    def _background(self, fn: Any, *args: Any) -> None:
+        task = asyncio.ensure_future(fn(*args))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def reload(self, source: str) -> dict[str, Any]:
+        """Re-read the config file (same command-line overrides) and the plugins.
+
+        A config that does not validate is refused and the running one kept. Options that
+        cannot change at run time keep their old values and are reported.
+        """
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                try:
+                    new = configmod.load(self.config_path, self.overrides)
+                    pathsmod.resolve(new)
+                except ConfigError as exc:
+                    log.error("reload (%s) refused; keeping the running configuration: %s",
+                              source, exc)
+                    return {"ok": False, "error": str(exc)}
+                changed, restart = configmod.reload_diff(self.config, new)
+                self.config = configmod.merge_for_reload(self.config, new)
+                self.logs.set_level(self.config.daemon.log_level)
+                self._reconfigure_agents()
+                for w in self.watchers:
+                    w.reconfigure(self.config.workers)
+                try:
+                    self.control.apply_group(self.config.control.group)
+                except OSError as exc:
+                    log.error("reload: cannot apply control group: %s", exc)
+                self.plugins.load(self.config.plugins.disabled)
+                self.plugins.call("mabeamd_configure", config=self.config)
+                self.sessions.protocols = self.plugins.protocols()
+                for change in await self.managed.apply(self.config.managed):
+                    log.info("reload (%s): managed agents: %s", source, change)
+                if restart:
+                    log.warning("reload (%s): %s changed but only take effect after a restart",
+                                source, ", ".join(restart))
+                log.info("reloaded (%s): %s", source,
+                         ", ".join(changed) if changed else "no option changed")
+                return {"ok": True, "changed": changed, "restart_required": restart,
+                        "plugins": self.plugins.summary()}
+            finally:
+                self.notifier.ready(self.status_line())
+
+    def _reconfigure_agents(self) -> None:
+        a = self.config.agents
+        self.agents.settings = a
+        self.endpoint.max_in_flight = a.max_in_flight
+        self.registry.max_agents = a.max_agents
+        self.sessions.settings = self.config.sessions
+        if self.auth is not None:
+            try:
+                self.auth.reload(self.config.security.authorized_keys)
+            except AuthError as exc:
+                log.error("reload: authorized keys not reloaded: %s", exc)
+
+    # --- the WatcherHost side --------------------------------------------------------------
+
+    def worker_argv(self, index: int, generation: int) -> list[str]:
+        w, v = self.config.workers, self.config.variables
+        shard_args = ["--state-dir", str(self.paths.state_dir),
+                      "--shards", str(self.meta.shards), "--shm-dir", v.shm_dir,
+                      "--shm-prefix", self.meta.shm_prefix, "--fsync", v.fsync,
+                      "--history", str(v.history), "--max-value", str(v.max_value),
+                      "--snapshot-every", str(v.snapshot_every),
+                      "--disabled-plugins", ",".join(self.config.plugins.disabled),
+                      "--max-message", str(self.config.agents.max_message)]
+        if self.config.agents.shard_endpoint:
+            shard_args += ["--shard-endpoint",
+                           shard_address(self.config.agents.shard_endpoint, index)]
+        return worker_argv(index, generation, link=self.paths.endpoint(self.paths.worker_link),
+                           heartbeat=w.heartbeat_interval, log_level=self.config.daemon.log_level,
+                           wrapper=w.wrapper, shard_args=shard_args)
+
+    def worker_env(self) -> dict[str, str]:
+        return {**child_environment(dict(os.environ)), WRITE_KEY_ENV: self.write_key.hex()}
+
+    async def send_to_worker(self, index: int, generation: int, op: str) -> bool:
+        return self.link.send(index, generation, op, {})
+
+    def worker_event(self, index: int, event: str, details: dict[str, Any]) -> None:
+        self.plugins.call("mabeamd_worker_event", index=index, event=event, details=details)
+        self.events.publish(f"worker.{event}", {"index": index, **details})
+        if event == "exited":
+            self.variables.worker_down(index)
+            self.sessions.worker_down(index)
+            self.agents.shard_endpoints[index] = None
+            self.shard_traffic.pop(index, None)
+        if self.state == "running" and event in ("running", "exited", "failed"):
+            self.notifier.status(self.status_line())
+
+    def _on_link_message(self, index: int, generation: int, op: str, body: dict[str, Any]) -> None:
+        if not 0 <= index < len(self.watchers):
+            return
+        w = self.watchers[index]
+        if op == "heartbeat":
+            w.on_heartbeat(generation)
+            traffic = body.get("shard_traffic")
+            if isinstance(traffic, dict) and generation == w.generation:
+                self.shard_traffic[index] = traffic
+        elif op == "loading":
+            w.on_loading(generation)
+        elif op == "results":  # a worker's answers to one batch of requests
+            w.on_heartbeat(generation)  # any message is a sign of life
+            for result in body.get("results") or ():
+                if isinstance(result, dict):
+                    self.variables.on_result(result)
+        elif op == "hello":
+            pid = body.get("pid")
+            w.on_hello(generation, pid if isinstance(pid, int) else -1)
+            if generation == w.generation:
+                # Revocations so far first: its shard endpoint takes writes only after them.
+                self.link.send(index, generation, "revoke", {"agents": self.revoked,
+                                                             "full": True})
+                self.link.send(index, generation, "var_events", {"wanted": self.var_events})
+                address = body.get("shard_endpoint")
+                self.agents.shard_endpoints[index] = address if isinstance(address, str) \
+                    else None
+        elif op == "events":  # writes served on a worker's shard endpoint
+            w.on_heartbeat(generation)
+            for event in body.get("events") or ():
+                if isinstance(event, dict):
+                    self.events.publish(f"var.{event.get('name')}", event)
+        elif op in ("push", "event", "ended"):
+            w.on_heartbeat(generation)
+            if generation != w.generation:
+                return  # from a worker already replaced: its sessions were ended
+            if op == "push":
+                gone = self.sessions.on_push(index, body)
+                if gone:
+                    self.link.send(index, generation, "agents_down", {"agents": gone})
+            elif op == "event":
+                self.sessions.on_event(body)
+            else:
+                self.sessions.on_ended(body)
+
+    def _revoke(self, agent: str, epoch: int) -> None:
+        """An agent's binding to a connection ended: its write credential stops working on
+        every shard endpoint (workers started later get the whole map at hello)."""
+        self.revoked[agent] = epoch
+        self._to_running_workers("revoke", {"agents": {agent: epoch}})
+
+    def _var_interest(self) -> None:
+        """Tell workers whether to send var.* events of direct writes (building and relaying
+        events nobody receives costs an arbiter wake-up per batch of writes)."""
+        wanted = self.events.watched("var.")
+        if wanted != self.var_events:
+            self.var_events = wanted
+            self._to_running_workers("var_events", {"wanted": wanted})
+
+    def _to_running_workers(self, op: str, body: dict[str, Any]) -> None:
+        """A link message to every running worker (one starting gets the state at hello)."""
+        for w in self.watchers:
+            if w.state is State.RUNNING:
+                self.link.send(w.index, w.generation, op, body)
+
+    def _agent_down(self, agent: str) -> None:
+        """Sessions count an agent that left or went silent as absent."""
+        for index in self.sessions.live_shards():
+            w = self.watchers[index]
+            self.link.send(index, w.generation, "agents_down", {"agents": [agent]})
+
+    # --- periodic deadlines ----------------------------------------------------------------
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.config.workers.heartbeat_interval / 2))
+            now = time.monotonic()
+            for w in self.watchers:
+                w.check_liveness(now)
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    # --- introspection ---------------------------------------------------------------------
+
+    def worker_counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in State}
+        for w in self.watchers:
+            counts[w.state.value] += 1
+        return counts
+
+    def status_line(self) -> str:
+        c = self.worker_counts()
+        n = len(self.watchers)
+        text = f"{c['running']}/{n} workers running"
+        if c["failed"]:
+            text = f"degraded: {text}, {c['failed']} failed"
+        return text
+
+    def status(self) -> dict[str, Any]:
+        extensions = dict(self.plugins.call("mabeamd_status"))
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "state": self.state,
+            "summary": self.status_line(),
+            "uptime": round(time.monotonic() - self.started_mono, 3),
+            "started_at": self.started_wall,
+            "ready_after": self.ready_after,
+            "config": self.config.source,
+            "runtime_dir": str(self.paths.runtime_dir),
+            "state_dir": str(self.paths.state_dir),
+            "control_socket": str(self.paths.control_socket),
+            "log_level": self.config.daemon.log_level,
+            "log_target": self.logs.target,
+            "systemd_notify": self.notifier.enabled,
+            "workers": {"total": len(self.watchers), **self.worker_counts()},
+            "plugins": self.plugins.summary(),
+            "agents": self.registry.counts(),
+            "variables": {"shards": self.worker_count, "fsync": self.config.variables.fsync,
+                          "shm_prefix": self.meta.shm_prefix},
+            "sessions": {"running": len(self.sessions.live), **self.sessions.stats},
+            "managed": {p.name: sum(1 for x in p.procs if x.state == "running")
+                        for p in self.managed.programs.values()},
+            "agent_endpoints": [str(e) for e in self.endpoint.endpoints],
+            "agent_traffic": dict(self.endpoint.stats),
+            "event_endpoint": str(self.events.endpoint) if self.events.endpoint else None,
+            "events_published": self.events.published,
+            "control": dict(self.control.stats),
+            "link_dropped": self.link.dropped,
+            "extensions": extensions,
+        }
+

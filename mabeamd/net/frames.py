@@ -1,0 +1,80 @@
+"""Multipart send and receive for the hot paths (agent endpoint, worker link, worker, SDK).
+
+pyzmq's send_multipart/recv_multipart are Python wrappers that build an IntFlag enum for
+every frame (`SNDMORE | flags`, `SocketOption(RCVMORE)`); on this project's forwarded
+requests that was a good share of the arbiter's time. These call the compiled socket
+methods with plain int flags instead, at about half the cost per round trip (measured:
+docs/benchmarks.md, "Hot-path framing"). Same semantics: frames of a multipart message are
+sent with SNDMORE, libzmq makes the message atomic, errors are the same zmq.ZMQError /
+zmq.Again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+try:  # the Cython backend (CPython); on another backend use the plain wrappers
+    from zmq.backend.cython import _zmq
+
+    _send: Any = _zmq.Socket.send
+    _recv: Any = _zmq.Socket.recv
+    _get: Any = _zmq.Socket.get
+except (ImportError, AttributeError):  # pragma: no cover - PyPy / CFFI backend
+    _send = zmq.Socket.send
+    _recv = zmq.Socket.recv
+    _get = zmq.Socket.get
+
+
+def send_frames(sock: zmq.Socket[Any], frames: Sequence[bytes], flags: int = 0) -> None:
+    """send_multipart(frames, flags) for bytes frames."""
+    more = _MORE | flags
+    last = len(frames) - 1
+    for k, frame in enumerate(frames):
+        _send(sock, frame, more if k < last else flags)
+
+
+def recv_frames(sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
+    """recv_multipart(flags) as bytes; raises zmq.Again when nothing is waiting."""
+    parts = [_recv(sock, flags)]
+    while _get(sock, _RCVMORE):
+        parts.append(_recv(sock, flags))
+    return parts
+
+
+def recv_ready(sock: zmq.Socket[Any]) -> list[bytes] | None:
+    """The next message if one is waiting, else None: drain loops ask ZMQ_EVENTS (which also
+    re-arms the socket's edge-triggered FD) instead of paying for a zmq.Again exception at
+    the end of every drain (pyzmq builds those in Python, at a cost)."""
+    if not readable(sock):
+        return None
+    return recv_frames(sock, NOBLOCK)
+
+
+def recv_batch(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
+    """Up to `limit` waiting messages. Under load, where a drain finds many, receiving until
+    zmq.Again is cheaper than recv_ready's ZMQ_EVENTS per message (a getsockopt that polls
+    the socket's mailbox, a syscall each, against one exception per batch); the Again
+    re-arms the edge-triggered FD the same way."""
+    batch: list[list[bytes]] = []
+    while len(batch) < limit:
+        try:
+            batch.append(recv_frames(sock, NOBLOCK))
+        except zmq.Again:
+            break
+    return batch
+
+
+def readable(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message is waiting (ZMQ_EVENTS: one call, no exception). Asking also
+    re-arms the edge-triggered FD, so a loop that sent on the socket asks this before it
+    sleeps: true means drain again now."""
+    return bool(_get(sock, _EVENTS) & _POLLIN)

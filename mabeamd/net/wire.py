@@ -1,0 +1,182 @@
+"""The wire codec shared by every mabeamd socket (control, worker link, and later agents).
+
+A message is three ZeroMQ frames after any routing envelope:
+
+    [PROTOCOL, msgpack(header), msgpack(body)]
+
+The header is a map with at least ``id`` (an int or a short string chosen by the requester)
+and ``op`` for requests, or ``id`` and ``status`` for replies. Replies echo the request id;
+``status`` is ``ok``, ``error`` (body ``{"code", "message"}``) or ``progress`` (body
+``{"message"}``; more frames for the same id follow). The msgpack options are fixed here and
+nowhere else, so every socket decodes the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any, Final
+
+import msgpack
+
+PROTOCOL: Final = b"MB1"
+MAX_ID_LEN: Final = 64
+MAX_OP_LEN: Final = 64
+DEFAULT_MAX_MESSAGE: Final = 1 << 20
+
+
+class ErrorCode:
+    """Stable, machine-readable error codes. Never rename one: clients switch on them."""
+
+    BAD_REQUEST: Final = "bad_request"
+    UNKNOWN_OP: Final = "unknown_op"
+    UNSUPPORTED_VERSION: Final = "unsupported_version"
+    NOT_REGISTERED: Final = "not_registered"
+    FORBIDDEN: Final = "forbidden"
+    BUSY: Final = "busy"
+    NOT_FOUND: Final = "not_found"
+    EXISTS: Final = "exists"
+    CONFLICT: Final = "conflict"
+    VERSION_MISMATCH: Final = "version_mismatch"
+    TOO_LARGE: Final = "too_large"
+    INTERNAL: Final = "internal"
+    SHUTTING_DOWN: Final = "shutting_down"
+    TIMEOUT: Final = "timeout"
+    CONSTRAINT_VIOLATION: Final = "constraint_violation"
+    WRONG_SHARD: Final = "wrong_shard"  # with "shard" (the owner) and "shards" (the count)
+
+
+class WireError(Exception):
+    """A request that cannot be served; carries the code sent back to the peer, and
+    `details`: fields the error body carries beside code and message (e.g. wrong_shard's
+    shard and shards)."""
+
+    def __init__(self, code: str, message: str, request_id: int | str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.details = details
+
+
+def incident(log: logging.Logger, what: str, exc: BaseException) -> WireError:
+    """An unexpected exception while serving a request (a bug): logged with its traceback
+    under a fresh incident id, and the `internal` error the client gets, which names that id
+    (so an operator finds the traceback) but not the exception's text (it may show
+    internals)."""
+    iid = secrets.token_hex(4)
+    log.error("%s (incident %s)", what, iid, exc_info=exc)
+    return WireError(ErrorCode.INTERNAL, f"internal error, incident {iid}: the daemon's log "
+                     "has the details", details={"incident": iid})
+
+
+def reply_incident(rid: int | str | None, log: logging.Logger, what: str,
+                   exc: BaseException) -> list[bytes]:
+    """The error reply for an unexpected exception (see incident)."""
+    err = incident(log, what, exc)
+    return reply_error(rid, err.code, err.message, err.details)
+
+
+class Packed(bytes):
+    """A body already packed with pack() (e.g. a variable's record, which the worker holds
+    packed): encode() sends it as is instead of packing it again."""
+
+    __slots__ = ()
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE) -> Any:
+    """Decode one msgpack object, refusing oversize input and trailing bytes."""
+    if len(data) > max_size:
+        raise WireError(ErrorCode.TOO_LARGE, f"frame of {len(data)} bytes exceeds {max_size}")
+    try:
+        # msgpack >= 1.0 bounds every container length by the input length, so a tiny
+        # frame cannot announce a huge array; strict_map_key refuses non-str/bytes keys.
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except msgpack.ExtraData as exc:
+        raise WireError(ErrorCode.BAD_REQUEST, "trailing bytes after msgpack object") from exc
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise WireError(ErrorCode.BAD_REQUEST, f"invalid msgpack: {exc}") from exc
+
+
+def encode(header: dict[str, Any], body: Any) -> list[bytes]:
+    return [PROTOCOL, pack(header), body if type(body) is Packed else pack(body)]
+
+
+def decode(frames: list[bytes], max_size: int = DEFAULT_MAX_MESSAGE) -> tuple[dict[str, Any], Any]:
+    """Decode the three protocol frames (envelope already stripped)."""
+    if len(frames) != 3:
+        raise WireError(ErrorCode.BAD_REQUEST, f"expected 3 frames, got {len(frames)}")
+    if frames[0] != PROTOCOL:
+        raise WireError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"protocol frame {frames[0][:16]!r} is not {PROTOCOL!r}",
+        )
+    header = unpack(frames[1], max_size)
+    if not isinstance(header, dict):
+        raise WireError(ErrorCode.BAD_REQUEST, "header must be a map")
+    body = unpack(frames[2], max_size)
+    return header, body
+
+
+def request_id(header: dict[str, Any]) -> int | str | None:
+    """The request id if it is well formed, else None (the reply can then not be matched)."""
+    rid = header.get("id")
+    if isinstance(rid, bool):
+        return None
+    if isinstance(rid, int) and -(2**63) <= rid < 2**64:
+        return rid
+    if isinstance(rid, str) and len(rid) <= MAX_ID_LEN:
+        return rid
+    return None
+
+
+def parse_request(frames: list[bytes], max_size: int = DEFAULT_MAX_MESSAGE) -> tuple[
+    int | str, str, dict[str, Any]
+]:
+    """Decode and validate a request: returns (id, op, body).
+
+    Raises WireError; when the id itself could be read, the error's ``request_id`` holds it so
+    the caller can still address the error reply.
+    """
+    header, body = decode(frames, max_size)
+    rid = request_id(header)
+    if rid is None:
+        raise WireError(ErrorCode.BAD_REQUEST,
+                        "header.id must be an int or a string of <= 64 chars")
+    op = header.get("op")
+    if not isinstance(op, str) or not op or len(op) > MAX_OP_LEN:
+        raise WireError(ErrorCode.BAD_REQUEST, "header.op must be a non-empty string", rid)
+    if not isinstance(body, dict):
+        raise WireError(ErrorCode.BAD_REQUEST, "body must be a map", rid)
+    return rid, op, body
+
+
+def check_fields(body: dict[str, Any], op: str, allowed: set[str] | frozenset[str] = frozenset(),
+                 required: set[str] | frozenset[str] = frozenset()) -> None:
+    """Refuse a body with fields outside `allowed` or missing any of `required`."""
+    extra = set(body) - allowed
+    if extra:
+        raise WireError(ErrorCode.BAD_REQUEST, f"{op}: unknown field(s) {sorted(extra)}"
+                        + (f"; it takes {sorted(allowed)}" if allowed else "; it takes none"))
+    missing = required - set(body)
+    if missing:
+        raise WireError(ErrorCode.BAD_REQUEST, f"{op}: missing field(s) {sorted(missing)}")
+
+
+def reply_ok(rid: int | str, body: Any) -> list[bytes]:
+    return encode({"id": rid, "status": "ok"}, body)
+
+
+def reply_error(rid: int | str | None, code: str, message: str,
+                details: dict[str, Any] | None = None) -> list[bytes]:
+    return encode({"id": rid, "status": "error"},
+                  {**(details or {}), "code": code, "message": message})
+
+
+def reply_progress(rid: int | str, message: str, **extra: Any) -> list[bytes]:
+    return encode({"id": rid, "status": "progress"}, {"message": message, **extra})

@@ -1,0 +1,350 @@
+"""The worker process: `python -m mabeamd.worker`, spawned and supervised by the arbiter.
+
+A worker connects a DEALER to the arbiter's link socket, says hello, and sends a heartbeat
+every interval from its event loop (so a wedged loop goes silent and gets restarted). It
+dies with the arbiter: PR_SET_PDEATHSIG delivers SIGKILL the moment the arbiter's process
+goes away, however it went. Terminal signals (SIGINT, SIGHUP) are ignored: the arbiter
+decides when workers stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from mabeamd.agents.credentials import WRITE_KEY_ENV, Verifier
+from mabeamd.logsetup import setup_child_logging
+from mabeamd.net import wire
+from mabeamd.net.frames import NOBLOCK, readable, recv_ready, send_frames
+from mabeamd.net.link import identity
+from mabeamd.plugins import PluginHost
+from mabeamd.sessions.engine import SessionEngine
+from mabeamd.storage.snapshot import SnapshotCorrupt
+from mabeamd.storage.wal import WalCorrupt
+from mabeamd.worker.shard import Shard, ShardInUse
+from mabeamd.worker.shard_endpoint import ShardEndpoint
+
+log = logging.getLogger("mabeamd.worker")
+
+PR_SET_PDEATHSIG = 1
+EXIT_SHARD_REFUSED = 3  # the shard's files were refused (corrupt, or locked by another process)
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL us when our parent exits; then make sure it has not already."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent:
+        # Either a wrapper forked us (then the arbiter is our grandparent) or the arbiter is
+        # already gone. Only the second is fatal.
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            log.error("arbiter (pid %d) is gone before start; exiting", parent)
+            sys.exit(1)
+        except PermissionError:
+            pass
+
+
+BATCH = 256
+
+
+class Worker:
+    def __init__(self, index: int, generation: int, link: str, heartbeat: float,
+                 shard: Shard | None = None, *, plugins: PluginHost | None = None) -> None:
+        self.index = index
+        self.plugins = plugins or PluginHost()
+        self.sessions: SessionEngine | None = None
+        self.generation = generation
+        self.link = link
+        self.heartbeat = heartbeat
+        self.shard = shard
+        self._stop = asyncio.Event()
+        self._seq = 0
+        self._scheduled = False
+        self._hello_sent = False
+        self._last_progress = -math.inf  # the first progress() call reports at once
+        self._loop: asyncio.AbstractEventLoop
+        self._sock: zmq.Socket[Any]
+        # Direct variable requests (shard_endpoint.py), when configured and bound.
+        self.direct: ShardEndpoint | None = None
+        self._direct_scheduled = False
+        self.var_events = False  # someone subscribes to var.* (the arbiter says)
+
+    def _send(self, op: str, body: dict[str, Any]) -> None:
+        self._seq += 1
+        try:
+            send_frames(self._sock, wire.encode({"id": self._seq, "op": op}, body), NOBLOCK)
+        except zmq.Again:
+            # The arbiter is not reading: its requests time out (`busy`) and heartbeats
+            # stop, which is what should happen to a link that is stuck.
+            log.warning("link to the arbiter is full; %s dropped", op)
+
+    def connect(self) -> None:
+        """Open the link to the arbiter (before the shard loads, so loading can report)."""
+        # A plain socket with its ZMQ_FD as a loop reader (see endpoint.py for why).
+        self._ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, identity(self.index, self.generation))
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.connect(self.link)
+        self._sock = sock
+
+    def progress(self) -> None:
+        """Long blocking work (loading a big shard, rebuilding its segment) calls this every
+        few thousand records: at most once a heartbeat interval it tells the arbiter the
+        worker is alive ("loading" before hello pushes the start deadline back)."""
+        now = time.monotonic()
+        if now - self._last_progress >= self.heartbeat:
+            self._last_progress = now
+            self._send("heartbeat" if self._hello_sent else "loading",
+                       {"generation": self.generation, "t": now})
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        if not hasattr(self, "_sock"):
+            self.connect()
+        sock, ctx = self._sock, self._ctx
+        try:
+            if self.shard is not None:
+                self.sessions = SessionEngine(self.shard, self.plugins, self._out)
+            direct = self.direct
+            if direct is not None and (self.shard is None or not direct.bind()):
+                direct.close()
+                direct = self.direct = None
+            self._send("hello", {"index": self.index, "generation": self.generation,
+                                 "pid": os.getpid(),
+                                 "shard_endpoint": direct.address if direct else None})
+            self._hello_sent = True
+            loop.add_reader(sock.FD, self._drain)
+            self._drain()
+            if direct is not None:
+                loop.add_reader(direct.sock.FD, self._drain_direct)
+                self._drain_direct()
+            tasks = [asyncio.create_task(c) for c in (self._beat(), self._tick())]
+            await self._stop.wait()
+            if self.sessions is not None:
+                await self.sessions.stop()
+            for t in tasks:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            loop.remove_reader(sock.FD)
+            if self.direct is not None:
+                loop.remove_reader(self.direct.sock.FD)
+            self._send("bye", {"generation": self.generation})
+        finally:
+            if self.direct is not None:
+                self.direct.close()
+            sock.close()
+            ctx.term()
+            if self.shard is not None:
+                self.shard.close()
+        log.info("stopped")
+        return 0
+
+    def _out(self, op: str, body: dict[str, Any]) -> None:
+        """A message from the session engine (push, event, ended), sent outside a drain."""
+        self._send(op, body)
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        batch: list[list[bytes]] = []
+        while len(batch) < BATCH:
+            frames = recv_ready(self._sock)
+            if frames is None:
+                break
+            batch.append(frames)
+        if not batch:
+            return
+        replies = [r for r in (self._serve(frames) for frames in batch) if r is not None]
+        if self.shard is not None and replies:
+            # Group commit: the WAL is durable (per policy) before any reply leaves. If this
+            # raises, the worker dies and its writes are answered by no one.
+            self.shard.commit()
+        # One link message for the whole batch: per message, not per byte, is what the link
+        # costs both ends (docs/benchmarks.md).
+        if replies:
+            self._send("results", {"results": replies})
+        self._wake()  # sends consumed the edge; more may have arrived
+
+    def _wake_direct(self) -> None:
+        if not self._direct_scheduled:
+            self._direct_scheduled = True
+            self._loop.call_soon(self._drain_direct)
+
+    def _drain_direct(self) -> None:
+        """Serve a batch from the shard endpoint: same group commit as _drain, then the
+        replies, then the writes' events to the arbiter (it publishes them) in one message."""
+        self._direct_scheduled = False
+        direct, shard = self.direct, self.shard
+        if direct is None or shard is None:
+            return
+        batch = direct.receive()
+        if not batch:
+            return
+        served = [direct.serve(frames, self._handle_var) for frames in batch]
+        events = [event for _, event in served if event is not None]
+        if events:
+            shard.commit()  # durable (per policy) before any reply leaves
+        for reply, _ in served:
+            direct.send(reply)
+        if events and self.var_events:
+            self._send("events", {"events": events})
+            self._wake()
+        if readable(direct.sock):  # (also re-arms the FD, which the sends may have taken)
+            self._wake_direct()
+
+    def _handle_var(self, op: str, args: dict[str, Any], actor: str,
+                    ) -> tuple[Any, dict[str, Any] | None]:
+        assert self.shard is not None
+        return self.shard.handle(op, args, actor, time.time())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.shard is not None:
+                self.shard.tick()
+
+    async def _beat(self) -> None:
+        while True:
+            beat: dict[str, Any] = {"generation": self.generation, "t": time.monotonic()}
+            if self.direct is not None:
+                beat["shard_traffic"] = self.direct.stats
+            self._send("heartbeat", beat)
+            self._wake()
+            await asyncio.sleep(self.heartbeat)
+
+    def _serve(self, frames: list[bytes]) -> dict[str, Any] | None:
+        try:
+            _, op, body = wire.parse_request(frames)
+        except wire.WireError as exc:
+            log.warning("dropping malformed message from arbiter: %s", exc.message)
+            return None
+        if op == "stop":
+            self._stop.set()
+            return None
+        if op == "agents_down":
+            if self.sessions is not None:
+                self.sessions.agents_down(list(body.get("agents") or []))
+            return None
+        if op == "revoke":  # agents whose write credentials end (credentials.py)
+            if self.direct is not None:
+                agents = body.get("agents")
+                if isinstance(agents, dict):
+                    self.direct.verifier.revoke({a: e for a, e in agents.items()
+                                                 if isinstance(e, int)})
+                if body.get("full"):
+                    self.direct.writes_open = True
+            return None
+        if op == "var_events":
+            self.var_events = bool(body.get("wanted"))
+            return None
+        if op != "request":
+            log.warning("unknown op from arbiter: %s", op)
+            return None
+        fwd = body.get("fwd")
+        if self.shard is None:
+            return {"fwd": fwd, "ok": False, "code": wire.ErrorCode.INTERNAL,
+                    "message": "this worker serves no shard"}
+        try:
+            op = str(body.get("op"))
+            if op.startswith("session.") and self.sessions is not None:
+                return {"fwd": fwd, "ok": True,
+                        "result": self.sessions.handle(op, body.get("args") or {})}
+            result, event = self.shard.handle(op, body.get("args") or {},
+                                              str(body.get("actor")), time.time())
+        except wire.WireError as exc:
+            return {"fwd": fwd, "ok": False, "code": exc.code, "message": exc.message,
+                    "details": exc.details}
+        except Exception as exc:
+            err = wire.incident(log, f"shard {self.index}: request failed", exc)
+            return {"fwd": fwd, "ok": False, "code": err.code, "message": err.message,
+                    "details": err.details}
+        if type(result) is wire.Packed:  # relayed as is: the arbiter need not repack it
+            return {"fwd": fwd, "ok": True, "packed": bytes(result), "event": event}
+        return {"fwd": fwd, "ok": True, "result": result, "event": event}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mabeamd-worker")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--generation", type=int, required=True)
+    parser.add_argument("--link", required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--heartbeat", type=float, required=True)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--state-dir", type=Path)
+    parser.add_argument("--shards", type=int, default=1,
+                        help="the state directory's shard count (this worker owns the names "
+                             "that hash to --index)")
+    parser.add_argument("--shm-dir", type=Path)
+    parser.add_argument("--shm-prefix")
+    parser.add_argument("--fsync", default="everysec")
+    parser.add_argument("--history", type=int, default=16)
+    parser.add_argument("--max-value", type=int, default=1 << 20)
+    parser.add_argument("--snapshot-every", type=int, default=10000)
+    parser.add_argument("--disabled-plugins", default="",
+                        help="comma-separated plugin names not to load")
+    parser.add_argument("--shard-endpoint", default="",
+                        help="where to serve variable requests directly (empty: nowhere)")
+    parser.add_argument("--max-message", type=int, default=wire.DEFAULT_MAX_MESSAGE)
+    args = parser.parse_args(argv)
+    setup_child_logging(args.log_level, f"worker[{args.index}]")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    die_with_parent(args.parent)
+    import uvloop
+
+    # The worker runs the sessions, so it loads the protocol plugins itself (same entry
+    # points, same disabled list as the arbiter; failures are logged to the daemon's log).
+    plugins = PluginHost()
+    worker = Worker(args.index, args.generation, args.link, args.heartbeat, plugins=plugins)
+    worker.connect()
+    key = os.environ.pop(WRITE_KEY_ENV, "")  # not for anything this process spawns
+    if args.shard_endpoint and key:
+        worker.direct = ShardEndpoint(worker._ctx, args.shard_endpoint, args.max_message,
+                                      Verifier(bytes.fromhex(key)), plugins.authorize)
+    worker.progress()  # "loading": start_timeout now bounds silence, not start-up work
+    plugins.load([n for n in args.disabled_plugins.split(",") if n])
+    if args.state_dir is not None:
+        # Loaded before hello: the arbiter counts the worker as running only once its shard
+        # serves. A big shard takes seconds; worker.progress keeps the arbiter informed.
+        try:
+            worker.shard = Shard(args.index, args.state_dir, args.shm_dir, args.shm_prefix,
+                                 shards=args.shards, fsync=args.fsync, history=args.history,
+                                 max_value=args.max_value, snapshot_every=args.snapshot_every,
+                                 progress=worker.progress)
+        except (ShardInUse, WalCorrupt, SnapshotCorrupt) as exc:
+            # Nothing is changed on disk; retrying is the watcher's call (and FAILED after
+            # its budget). docs/operations.md: "A shard whose WAL is refused".
+            log.error("shard %d not loaded: %s", args.index, exc)
+            return EXIT_SHARD_REFUSED
+    return int(uvloop.run(worker.run()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""One shard, served inside its worker: the variable store, its WAL, its snapshot and its
+shared-memory segment. The worker is the only writer of all four.
+
+Start-up loads the snapshot, replays the WAL after it, and builds a fresh segment generation
+from the result (readers of the previous generation, e.g. one a crashed worker left, carry on
+with consistent older data until they switch). A write is validated, appended to the WAL,
+applied to the store and published to the segment; its reply waits for `commit()`, which the
+worker calls once per batch of requests (group commit).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from mabeamd.net.wire import ErrorCode, Packed, WireError
+from mabeamd.storage import snapshot
+from mabeamd.storage.sharding import shard_of
+from mabeamd.storage.shm import PROGRESS_EVERY, SegmentWriter
+from mabeamd.storage.statedir import lock_dir
+from mabeamd.storage.variables import (
+    ADMIN,
+    NAMED_OPS,
+    ShardStore,
+    Variable,
+    check_name,
+)
+from mabeamd.storage.wal import WriteAheadLog
+
+log = logging.getLogger(__name__)
+LOCK_WAIT = 10.0  # seconds a new worker waits for its shard directory's lock
+# msgpack of {"op": "put", "var": ...} up to the value of "var": a put's WAL record is this
+# and the packed state (test_wal checks it decodes as the map).
+PUT_PREFIX = b"\x82\xa2op\xa3put\xa3var"
+
+
+def _int_or_none(body: dict[str, Any], key: str) -> int | None:
+    v = body.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+        raise WireError(ErrorCode.BAD_REQUEST, f"{key} must be an integer")
+    return v
+
+
+class ShardInUse(Exception):
+    pass
+
+
+class Shard:
+    def __init__(self, index: int, state_dir: Path, shm_dir: Path, shm_prefix: str, *,
+                 fsync: str, history: int, max_value: int, snapshot_every: int,
+                 shards: int = 1, progress: Callable[[], None] = lambda: None) -> None:
+        """Load shard `index` of `shards`. `progress` is called every few thousand records
+        while loading and whenever the segment is rebuilt: the worker's sign of life during
+        long work."""
+        self.index = index
+        self.shards = shards
+        self.dir = state_dir / f"shard-{index}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # The only writer of this directory. A predecessor killed a moment ago (kill -9 of the
+        # arbiter takes its workers with it, but not in the same instant) gets a few seconds
+        # to go; one still there after that is not ours to race.
+        try:
+            self._lock_fd = lock_dir(self.dir, wait=LOCK_WAIT, poll=progress)
+        except BlockingIOError:
+            raise ShardInUse(f"shard {index}: {self.dir} is still locked by another process "
+                             f"after {LOCK_WAIT:.0f} s (a worker of another mabeamd on this "
+                             "state directory?); not loading it") from None
+        self.snapshot_every = snapshot_every
+        self.locked: dict[str, str] = {}  # variable -> the session holding it (sessions/engine.py)
+        t0 = time.monotonic()
+        self.store = ShardStore(history, max_value)
+        seq, states = snapshot.load(self.dir)
+        for k, s in enumerate(states):
+            self.store.apply({"op": "put", "var": s})
+            if not k & PROGRESS_EVERY:
+                progress()
+        replayed = 0
+
+        def apply(payload: bytes) -> None:
+            nonlocal replayed
+            self.store.apply(msgpack.unpackb(payload, raw=False))
+            replayed += 1
+            if not replayed & PROGRESS_EVERY:
+                progress()
+
+        # One read of the log: replayed past the snapshot, then opened to append after it.
+        self.wal = WriteAheadLog(self.dir, fsync, after=seq, apply=apply)
+        self.since_snapshot = replayed
+        self.segment = SegmentWriter(
+            shm_dir, shm_prefix, index, slots=max(1024, 2 * len(self.store.vars)),
+            records=(v.public() for v in self.store.vars.values()), progress=progress)
+        log.info("shard %d: %d variables (snapshot at %d, %d WAL records replayed) in %.0f ms",
+                 index, len(self.store.vars), seq, replayed, (time.monotonic() - t0) * 1000)
+
+    # --- requests --------------------------------------------------------------------------
+
+    def handle(self, op: str, body: dict[str, Any], actor: str, now: float,
+               ) -> tuple[Any, dict[str, Any] | None]:
+        """(result, event) for one request; raises WireError. Writes need commit(). A
+        variable comes back as wire.Packed: its segment record, the bytes of its public map."""
+        if op in NAMED_OPS:
+            self.check_owner(body.get("name"))
+        if op == "var.get":
+            var = self.store.get(body.get("name"))
+            return Packed(self.segment.payload(var.name) or msgpack.packb(
+                var.public(), use_bin_type=True)), None
+        if op == "var.history":
+            var = self.store.get(body.get("name"))
+            past = [{"version": v, "value": val, "modified_by": by, "updated_at": t}
+                    for v, val, by, t in var.history]
+            return {"name": var.name, "version": var.version, "history": past}, None
+        if op == "var.list":
+            page, cursor = self.store.list_page(body["prefix"], body["after"], body["limit"])
+            return {"vars": [v.public() for v in page], "next": cursor}, None
+        if op == "var.snapshot":
+            return self.take_snapshot(), None
+        admin = actor == ADMIN
+        name = check_name(body.get("name"))
+        holder = self.locked.get(name)
+        if holder is not None:
+            raise WireError(ErrorCode.CONFLICT, f"{name!r} is locked by coordination session "
+                            f"{holder} until it ends")
+        if op == "var.create":
+            effect = self.store.create(
+                name, body.get("value"), actor, now, vtype=body.get("type", "any"),
+                access=body.get("access", "public"), writers=body.get("writers"),
+                policy=body.get("policy", "last_write_wins"),
+                constraints=body.get("constraints"))
+        elif op == "var.set":
+            effect = self.store.set(name, body.get("value"), actor, now,
+                                    expect_version=_int_or_none(body, "expect_version"),
+                                    via_session=admin)
+        elif op == "var.delete":
+            effect = self.store.delete(name, actor,
+                                       expect_version=_int_or_none(body, "expect_version"),
+                                       via_session=admin)
+        else:
+            raise WireError(ErrorCode.UNKNOWN_OP, f"shard: unknown op {op!r}")
+        return self._write(effect, actor)
+
+    def check_owner(self, name: Any) -> None:
+        """Refuse a name another shard owns (`wrong_shard`, with the owner and the count):
+        served here, it would live in two shards at once, and a client with a stale shard
+        count or a wrong hash would split the state without anyone noticing."""
+        if isinstance(name, str):
+            owner = shard_of(name, self.shards)
+            if owner != self.index:
+                raise WireError(ErrorCode.WRONG_SHARD,
+                                f"{name!r} belongs to shard {owner} of {self.shards}, not to "
+                                f"shard {self.index}", details={"shard": owner,
+                                                                 "shards": self.shards})
+
+    def _write(self, effect: dict[str, Any], actor: str) -> tuple[Any, dict[str, Any]]:
+        if effect["op"] == "put":
+            # The new state is packed once: the WAL record embeds it (a map {"op", "var"}
+            # whose value is these bytes), the segment publishes it, the reply carries it.
+            packed = msgpack.packb(effect["var"], use_bin_type=True)
+            self.wal.append(PUT_PREFIX + packed)  # first: the log
+        else:
+            self.wal.append(msgpack.packb(effect, use_bin_type=True))
+        var: Variable | None = self.store.apply(effect)
+        if var is None:
+            self.segment.delete(effect["name"], effect["version"])
+            event = {"name": effect["name"], "op": "delete", "version": effect["version"],
+                     "by": actor}
+            result: Any = {"name": effect["name"], "deleted": True,
+                           "version": effect["version"]}
+        else:
+            self.segment.put_packed(var.name, packed)
+            event = {"name": var.name, "op": "set" if var.version > 1 else "create",
+                     "version": var.version, "by": actor, "value": var.value}
+            result = Packed(packed)
+        self.since_snapshot += 1
+        return result, event
+
+    def apply_session(self, session: str, writes: dict[str, Any], now: float,
+                      ) -> list[dict[str, Any]]:
+        """Apply a session's writes all or nothing: every one is checked first (constraints
+        still hold; access rules do not, a session may change any variable it locked), then
+        they go to the WAL as one record, so a crash leaves all of them or none. Returns the
+        `var.*` events; durable on return."""
+        actor = f"session:{session}"
+        for name in writes:
+            self.check_owner(name)
+        effects = [self.store.set(check_name(name), value, actor, now, via_session=True)
+                   for name, value in sorted(writes.items())]
+        if not effects:
+            return []
+        self.wal.append(msgpack.packb({"op": "batch", "session": session, "effects": effects},
+                                      use_bin_type=True))
+        events = []
+        for effect in effects:
+            var = self.store.apply(effect)
+            assert var is not None
+            self.segment.put_packed(var.name, msgpack.packb(var.public(), use_bin_type=True))
+            events.append({"name": var.name, "op": "set", "version": var.version, "by": actor,
+                           "value": var.value})
+        self.since_snapshot += len(effects)
+        self.commit()
+        return events
+
+    def commit(self) -> None:
+        self.wal.commit()
+        if self.since_snapshot >= self.snapshot_every:
+            self.take_snapshot()
+
+    def take_snapshot(self) -> dict[str, Any]:
+        self.wal.sync()
+        seq = self.wal.next_seq - 1
+        states = [v.state() for v in self.store.vars.values()]
+        snapshot.write(self.dir, seq, states)
+        self.wal.rotate()
+        dropped = self.wal.drop_before(seq + 1)
+        self.since_snapshot = 0
+        return {"shard": self.index, "seq": seq, "variables": len(states),
+                "wal_files_dropped": len(dropped)}
+
+    def tick(self) -> None:
+        self.wal.tick()
+
+    def close(self) -> None:
+        self.wal.close()
+        self.segment.close()
+        os.close(self._lock_fd)

@@ -1,0 +1,138 @@
+"""A worker's own endpoint for variable requests: one hop instead of two.
+
+Through the agent endpoint a variable request crosses two processes each way (agent ->
+arbiter -> worker -> arbiter -> agent), and on this project's machines one cross-process hop
+costs about as much as everything the worker does for a request (docs/benchmarks.md). So each
+worker also binds a ROUTER of its own, at `[agents] shard_endpoint` (worker i: PORT+i, or
+PATH-i), and serves `var.get`, `var.history`, `var.create`, `var.set` and `var.delete` for
+its shard there, speaking the same wire protocol as the agent endpoint. Clients learn the
+addresses at hello and route by shard (sharding.py); `var.list` (it spans every shard),
+sessions and everything else stay on the agent endpoint.
+
+Who writes: a write names its agent and carries the credential the arbiter issued to that
+agent at hello (credentials.py); the worker checks it without asking the arbiter. Until the
+arbiter has sent a new worker the revocations so far, writes are answered `busy`.
+
+This module is transport and admission only; the shard (shard.py) does the work, and the
+worker (worker/main.py) drains this socket like its link, committing the WAL once per batch
+before any reply leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from mabeamd.agents.credentials import Verifier
+from mabeamd.config import parse_endpoint
+from mabeamd.net import wire
+from mabeamd.net.frames import NOBLOCK, recv_batch, send_frames
+from mabeamd.net.wire import ErrorCode, WireError, check_fields
+from mabeamd.net.zmqutil import agent_router, bind_endpoint, unlink_endpoint
+from mabeamd.storage.variables import ADMIN, READ_OPS, WRITE_FIELDS
+
+log = logging.getLogger(__name__)
+
+BATCH = 256
+
+
+# (actor, op, body) -> a reason to refuse, or None: the mabeamd_authorize hook.
+Authorize = Callable[[str, str, dict[str, Any]], str | None]
+# (op, args, actor) -> (result, event or None); raises WireError: the shard's handle().
+Serve = Callable[[str, dict[str, Any], str], tuple[Any, dict[str, Any] | None]]
+
+
+class ShardEndpoint:
+    def __init__(self, ctx: zmq.Context[Any], address: str, max_message: int,
+                 verifier: Verifier, authorize: Authorize) -> None:
+        self.address = address
+        self.max_message = max_message
+        self.verifier = verifier
+        self.authorize = authorize
+        self.writes_open = False  # set once the arbiter's revocations have arrived
+        self.stats = {"requests": 0, "errors": 0, "undeliverable": 0}
+        # The worker's context: one I/O thread for the link and this socket (on a 2-core
+        # machine every extra thread is another wake-up competing for a core).
+        self.sock = agent_router(ctx, max_message)
+
+    def bind(self) -> bool:
+        """Bind; False (logged) when the address cannot be had: the shard is then served
+        through the agent endpoint only, which is slower but complete."""
+        ep = parse_endpoint(self.address)
+        assert ep is not None
+        try:
+            bind_endpoint(self.sock, ep)
+        except (zmq.ZMQError, OSError) as exc:
+            log.error("cannot bind shard endpoint %s (%s): this shard is served through the "
+                      "agent endpoint only", self.address, exc)
+            return False
+        return True
+
+    def receive(self) -> list[list[bytes]]:
+        """Up to BATCH waiting messages (frames with their routing envelope)."""
+        try:
+            return recv_batch(self.sock, BATCH)
+        except zmq.ZMQError:  # closed during shutdown
+            return []
+
+    def serve(self, frames: list[bytes], handle: Serve,
+              ) -> tuple[list[bytes], dict[str, Any] | None]:
+        """(reply frames with envelope, the write's event or None) for one message. Nothing
+        from outside raises out of here."""
+        self.stats["requests"] += 1
+        envelope = frames[:1]
+        rid: int | str | None = None
+        try:
+            rid, op, body = wire.parse_request(frames[1:], self.max_message)
+            if op in READ_OPS:
+                check_fields(body, op, {"name"}, {"name"})
+                result, event = handle(op, body, ADMIN)
+            elif op in WRITE_FIELDS:
+                check_fields(body, op, WRITE_FIELDS[op] | {"credential"},
+                             {"agent", "name", "credential"})
+                agent = body["agent"]
+                if not isinstance(agent, str):
+                    raise WireError(ErrorCode.BAD_REQUEST, "agent must be an agent id")
+                if not self.writes_open:
+                    raise WireError(ErrorCode.BUSY, "this shard's worker is starting; retry "
+                                    "or write through the agent endpoint")
+                if not self.verifier.check(agent, body["credential"]):
+                    raise WireError(ErrorCode.NOT_REGISTERED, f"no valid credential for agent "
+                                    f"{agent!r} (it comes with hello, and ends with bye or when "
+                                    "the agent goes)")
+                del body["credential"]
+                reason = self.authorize(agent, op, body)  # the body as the arbiter sees it
+                if reason is not None:
+                    raise WireError(ErrorCode.FORBIDDEN, reason)
+                del body["agent"]
+                result, event = handle(op, body, agent)
+            else:
+                raise WireError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not served on shard "
+                                "endpoints; send it to the agent endpoint")
+            return envelope + wire.reply_ok(rid, result), event
+        except WireError as exc:
+            self.stats["errors"] += 1
+            return envelope + wire.reply_error(rid if rid is not None else exc.request_id,
+                                               exc.code, exc.message, exc.details), None
+        except Exception as exc:
+            self.stats["errors"] += 1
+            return envelope + wire.reply_incident(
+                rid, log, f"shard endpoint: request {rid!r} failed", exc), None
+
+    def send(self, frames: list[bytes]) -> None:
+        try:
+            send_frames(self.sock, frames, NOBLOCK)
+        except zmq.ZMQError:  # the client left (ROUTER_MANDATORY) or is not reading (HWM)
+            self.stats["undeliverable"] += 1
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        ep = parse_endpoint(self.address)
+        if ep is not None:
+            with contextlib.suppress(OSError):
+                unlink_endpoint(ep)
+

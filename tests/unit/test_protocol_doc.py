@@ -1,0 +1,97 @@
+"""docs/protocol.md: its byte-level examples are what the codec produces, its error-code
+table is the code's, and its op table lists exactly the ops the control socket serves."""
+
+from __future__ import annotations
+
+import re
+
+from mabeamd.control.commands import build_handlers
+from mabeamd.net import wire
+from mabeamd.testing import ROOT
+
+DOC = (ROOT / "docs" / "protocol.md").read_text()
+
+
+def hexline(frame: bytes) -> str:
+    return frame.hex(" ")
+
+
+def test_byte_examples_match_the_codec() -> None:
+    req = wire.encode({"id": 1, "op": "ping"}, {})
+    assert f"frame 0:  {hexline(req[0])} " in DOC
+    assert f"frame 1:  {hexline(req[1])} " in DOC
+    assert f"frame 2:  {hexline(req[2])} " in DOC
+    assert hexline(wire.pack({"id": 1, "status": "ok"})) in DOC
+    assert hexline(wire.pack({"id": 2, "op": "nope"})) in DOC
+
+
+def test_error_code_table_matches_the_code() -> None:
+    codes = {v for k, v in vars(wire.ErrorCode).items() if k.isupper()}
+    table = DOC.split("## Error codes", 1)[1].split("##", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)` \|", table, re.M))
+    assert documented == codes
+
+
+def test_agent_op_table_matches_the_service() -> None:
+    from mabeamd.agents.agentops import AgentService
+    from mabeamd.agents.endpoint import AgentEndpoint
+
+    class Stub(AgentEndpoint):
+        def __init__(self) -> None:
+            self.handlers = {}
+
+    stub = Stub()
+    AgentService(stub, None, None, None)  # type: ignore[arg-type]
+    table = DOC.split("### Agent ops", 1)[1].split("###", 1)[0]
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
+    assert documented == set(stub.handlers)
+
+
+def test_variable_op_table_matches_the_service() -> None:
+    from mabeamd.agents.endpoint import AgentEndpoint
+    from mabeamd.agents.varops import VariableService
+
+    class Stub(AgentEndpoint):
+        def __init__(self) -> None:
+            self.handlers = {}
+
+    stub = Stub()
+    VariableService(1, None, None, None, None).install(stub)  # type: ignore[arg-type]
+    table = DOC.split("### Variable ops", 1)[1].split("###", 1)[0]
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
+    assert documented == set(stub.handlers)
+
+
+def test_session_op_table_matches_the_service() -> None:
+    from mabeamd.agents.endpoint import AgentEndpoint
+    from mabeamd.sessions.service import SessionService
+
+    class Stub(AgentEndpoint):
+        def __init__(self) -> None:
+            self.handlers = {}
+
+    class NoPlugins:
+        def protocols(self) -> dict[str, object]:
+            return {}
+
+    stub = Stub()
+    SessionService(None, None, None, None, NoPlugins(),  # type: ignore[arg-type]
+                   settings=None).install(stub)  # type: ignore[arg-type]
+    table = DOC.split("### Session ops", 1)[1].split("###", 1)[0]
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
+    assert documented == set(stub.handlers)
+
+
+def test_hello_example_bytes() -> None:
+    frames = wire.encode({"id": 7, "op": "hello"}, {"agent": "a1", "capabilities": ["plan"]})
+    for frame in frames:
+        assert hexline(frame) in DOC
+    assert hexline(wire.pack({"push": "message", "id": 1})) in DOC
+
+
+def test_control_op_table_matches_the_handlers() -> None:
+    table = DOC.split("## Control ops", 1)[1].split("##", 1)[0]
+    documented: set[str] = set()
+    for cell in re.findall(r"^\| ((?:`[\w.]+`(?:, )?)+) \|", table, re.M):
+        documented |= set(re.findall(r"`([\w.]+)`", cell))
+    assert documented == set(build_handlers(None))  # type: ignore[arg-type]
