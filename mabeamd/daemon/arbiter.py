@@ -48,9 +48,11 @@ from mabeamd.net.zmqutil import shard_address
 from mabeamd.paths import Paths
 from mabeamd.plugins import PluginHost
 from mabeamd.sessions.service import SessionService
+from mabeamd.storage import janitor
 from mabeamd.storage.statedir import (
     StateDirError,
     check_shm,
+    exposed,
     lock_dir,
     lock_state_dir,
     open_state,
@@ -58,6 +60,7 @@ from mabeamd.storage.statedir import (
 )
 
 log = logging.getLogger("mabeamd.arbiter")
+STATE_LOCK_WAIT = 5.0  # seconds to wait for a predecessor's hold on the state directory
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -139,18 +142,32 @@ class Arbiter:
                 f"{self.paths.control_socket} status)") from None
         self._lock_fds.append(fd)
         try:
-            self._lock_fds.append(lock_state_dir(self.paths.state_dir))
+            # A few seconds' grace: the janitor of a daemon that just died holds the lock
+            # until it has removed that daemon's segments (storage/janitor.py).
+            state_lock = lock_state_dir(self.paths.state_dir, wait=STATE_LOCK_WAIT)
         except StateDirError as exc:
             self._release_lock()
             raise StartupError(str(exc)) from None
+        self._lock_fds.append(state_lock)
+        warning = exposed(self.paths.state_dir)
+        if warning:
+            log.warning("%s", warning)
         try:
             self.meta = open_state(self.paths.state_dir, self.worker_count)
             check_shm(Path(self.config.variables.shm_dir), self.config.variables.min_free_shm)
         except StateDirError as exc:
             self._release_lock()
             raise StartupError(str(exc), EX_CONFIG) from exc
+        try:
+            self._lock_fds.append(janitor.start(Path(self.config.variables.shm_dir),
+                                                self.meta.shm_prefix, state_lock))
+        except OSError as exc:  # not fatal: segments are then removed at the next start
+            log.warning("segment janitor not started (%s): after a kill -9 this daemon's "
+                        "segments stay in %s until it starts again", exc,
+                        self.config.variables.shm_dir)
 
     def _release_lock(self) -> None:
+        """Close the lock descriptors (and the janitor's pipe: it cleans up and goes)."""
         while self._lock_fds:
             os.close(self._lock_fds.pop())  # closing drops the flock
 

@@ -10,7 +10,6 @@ directory it cannot read completely: nothing is lost on any path.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import msgpack
 
 from mabeamd.storage import snapshot
 from mabeamd.storage.sharding import shard_of
-from mabeamd.storage.statedir import META, StateDirError
+from mabeamd.storage.statedir import META, StateDirError, write_private
 from mabeamd.storage.variables import ShardStore
 from mabeamd.storage.wal import replay
 
@@ -64,12 +63,10 @@ def reshard(state_dir: Path, new: int, history: int = 16) -> dict[str, Any]:
         per_shard[shard_of(s["name"], new)].append(s)
     for i, part in enumerate(per_shard):
         d = state_dir / f"shard-{i}"
-        d.mkdir()
+        d.mkdir(mode=0o700)
         snapshot.write(d, 0, part)
     meta["shards"] = new
     meta["resharded"] = {"from": old, "at": time.time()}
-    tmp = meta_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta) + "\n")
-    os.replace(tmp, meta_path)
+    write_private(meta_path, json.dumps(meta) + "\n")
     return {"from": old, "to": new, "variables": len(states),
             "backup": f"shard-*.before-reshard-{stamp}"}

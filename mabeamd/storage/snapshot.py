@@ -29,7 +29,10 @@ class SnapshotCorrupt(Exception):
 def write(directory: Path, seq: int, states: list[dict[str, Any]]) -> Path:
     body: bytes = msgpack.packb(states, use_bin_type=True)
     tmp = directory / f".{NAME}.tmp"
-    with open(tmp, "wb") as f:
+    # 0600: a snapshot holds every value (O_TRUNC: a tmp file left by a crash is rewritten).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover tmp file keeps its old mode through O_CREAT
+    with open(fd, "wb") as f:
         f.write(HEAD.pack(MAGIC, seq, zlib.crc32(body), len(body)))
         f.write(body)
         f.flush()

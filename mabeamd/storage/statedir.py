@@ -59,10 +59,11 @@ def lock_dir(path: Path, wait: float = 0.0, poll: Callable[[], None] = lambda: N
         time.sleep(0.05)
 
 
-def lock_state_dir(state_dir: Path, what: str = "mabeamd") -> int:
-    """The one-daemon-per-state-directory lock; StateDirError naming the holder if taken."""
+def lock_state_dir(state_dir: Path, what: str = "mabeamd", wait: float = 0.0) -> int:
+    """The one-daemon-per-state-directory lock; StateDirError naming the holder if taken
+    (still, after `wait` seconds)."""
     try:
-        return lock_dir(state_dir)
+        return lock_dir(state_dir, wait=wait)
     except BlockingIOError:
         raise StateDirError(
             f"{what}: state directory {state_dir} is in use by another mabeamd (or an "
@@ -85,11 +86,29 @@ def open_state(state_dir: Path, shards: int) -> StateMeta:
                 f"{shards}` with the same configuration first (docs/operations.md)")
         return meta
     meta = StateMeta(shards, secrets.token_hex(4))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"shards": shards, "instance": meta.instance,
-                               "created": time.time()}) + "\n")
-    os.replace(tmp, path)
+    write_private(path, json.dumps({"shards": shards, "instance": meta.instance,
+                                    "created": time.time()}) + "\n")
     return meta
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with `text`, mode 0600."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    with open(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def exposed(state_dir: Path) -> str | None:
+    """Why the state directory can be read by other users (values are in its files), or
+    None. Only the directory itself is looked at: the files in it are created 0600."""
+    mode = os.stat(state_dir).st_mode & 0o777
+    if mode & 0o077:
+        return (f"state directory {state_dir} has mode {mode:04o}: other users may read "
+                f"every variable's value from its files; chmod 700 {state_dir}")
+    return None
 
 
 def check_shm(shm_dir: Path, min_free: int) -> None:

@@ -61,7 +61,7 @@ class Shard:
         self.index = index
         self.shards = shards
         self.dir = state_dir / f"shard-{index}"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # The only writer of this directory. A predecessor killed a moment ago (kill -9 of the
         # arbiter takes its workers with it, but not in the same instant) gets a few seconds
         # to go; one still there after that is not ours to race.

@@ -51,3 +51,24 @@ def test_a_write_after_snapshot_survives_two_kill9s_of_the_daemon(
     d.start()
     got = _ctl(d, "vars", "get", "{t}/a1")
     assert (got["version"], got["value"]) == (2, "acked-1")
+
+
+def test_state_files_are_private_and_an_open_state_directory_is_warned_about(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """snapshot.mp holds every value and meta.json names the segments: 0600, like the WAL,
+    and the shard directories 0700 (another local user once read values from a 0644
+    snapshot). A state directory others can read is kept, with a warning saying so."""
+    import stat
+
+    d = make_daemon(workers=2)
+    d.state_dir.mkdir(mode=0o755)
+    d.state_dir.chmod(0o755)
+    d.start()
+    _ctl(d, "vars", "create", "secret", '"s3cr3t"')
+    _ctl(d, "vars", "snapshot")
+    assert f"state directory {d.state_dir} has mode 0755" in d.log()
+    paths = list(d.state_dir.rglob("*"))
+    assert any(p.name == "snapshot.mp" for p in paths)
+    for p in paths:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))

@@ -232,3 +232,32 @@ def test_a_shard_loading_longer_than_start_timeout_is_not_killed(
     assert out.returncode == 0 and f'"value": {count - 1}' in out.stdout, \
         out.stdout + out.stderr
     assert d.stop() == 0
+
+
+def _janitors(d: Daemon) -> list[psutil.Process]:
+    prefix = d.shm_segments()[0].name.split("-s")[0] if d.shm_segments() else None
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if prefix is not None and prefix in cmd and "-c" in cmd:
+            found.append(p)
+    return found
+
+
+def test_kill9_of_the_arbiter_leaves_no_segment_behind(daemon: Daemon) -> None:
+    """Killed with -9, neither the arbiter nor its workers (killed by the kernel with it) can
+    remove the shared-memory segments: its janitor does, and then goes."""
+    segments = daemon.shm_segments()
+    assert segments
+    [janitor] = _janitors(daemon)
+    assert janitor.pid not in {k.pid for k in daemon.descendants()}  # not a child to reap
+    daemon.signal(signal.SIGKILL)
+    daemon.wait()
+    daemon.wait_until(lambda: not any(s.exists() for s in segments), timeout=20,
+                      what="the dead daemon's segments to be removed")
+    janitor.wait(20)  # and it is gone too
+    daemon.start()  # the same state directory at once: the janitor's lock kept order
+    assert daemon.shm_segments()
+    assert daemon.call("ping")["pong"] is True
+    assert daemon.stop() == 0
+    assert daemon.shm_segments() == []
