@@ -523,6 +523,7 @@ class Arbiter:
             now = time.monotonic()
             for w in self.watchers:
                 w.check_liveness(now)
+            self.notifier.flush()  # a state change systemd's full queue refused earlier
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval()

@@ -1,8 +1,13 @@
 """sd_notify(3): tell systemd we are ready, reloading, stopping, alive.
 
-Uses systemd-python when installed (the `mabeamd[systemd]` extra) and otherwise speaks the
-protocol itself: one datagram of newline-separated KEY=VALUE pairs to $NOTIFY_SOCKET, where
-a leading '@' means the abstract namespace. Both are no-ops when not run by systemd.
+Speaks the protocol itself: one datagram of newline-separated KEY=VALUE pairs to
+$NOTIFY_SOCKET, where a leading '@' means the abstract namespace; a no-op when not run by
+systemd. Never blocking: a datagram socket blocks its sender while the receiver's queue is
+full, and the arbiter's event loop once hung for 70 s in sendto() on a notify socket nobody
+was reading (libsystemd's sd_notify blocks the same way, so systemd-python is not used for
+this). A message that cannot go now: a state change (READY, RELOADING, STOPPING) is kept
+and sent first by the next call or by flush(), which the arbiter calls every second; a
+STATUS-only or WATCHDOG message is dropped and counted (the next one supersedes it).
 """
 
 from __future__ import annotations
@@ -11,18 +16,8 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
 
-_native: Callable[[str], bool] | None
-try:  # pragma: no cover - depends on the optional extra
-    from systemd import daemon as _sd_daemon
-
-    def _native_notify(state: str) -> bool:
-        return bool(_sd_daemon.notify(state))
-
-    _native = _native_notify
-except ImportError:
-    _native = None
+STATE_KEYS = ("READY", "RELOADING", "STOPPING")
 
 
 def monotonic_usec() -> int:
@@ -30,10 +25,11 @@ def monotonic_usec() -> int:
 
 
 class Notifier:
-    def __init__(self, prefer_native: bool = True) -> None:
+    def __init__(self) -> None:
         self.address = os.environ.get("NOTIFY_SOCKET", "")
-        self._use_native = prefer_native and _native is not None
         self._sock: socket.socket | None = None
+        self._pending: list[bytes] = []  # state changes not sent yet, oldest first
+        self.dropped = 0
 
     @property
     def enabled(self) -> bool:
@@ -41,16 +37,34 @@ class Notifier:
 
     @property
     def backend(self) -> str:
-        return "systemd-python" if self._use_native else "builtin"
+        return "builtin"
 
     def notify(self, **fields: str | int) -> bool:
-        """notify(READY=1, STATUS="...") -> True if a message was sent."""
+        """notify(READY=1, STATUS="...") -> True if the message was sent now."""
         if not self.address:
             return False
-        message = "\n".join(f"{k}={v}" for k, v in fields.items())
-        if self._use_native and _native is not None:
-            return _native(message)
-        return self._send(message.encode())
+        data = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
+        if not self.flush():
+            if any(k in fields for k in STATE_KEYS):
+                self._pending.append(data)
+            else:
+                self.dropped += 1
+            return False
+        if self._send(data):
+            return True
+        if any(k in fields for k in STATE_KEYS):
+            self._pending.append(data)
+        else:
+            self.dropped += 1
+        return False
+
+    def flush(self) -> bool:
+        """Send the state changes that could not go; True when none is left."""
+        while self._pending:
+            if not self._send(self._pending[0]):
+                return False
+            self._pending.pop(0)
+        return True
 
     def _send(self, data: bytes) -> bool:
         addr = self.address
@@ -59,9 +73,9 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(data, addr)
+            self._sock.sendto(data, socket.MSG_DONTWAIT, addr)
             return True
-        except OSError:
+        except OSError:  # EAGAIN: the receiver's queue is full; or no one listens there
             return False
 
     def ready(self, status: str) -> bool:

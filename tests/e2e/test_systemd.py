@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -145,7 +146,7 @@ def test_builtin_notifier_abstract_and_path(monkeypatch: pytest.MonkeyPatch) -> 
     s.bind("\0" + name)
     s.settimeout(2)
     monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
-    n = Notifier(prefer_native=False)
+    n = Notifier()
     assert n.backend == "builtin"
     assert n.notify(READY=1, STATUS="ok")
     assert s.recv(1024) == b"READY=1\nSTATUS=ok"
@@ -153,7 +154,46 @@ def test_builtin_notifier_abstract_and_path(monkeypatch: pytest.MonkeyPatch) -> 
     s.close()
 
     monkeypatch.delenv("NOTIFY_SOCKET")
-    assert not Notifier(prefer_native=False).notify(READY=1)
+    assert not Notifier().notify(READY=1)
+
+
+def test_a_notify_socket_nobody_reads_never_blocks_the_sender(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arbiter once hung 70 s in sendto() on a full notify socket. Sends never block: a
+    status update that cannot go is dropped and counted; a state change (READY, STOPPING)
+    is kept and goes first once the queue drains."""
+    import threading
+
+    name = f"mabeamd-test-full-{os.getpid()}"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind("\0" + name)
+    monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+    n = Notifier()
+    done = threading.Event()
+
+    def fill() -> None:
+        sent = 0
+        while n.status(f"update {sent}"):  # until the receiver's queue is full
+            sent += 1
+        n.stopping()  # cannot go now: kept
+        for i in range(100):
+            n.status(f"late {i}")  # dropped, not blocking
+        done.set()
+
+    t = threading.Thread(target=fill, daemon=True)
+    t.start()
+    assert done.wait(10), "a send blocked on the full notify socket"
+    assert n.dropped >= 100
+    s.setblocking(False)
+    got = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            got.append(s.recv(1024))
+    assert b"STOPPING=1" not in got  # not sent while the queue was full
+    assert n.flush()  # the queue has room again: the kept state change goes
+    assert s.recv(1024) == b"STOPPING=1"
+    n.close()
+    s.close()
 
 
 def test_journal_handler_speaks_the_native_protocol() -> None:
