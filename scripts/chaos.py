@@ -40,6 +40,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
+FD_SLACK = 8  # descriptors an arbiter may hold beyond its first start's (e.g. a reload)
+
 # --- the roles the harness starts -----------------------------------------------------------
 
 
@@ -169,6 +171,7 @@ class Chaos:
         self.actions: dict[str, int] = {}
         self.recovery: dict[str, list[float]] = {"arbiter": [], "worker": []}
         self.violations: list[str] = []
+        self.base_fds = 0
 
     def _spawn(self, *role: str) -> subprocess.Popen[bytes]:
         log = open(self.work / "roles.log", "ab")  # noqa: SIM115 (the child owns it)
@@ -242,8 +245,11 @@ class Chaos:
     # --- the run ---
 
     def run(self) -> dict[str, Any]:
+        import psutil
+
         d = self.daemon
         d.start()
+        self.base_fds = psutil.Process(d.pid).num_fds()
         for k in range(self.voter_count):
             self._voter(k)
         for k in range(self.clients):
@@ -365,7 +371,6 @@ class Chaos:
         import psutil
 
         d = self.daemon
-        fds_then = psutil.Process(d.pid).num_fds()
         for k, p in self.voters.items():
             p.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -373,6 +378,16 @@ class Chaos:
             if p.poll() is None:
                 p.kill()
                 self.violations.append(f"voter {k} ignored SIGTERM")
+        # Every client is gone: the arbiter's descriptors go back to where they were at the
+        # first start, before any client (a connection holds one while it lasts).
+        arbiter = psutil.Process(d.pid)
+        settle = time.monotonic() + 15
+        while arbiter.num_fds() > self.base_fds + FD_SLACK and time.monotonic() < settle:
+            time.sleep(0.1)
+        fds_then = arbiter.num_fds()
+        if fds_then > self.base_fds + FD_SLACK:
+            self.violations.append(f"the arbiter holds {fds_then} descriptors with no client "
+                                   f"left, {self.base_fds} at its first start")
         kids = d.descendants()
         prefix = json.loads((d.state_dir / "meta.json").read_text())["instance"]
         janitors = [p for p in psutil.process_iter(["cmdline"])
@@ -393,9 +408,9 @@ class Chaos:
                                check=False, timeout=300)
         if check.returncode != 0:
             self.violations.append(f"--check-state: {check.stdout[-500:]} {check.stderr}")
-        return {"arbiter fds at the end": fds_then, "processes left": len(left),
-                "segments left": len(segments), "check-state": "clean"
-                if check.returncode == 0 else "PROBLEMS"}
+        return {"arbiter fds at start / at the end": f"{self.base_fds} / {fds_then}",
+                "processes left": len(left), "segments left": len(segments),
+                "check-state": "clean" if check.returncode == 0 else "PROBLEMS"}
 
     def cleanup(self, keep: bool = False) -> None:
         """Kill whatever is left; remove the daemon's directory unless `keep`."""
