@@ -37,6 +37,16 @@ from mabeamd.client.errors import MabeamError
 
 log = logging.getLogger("mabeamd.agent")
 
+# The agents running on each event loop. A loop has one handler per signal, so each Agent
+# setting its own replaced the one before: of two agents in one asyncio.gather only the last
+# stopped on SIGTERM and the gather never ended. One handler per loop stops them all.
+_RUNNING: dict[asyncio.AbstractEventLoop, set[Agent]] = {}
+
+
+def _stop_all(loop: asyncio.AbstractEventLoop) -> None:
+    for agent in list(_RUNNING.get(loop, ())):
+        agent.stop()
+
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 G = TypeVar("G", bound=Callable[..., Awaitable[Any]])
 
@@ -194,9 +204,12 @@ class Agent:
         if self._own_client:
             await self.client.connect()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stop.set)
+        running = _RUNNING.setdefault(loop, set())
+        if not running:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, _stop_all, loop)
+        running.add(self)
         try:
             await self.client.register(self.id, self.capabilities, metadata=self.metadata,
                                        weight=self.weight, priority=self.priority)
@@ -213,6 +226,12 @@ class Agent:
             with contextlib.suppress(MabeamError):
                 await self.client.bye(self.id)
         finally:
+            running.discard(self)
+            if not running:
+                _RUNNING.pop(loop, None)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    with contextlib.suppress(NotImplementedError, RuntimeError):
+                        loop.remove_signal_handler(sig)
             if self._own_client:
                 await self.client.close()
 

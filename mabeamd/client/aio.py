@@ -13,7 +13,6 @@ Reliability comes in three layers:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -42,6 +41,7 @@ from mabeamd.storage import shm
 from mabeamd.storage.sharding import shard_of
 
 log = logging.getLogger("mabeamd.client")
+BYE_WAIT = 1.0  # seconds close() gives the byes of its agents
 _SHM_OK = shm.supported()  # same-host reads: x86-64 only (see shm.supported)
 
 
@@ -169,10 +169,23 @@ class AsyncClient:
         return self
 
     async def close(self) -> None:
+        """Say bye for every agent still registered (so a restarted agent can take its id
+        again at once, instead of getting `exists` until the daemon gives up on it; at most
+        BYE_WAIT seconds), then close. Returns even when the daemon is gone."""
+        if self.registrations and self._sock is not None:
+            byes = [asyncio.ensure_future(self.request("bye", {"agent": a}, timeout=BYE_WAIT))
+                    for a in list(self.registrations)]
+            await asyncio.wait(byes, timeout=BYE_WAIT)
+            for b in byes:  # retrieve every outcome (a refusal or a timeout is fine here)
+                if b.done() and not b.cancelled():
+                    b.exception()
+                else:
+                    b.cancel()
+            self.registrations.clear()
         for t in self._tasks:
             t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self._tasks:
+            await asyncio.wait(self._tasks)
         self._tasks = []
         for fut in self._pending.values():
             if not fut.done():
@@ -572,8 +585,14 @@ class AsyncClient:
 
     async def _beat(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.heartbeat_interval)
+            # asyncio.wait, not wait_for: cancelled, wait_for waits for its inner task's
+            # cancellation, and on Python 3.11 an Event.wait() inner task could leave it
+            # waiting for good (close() hung).
+            waiter = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=self.heartbeat_interval)
+            finally:
+                waiter.cancel()
             if self._wake.is_set():  # a registration changed the interval: new period
                 self._wake.clear()
                 continue

@@ -297,3 +297,57 @@ def test_worker_events_are_published(daemon: Daemon, events: Events) -> None:
     assert events.wait("worker.running")["index"] == 0
     seqs = [b["seq"] for _, b in events.items]
     assert seqs == sorted(seqs)
+
+
+def test_async_close_returns_and_says_bye(daemon: Daemon) -> None:
+    """AsyncClient.close() after register used to hang for good (its heartbeat task never
+    finished cancelling); and without a bye the id stayed taken (`exists`) until the daemon
+    gave up on the silent agent."""
+    import asyncio
+
+    from mabeamd.client import AsyncClient
+
+    async def main() -> float:
+        c = AsyncClient(daemon.agent_endpoint)
+        await c.connect()
+        await c.register("closer")
+        t0 = time.monotonic()
+        await asyncio.wait_for(c.close(), 10)
+        return time.monotonic() - t0
+
+    assert asyncio.run(main()) < 5
+    with Client(daemon.agent_endpoint) as c:  # the id is free again at once, no token
+        assert c.register("closer")["created"] is True
+    with Client(daemon.agent_endpoint) as c:  # and the sync Client's close said bye too
+        assert c.register("closer")["created"] is True
+
+
+TWO_AGENTS = """
+import asyncio, sys
+from mabeamd.client import Agent
+
+class A(Agent):
+    async def on_start(self):
+        print("started", self.id, flush=True)
+
+async def main():
+    await asyncio.gather(A("twin-1", sys.argv[1]).run_async(),
+                         A("twin-2", sys.argv[1]).run_async())
+    print("both stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_sigterm_stops_every_agent_running_in_one_loop(daemon: Daemon) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", TWO_AGENTS, daemon.agent_endpoint],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    started = {proc.stdout.readline().split()[-1] for _ in range(2)}
+    assert started == {"twin-1", "twin-2"}
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "both stopped" in out
