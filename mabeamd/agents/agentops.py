@@ -120,6 +120,7 @@ class AgentService:
     # --- ops -------------------------------------------------------------------------------
 
     def ping(self, req: Request, body: dict[str, Any]) -> Any:
+        check_fields(body, "ping")
         return {"pong": True, "time": time.time()}
 
     def hello(self, req: Request, body: dict[str, Any]) -> Any:

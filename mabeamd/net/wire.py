@@ -135,15 +135,44 @@ def request_id(header: dict[str, Any]) -> int | str | None:
     return None
 
 
+def salvage_id(frames: list[bytes], max_size: int = DEFAULT_MAX_MESSAGE) -> int | str | None:
+    """The request id of a message that does not decode, when one of its first two frames
+    starts with a map holding a well-formed id (read leniently: only that map, nothing
+    after it)."""
+    for frame in frames[1:2] + frames[:1]:
+        is_map = bool(frame) and (frame[0] & 0xF0 == 0x80 or frame[0] in (0xDE, 0xDF))
+        if not is_map or len(frame) > max_size:
+            continue
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max_size,
+                                    unicode_errors="replace")
+        unpacker.feed(frame)
+        try:
+            header = unpacker.unpack()
+        except Exception:  # anything at all: this is best effort on a broken message
+            continue
+        if isinstance(header, dict):
+            rid = request_id(header)
+            if rid is not None:
+                return rid
+    return None
+
+
 def parse_request(frames: list[bytes], max_size: int = DEFAULT_MAX_MESSAGE) -> tuple[
     int | str, str, dict[str, Any]
 ]:
     """Decode and validate a request: returns (id, op, body).
 
     Raises WireError; when the id itself could be read, the error's ``request_id`` holds it so
-    the caller can still address the error reply.
+    the caller can still address the error reply -- also when the frames are otherwise
+    broken (a wrong version tag, two frames instead of three, a body with trailing bytes,
+    invalid UTF-8 or a non-string key): a client waiting for that id hears at once.
     """
-    header, body = decode(frames, max_size)
+    try:
+        header, body = decode(frames, max_size)
+    except WireError as exc:
+        if exc.request_id is None:
+            exc.request_id = salvage_id(frames, max_size)
+        raise
     rid = request_id(header)
     if rid is None:
         raise WireError(ErrorCode.BAD_REQUEST,

@@ -224,6 +224,9 @@ class SessionService:
     async def respond(self, req: Request, body: dict[str, Any]) -> Any:
         check_fields(body, "session.respond", {"agent", "session", "round", "response"},
                      {"agent", "session", "round"})
+        if isinstance(body["round"], bool) or not isinstance(body["round"], int):
+            raise WireError(ErrorCode.BAD_REQUEST, "round must be an integer: the round "
+                            "number of the invitation being answered")
         agent = self._actor(req, body, "session.respond")
         e = self.entry(body["session"])
         if e.record is not None:

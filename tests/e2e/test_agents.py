@@ -239,6 +239,9 @@ def test_in_flight_limit_answers_busy(make_daemon: Callable[..., Daemon]) -> Non
     ("agent.wait", {"count": 0}, BadRequest),
     ("agent.wait", {"timeout": -1}, BadRequest),
     ("heartbeat", {"agents": "all"}, BadRequest),
+    ("ping", {"bogus": 1}, BadRequest),  # unknown fields are refused on every op
+    ("session.respond", {"agent": "x", "session": "s1", "round": "1", "response": {}},
+     BadRequest),  # a string round is malformed, not a conflict
 ])
 def test_bad_requests_are_refused_and_change_nothing(client: Client, op: str,
                                                      body: dict[str, Any],
@@ -351,3 +354,26 @@ def test_sigterm_stops_every_agent_running_in_one_loop(daemon: Daemon) -> None:
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "both stopped" in out
+
+
+def test_broken_requests_are_answered_under_their_id(daemon: Daemon) -> None:
+    """A broken request whose id can be read gets its error under that id, not nil (the
+    client used to wait for its own timeout); an unknown op's error lists the known ops."""
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.RCVTIMEO, 5000)
+    s.connect(daemon.agent_endpoint)
+    try:
+        head = wire.pack({"id": 41, "op": "ping"})
+        for frames in ([b"XX9", head, wire.pack({})], [head, wire.pack({})],
+                       [wire.PROTOCOL, head, wire.pack({}) + b"\x00"]):
+            s.send_multipart(frames)
+            reply = s.recv_multipart()
+            assert wire.unpack(reply[1]) == {"id": 41, "status": "error"}, frames
+        s.send_multipart(wire.encode({"id": 42, "op": "no.such.op"}, {}))
+        header, body = wire.decode(s.recv_multipart())
+        assert header["id"] == 42 and body["code"] == "unknown_op"
+        assert "known: " in body["message"] and "var.get" in body["message"]
+    finally:
+        s.close(linger=0)
+        ctx.term()

@@ -80,3 +80,22 @@ def test_an_unexpected_exception_becomes_an_incident(caplog: pytest.LogCaptureFi
     assert body["incident"] in body["message"] and "secret" not in body["message"]
     [record] = [r for r in caplog.records if body["incident"] in r.getMessage()]
     assert record.exc_info is not None and record.exc_info[0] is KeyError
+
+
+@pytest.mark.parametrize("frames", [
+    [b"XX9", wire.pack({"id": 7, "op": "ping"}), wire.pack({})],  # a wrong version tag
+    [wire.pack({"id": 7, "op": "ping"}), wire.pack({})],  # two frames: no version tag
+    [wire.PROTOCOL, wire.pack({"id": 7, "op": "ping"}), wire.pack({}) + b"\x01"],  # trailing
+    [wire.PROTOCOL, wire.pack({"id": 7, "op": "ping"}) + b"\xc0", wire.pack({})],
+    [wire.PROTOCOL, wire.pack({"id": 7, "op": "ping"}), b"\xa2\xff\xfe"],  # invalid UTF-8
+    [wire.PROTOCOL, wire.pack({"id": 7, "op": "ping", "x": b"\xff".decode("latin-1")}),
+     b"\x81\x01\x02"],  # an integer map key in the body
+    [wire.PROTOCOL, wire.pack({"id": 7, "op": "ping"}), wire.pack({}), b"extra"],  # four
+], ids=["version", "two-frames", "trailing-body", "trailing-header", "utf8", "int-key",
+        "four-frames"])
+def test_a_broken_request_with_a_readable_id_keeps_it(frames: list[bytes]) -> None:
+    """Error replies used to carry a nil id for these, so the client waited for its own
+    timeout; now the reply names the request it refuses."""
+    with pytest.raises(WireError) as exc:
+        wire.parse_request(frames)
+    assert exc.value.request_id == 7
