@@ -182,6 +182,13 @@ class VariablesSection:
                           max=256 << 20)
     snapshot_every: int = _opt(10000, "int", "WAL records between snapshots of a shard",
                                min=1, max=1_000_000_000)
+    max_variables_per_shard: int = _opt(2_000_000, "int", "most variables one shard holds; "
+                                        "creates beyond are refused (quota_exceeded)", min=1,
+                                        max=1 << 40)
+    max_bytes_per_shard: int = _opt(2 << 30, "int", "most bytes of variable records one "
+                                    "shard holds (each as var.get returns it, packed); "
+                                    "writes beyond are refused (quota_exceeded)", min=1 << 16,
+                                    max=1 << 50)
     shm_dir: str = _opt("/dev/shm", "path", "where shard segments live (tmpfs)")
     min_free_shm: int = _opt(64 << 20, "int", "refuse to start with less free space in "
                              "shm_dir, bytes", min=0, max=1 << 50)

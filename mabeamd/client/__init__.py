@@ -20,6 +20,7 @@ from mabeamd.client.errors import (
     MabeamError,
     NotFound,
     NotRegistered,
+    QuotaExceeded,
     ShuttingDown,
     Timeout,
     TooLarge,
@@ -34,6 +35,7 @@ from mabeamd.client.sync import Client
 __all__ = [
     "Agent", "AsyncClient", "BadRequest", "Busy", "Client", "Conflict", "ConnectionLost",
     "Exists", "Forbidden", "Internal", "Invitation", "MabeamError", "Message", "NotFound",
-    "NotRegistered", "Push", "Registration", "ShuttingDown", "Timeout", "TooLarge", "UnknownOp",
-    "UnsupportedVersion", "VersionMismatch", "WrongShard", "error_for", "invitation", "topic",
+    "NotRegistered", "Push", "QuotaExceeded", "Registration", "ShuttingDown", "Timeout",
+    "TooLarge", "UnknownOp", "UnsupportedVersion", "VersionMismatch", "WrongShard", "error_for",
+    "invitation", "topic",
 ]

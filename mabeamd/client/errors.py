@@ -90,6 +90,12 @@ class WrongShard(MabeamError):
         self.shards = shards
 
 
+class QuotaExceeded(MabeamError):
+    """A shard's variable count or bytes limit ([variables] max_*_per_shard)."""
+
+    code = ErrorCode.QUOTA_EXCEEDED
+
+
 class ConnectionLost(MabeamError):
     """The client is closed or gave up reconnecting."""
 
@@ -97,7 +103,7 @@ class ConnectionLost(MabeamError):
 _BY_CODE: dict[str, type[MabeamError]] = {
     cls.code: cls for cls in (BadRequest, UnknownOp, UnsupportedVersion, NotRegistered,
                               Forbidden, Busy, NotFound, Exists, Conflict, VersionMismatch,
-                              TooLarge, Internal, ShuttingDown, Timeout)
+                              TooLarge, Internal, ShuttingDown, Timeout, QuotaExceeded)
 }
 
 

@@ -418,6 +418,8 @@ class Arbiter:
                       "--shm-prefix", self.meta.shm_prefix, "--fsync", v.fsync,
                       "--history", str(v.history), "--max-value", str(v.max_value),
                       "--snapshot-every", str(v.snapshot_every),
+                      "--max-variables", str(v.max_variables_per_shard),
+                      "--max-bytes", str(v.max_bytes_per_shard),
                       "--disabled-plugins", ",".join(self.config.plugins.disabled),
                       "--max-message", str(self.config.agents.max_message)]
         if self.config.agents.shard_endpoint:

@@ -44,6 +44,7 @@ class ErrorCode:
     TIMEOUT: Final = "timeout"
     CONSTRAINT_VIOLATION: Final = "constraint_violation"
     WRONG_SHARD: Final = "wrong_shard"  # with "shard" (the owner) and "shards" (the count)
+    QUOTA_EXCEEDED: Final = "quota_exceeded"  # a shard's variable count or bytes limit
 
 
 class WireError(Exception):

@@ -231,6 +231,7 @@ class SegmentWriter:
         mm[self.data_offset: self.data_offset + len(blob)] = blob
         self.data_used = len(blob)
         self.live = len(live)
+        self.live_bytes = sum(len(rec) - REC.size for rec, _, _ in live)  # payload bytes
 
     def _retire_older(self, gen: int) -> None:
         for g in range(max(1, gen - 64), gen):
@@ -270,11 +271,23 @@ class SegmentWriter:
             self._index[name] = slot
         else:
             self.garbage += 1
-        was = self._publish(slot, h, off, len(payload), flags)
+        was, was_length = self._publish(slot, h, off, len(payload), flags)
+        if was == LIVE:
+            self.live_bytes -= was_length
+        if flags == LIVE:
+            self.live_bytes += len(payload)
         if was != LIVE and flags == LIVE:
             self.live += 1
         elif was == LIVE and flags != LIVE:
             self.live -= 1
+
+    def record_length(self, name: str) -> int:
+        """The length of `name`'s live record, 0 if it has none (for quotas)."""
+        slot = self._index.get(name)
+        if slot is None or self._mm is None:
+            return 0
+        _, _, _, length, flags = SLOT.unpack_from(self._mm, HEADER_SIZE + slot * SLOT.size)
+        return int(length) if flags == LIVE else 0
 
     def _free_slot(self, h: int) -> int:
         """The first empty slot probing from the name's hash h."""
@@ -285,16 +298,17 @@ class SegmentWriter:
             i = (i + 1) & mask
         return i
 
-    def _publish(self, slot: int, h: int, off: int, length: int, flags: int) -> int:
-        """Seqlock write of one slot; returns its previous flags."""
+    def _publish(self, slot: int, h: int, off: int, length: int, flags: int,
+                 ) -> tuple[int, int]:
+        """Seqlock write of one slot; returns its previous flags and record length."""
         mm, q = self._mm, self._q
         assert mm is not None and q is not None
         pos = HEADER_SIZE + slot * SLOT.size
-        seq, _, _, _, was = SLOT.unpack_from(mm, pos)
+        seq, _, _, was_length, was = SLOT.unpack_from(mm, pos)
         q[pos >> 3] = seq + 1  # odd: readers retry (one 8-byte store, see above)
         SLOT_FIELDS.pack_into(mm, pos + 8, h, off, length, flags)
         q[pos >> 3] = seq + 2
-        return int(was)
+        return int(was), int(was_length)
 
     def _room(self, name: str, payload: bytes) -> None:
         """Compact (and grow) first if this write would not fit."""
@@ -363,7 +377,7 @@ class SegmentWriter:
     def stats(self) -> dict[str, int]:
         return {"generation": self.generation, "slots": self.slot_count,
                 "data_size": self.data_size, "data_used": self.data_used, "live": self.live,
-                "overwritten": self.garbage}
+                "live_bytes": self.live_bytes, "overwritten": self.garbage}
 
     def close(self, unlink: bool = False) -> None:
         _unmap(self._q, self._mm)

@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=16)
     parser.add_argument("--max-value", type=int, default=1 << 20)
     parser.add_argument("--snapshot-every", type=int, default=10000)
+    parser.add_argument("--max-variables", type=int, default=1 << 62)
+    parser.add_argument("--max-bytes", type=int, default=1 << 62)
     parser.add_argument("--disabled-plugins", default="",
                         help="comma-separated plugin names not to load")
     parser.add_argument("--shard-endpoint", default="",
@@ -337,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.shard = Shard(args.index, args.state_dir, args.shm_dir, args.shm_prefix,
                                  shards=args.shards, fsync=args.fsync, history=args.history,
                                  max_value=args.max_value, snapshot_every=args.snapshot_every,
+                                 max_variables=args.max_variables, max_bytes=args.max_bytes,
                                  progress=worker.progress)
         except (ShardInUse, WalCorrupt, SnapshotCorrupt) as exc:
             # Nothing is changed on disk; retrying is the watcher's call (and FAILED after

@@ -54,12 +54,16 @@ class ShardInUse(Exception):
 class Shard:
     def __init__(self, index: int, state_dir: Path, shm_dir: Path, shm_prefix: str, *,
                  fsync: str, history: int, max_value: int, snapshot_every: int,
-                 shards: int = 1, progress: Callable[[], None] = lambda: None) -> None:
+                 shards: int = 1, max_variables: int = 1 << 62, max_bytes: int = 1 << 62,
+                 progress: Callable[[], None] = lambda: None) -> None:
         """Load shard `index` of `shards`. `progress` is called every few thousand records
         while loading and whenever the segment is rebuilt: the worker's sign of life during
         long work."""
         self.index = index
         self.shards = shards
+        # Quotas: the shard's live variables, and the bytes of their records (the public
+        # map `var.get` answers, as the segment holds it). Refused before anything changes.
+        self.max_variables, self.max_bytes = max_variables, max_bytes
         self.dir = state_dir / f"shard-{index}"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # The only writer of this directory. A predecessor killed a moment ago (kill -9 of the
@@ -127,6 +131,11 @@ class Shard:
             raise WireError(ErrorCode.CONFLICT, f"{name!r} is locked by coordination session "
                             f"{holder} until it ends")
         if op == "var.create":
+            if name not in self.store.vars and len(self.store.vars) >= self.max_variables:
+                raise WireError(ErrorCode.QUOTA_EXCEEDED, f"shard {self.index} holds "
+                                f"{len(self.store.vars)} variables, its limit ([variables] "
+                                "max_variables_per_shard); delete some first",
+                                details={"limit": self.max_variables})
             effect = self.store.create(
                 name, body.get("value"), actor, now, vtype=body.get("type", "any"),
                 access=body.get("access", "public"), writers=body.get("writers"),
@@ -143,6 +152,14 @@ class Shard:
         else:
             raise WireError(ErrorCode.UNKNOWN_OP, f"shard: unknown op {op!r}")
         return self._write(effect, actor)
+
+    def _check_bytes(self, growth: int) -> None:
+        used = self.segment.live_bytes
+        if growth > 0 and used + growth > self.max_bytes:
+            raise WireError(ErrorCode.QUOTA_EXCEEDED, f"shard {self.index} holds {used} bytes "
+                            f"of variables; {growth} more would pass its limit of "
+                            f"{self.max_bytes} ([variables] max_bytes_per_shard)",
+                            details={"limit": self.max_bytes})
 
     def check_owner(self, name: Any) -> None:
         """Refuse a name another shard owns (`wrong_shard`, with the owner and the count):
@@ -161,6 +178,7 @@ class Shard:
             # The new state is packed once: the WAL record embeds it (a map {"op", "var"}
             # whose value is these bytes), the segment publishes it, the reply carries it.
             packed = msgpack.packb(effect["var"], use_bin_type=True)
+            self._check_bytes(len(packed) - self.segment.record_length(effect["var"]["name"]))
             self.wal.append(PUT_PREFIX + packed)  # first: the log
         else:
             self.wal.append(msgpack.packb(effect, use_bin_type=True))
@@ -192,13 +210,16 @@ class Shard:
                    for name, value in sorted(writes.items())]
         if not effects:
             return []
+        records = [msgpack.packb(e["var"], use_bin_type=True) for e in effects]
+        self._check_bytes(sum(len(r) - self.segment.record_length(e["var"]["name"])
+                              for e, r in zip(effects, records, strict=True)))
         self.wal.append(msgpack.packb({"op": "batch", "session": session, "effects": effects},
                                       use_bin_type=True))
         events = []
-        for effect in effects:
+        for effect, record in zip(effects, records, strict=True):
             var = self.store.apply(effect)
             assert var is not None
-            self.segment.put_packed(var.name, msgpack.packb(var.public(), use_bin_type=True))
+            self.segment.put_packed(var.name, record)  # the public map, as in _write
             events.append({"name": var.name, "op": "set", "version": var.version, "by": actor,
                            "value": var.value})
         self.since_snapshot += len(effects)

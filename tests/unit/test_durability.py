@@ -168,3 +168,38 @@ def test_a_shard_directory_locked_by_another_process_is_not_loaded(
                   history=4, max_value=1 << 16, snapshot_every=100)
     assert again.store.get("x").value == 1
     again.close()
+
+
+def test_shard_quotas_refuse_before_anything_changes(tmp_path: Path) -> None:
+    """No quota once let 200,000 creates in 40 s through: a shard at its count or bytes
+    limit refuses (quota_exceeded) and its log, store and segment are untouched; deletes
+    and shrinking writes still go through."""
+    (tmp_path / "shm").mkdir()
+
+    def open_shard() -> Shard:
+        return Shard(0, tmp_path / "state", tmp_path / "shm", "mb-q", fsync="always",
+                     history=0, max_value=1 << 16, snapshot_every=10_000, max_variables=3,
+                     max_bytes=1000)
+
+    s = open_shard()
+    for i in range(3):
+        s.handle("var.create", {"name": f"q/{i}", "value": i}, "a", 1.0)
+    seq = s.wal.next_seq
+    with pytest.raises(WireError) as exc:
+        s.handle("var.create", {"name": "q/3", "value": 3}, "a", 1.0)
+    assert exc.value.code == "quota_exceeded" and exc.value.details == {"limit": 3}
+    with pytest.raises(WireError) as exc:
+        s.handle("var.set", {"name": "q/0", "value": "x" * 900}, "a", 1.0)
+    assert exc.value.code == "quota_exceeded" and "max_bytes_per_shard" in exc.value.message
+    assert s.wal.next_seq == seq and s.store.get("q/0").value == 0  # nothing changed
+    used = s.segment.live_bytes
+    s.handle("var.set", {"name": "q/0", "value": "y" * 200}, "a", 1.0)  # fits
+    assert s.segment.live_bytes > used
+    s.handle("var.delete", {"name": "q/1"}, "a", 1.0)
+    s.handle("var.create", {"name": "q/3", "value": 3}, "a", 1.0)  # room again
+    bytes_before = s.segment.live_bytes
+    s.commit()
+    s.close()
+    s = open_shard()  # the accounting is rebuilt from the records at start
+    assert s.segment.live_bytes == bytes_before and len(s.store.vars) == 3
+    s.close()
