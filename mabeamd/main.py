@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --check-state --repair: the copy of duplicated NAME to keep "
                         "(repeat for each duplicated name)")
     p.add_argument("--json", action="store_true", help="with --check-state: JSON output")
+    p.add_argument("--restore", metavar="DIR",
+                   help="offline: verify the backup in DIR (mabeamctl backup) and restore it "
+                        "into the (empty or new) state directory, then exit")
     p.add_argument("--version", action="version", version=f"mabeamd {__version__}")
     return p
 
@@ -144,6 +147,31 @@ def run_check_state(cfg: configmod.Config, paths: pathsmod.Paths, args: argparse
     return 1
 
 
+def run_restore(paths: pathsmod.Paths, source: str) -> int:
+    from pathlib import Path
+
+    from mabeamd.storage import backup
+    from mabeamd.storage.statedir import StateDirError, lock_state_dir
+
+    paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = lock_state_dir(paths.state_dir, "--restore")
+    except (StateDirError, OSError) as exc:
+        print(f"mabeamd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        out = backup.restore(Path(source), paths.state_dir)
+    except (backup.BackupError, OSError) as exc:
+        print(f"mabeamd: --restore: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        os.close(fd)
+    print(f"restored {source} into {paths.state_dir}: {out['variables']} variables in "
+          f"{out['shards']} shards (checksums verified). Start mabeamd with workers.count = "
+          f"{out['shards']}.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config_path = args.config
@@ -160,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_reshard(cfg, paths, args.reshard)
     if args.check_state:
         return run_check_state(cfg, paths, args)
+    if args.restore is not None:
+        return run_restore(paths, args.restore)
     if args.repair or args.keep or args.json:
         print("mabeamd: --repair, --keep and --json go with --check-state", file=sys.stderr)
         return 2

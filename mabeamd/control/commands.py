@@ -8,6 +8,7 @@ import asyncio
 import os
 import platform
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -18,6 +19,7 @@ from mabeamd import __version__
 from mabeamd.control.server import Handler, Progress
 from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, WireError, check_fields
+from mabeamd.storage import backup
 from mabeamd.storage.variables import ADMIN
 
 if TYPE_CHECKING:
@@ -163,6 +165,29 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
             out.append(await arbiter.variables.to_shard(i, "var.snapshot", {}, ADMIN))
         return {"shards": out}
 
+    async def backup_cmd(body: dict[str, Any], progress: Progress) -> Any:
+        """An online, consistent copy of every shard, with a manifest of checksums
+        (storage/backup.py); restore it offline with `mabeamd --restore DIR`."""
+        check_fields(body, "backup", {"dir"}, {"dir"})
+        target = body["dir"]
+        if not isinstance(target, str) or not os.path.isabs(target):
+            raise WireError(ErrorCode.BAD_REQUEST, "dir must be an absolute path")
+        arbiter.refuse_if_stopping()
+        try:
+            directory = backup.prepare(Path(target))
+        except (backup.BackupError, OSError) as exc:
+            raise WireError(ErrorCode.BAD_REQUEST, f"backup: {exc}") from None
+        files = []
+        for i in range(arbiter.variables.shards):
+            await progress(f"backup of shard {i}")
+            files.append(await arbiter.variables.to_shard(i, "var.backup",
+                                                          {"dir": str(directory)}, ADMIN))
+        try:
+            manifest = backup.write_manifest(directory, arbiter.variables.shards, files)
+        except OSError as exc:
+            raise WireError(ErrorCode.BAD_REQUEST, f"backup: {exc}") from None
+        return {"dir": str(directory), "manifest": str(manifest), "shards": files}
+
     async def sessions_list(body: dict[str, Any], progress: Progress) -> Any:
         check_fields(body, "sessions.list", {"state"})
         state = body.get("state")
@@ -190,6 +215,7 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
                 for name, p in sorted(arbiter.sessions.protocols.items())]
 
     return {
+        "backup": backup_cmd,
         "sessions.list": sessions_list,
         "sessions.show": sessions_show,
         "sessions.cancel": sessions_cancel,

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dir", default=".", help="where to write NAME.key and NAME.key_secret")
     k.add_argument("--force", action="store_true", help="replace existing files")
     sessions.add_parsers(sub, common)
+    b = sub.add_parser("backup", parents=[common],
+                       help="online, consistent copy of every shard into DIR (new or empty), "
+                            "with a manifest of checksums; restore: mabeamd --restore DIR")
+    b.add_argument("dir")
     sub.add_parser("plugins", parents=[common], help="loaded, failed and disabled plugins")
     sub.add_parser("reload", parents=[common], help="reload configuration and plugins")
     sub.add_parser("stop", parents=[common], help="stop the daemon gracefully and wait")
@@ -303,7 +307,15 @@ def watch_vars(c: ControlClient, args: argparse.Namespace) -> Result:
     return None, ""
 
 
-COMMANDS = {"status": cmd_status, "vars": cmd_vars, "workers": cmd_workers, "agents": cmd_agents,
+def cmd_backup(c: ControlClient, args: argparse.Namespace) -> Result:
+    out = c.call("backup", {"dir": os.path.abspath(args.dir)}, on_progress=_progress)
+    lines = [f"shard {f['shard']}: {f['variables']} variables at WAL seq {f['seq']}, "
+             f"{f['bytes']} bytes, sha256 {f['sha256'][:16]}..." for f in out["shards"]]
+    return out, "\n".join([*lines, f"manifest {out['manifest']}"])
+
+
+COMMANDS = {"backup": cmd_backup, "status": cmd_status, "vars": cmd_vars,
+            "workers": cmd_workers, "agents": cmd_agents,
             "plugins": cmd_plugins, "reload": cmd_reload, "stop": cmd_stop,
             "version": cmd_version, "sessions": sessions.cmd_sessions,
             "protocols": sessions.cmd_protocols}

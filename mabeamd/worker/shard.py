@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 
 from mabeamd.net.wire import ErrorCode, Packed, WireError
-from mabeamd.storage import snapshot
+from mabeamd.storage import backup, snapshot
 from mabeamd.storage.sharding import shard_of
 from mabeamd.storage.shm import PROGRESS_EVERY, SegmentWriter
 from mabeamd.storage.statedir import lock_dir
@@ -124,6 +124,10 @@ class Shard:
             return {"vars": [v.public() for v in page], "next": cursor}, None
         if op == "var.snapshot":
             return self.take_snapshot(), None
+        if op == "var.backup":  # from the arbiter only (mabeamctl backup): not an agent op
+            self.wal.sync()
+            return backup.write_shard(Path(body["dir"]), self.index, self.wal.next_seq - 1,
+                                      [v.state() for v in self.store.vars.values()]), None
         admin = actor == ADMIN
         name = check_name(body.get("name"))
         holder = self.locked.get(name)
