@@ -61,6 +61,7 @@ from mabeamd.storage.statedir import (
 
 log = logging.getLogger("mabeamd.arbiter")
 STATE_LOCK_WAIT = 5.0  # seconds to wait for a predecessor's hold on the state directory
+STALL = 0.5  # seconds of the arbiter's own loop lag taken as a stall (see _liveness_loop)
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -120,6 +121,8 @@ class Arbiter:
         # workers get it in their environment. Per run: a restart voids every credential.
         self.write_key = secrets.token_bytes(32)
         self.revoked: dict[str, int] = {}  # agent -> highest revoked epoch, for new workers
+        self.loop_lag = self.loop_lag_max = 0.0  # seconds late, the liveness tick's
+        self.stalls = 0
 
     # --- start-up --------------------------------------------------------------------------
 
@@ -520,9 +523,27 @@ class Arbiter:
     # --- periodic deadlines ----------------------------------------------------------------
 
     async def _liveness_loop(self) -> None:
+        """Every tick: kill workers gone silent -- unless the arbiter itself was the one
+        stalled (a saturated machine, a swap storm, SIGSTOP): its own loop lag is measured
+        here, and a stall is not held against workers whose heartbeats it could not read
+        (two healthy workers were once killed at the same instant for "no heartbeat for
+        3.4 s" while the arbiter's loop was starved)."""
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(min(0.25, self.config.workers.heartbeat_interval / 2))
+            interval = min(0.25, self.config.workers.heartbeat_interval / 2)
+            await asyncio.sleep(interval)
             now = time.monotonic()
+            lag = max(0.0, now - last - interval)
+            last = now
+            self.loop_lag = lag
+            self.loop_lag_max = max(self.loop_lag_max, lag)
+            if lag > STALL:
+                self.stalls += 1
+                log.warning("the arbiter's event loop stalled for %.2f s; not counting that "
+                            "against the workers' heartbeats", lag)
+                for w in self.watchers:
+                    w.excuse(lag)
+                continue  # let the link deliver what queued up before judging anyone
             for w in self.watchers:
                 w.check_liveness(now)
             self.notifier.flush()  # a state change systemd's full queue refused earlier
@@ -582,6 +603,8 @@ class Arbiter:
             "events_published": self.events.published,
             "control": dict(self.control.stats),
             "link_dropped": self.link.dropped,
+            "loop_lag": {"last": round(self.loop_lag, 4), "max": round(self.loop_lag_max, 4),
+                         "stalls": self.stalls},
             "extensions": extensions,
         }
 

@@ -211,6 +211,12 @@ class WorkerWatcher:
 
     # --- liveness --------------------------------------------------------------------------
 
+    def excuse(self, seconds: float) -> None:
+        """The arbiter's own loop stalled this long: the silence it could not hear (the
+        worker's heartbeats sat queued in the link meanwhile) is not the worker's."""
+        self.last_seen += seconds
+        self.spawned_at += seconds
+
     def check_liveness(self, now: float) -> None:
         """Kill a worker that went silent (RUNNING) or never said hello (STARTING)."""
         if self.pid is None or self._kill_reason:

@@ -261,3 +261,19 @@ def test_kill9_of_the_arbiter_leaves_no_segment_behind(daemon: Daemon) -> None:
     assert daemon.call("ping")["pong"] is True
     assert daemon.stop() == 0
     assert daemon.shm_segments() == []
+
+
+def test_a_stalled_arbiter_does_not_blame_its_workers(daemon: Daemon) -> None:
+    """SIGSTOP the arbiter for three heartbeat timeouts: the workers kept beating into the
+    link meanwhile, so none is killed as hung when it resumes; the stall is measured."""
+    before = pids(daemon)
+    daemon.signal(signal.SIGSTOP)
+    time.sleep(3.0)  # the stall itself is the test's input, not a wait for a condition
+    daemon.signal(signal.SIGCONT)
+    status = daemon.call("status")
+    assert status["loop_lag"]["stalls"] >= 1 and status["loop_lag"]["max"] > 2.0
+    time.sleep(1.5)  # a full heartbeat timeout after resuming: a wrong kill would show now
+    ws = daemon.workers()
+    assert [w["hung_kills"] for w in ws] == [0, 0], ws
+    assert pids(daemon) == before
+    assert "event loop stalled for" in daemon.log()
