@@ -143,7 +143,9 @@ class AgentsSection:
         100000, "int", "registered agents in all; more registrations are answered busy", min=1,
         max=10_000_000, reload=True)
     max_message: int = _opt(
-        1 << 20, "int", "largest agent message accepted, in bytes", min=1024, max=1 << 30)
+        2 << 20, "int", "largest agent request frame answered, in bytes (a larger one gets "
+        "too_large; past twice this, ZeroMQ cuts the connection); at least "
+        "variables.max_value + 65536", min=1024, max=1 << 30)
     shard_endpoint: str = _opt(
         "tcp://127.0.0.1:7710", "endpoint", "where workers serve variable requests directly, "
         "one hop instead of two: tcp://HOST:PORT (worker i binds PORT+i) or ipc://PATH "
@@ -478,6 +480,9 @@ def load(
     return cfg
 
 
+VALUE_ROOM = 65536  # bytes of a request besides its value: name, fields, credential
+
+
 def _check_cross(cfg: Config, origin: str) -> None:
     w = cfg.workers
     if w.heartbeat_timeout <= w.heartbeat_interval:
@@ -488,6 +493,12 @@ def _check_cross(cfg: Config, origin: str) -> None:
         raise ConfigError(
             f"{origin}: [workers] backoff_max: expected at least backoff_initial "
             f"({w.backoff_initial:g}), got {w.backoff_max:g}")
+    if cfg.agents.max_message < cfg.variables.max_value + VALUE_ROOM:
+        raise ConfigError(
+            f"{origin}: [agents] max_message: expected at least [variables] max_value + "
+            f"{VALUE_ROOM} ({cfg.variables.max_value + VALUE_ROOM}), so that a value of "
+            f"max_value bytes fits in a request with its name and fields; got "
+            f"{cfg.agents.max_message}")
     endpoints = [("[agents] endpoints", e) for e in cfg.agents.endpoints]
     if cfg.events.endpoint:
         endpoints.append(("[events] endpoint", cfg.events.endpoint))

@@ -30,7 +30,10 @@ def agent_router(ctx: zmq.Context[S], max_message: int) -> S:
     heartbeats, so libzmq drops connections whose peer vanished without a FIN (host down,
     cable out) and frees their pipes; agents' liveness is a separate, application matter."""
     sock = router(ctx, sndhwm=10000, rcvhwm=10000, linger=0)
-    sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
+    # The request size limit is the application's: a frame over max_message is answered
+    # too_large and its connection (with its other agents) lives on. libzmq's own limit,
+    # which cuts the connection, only bounds what one frame can make the daemon buffer.
+    sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message + 4096)
     sock.setsockopt(zmq.HEARTBEAT_IVL, 10_000)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30_000)
     return sock

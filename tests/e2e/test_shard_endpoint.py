@@ -535,3 +535,49 @@ def test_the_sdk_sends_a_refused_wrong_shard_request_through_the_arbiter(
     # The SDK's exception carries the owner and the count from the error body.
     err = error_for("wrong_shard", "m", {"code": "wrong_shard", "shard": 1, "shards": 2})
     assert isinstance(err, WrongShard) and (err.shard, err.shards) == (1, 2)
+
+
+def test_an_oversized_request_is_answered_too_large_and_the_connection_stays(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """A frame over agents.max_message used to make ZeroMQ cut the connection (the client
+    timed out; on a shard endpoint the SDK said "busy, may or may not have been applied" for
+    a write that never could be). Now: `too_large` under the request's id, on the agent and
+    the shard endpoints alike, and the same connection goes on. A value of max_value bytes
+    fits (max_message must leave room for it)."""
+    from mabeamd.client import TooLarge
+    from mabeamd.testing import ENDPOINTS
+
+    config = ENDPOINTS.replace("[agents]\n", "[agents]\nmax_message = 70000\n") + \
+        "[variables]\nmax_value = 4096\n"
+    d = make_daemon(config).start()
+    w = Wire(d.agent_endpoint)
+    try:
+        hello = w.ok(w.agent, "hello", {"agent": "big"})
+        name = "big/x"
+        shard = shard_sock(w, hello, name)
+        blob = b"x" * 100_000  # over max_message, under twice it
+        for sock in (w.agent, shard):
+            body = {"agent": "big", "name": name, "value": blob}
+            if sock is shard:
+                body["credential"] = hello["credential"]
+            assert w.code(sock, "var.create", body) == "too_large"
+            assert w.code(sock, "var.get", {"name": name}) == "not_found"  # same connection
+        assert w.ok(w.agent, "ping", {})["pong"] is True
+    finally:
+        w.close()
+    with Client(d.agent_endpoint) as c:
+        c.register("sdk")
+        assert c.create_var("sdk", "big/fits", "v" * 4000)["version"] == 1
+        with pytest.raises(TooLarge):
+            c.set_var("sdk", "big/fits", "v" * 5000)  # over max_value: the variable's limit
+        with pytest.raises(TooLarge):
+            c.set_var("sdk", "big/fits", "v" * 100_000)  # over max_message: the frame's
+        assert c.get_var("big/fits", local=False)["version"] == 1
+
+
+def test_max_message_must_leave_room_for_a_max_value_variable(
+        make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon("[variables]\nmax_value = 2097152\n")
+    d.start(wait_ready=False)
+    assert d.wait() == 78
+    assert "[agents] max_message: expected at least [variables] max_value + 65536" in d.log()
