@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     from mabeamd.daemon.arbiter import Arbiter, StartupError
+    from mabeamd.malloc import return_big_frees
+
+    return_big_frees()
     from mabeamd.logsetup import LogSetup
 
     logs = LogSetup()

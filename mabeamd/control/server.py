@@ -26,6 +26,7 @@ from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import bind_private, router
 
 log = logging.getLogger(__name__)
+CONTROL_RCVHWM = 16  # messages queued per connection (see ControlServer)
 
 Progress = Callable[[str], Awaitable[None]]
 Handler = Callable[[dict[str, Any], Progress], Awaitable[Any]]
@@ -42,7 +43,11 @@ class ControlServer:
         self.path = path
         self.handlers = handlers
         self.max_message = max_message
-        self.sock = router(ctx, sndhwm=1000, rcvhwm=1000, linger=1000)
+        # A short receive queue: libzmq queues up to this many messages of up to
+        # max_message bytes per connection, so it is what bounds the memory a client
+        # flooding the admin socket can make the daemon hold (1000 x 1 MiB once took it
+        # past 1 GiB). mabeamctl sends one request at a time; a flood waits in its sender.
+        self.sock = router(ctx, sndhwm=1000, rcvhwm=CONTROL_RCVHWM, linger=1000)
         # Oversized requests cut the connection inside libzmq, before we allocate them.
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
         self._tasks: set[asyncio.Task[None]] = set()

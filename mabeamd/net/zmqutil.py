@@ -12,6 +12,7 @@ import zmq
 from mabeamd.config import Endpoint, parse_endpoint
 
 S = TypeVar("S", bound="zmq.Socket[Any]")
+AGENT_RCVHWM = 256  # messages queued per agent connection (see agent_router)
 
 
 def router(ctx: zmq.Context[S], *, sndhwm: int, rcvhwm: int, linger: int) -> S:
@@ -29,7 +30,10 @@ def agent_router(ctx: zmq.Context[S], max_message: int) -> S:
     """A ROUTER facing agents (agent endpoints, shard endpoints): bounded messages and ZMTP
     heartbeats, so libzmq drops connections whose peer vanished without a FIN (host down,
     cable out) and frees their pipes; agents' liveness is a separate, application matter."""
-    sock = router(ctx, sndhwm=10000, rcvhwm=10000, linger=0)
+    # The receive queue bounds what one connection can make the daemon buffer (messages of
+    # up to MAXMSGSIZE each): 10,000 let a flood of big frames grow it by gigabytes. An
+    # honest client has at most agents.max_in_flight (64) requests outstanding.
+    sock = router(ctx, sndhwm=10000, rcvhwm=AGENT_RCVHWM, linger=0)
     # The request size limit is the application's: a frame over max_message is answered
     # too_large and its connection (with its other agents) lives on. libzmq's own limit,
     # which cuts the connection, only bounds what one frame can make the daemon buffer.

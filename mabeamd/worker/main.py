@@ -26,6 +26,7 @@ import zmq
 
 from mabeamd.agents.credentials import WRITE_KEY_ENV, Verifier
 from mabeamd.logsetup import setup_child_logging
+from mabeamd.malloc import return_big_frees
 from mabeamd.net import wire
 from mabeamd.net.frames import NOBLOCK, readable, recv_ready, send_frames
 from mabeamd.net.link import identity
@@ -319,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     die_with_parent(args.parent)
+    return_big_frees()
     import uvloop
 
     # The worker runs the sessions, so it loads the protocol plugins itself (same entry

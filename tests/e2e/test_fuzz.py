@@ -215,3 +215,44 @@ def test_shard_endpoint_survives_random_requests(make_daemon: Any) -> None:
         assert c.get_var("fz/anchor")["value"] == {"keep": 2}  # shared memory agrees
     assert "Traceback" not in d.log()
     assert d.stop() == 0
+
+
+def test_a_flood_of_big_and_deep_frames_leaves_memory_bounded(daemon: Daemon) -> None:
+    """Pipelined big frames once took the arbiter past 1 GiB (libzmq queued up to 1000
+    messages of up to max_message per connection, and glibc kept the freed heap), and it
+    never gave it back. Now the queues are short and big buffers go back to the kernel: the
+    arbiter's memory after a flood on the control socket and the agent endpoint is near its
+    start. Nesting is capped by msgpack's own unpacker stack (1024 levels): 100,000 levels
+    are refused at once."""
+    import psutil
+
+    arbiter = psutil.Process(daemon.pid)
+    start = arbiter.memory_info().rss
+    ctx = zmq.Context()
+    try:
+        for address in (f"ipc://{daemon.socket}", daemon.agent_endpoint):
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 0)  # the client does not hold back
+            s.connect(address)
+            big = [wire.PROTOCOL, wire.pack({"id": 1, "op": "ping"}),
+                   wire.pack({"x": "a" * 900_000})]
+            deep = [wire.PROTOCOL, wire.pack({"id": 2, "op": "ping"}), b"\x91" * 100_000 + b"\x00"]
+            replies = 0
+            for i in range(800):
+                s.send_multipart(big if i % 2 else deep)
+                while s.poll(0):
+                    s.recv_multipart()
+                    replies += 1
+            deadline = time.monotonic() + 60
+            while replies < 800 and time.monotonic() < deadline:
+                if s.poll(1000):
+                    s.recv_multipart()
+                    replies += 1
+            assert replies == 800  # every frame answered (each with an error)
+            s.close()
+    finally:
+        ctx.term()
+    grown = (arbiter.memory_info().rss - start) >> 20
+    assert grown < 64, f"the arbiter grew by {grown} MiB"
+    assert daemon.call("ping")["pong"] is True
