@@ -82,14 +82,16 @@ def test_allowed_key_works_and_owns_its_namespace(
         with pytest.raises(Forbidden):
             bob.register("alice")
         bob.register("bob")
-    # A plain (loopback ipc) client cannot take ids of a key's namespace either.
-    with Client(d.agent_endpoint, timeout=2) as plain:
-        with pytest.raises(Forbidden):
-            plain.register("alice/sneaky")
-        assert plain.register("visitor")["credential"]  # on the plain endpoint: offered
         shown = d.call("agents.show", {"agent": "alice"})
         assert shown["principal"] == "alice"
         assert shown["connection"]["endpoint"].startswith("curve+tcp://")
+        # A plain (loopback ipc) client cannot take ids of a key's namespace either.
+        with Client(d.agent_endpoint, timeout=2) as plain:
+            with pytest.raises(Forbidden):
+                plain.register("alice/sneaky")
+            assert plain.register("visitor")["credential"]  # on the plain endpoint: offered
+    # Closing a client says bye for its agents (the ids are free again at once).
+    assert d.call("agents.list")["agents"] == []
 
 
 def test_same_key_may_take_over_its_own_id(curve_daemon: tuple[Daemon, str, Path]) -> None:
