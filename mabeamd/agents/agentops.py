@@ -127,8 +127,16 @@ class AgentService:
         check_fields(body, "hello", {"agent", "capabilities", "metadata", "weight", "priority",
                                  "token"})
         agent_id = check_agent_id(body.get("agent"))
+        before = self.registry.agents.get(agent_id)
+        old_conn = before.conn if before is not None else None
         rec, created = self.registry.register(agent_id, req.conn, req.principal, body,
                                               now=time.monotonic(), wall=time.time())
+        if old_conn is not None and old_conn != req.conn:
+            # Tell the connection that held it: a client that re-registered it from there
+            # (as after a reconnect) would take it back, and the two would steal the id
+            # from each other for as long as both ran.
+            self.endpoint.push(old_conn, next(self._push_ids), "agent.taken_over",
+                               {"agent": agent_id})
         self.events.publish("agent.registered" if created else "agent.updated",
                             {"agent": agent_id, "capabilities": list(rec.capabilities)})
         self._pulse()

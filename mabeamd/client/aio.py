@@ -317,8 +317,16 @@ class AsyncClient:
             log.warning("dropping undecodable message from the daemon: %s", exc.message)
             return
         if "push" in header:
-            self._deliver(Push(str(header["push"]), int(header.get("id") or 0),
-                               body if isinstance(body, dict) else {"value": body}))
+            push = Push(str(header["push"]), int(header.get("id") or 0),
+                        body if isinstance(body, dict) else {"value": body})
+            if push.op == "agent.taken_over":
+                # Another connection presented the token: the id is no longer ours, and
+                # heartbeats must not re-register it (the two would take it back and forth).
+                agent = push.body.get("agent")
+                if isinstance(agent, str) and self.registrations.pop(agent, None) is not None:
+                    log.warning("agent %s was taken over by another connection; this client "
+                                "no longer speaks for it", agent)
+            self._deliver(push)
             return
         fut = self._pending.get(header.get("id"))  # type: ignore[arg-type]
         if fut is None or fut.done():

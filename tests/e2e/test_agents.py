@@ -377,3 +377,20 @@ def test_broken_requests_are_answered_under_their_id(daemon: Daemon) -> None:
     finally:
         s.close(linger=0)
         ctx.term()
+
+
+def test_an_id_taken_over_with_its_token_is_not_taken_back(daemon: Daemon) -> None:
+    """Taking an id over with its token used to leave the old connection unaware: its
+    heartbeats heard the id was unknown there and re-registered it with the token, and the
+    two connections stole it from each other. The old connection is now pushed
+    agent.taken_over, and the SDK stops speaking for that id."""
+    with Client(daemon.agent_endpoint) as old, Client(daemon.agent_endpoint) as new:
+        token = old.register("contested")["token"]
+        assert new.register("contested", token=token)["created"] is False
+        push = old.next_push(timeout=5)
+        assert (push.op, push.body) == ("agent.taken_over", {"agent": "contested"})
+        assert "contested" not in old.aio.registrations
+        time.sleep(1.0)  # five heartbeat intervals: a ping-pong would have moved it back
+        new.send("contested", "contested", {"still": "mine"}, topic="t")  # new holds it
+        with pytest.raises(NotRegistered):
+            old.send("contested", "contested", {}, topic="t")
