@@ -65,7 +65,8 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
         check_fields(body, "workers")
         return {"workers": [{**w.info(),
                              "shard_endpoint": arbiter.agents.shard_endpoints[w.index],
-                             "shard_traffic": arbiter.shard_traffic.get(w.index)}
+                             "shard_traffic": arbiter.shard_traffic.get(w.index),
+                             "storage": arbiter.storage.get(w.index)}
                             for w in arbiter.watchers]}
 
     async def workers_restart(body: dict[str, Any], progress: Progress) -> Any:

@@ -278,6 +278,7 @@ class Arbiter:
         self.registry.on_revoke = self._revoke
         self.var_events = False  # whether workers send the events of direct writes
         self.shard_traffic: dict[int, dict[str, Any]] = {}  # from workers' heartbeats
+        self.storage: dict[int, dict[str, Any]] = {}  # shards whose disk refuses, ditto
         self.events.on_interest = self._var_interest
         self.agents.hello_extra = {
             "shards": self.worker_count,
@@ -446,6 +447,7 @@ class Arbiter:
             self.sessions.worker_down(index)
             self.agents.shard_endpoints[index] = None
             self.shard_traffic.pop(index, None)
+            self.storage.pop(index, None)
         if self.state == "running" and event in ("running", "exited", "failed"):
             self.notifier.status(self.status_line())
 
@@ -458,6 +460,12 @@ class Arbiter:
             traffic = body.get("shard_traffic")
             if isinstance(traffic, dict) and generation == w.generation:
                 self.shard_traffic[index] = traffic
+            storage = body.get("storage")
+            if generation == w.generation:
+                if isinstance(storage, dict):
+                    self.storage[index] = storage
+                else:
+                    self.storage.pop(index, None)
         elif op == "loading":
             w.on_loading(generation)
         elif op == "results":  # a worker's answers to one batch of requests
@@ -570,6 +578,9 @@ class Arbiter:
         text = f"{c['running']}/{n} workers running"
         if c["failed"]:
             text = f"degraded: {text}, {c['failed']} failed"
+        if self.storage:
+            text = (f"degraded: {text}; the disk refuses shard(s) "
+                    f"{', '.join(str(i) for i in sorted(self.storage))}")
         return text
 
     def status(self) -> dict[str, Any]:
@@ -605,6 +616,7 @@ class Arbiter:
             "link_dropped": self.link.dropped,
             "loop_lag": {"last": round(self.loop_lag, 4), "max": round(self.loop_lag_max, 4),
                          "stalls": self.stalls},
+            "storage": {str(i): s for i, s in sorted(self.storage.items())},
             "extensions": extensions,
         }
 

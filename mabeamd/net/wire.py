@@ -45,6 +45,7 @@ class ErrorCode:
     CONSTRAINT_VIOLATION: Final = "constraint_violation"
     WRONG_SHARD: Final = "wrong_shard"  # with "shard" (the owner) and "shards" (the count)
     QUOTA_EXCEEDED: Final = "quota_exceeded"  # a shard's variable count or bytes limit
+    STORAGE_ERROR: Final = "storage_error"  # the shard's disk refused (full...): with "errno"
 
 
 class WireError(Exception):

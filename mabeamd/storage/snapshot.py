@@ -32,11 +32,15 @@ def write(directory: Path, seq: int, states: list[dict[str, Any]]) -> Path:
     # 0600: a snapshot holds every value (O_TRUNC: a tmp file left by a crash is rewritten).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     os.fchmod(fd, 0o600)  # a leftover tmp file keeps its old mode through O_CREAT
-    with open(fd, "wb") as f:
-        f.write(HEAD.pack(MAGIC, seq, zlib.crc32(body), len(body)))
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(fd, "wb") as f:
+            f.write(HEAD.pack(MAGIC, seq, zlib.crc32(body), len(body)))
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        tmp.unlink(missing_ok=True)  # on a full disk, give the space of the part back
+        raise
     final = directory / NAME
     os.replace(tmp, final)
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -235,6 +235,8 @@ class Worker:
             beat: dict[str, Any] = {"generation": self.generation, "t": time.monotonic()}
             if self.direct is not None:
                 beat["shard_traffic"] = self.direct.stats
+            if self.shard is not None:
+                beat["storage"] = self.shard.storage_state()  # None while the disk is fine
             self._send("heartbeat", beat)
             self._wake()
             await asyncio.sleep(self.heartbeat)

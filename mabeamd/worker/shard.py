@@ -10,10 +10,12 @@ worker calls once per batch of requests (group commit).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from mabeamd.storage.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 LOCK_WAIT = 10.0  # seconds a new worker waits for its shard directory's lock
+STORAGE_RETRY = 30.0  # seconds between logging (and snapshot attempts on) a refusing disk
 # msgpack of {"op": "put", "var": ...} up to the value of "var": a put's WAL record is this
 # and the packed state (test_wal checks it decodes as the map).
 PUT_PREFIX = b"\x82\xa2op\xa3put\xa3var"
@@ -64,6 +67,8 @@ class Shard:
         # Quotas: the shard's live variables, and the bytes of their records (the public
         # map `var.get` answers, as the segment holds it). Refused before anything changes.
         self.max_variables, self.max_bytes = max_variables, max_bytes
+        self.storage_error: dict[str, Any] | None = None  # the disk refusing writes, if so
+        self._retry_at = 0.0
         self.dir = state_dir / f"shard-{index}"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # The only writer of this directory. A predecessor killed a moment ago (kill -9 of the
@@ -123,7 +128,8 @@ class Shard:
             page, cursor = self.store.list_page(body["prefix"], body["after"], body["limit"])
             return {"vars": [v.public() for v in page], "next": cursor}, None
         if op == "var.snapshot":
-            return self.take_snapshot(), None
+            with self._storage():
+                return self.take_snapshot(), None
         if op == "var.backup":  # from the arbiter only (mabeamctl backup): not an agent op
             self.wal.sync()
             return backup.write_shard(Path(body["dir"]), self.index, self.wal.next_seq - 1,
@@ -183,9 +189,11 @@ class Shard:
             # whose value is these bytes), the segment publishes it, the reply carries it.
             packed = msgpack.packb(effect["var"], use_bin_type=True)
             self._check_bytes(len(packed) - self.segment.record_length(effect["var"]["name"]))
-            self.wal.append(PUT_PREFIX + packed)  # first: the log
+            with self._storage():
+                self.wal.append(PUT_PREFIX + packed)  # first: the log
         else:
-            self.wal.append(msgpack.packb(effect, use_bin_type=True))
+            with self._storage():
+                self.wal.append(msgpack.packb(effect, use_bin_type=True))
         var: Variable | None = self.store.apply(effect)
         if var is None:
             self.segment.delete(effect["name"], effect["version"])
@@ -217,8 +225,9 @@ class Shard:
         records = [msgpack.packb(e["var"], use_bin_type=True) for e in effects]
         self._check_bytes(sum(len(r) - self.segment.record_length(e["var"]["name"])
                               for e, r in zip(effects, records, strict=True)))
-        self.wal.append(msgpack.packb({"op": "batch", "session": session, "effects": effects},
-                                      use_bin_type=True))
+        with self._storage():
+            self.wal.append(msgpack.packb({"op": "batch", "session": session,
+                                           "effects": effects}, use_bin_type=True))
         events = []
         for effect, record in zip(effects, records, strict=True):
             var = self.store.apply(effect)
@@ -231,9 +240,54 @@ class Shard:
         return events
 
     def commit(self) -> None:
-        self.wal.commit()
-        if self.since_snapshot >= self.snapshot_every:
-            self.take_snapshot()
+        self.wal.commit()  # a failure here is not refusable: the caller must not answer
+        if self.since_snapshot >= self.snapshot_every and time.monotonic() >= self._retry_at:
+            try:
+                self.take_snapshot()
+            except OSError as exc:  # the WAL still holds everything: try again later
+                self._retry_at = time.monotonic() + STORAGE_RETRY
+                self._storage_failed(exc, "snapshot")
+
+    @contextlib.contextmanager
+    def _storage(self) -> Iterator[None]:
+        """Around a write that starts with the WAL: a disk that refuses it (full, quota, I/O
+        error) refuses the request with `storage_error` -- nothing was changed, the log
+        was cut back to its last whole record -- and is logged once per STORAGE_RETRY
+        seconds, not once per request onto the same full disk."""
+        try:
+            yield
+        except OSError as exc:
+            self._storage_failed(exc, "write")
+            raise WireError(ErrorCode.STORAGE_ERROR, f"shard {self.index} cannot write its "
+                            f"log: {exc.strerror or exc}; nothing was changed. Free space or "
+                            "fix the disk; writes are accepted again as soon as it takes them",
+                            details={"errno": errno.errorcode.get(exc.errno or 0, "EIO")}) \
+                from None
+        if self.storage_error is not None and self.storage_error["what"] == "write":
+            log.warning("shard %d: the disk takes writes again (%d refused since %s)",
+                        self.index, self.storage_error["refused"],
+                        time.strftime("%H:%M:%S", time.localtime(self.storage_error["since"])))
+            self.storage_error = None
+
+    def _storage_failed(self, exc: OSError, what: str) -> None:
+        err = self.storage_error
+        if err is None or err["what"] != what:
+            err = self.storage_error = {"what": what, "since": time.time(), "refused": 0,
+                                        "errno": errno.errorcode.get(exc.errno or 0, "EIO"),
+                                        "message": exc.strerror or str(exc), "logged": 0.0}
+        err["refused"] += 1
+        now = time.monotonic()
+        if now - err["logged"] >= STORAGE_RETRY:
+            err["logged"] = now
+            log.error("shard %d: %s refused by the disk: %s (%s); %d so far. Nothing "
+                      "acknowledged is lost; %s", self.index, what, err["message"],
+                      err["errno"], err["refused"],
+                      "writes are refused with storage_error until it takes them"
+                      if what == "write" else "the WAL keeps everything; retrying later")
+
+    def storage_state(self) -> dict[str, Any] | None:
+        err = self.storage_error
+        return None if err is None else {k: v for k, v in err.items() if k != "logged"}
 
     def take_snapshot(self) -> dict[str, Any]:
         self.wal.sync()
