@@ -95,3 +95,25 @@ def test_control_op_table_matches_the_handlers() -> None:
     for cell in re.findall(r"^\| ((?:`[\w.]+`(?:, )?)+) \|", table, re.M):
         documented |= set(re.findall(r"`([\w.]+)`", cell))
     assert documented == set(build_handlers(None))  # type: ignore[arg-type]
+
+
+def test_push_table_lists_every_push_the_daemon_sends() -> None:
+    """Every push op named in the daemon's source (endpoint.push(conn, id, "OP", ...) or a
+    worker's {"op": "session.…"} push) is in the page's push table, and nothing else."""
+    sent: set[str] = set()
+    for path in (ROOT / "mabeamd").rglob("*.py"):
+        src = path.read_text()
+        sent |= set(re.findall(r'\.push\([^,]+,\s*[^,]+,\s*"([a-z_.]+)"', src))
+        sent |= set(re.findall(r'out\("push", \{[^}]*?"op": "([a-z_.]+)"', src))
+    table = DOC.split("### Pushes", 1)[1].split("###", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_.]+)` \|", table, re.M))
+    assert sent and documented == sent
+
+
+def test_every_shard_endpoint_op_and_the_wrong_shard_rule_are_documented() -> None:
+    from mabeamd.storage.variables import NAMED_OPS
+
+    section = DOC.split("### Shard endpoints", 1)[1].split("### Session ops", 1)[0]
+    for op in NAMED_OPS:
+        assert f"`{op}`" in section, op
+    assert "wrong_shard" in section and '"shard"' in section and '"shards"' in section
