@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mabeamd import __version__
@@ -71,23 +72,32 @@ def overrides_from(args: argparse.Namespace) -> dict[tuple[str, str], tuple[Any,
     return out
 
 
-def run_reshard(cfg: configmod.Config, paths: pathsmod.Paths, shards: int) -> int:
-    from mabeamd.storage.reshard import reshard
+def offline(paths: pathsmod.Paths, what: str, work: Callable[[], int]) -> int:
+    """Run an offline tool's `work` under the state directory's lock (the one a running
+    daemon holds: a tool never works beside one)."""
     from mabeamd.storage.statedir import StateDirError, lock_state_dir
-    from mabeamd.storage.wal import WalCorrupt
 
     try:
-        fd = lock_state_dir(paths.state_dir, "--reshard")
+        fd = lock_state_dir(paths.state_dir, what)
     except (StateDirError, OSError) as exc:
         print(f"mabeamd: {exc}", file=sys.stderr)
         return 1
+    try:
+        return work()
+    finally:
+        os.close(fd)
+
+
+def run_reshard(cfg: configmod.Config, paths: pathsmod.Paths, shards: int) -> int:
+    from mabeamd.storage.reshard import reshard
+    from mabeamd.storage.statedir import StateDirError
+    from mabeamd.storage.wal import WalCorrupt
+
     try:
         out = reshard(paths.state_dir, shards, cfg.variables.history)
     except (StateDirError, WalCorrupt, OSError) as exc:
         print(f"mabeamd: --reshard: {exc}", file=sys.stderr)
         return 1
-    finally:
-        os.close(fd)
     print(f"resharded {paths.state_dir}: {out['variables']} variables from {out['from']} to "
           f"{out['to']} shards; old shards kept as {out['backup']}. Set workers.count = "
           f"{out['to']} before starting.")
@@ -99,7 +109,7 @@ def run_check_state(cfg: configmod.Config, paths: pathsmod.Paths, args: argparse
     import json
 
     from mabeamd.storage import checkstate
-    from mabeamd.storage.statedir import StateDirError, lock_state_dir
+    from mabeamd.storage.statedir import StateDirError
 
     keep: dict[str, int] = {}
     for item in args.keep:
@@ -112,15 +122,6 @@ def run_check_state(cfg: configmod.Config, paths: pathsmod.Paths, args: argparse
     if keep and not args.repair:
         print("mabeamd: --keep goes with --repair", file=sys.stderr)
         return 2
-    if not (paths.state_dir / "meta.json").exists():
-        print(f"mabeamd: --check-state: {paths.state_dir} is not a mabeamd state directory "
-              "(no meta.json)", file=sys.stderr)
-        return 1
-    try:
-        fd = lock_state_dir(paths.state_dir, "--check-state")
-    except (StateDirError, OSError) as exc:
-        print(f"mabeamd: {exc}", file=sys.stderr)
-        return 1
     try:
         report, effects = checkstate.check(paths.state_dir, cfg.variables.history, keep)
         repaired = False
@@ -132,8 +133,6 @@ def run_check_state(cfg: configmod.Config, paths: pathsmod.Paths, args: argparse
     except (StateDirError, OSError) as exc:
         print(f"mabeamd: --check-state: {exc}", file=sys.stderr)
         return 1
-    finally:
-        os.close(fd)
     if args.json:
         print(json.dumps({**report.as_dict(), "repaired": repaired}, indent=2, default=repr))
     else:
@@ -151,21 +150,12 @@ def run_restore(paths: pathsmod.Paths, source: str) -> int:
     from pathlib import Path
 
     from mabeamd.storage import backup
-    from mabeamd.storage.statedir import StateDirError, lock_state_dir
 
-    paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = lock_state_dir(paths.state_dir, "--restore")
-    except (StateDirError, OSError) as exc:
-        print(f"mabeamd: {exc}", file=sys.stderr)
-        return 1
     try:
         out = backup.restore(Path(source), paths.state_dir)
     except (backup.BackupError, OSError) as exc:
         print(f"mabeamd: --restore: {exc}", file=sys.stderr)
         return 1
-    finally:
-        os.close(fd)
     print(f"restored {source} into {paths.state_dir}: {out['variables']} variables in "
           f"{out['shards']} shards (checksums verified). Start mabeamd with workers.count = "
           f"{out['shards']}.")
@@ -185,11 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mabeamd: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
     if args.reshard is not None:
-        return run_reshard(cfg, paths, args.reshard)
+        return offline(paths, "--reshard", lambda: run_reshard(cfg, paths, args.reshard))
     if args.check_state:
-        return run_check_state(cfg, paths, args)
+        if not (paths.state_dir / "meta.json").exists():
+            print(f"mabeamd: --check-state: {paths.state_dir} is not a mabeamd state "
+                  "directory (no meta.json)", file=sys.stderr)
+            return 1
+        return offline(paths, "--check-state", lambda: run_check_state(cfg, paths, args))
     if args.restore is not None:
-        return run_restore(paths, args.restore)
+        paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return offline(paths, "--restore", lambda: run_restore(paths, args.restore))
     if args.repair or args.keep or args.json:
         print("mabeamd: --repair, --keep and --json go with --check-state", file=sys.stderr)
         return 2

@@ -123,10 +123,7 @@ class AgentEndpoint:
         rid: int | str | None = None
         try:
             rid, op, body = wire.parse_request(payload, self.max_message)
-            handler = self.handlers.get(op)
-            if handler is None:
-                raise WireError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known: "
-                                f"{', '.join(sorted(self.handlers))}")
+            handler = wire.handler_for(self.handlers, op)
             if self.in_flight.get(conn, 0) >= self.max_in_flight:
                 self.stats["busy"] += 1
                 raise WireError(ErrorCode.BUSY, f"more than {self.max_in_flight} requests in "

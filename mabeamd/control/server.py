@@ -82,10 +82,7 @@ class ControlServer:
         rid: int | str | None = None
         try:
             rid, op, body = wire.parse_request(payload, self.max_message)
-            handler = self.handlers.get(op)
-            if handler is None:
-                raise WireError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known: "
-                                f"{', '.join(sorted(self.handlers))}")
+            handler = wire.handler_for(self.handlers, op)
 
             async def progress(message: str, _rid: int | str = rid) -> None:
                 await self._send(envelope, wire.reply_progress(_rid, message))

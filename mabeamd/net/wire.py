@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Any, Final, TypeVar
 
 import msgpack
+
+H = TypeVar("H")
 
 PROTOCOL: Final = b"MB1"
 MAX_ID_LEN: Final = 64
@@ -185,6 +188,15 @@ def parse_request(frames: list[bytes], max_size: int = DEFAULT_MAX_MESSAGE) -> t
     if not isinstance(body, dict):
         raise WireError(ErrorCode.BAD_REQUEST, "body must be a map", rid)
     return rid, op, body
+
+
+def handler_for(handlers: Mapping[str, H], op: str) -> H:
+    """The handler of `op`, or `unknown_op` naming the ops there are."""
+    handler = handlers.get(op)
+    if handler is None:
+        raise WireError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known: "
+                        f"{', '.join(sorted(handlers))}")
+    return handler
 
 
 def check_fields(body: dict[str, Any], op: str, allowed: set[str] | frozenset[str] = frozenset(),
