@@ -4,8 +4,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import zmq
 
 from mabeamd.testing import Daemon
+
+
+@pytest.fixture(autouse=True)
+def fresh_zmq_context() -> Iterator[None]:
+    """Every client in a process shares zmq.Context.instance() (by design: one I/O thread
+    per process). In the test process that made tests share it too: once, late in a full
+    run, connections from it stopped coming up and every later test that used a client
+    failed, while fresh processes (and the same tests alone) passed. Each test now gets a
+    new instance context; the old one is destroyed with whatever a test left in it."""
+    yield
+    ctx = zmq.Context.instance()
+    ctx.destroy(linger=0)
 
 
 @pytest.fixture
