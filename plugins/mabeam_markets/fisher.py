@@ -95,18 +95,26 @@ def solve(budgets: list[float], w: list[list[float]], supply: list[float], utili
                        tolerance=tolerance, iterations=it, method="newton")
     # Whole-supply utility: what buyer i gets from all of good j.
     ws = [[w[i][j] * supply[j] for j in range(m)] for i in range(n)]
+
+    def certified(spend: list[list[float]], order: list[tuple[int, int]] | None,
+                  it: int) -> dict[str, Any] | None:
+        """The exact equilibrium priced from a guessed spending graph, if it certifies."""
+        exact = _exact(budgets, ws, spend, order)
+        if exact is None:
+            return None
+        rep = _report(budgets, w, supply, exact[0], exact[1], utility=utility,
+                      tolerance=tolerance, iterations=it, method="exact")
+        return rep if rep["certified"] else None
+
     spend, it = [], 0
     if newton and numpy_available():
         from mabeam_markets import newton as smoothed
 
         for spend, order, it in smoothed.linear_stages(
                 budgets, ws, max_iterations=max_iterations, deadline=deadline):
-            exact = _exact(budgets, ws, spend, order)
-            if exact is not None:
-                rep = _report(budgets, w, supply, exact[0], exact[1], utility=utility,
-                              tolerance=tolerance, iterations=it, method="exact")
-                if rep["certified"]:
-                    return rep
+            rep = certified(spend, order, it)
+            if rep is not None:
+                return rep
     if not spend:
         for i in range(n):
             tot = sum(ws[i])
@@ -117,18 +125,15 @@ def solve(budgets: list[float], w: list[list[float]], supply: list[float], utili
         prices = [sum(spend[i][j] for i in range(n)) for j in range(m)]
         if it >= check_at or it >= max_iterations or time.monotonic() > deadline:
             check_at = it + max(5, it // 2)
-            # Two guesses of the spending graph: by spending (the dynamics' large edges),
-            # then by value at the current prices (best buys first). Near a degenerate
+            # Guesses of the spending graph: by spending (the dynamics' large edges), then
+            # by value at the current prices (_best_buy_graphs). Near a degenerate
             # equilibrium a losing edge's spending can fade for 100,000 rounds while its
             # value is already clearly below the best: the second guess is right long
             # before the first (seed 510511, 6 x 6: certified at round 15 instead of ~100,000).
             for order in (None, *_best_buy_graphs(ws, spend, prices)):
-                exact = _exact(budgets, ws, spend, order)
-                if exact is not None:
-                    rep = _report(budgets, w, supply, exact[0], exact[1], utility=utility,
-                                  tolerance=tolerance, iterations=it, method="exact")
-                    if rep["certified"]:
-                        return rep
+                found = certified(spend, order, it)
+                if found is not None:
+                    return found
             rep = _report(budgets, w, supply, prices, spend, utility=utility,
                            tolerance=tolerance, iterations=it, method="proportional_response")
             if best is None or rep["tolerance"] < best["tolerance"]:
