@@ -58,21 +58,24 @@ def parse_query(body: dict[str, Any]) -> dict[str, Any]:
 
 class AgentService:
     def __init__(self, endpoint: AgentEndpoint, registry: Registry, events: EventPublisher,
-                 settings: AgentsSection) -> None:
+                 settings: AgentsSection, *, shards: int = 0, write_key: bytes = b"",
+                 hello_extra: dict[str, Any] | None = None,
+                 on_down: Callable[[str], None] = lambda agent_id: None) -> None:
+        """`hello_extra`: what every hello reply also carries (shard count, shm and event
+        endpoints); `write_key` signs the write credential handed out at hello; `on_down` is
+        told of every agent that turns unhealthy, goes or says bye (sessions: absent)."""
         self.endpoint = endpoint
         self.registry = registry
         self.events = events
         self.settings = settings
         self._changed = asyncio.Event()
         self._push_ids = itertools.count(1)
-        self.hello_extra: dict[str, Any] = {}  # e.g. shard count, shm and event endpoints
+        self.hello_extra = dict(hello_extra or {})
         # Direct variable access (shard_endpoint.py), offered on plain connections only:
-        # each shard's endpoint as its worker bound it (None: not serving one), and the key
-        # that signs the write credential handed out at hello.
-        self.shard_endpoints: list[str | None] = []
-        self.write_key = b""
-        # Told of every agent that turns unhealthy, goes or says bye (sessions: absent).
-        self.on_down: list[Callable[[str], None]] = []
+        # each shard's endpoint as its worker bound it (None: not serving one).
+        self.shard_endpoints: list[str | None] = [None] * shards
+        self.write_key = write_key
+        self._on_down = on_down
         endpoint.handlers.update({
             "hello": self.hello, "heartbeat": self.heartbeat, "bye": self.bye,
             "agent.get": self.get_agent, "agent.list": self.list_agents,
@@ -109,8 +112,16 @@ class AgentService:
             self._pulse()
 
     def _down(self, agent_id: str) -> None:
-        for fn in self.on_down:
-            fn(agent_id)
+        self._on_down(agent_id)
+
+    def reconfigure(self, settings: AgentsSection) -> None:
+        """A reload's [agents] section (heartbeat timing, limits)."""
+        self.settings = settings
+
+    def set_shard_endpoint(self, shard: int, address: str | None) -> None:
+        """Where shard's worker serves variable requests directly (None: nowhere, e.g.
+        it exited); offered at hello from now on."""
+        self.shard_endpoints[shard] = address
 
     def _alive(self, agent_id: str) -> None:
         if self.registry.touch(agent_id, time.monotonic()):

@@ -31,14 +31,15 @@ log = logging.getLogger(__name__)
 
 class EventPublisher:
     def __init__(self, ctx: zmq.asyncio.Context | None, endpoint: Endpoint | None, hwm: int,
-                 curve_keys: tuple[bytes, bytes] | None = None) -> None:
+                 curve_keys: tuple[bytes, bytes] | None = None,
+                 on_interest: Callable[[], None] = lambda: None) -> None:
         self.endpoint = endpoint
         self.seq = 0
         self.published = 0
         self.subscriptions = 0
         self.topics: set[bytes] = set()  # subscribed prefixes
         # Called with a topic family (e.g. "var.") whenever whether it is watched may change.
-        self.on_interest: Callable[[], None] = lambda: None
+        self.on_interest = on_interest
         self.sock: zmq.asyncio.Socket | None = None
         if ctx is None or endpoint is None:
             return
@@ -86,6 +87,11 @@ class EventPublisher:
             self.published += 1
         except zmq.ZMQError as exc:
             log.debug("event %s not published: %s", topic, exc)
+
+    def publish_write(self, event: Any) -> None:
+        """A variable write's event (from a worker, durable by then) as `var.<name>`."""
+        if isinstance(event, dict):
+            self.publish(f"var.{event.get('name')}", event)
 
     def close(self) -> None:
         if self.sock is not None:

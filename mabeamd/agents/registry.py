@@ -99,6 +99,7 @@ def _check_registration(body: dict[str, Any]) -> tuple[tuple[str, ...], dict[str
 
 class Registry:
     def __init__(self, max_agents: int, owner_of: Callable[[str], str | None] | None = None,
+                 on_revoke: Callable[[str, int], None] = lambda agent_id, epoch: None,
                  ) -> None:
         self.max_agents = max_agents
         self.owner_of = owner_of or (lambda _id: None)
@@ -110,7 +111,7 @@ class Registry:
         self._sorted: list[str] = []
         self._preassigned: dict[str, tuple[str, str]] = {}  # id -> (token, managed name)
         self._epochs = itertools.count(1)
-        self.on_revoke: Callable[[str, int], None] = lambda agent_id, epoch: None
+        self.on_revoke = on_revoke
 
     def __len__(self) -> int:
         return len(self.agents)

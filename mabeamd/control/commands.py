@@ -161,9 +161,9 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
     async def vars_snapshot(body: dict[str, Any], progress: Progress) -> Any:
         check_fields(body, "vars.snapshot")
         out = []
-        for i in range(arbiter.variables.shards):
+        for i in range(arbiter.shard_calls.shards):
             await progress(f"snapshot of shard {i}")
-            out.append(await arbiter.variables.to_shard(i, "var.snapshot", {}, ADMIN))
+            out.append(await arbiter.shard_calls.call(i, "var.snapshot", {}, ADMIN))
         return {"shards": out}
 
     async def backup_cmd(body: dict[str, Any], progress: Progress) -> Any:
@@ -179,12 +179,12 @@ def build_handlers(arbiter: Arbiter) -> dict[str, Handler]:
         except (backup.BackupError, OSError) as exc:
             raise WireError(ErrorCode.BAD_REQUEST, f"backup: {exc}") from None
         files = []
-        for i in range(arbiter.variables.shards):
+        for i in range(arbiter.shard_calls.shards):
             await progress(f"backup of shard {i}")
-            files.append(await arbiter.variables.to_shard(i, "var.backup",
+            files.append(await arbiter.shard_calls.call(i, "var.backup",
                                                           {"dir": str(directory)}, ADMIN))
         try:
-            manifest = backup.write_manifest(directory, arbiter.variables.shards, files)
+            manifest = backup.write_manifest(directory, arbiter.shard_calls.shards, files)
         except OSError as exc:
             raise WireError(ErrorCode.BAD_REQUEST, f"backup: {exc}") from None
         return {"dir": str(directory), "manifest": str(manifest), "shards": files}

@@ -43,6 +43,7 @@ from mabeamd.daemon.sdnotify import Notifier, child_environment
 from mabeamd.daemon.watcher import State, WorkerWatcher, worker_argv
 from mabeamd.logsetup import LogSetup
 from mabeamd.net.link import WorkerLink
+from mabeamd.net.shardcall import ShardCalls
 from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import shard_address
 from mabeamd.paths import Paths
@@ -256,35 +257,33 @@ class Arbiter:
             self.auth = KeyAuthenticator(self.ctx)
             self.auth.start()
             self.auth.reload(cfg.security.authorized_keys)
-        self.events = EventPublisher(self.ctx, events_ep, cfg.events.hwm, curve_keys)
+        self.events = EventPublisher(self.ctx, events_ep, cfg.events.hwm, curve_keys,
+                                     on_interest=self._var_interest)
         self.registry = Registry(cfg.agents.max_agents,
-                                 owner_of=self.auth.owner_of if self.auth else None)
+                                 owner_of=self.auth.owner_of if self.auth else None,
+                                 on_revoke=self._revoke)
         self.endpoint = AgentEndpoint(self.ctx, [e for e in endpoints if e is not None],
                                       cfg.agents.max_message, cfg.agents.max_in_flight,
                                       curve_keys)
-        self.agents = AgentService(self.endpoint, self.registry, self.events, cfg.agents)
-        self.variables = VariableService(
+        self.agents = AgentService(
+            self.endpoint, self.registry, self.events, cfg.agents, shards=self.worker_count,
+            write_key=self.write_key, on_down=self._agent_down, hello_extra={
+                "shards": self.worker_count,
+                "shm": {"dir": cfg.variables.shm_dir, "prefix": self.meta.shm_prefix},
+                "events": events_ep.address if events_ep is not None else None})
+        self.shard_calls = ShardCalls(
             self.worker_count,
             lambda i, body: self.link.send(i, self.watchers[i].generation, "request", body),
-            lambda i: self.watchers[i].state is State.RUNNING, self.registry, self.events)
+            lambda i: self.watchers[i].state is State.RUNNING, self.events.publish_write)
+        self.variables = VariableService(self.shard_calls, self.registry,
+                                         self.plugins.authorize)
         self.variables.install(self.endpoint)
-        self.sessions = SessionService(self.variables, self.registry, self.endpoint,
+        self.sessions = SessionService(self.shard_calls, self.registry, self.endpoint,
                                        self.events, self.plugins, settings=cfg.sessions)
         self.sessions.install(self.endpoint)
-        self.variables.authorize = self.sessions.authorize
-        self.agents.on_down.append(self._agent_down)
-        self.agents.write_key = self.write_key
-        self.agents.shard_endpoints = [None] * self.worker_count
-        self.registry.on_revoke = self._revoke
         self.var_events = False  # whether workers send the events of direct writes
         self.shard_traffic: dict[int, dict[str, Any]] = {}  # from workers' heartbeats
         self.storage: dict[int, dict[str, Any]] = {}  # shards whose disk refuses, ditto
-        self.events.on_interest = self._var_interest
-        self.agents.hello_extra = {
-            "shards": self.worker_count,
-            "shm": {"dir": cfg.variables.shm_dir, "prefix": self.meta.shm_prefix},
-            "events": events_ep.address if events_ep is not None else None,
-        }
 
     def _managed_agent_env(self) -> dict[str, str]:
         """Where managed agents connect: the first plain endpoint, else the first CURVE one
@@ -388,7 +387,7 @@ class Arbiter:
                     log.error("reload: cannot apply control group: %s", exc)
                 self.plugins.load(self.config.plugins.disabled)
                 self.plugins.call("mabeamd_configure", config=self.config)
-                self.sessions.protocols = self.plugins.protocols()
+                self.sessions.reconfigure(self.config.sessions, self.plugins.protocols())
                 for change in await self.managed.apply(self.config.managed):
                     log.info("reload (%s): managed agents: %s", source, change)
                 if restart:
@@ -403,10 +402,9 @@ class Arbiter:
 
     def _reconfigure_agents(self) -> None:
         a = self.config.agents
-        self.agents.settings = a
+        self.agents.reconfigure(a)
         self.endpoint.max_in_flight = a.max_in_flight
         self.registry.max_agents = a.max_agents
-        self.sessions.settings = self.config.sessions
         if self.auth is not None:
             try:
                 self.auth.reload(self.config.security.authorized_keys)
@@ -443,9 +441,9 @@ class Arbiter:
         self.plugins.call("mabeamd_worker_event", index=index, event=event, details=details)
         self.events.publish(f"worker.{event}", {"index": index, **details})
         if event == "exited":
-            self.variables.worker_down(index)
+            self.shard_calls.worker_down(index)
             self.sessions.worker_down(index)
-            self.agents.shard_endpoints[index] = None
+            self.agents.set_shard_endpoint(index, None)
             self.shard_traffic.pop(index, None)
             self.storage.pop(index, None)
         if self.state == "running" and event in ("running", "exited", "failed"):
@@ -472,7 +470,7 @@ class Arbiter:
             w.on_heartbeat(generation)  # any message is a sign of life
             for result in body.get("results") or ():
                 if isinstance(result, dict):
-                    self.variables.on_result(result)
+                    self.shard_calls.on_result(result)
         elif op == "hello":
             pid = body.get("pid")
             w.on_hello(generation, pid if isinstance(pid, int) else -1)
@@ -482,13 +480,12 @@ class Arbiter:
                                                              "full": True})
                 self.link.send(index, generation, "var_events", {"wanted": self.var_events})
                 address = body.get("shard_endpoint")
-                self.agents.shard_endpoints[index] = address if isinstance(address, str) \
-                    else None
+                self.agents.set_shard_endpoint(index, address if isinstance(address, str)
+                                               else None)
         elif op == "events":  # writes served on a worker's shard endpoint
             w.on_heartbeat(generation)
             for event in body.get("events") or ():
-                if isinstance(event, dict):
-                    self.events.publish(f"var.{event.get('name')}", event)
+                self.events.publish_write(event)
         elif op in ("push", "event", "ended"):
             w.on_heartbeat(generation)
             if generation != w.generation:

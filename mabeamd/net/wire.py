@@ -64,6 +64,19 @@ class WireError(Exception):
         self.request_id = request_id
         self.details = details
 
+    def body(self) -> dict[str, Any]:
+        """The error reply's body: details, then code and message (which details cannot
+        override). The one error shape: wire replies and worker link results both carry it."""
+        return {**(self.details or {}), "code": self.code, "message": self.message}
+
+    @classmethod
+    def from_body(cls, body: Any) -> WireError:
+        """The inverse of body(), for an error relayed from another process."""
+        if not isinstance(body, dict):
+            return cls(ErrorCode.INTERNAL, "malformed error from a worker")
+        details = {k: v for k, v in body.items() if k not in ("code", "message")}
+        return cls(str(body.get("code")), str(body.get("message")), details=details or None)
+
 
 def incident(log: logging.Logger, what: str, exc: BaseException) -> WireError:
     """An unexpected exception while serving a request (a bug): logged with its traceback
@@ -217,8 +230,13 @@ def reply_ok(rid: int | str, body: Any) -> list[bytes]:
 
 def reply_error(rid: int | str | None, code: str, message: str,
                 details: dict[str, Any] | None = None) -> list[bytes]:
-    return encode({"id": rid, "status": "error"},
-                  {**(details or {}), "code": code, "message": message})
+    return refusal(rid, WireError(code, message, details=details))
+
+
+def refusal(rid: int | str | None, exc: WireError) -> list[bytes]:
+    """The error reply for a WireError (its body(): the one error shape)."""
+    return encode({"id": rid if rid is not None else exc.request_id, "status": "error"},
+                  exc.body())
 
 
 def reply_progress(rid: int | str, message: str, **extra: Any) -> list[bytes]:

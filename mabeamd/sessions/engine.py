@@ -33,6 +33,7 @@ from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.plugins import PluginHost
 from mabeamd.protocol import Outcome, Participant, Protocol, ProtocolError, Response
+from mabeamd.sessions.terms import deadline_of, protocol_named
 from mabeamd.worker.shard import Shard
 
 log = logging.getLogger(__name__)
@@ -271,10 +272,7 @@ class SessionEngine:
         raise WireError(ErrorCode.UNKNOWN_OP, f"shard: unknown op {op!r}")
 
     def start(self, spec: dict[str, Any]) -> dict[str, Any]:
-        proto = self.protocols.get(str(spec.get("protocol")))
-        if proto is None:
-            raise WireError(ErrorCode.BAD_REQUEST, f"unknown protocol {spec.get('protocol')!r};"
-                            f" installed: {', '.join(sorted(self.protocols)) or 'none'}")
+        proto = protocol_named(self.protocols, spec.get("protocol"))
         try:
             params = proto.check_params(dict(spec.get("params") or {}))
         except ProtocolError as exc:
@@ -283,9 +281,8 @@ class SessionEngine:
                                       params=params, initiator=spec["initiator"])
         if reason is not None:
             raise WireError(ErrorCode.BAD_REQUEST, f"{proto.name}: {reason}")
-        deadline = spec.get("deadline") or proto.default_deadline
-        s = LiveSession(self, spec, proto, params, min(float(deadline),
-                                                       float(spec["max_deadline"])))
+        s = LiveSession(self, spec, proto, params,
+                        deadline_of(proto, spec.get("deadline"), float(spec["max_deadline"])))
         for name in s.names:
             self.shard.store.get(name)  # not_found now rather than at apply time
         busy = self._holders(s)

@@ -30,10 +30,12 @@ from mabeamd.agents.agentops import parse_query
 from mabeamd.agents.endpoint import AgentEndpoint, Request
 from mabeamd.agents.events import EventPublisher
 from mabeamd.agents.registry import Registry, check_agent_id
-from mabeamd.agents.varops import VariableService
 from mabeamd.config import SessionsSection
+from mabeamd.net.shardcall import ShardCalls
 from mabeamd.net.wire import ErrorCode, WireError, check_fields
 from mabeamd.plugins import PluginHost
+from mabeamd.protocol import Protocol
+from mabeamd.sessions.terms import deadline_of, protocol_named
 from mabeamd.storage.sharding import shard_of
 from mabeamd.storage.variables import ADMIN
 
@@ -66,10 +68,10 @@ class Entry:
 
 
 class SessionService:
-    def __init__(self, variables: VariableService, registry: Registry, endpoint: AgentEndpoint,
+    def __init__(self, calls: ShardCalls, registry: Registry, endpoint: AgentEndpoint,
                  events: EventPublisher, plugins: PluginHost, *,
                  settings: SessionsSection) -> None:
-        self.variables = variables
+        self.calls = calls
         self.registry = registry
         self.endpoint = endpoint
         self.events = events
@@ -83,9 +85,10 @@ class SessionService:
         self.protocols = plugins.protocols()  # refreshed on reload
         self.stats = {"started": 0, "applied": 0, "failed": 0, "cancelled": 0, "timed_out": 0}
 
-    def authorize(self, actor: str, op: str, body: dict[str, Any]) -> str | None:
-        """The mabeamd_authorize hook: a reason to refuse, or None."""
-        return self.plugins.authorize(actor, op, body)
+    def reconfigure(self, settings: SessionsSection, protocols: dict[str, Protocol]) -> None:
+        """A reload: the new [sessions] section and the protocols the plugins now offer."""
+        self.settings = settings
+        self.protocols = protocols
 
     def install(self, endpoint: AgentEndpoint) -> None:
         endpoint.handlers.update({"session.start": self.start, "session.get": self.get,
@@ -98,7 +101,7 @@ class SessionService:
         agent = check_agent_id(body.get("agent"))
         self.registry.owned(agent, req.conn)
         self.registry.touch(agent, time.monotonic())
-        reason = self.authorize(agent, op, body)
+        reason = self.plugins.authorize(agent, op, body)
         if reason is not None:
             raise WireError(ErrorCode.FORBIDDEN, reason)
         return agent
@@ -149,7 +152,7 @@ class SessionService:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or \
                 len(set(names)) != len(names):
             raise WireError(ErrorCode.BAD_REQUEST, "variables must be a list of distinct names")
-        n = self.variables.shards
+        n = self.calls.shards
         shards = sorted({shard_of(v, n) for v in names})
         if len(shards) > 1:
             raise WireError(ErrorCode.BAD_REQUEST, "a session's variables must live on one "
@@ -167,19 +170,11 @@ class SessionService:
     async def start(self, req: Request, body: dict[str, Any]) -> Any:
         check_fields(body, "session.start", START_FIELDS, {"agent", "protocol"})
         agent = self._actor(req, body, "session.start")
-        protocol = body["protocol"]
-        proto = self.protocols.get(protocol) if isinstance(protocol, str) else None
-        if proto is None:
-            raise WireError(ErrorCode.BAD_REQUEST, f"unknown protocol {protocol!r}; installed: "
-                            f"{', '.join(sorted(self.protocols)) or 'none'}")
+        proto = protocol_named(self.protocols, body["protocol"])
         params = body.get("params", {})
         if not isinstance(params, dict):
             raise WireError(ErrorCode.BAD_REQUEST, "params must be a map")
-        deadline = body.get("deadline")
-        if deadline is not None and (isinstance(deadline, bool) or not isinstance(
-                deadline, (int, float)) or not 0 < deadline <= self.settings.max_deadline):
-            raise WireError(ErrorCode.BAD_REQUEST, "deadline must be seconds in (0, "
-                            f"{self.settings.max_deadline:g}] ([sessions] max_deadline)")
+        deadline = deadline_of(proto, body.get("deadline"), self.settings.max_deadline)
         on_conflict = body.get("on_conflict", "refuse")
         if on_conflict not in ("refuse", "queue"):
             raise WireError(ErrorCode.BAD_REQUEST, "on_conflict must be refuse or queue")
@@ -192,16 +187,15 @@ class SessionService:
         participants = self._participants(body)
         sid = f"s{self._prefix}-{next(self._ids)}"
         shard, names = self._shard(body, sid)
-        e = Entry(sid, shard, protocol, agent, time.time(),
-                  float(min(deadline or proto.default_deadline, self.settings.max_deadline)),
+        e = Entry(sid, shard, proto.name, agent, time.time(), deadline,
                   bool(body.get("notify")))
         self.live[sid] = e
-        spec = {"session": sid, "protocol": protocol, "initiator": agent,
+        spec = {"session": sid, "protocol": proto.name, "initiator": agent,
                 "participants": participants, "variables": names, "params": params,
                 "deadline": deadline, "max_deadline": self.settings.max_deadline,
                 "on_conflict": on_conflict}
         try:
-            started = await self.variables.to_shard(shard, "session.start", spec, ADMIN)
+            started = await self.calls.call(shard, "session.start", spec, ADMIN)
         except WireError:
             if self.live.pop(sid, None) is not None and not e.done.done():
                 e.done.cancel()
@@ -284,7 +278,7 @@ class SessionService:
         """Forward to the session's worker. A session that ends while the request is on its
         way is answered `conflict` (its final record arrives just before the reply)."""
         try:
-            return await self.variables.to_shard(e.shard, op, args, ADMIN)
+            return await self.calls.call(e.shard, op, args, ADMIN)
         except WireError as exc:
             if exc.code == ErrorCode.NOT_FOUND and e.record is not None:
                 raise WireError(ErrorCode.CONFLICT, f"session {e.id} has ended "

@@ -269,27 +269,25 @@ class Worker:
         if op != "request":
             log.warning("unknown op from arbiter: %s", op)
             return None
+        # A result in the shape net/shardcall.py reads; an error's body is the one a wire
+        # error reply carries (WireError.body), as on the shard endpoint.
         fwd = body.get("fwd")
-        if self.shard is None:
-            return {"fwd": fwd, "ok": False, "code": wire.ErrorCode.INTERNAL,
-                    "message": "this worker serves no shard"}
         try:
+            if self.shard is None:
+                raise wire.WireError(wire.ErrorCode.INTERNAL, "this worker serves no shard")
             op = str(body.get("op"))
             if op.startswith("session.") and self.sessions is not None:
-                return {"fwd": fwd, "ok": True,
-                        "result": self.sessions.handle(op, body.get("args") or {})}
+                return {"fwd": fwd, "result": self.sessions.handle(op, body.get("args") or {})}
             result, event = self.shard.handle(op, body.get("args") or {},
                                               str(body.get("actor")), time.time())
         except wire.WireError as exc:
-            return {"fwd": fwd, "ok": False, "code": exc.code, "message": exc.message,
-                    "details": exc.details}
+            return {"fwd": fwd, "error": exc.body()}
         except Exception as exc:
             err = wire.incident(log, f"shard {self.index}: request failed", exc)
-            return {"fwd": fwd, "ok": False, "code": err.code, "message": err.message,
-                    "details": err.details}
+            return {"fwd": fwd, "error": err.body()}
         if type(result) is wire.Packed:  # relayed as is: the arbiter need not repack it
-            return {"fwd": fwd, "ok": True, "packed": bytes(result), "event": event}
-        return {"fwd": fwd, "ok": True, "result": result, "event": event}
+            return {"fwd": fwd, "packed": bytes(result), "event": event}
+        return {"fwd": fwd, "result": result, "event": event}
 
 
 def main(argv: list[str] | None = None) -> int:

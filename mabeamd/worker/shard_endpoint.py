@@ -27,6 +27,7 @@ from typing import Any
 
 import zmq
 
+from mabeamd.agents.admission import Authorize, WriteAdmission
 from mabeamd.agents.credentials import Verifier
 from mabeamd.config import parse_endpoint
 from mabeamd.net import wire
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 BATCH = 256
 
 
-# (actor, op, body) -> a reason to refuse, or None: the mabeamd_authorize hook.
-Authorize = Callable[[str, str, dict[str, Any]], str | None]
 # (op, args, actor) -> (result, event or None); raises WireError: the shard's handle().
 Serve = Callable[[str, dict[str, Any], str], tuple[Any, dict[str, Any] | None]]
 
@@ -52,7 +51,7 @@ class ShardEndpoint:
         self.address = address
         self.max_message = max_message
         self.verifier = verifier
-        self.authorize = authorize
+        self.admission = WriteAdmission(self._credited, authorize, ("credential",))
         self.writes_open = False  # set once the arbiter's revocations have arrived
         self.stats = {"requests": 0, "errors": 0, "undeliverable": 0}
         # The worker's context: one I/O thread for the link and this socket (on a 2-core
@@ -92,36 +91,31 @@ class ShardEndpoint:
                 check_fields(body, op, {"name"}, {"name"})
                 result, event = handle(op, body, ADMIN)
             elif op in WRITE_FIELDS:
-                check_fields(body, op, WRITE_FIELDS[op] | {"credential"},
-                             {"agent", "name", "credential"})
-                agent = body["agent"]
-                if not isinstance(agent, str):
-                    raise WireError(ErrorCode.BAD_REQUEST, "agent must be an agent id")
-                if not self.writes_open:
-                    raise WireError(ErrorCode.BUSY, "this shard's worker is starting; retry "
-                                    "or write through the agent endpoint")
-                if not self.verifier.check(agent, body["credential"]):
-                    raise WireError(ErrorCode.NOT_REGISTERED, f"no valid credential for agent "
-                                    f"{agent!r} (it comes with hello, and ends with bye or when "
-                                    "the agent goes)")
-                del body["credential"]
-                reason = self.authorize(agent, op, body)  # the body as the arbiter sees it
-                if reason is not None:
-                    raise WireError(ErrorCode.FORBIDDEN, reason)
-                del body["agent"]
-                result, event = handle(op, body, agent)
+                agent, args = self.admission.admit(op, body)
+                result, event = handle(op, args, agent)
             else:
                 raise WireError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not served on shard "
                                 "endpoints; send it to the agent endpoint")
             return envelope + wire.reply_ok(rid, result), event
         except WireError as exc:
             self.stats["errors"] += 1
-            return envelope + wire.reply_error(rid if rid is not None else exc.request_id,
-                                               exc.code, exc.message, exc.details), None
+            return envelope + wire.refusal(rid, exc), None
         except Exception as exc:
             self.stats["errors"] += 1
             return envelope + wire.reply_incident(
                 rid, log, f"shard endpoint: request {rid!r} failed", exc), None
+
+    def _credited(self, caller: None, agent: str, body: dict[str, Any]) -> None:
+        """This path's proof (agents/admission.py): the credential issued at hello, which
+        the worker checks without asking the arbiter -- once the arbiter has sent the
+        revocations so far."""
+        if not self.writes_open:
+            raise WireError(ErrorCode.BUSY, "this shard's worker is starting; retry "
+                            "or write through the agent endpoint")
+        if not self.verifier.check(agent, body.pop("credential")):
+            raise WireError(ErrorCode.NOT_REGISTERED, f"no valid credential for agent "
+                            f"{agent!r} (it comes with hello, and ends with bye or when "
+                            "the agent goes)")
 
     def send(self, frames: list[bytes]) -> None:
         try:

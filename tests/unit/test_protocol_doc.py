@@ -50,13 +50,15 @@ def test_agent_op_table_matches_the_service() -> None:
 def test_variable_op_table_matches_the_service() -> None:
     from mabeamd.agents.endpoint import AgentEndpoint
     from mabeamd.agents.varops import VariableService
+    from mabeamd.net.shardcall import ShardCalls
 
     class Stub(AgentEndpoint):
         def __init__(self) -> None:
             self.handlers = {}
 
     stub = Stub()
-    VariableService(1, None, None, None, None).install(stub)  # type: ignore[arg-type]
+    calls = ShardCalls(1, None, None, None)  # type: ignore[arg-type]
+    VariableService(calls, None, None).install(stub)  # type: ignore[arg-type]
     table = DOC.split("### Variable ops", 1)[1].split("###", 1)[0]
     documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
     assert documented == set(stub.handlers)
