@@ -84,9 +84,9 @@ class ControlHost(Protocol):
 
     def managed_program(self, name: Any) -> ManagedProgram: ...
 
-    # --- variables -------------------------------------------------------------------------
+    # --- variables, as @admin (the control socket is root-equivalent) ---------------------
 
-    async def var_request(self, op: str, body: dict[str, Any], actor: str) -> Any:
+    async def var_request(self, op: str, body: dict[str, Any]) -> Any:
         """A var.* request on a named variable, sent to the shard that holds it."""
         ...
 
@@ -94,7 +94,7 @@ class ControlHost(Protocol):
         """A var.list page merged across the shards (the body is checked there)."""
         ...
 
-    async def to_shard(self, index: int, op: str, body: dict[str, Any], actor: str) -> Any: ...
+    async def to_shard(self, index: int, op: str, body: dict[str, Any]) -> Any: ...
 
     # --- sessions and protocols ------------------------------------------------------------
 

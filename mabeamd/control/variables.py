@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from mabeamd.control.command import command
 from mabeamd.net.wire import ErrorCode, WireError
-from mabeamd.storage import backup as backups
-from mabeamd.storage.variables import ADMIN
 
 if TYPE_CHECKING:
     from mabeamd.control.host import ControlHost
@@ -23,20 +21,20 @@ if TYPE_CHECKING:
 
 @command("vars.get", {"name"}, {"name"})
 async def get(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """One variable: value, version, type, access, writers, policy, constraints.
+    """One variable: value, version, type, access, rules.
 
     Body: {"name"}; reply and refusals as var.get.
     """
-    return await host.var_request("var.get", body, ADMIN)
+    return await host.var_request("var.get", body)
 
 
 @command("vars.history", {"name"}, {"name"})
 async def history(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """A variable's earlier versions, as many as the shard keeps.
+    """A variable's earlier versions, as the shard keeps them.
 
     Body: {"name"}; reply and refusals as var.history.
     """
-    return await host.var_request("var.history", body, ADMIN)
+    return await host.var_request("var.history", body)
 
 
 @command("vars.create", {"name", "value", "type", "access", "writers", "policy",
@@ -46,16 +44,16 @@ async def create(host: ControlHost, body: dict[str, Any], progress: Progress) ->
 
     Body: as var.create without "agent"; reply (the variable) and refusals as var.create.
     """
-    return await host.var_request("var.create", body, ADMIN)
+    return await host.var_request("var.create", body)
 
 
 @command("vars.set", {"name", "value", "expect_version"}, {"name", "value"})
 async def set_(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Set a variable, or compare-and-set it with "expect_version".
+    """Set a variable (compare-and-set with "expect_version").
 
     Body: as var.set without "agent"; reply and refusals as var.set.
     """
-    return await host.var_request("var.set", body, ADMIN)
+    return await host.var_request("var.set", body)
 
 
 @command("vars.delete", {"name", "expect_version"}, {"name"})
@@ -64,12 +62,12 @@ async def delete(host: ControlHost, body: dict[str, Any], progress: Progress) ->
 
     Body: as var.delete without "agent"; reply and refusals as var.delete.
     """
-    return await host.var_request("var.delete", body, ADMIN)
+    return await host.var_request("var.delete", body)
 
 
 @command("vars.list", checked=False)  # the variable service checks it, as for var.list
 async def list_(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """One page of variables by name prefix, in name order across every shard.
+    """One page of variables by name prefix, in name order.
 
     Body: {"prefix"?, "after"?, "limit"?: 1..1000}; reply and refusals as var.list.
     """
@@ -78,8 +76,9 @@ async def list_(host: ControlHost, body: dict[str, Any], progress: Progress) -> 
 
 @command("vars.snapshot")
 async def snapshot(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Snapshot every shard now, one after another (each then drops the WAL files it
-    no longer needs).
+    """Snapshot every shard now, one after another.
+
+    Each shard then drops the WAL files it no longer needs.
 
     Reply: a progress line a shard, then {"shards": [{"shard", "seq", "variables",
     "wal_files_dropped"}]}
@@ -88,22 +87,24 @@ async def snapshot(host: ControlHost, body: dict[str, Any], progress: Progress) 
     out = []
     for i in range(host.worker_count):
         await progress(f"snapshot of shard {i}")
-        out.append(await host.to_shard(i, "var.snapshot", {}, ADMIN))
+        out.append(await host.to_shard(i, "var.snapshot", {}))
     return {"shards": out}
 
 
 @command("backup", {"dir"}, {"dir"})
 async def backup(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """An online, consistent copy of every shard into DIR, with a manifest of checksums.
+    """An online, consistent copy of every shard into DIR.
 
-    DIR is new or empty; restore the copy offline with `mabeamd --restore DIR`
-    (storage/backup.py).
+    With a manifest of checksums. DIR is new or empty; restore the copy offline with
+    `mabeamd --restore DIR` (storage/backup.py).
     Body: {"dir": ABSOLUTE PATH}
     Reply: a progress line a shard, then {"dir", "manifest", "shards": [{"shard", "path",
     "seq", "variables", "bytes", "sha256"}]}
     Refused: bad_request (not an absolute path, a directory in use or that cannot be
     written), busy, shutting_down.
     """
+    from mabeamd.storage import backup as backups  # when used: mabeamctl reads this module
+
     target = body["dir"]
     if not isinstance(target, str) or not os.path.isabs(target):
         raise WireError(ErrorCode.BAD_REQUEST, "dir must be an absolute path")
@@ -115,7 +116,7 @@ async def backup(host: ControlHost, body: dict[str, Any], progress: Progress) ->
     files = []
     for i in range(host.worker_count):
         await progress(f"backup of shard {i}")
-        files.append(await host.to_shard(i, "var.backup", {"dir": str(directory)}, ADMIN))
+        files.append(await host.to_shard(i, "var.backup", {"dir": str(directory)}))
     try:
         manifest = backups.write_manifest(directory, host.worker_count, files)
     except OSError as exc:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from mabeamd import __version__
 from mabeamd.daemon.watcher import State
+from mabeamd.storage.variables import ADMIN
 
 if TYPE_CHECKING:
     from mabeamd import protocol
@@ -163,14 +164,14 @@ class ControlSide:
 
     # --- variables -------------------------------------------------------------------------
 
-    async def var_request(self, op: str, body: dict[str, Any], actor: str) -> Any:
-        return await self.variables.forward(op, body, actor)
+    async def var_request(self, op: str, body: dict[str, Any]) -> Any:
+        return await self.variables.forward(op, body, ADMIN)
 
     async def var_list(self, body: dict[str, Any]) -> Any:
         return await self.variables.list_vars(body)
 
-    async def to_shard(self, index: int, op: str, body: dict[str, Any], actor: str) -> Any:
-        return await self.variables.to_shard(index, op, body, actor)
+    async def to_shard(self, index: int, op: str, body: dict[str, Any]) -> Any:
+        return await self.variables.to_shard(index, op, body, ADMIN)
 
     # --- sessions and protocols ------------------------------------------------------------
 
