@@ -34,7 +34,7 @@ async def ping(host: ControlHost, body: dict[str, Any], progress: Progress) -> A
 
 @command("version")
 async def version(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """The daemon's version, its wire protocol's, and its libraries'.
+    """The daemon's version, its protocol's and libraries'.
 
     Reply: {"mabeamd", "protocol", "python", "pyzmq", "libzmq", "msgpack", "pluggy"}
     """
@@ -51,8 +51,9 @@ async def version(host: ControlHost, body: dict[str, Any], progress: Progress) -
 
 @command("status")
 async def status(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """The daemon's state, uptime, directories, counters and plugin extensions.
+    """The daemon's state, uptime, directories and counters.
 
+    Worker, agent, session and traffic counts; plugins add theirs under "extensions".
     Reply: {"pid", "version", "state" (starting/running/stopping), "summary", "uptime",
     "workers": {"total", STATE: COUNT}, "agents", "sessions", "managed", "control",
     "loop_lag", "storage", "extensions", ...}: docs/protocol.md lists every field.
@@ -62,8 +63,9 @@ async def status(host: ControlHost, body: dict[str, Any], progress: Progress) ->
 
 @command("plugins")
 async def plugins(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Every plugin found: loaded, failed or disabled, with its hooks and error.
+    """Every plugin found: active, failed or disabled.
 
+    With the hooks each implements and the error of a failed one.
     Reply: {"plugins": [{"name", "value", "dist", "version", "state", "error", "hooks"}]}
     """
     return {"plugins": host.plugin_records()}
@@ -71,7 +73,9 @@ async def plugins(host: ControlHost, body: dict[str, Any], progress: Progress) -
 
 @command("reload")
 async def reload(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Reload the configuration file and the plugins, like SIGHUP, and say what changed.
+    """Reload the configuration and the plugins.
+
+    Like SIGHUP, but the reply says what changed and what needs a restart.
 
     Reply: {"ok": true, "changed": [KEY], "restart_required": [KEY], "plugins": {...}}
     Refused: bad_request "reload refused: ..." (the running configuration is kept),
@@ -86,7 +90,7 @@ async def reload(host: ControlHost, body: dict[str, Any], progress: Progress) ->
 
 @command("stop")
 async def stop(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Stop the daemon gracefully; answer once every worker has exited.
+    """Stop gracefully; answer once every worker has exited.
 
     Progress lines at least once a second while workers are still stopping.
     Reply: {"stopped": true, "pid": PID}; the process exits right after.

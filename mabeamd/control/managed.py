@@ -26,7 +26,7 @@ async def managed_list(host: ControlHost, body: dict[str, Any], progress: Progre
 
 @command("managed.start", {"name"}, {"name"})
 async def managed_start(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Start a managed program's processes that are not running.
+    """Start a managed program's processes not running.
 
     Body: {"name": NAME}
     Reply: the program, as in managed.list
@@ -40,7 +40,7 @@ async def managed_start(host: ControlHost, body: dict[str, Any], progress: Progr
 
 @command("managed.stop", {"name"}, {"name"})
 async def managed_stop(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Stop a managed program's processes (they stay down until started).
+    """Stop a managed program's processes (down until started).
 
     Body: {"name": NAME}
     Reply: a progress line, then the program
@@ -54,7 +54,7 @@ async def managed_stop(host: ControlHost, body: dict[str, Any], progress: Progre
 
 @command("managed.restart", {"name"}, {"name"})
 async def managed_restart(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Stop a managed program's processes, then start them again.
+    """Stop a managed program's processes, then start them.
 
     Body: {"name": NAME}
     Reply: a progress line, then the program
@@ -70,7 +70,9 @@ async def managed_restart(host: ControlHost, body: dict[str, Any], progress: Pro
 
 @command("managed.scale", {"name", "count"}, {"name", "count"})
 async def managed_scale(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Run COUNT processes of a managed program: start new ones or stop the last ones.
+    """Run COUNT processes of a managed program.
+
+    New ones are started, or the last ones stopped.
 
     Body: {"name": NAME, "count": 0..1000}
     Reply: a progress line, then the program

@@ -28,7 +28,7 @@ async def sessions_list(host: ControlHost, body: dict[str, Any], progress: Progr
 
 @command("sessions.show", {"session"}, {"session"})
 async def sessions_show(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """One session, in full: participants, rounds, params, result.
+    """One session in full: participants, rounds, result.
 
     Body: {"session"}
     Reply: its record, as session.get
@@ -39,7 +39,9 @@ async def sessions_show(host: ControlHost, body: dict[str, Any], progress: Progr
 
 @command("sessions.cancel", {"session", "reason"}, {"session"})
 async def sessions_cancel(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Cancel a running session, whoever started it; nothing of its outcome is applied.
+    """Cancel a running session, whoever started it.
+
+    Nothing of its outcome is applied.
 
     Body: {"session", "reason"?: STR}, the reason recorded with it
     Reply: {"session", "cancelling": true}
@@ -50,7 +52,7 @@ async def sessions_cancel(host: ControlHost, body: dict[str, Any], progress: Pro
 
 @command("sessions.decide", {"session", "decision"}, {"session", "decision"})
 async def sessions_decide(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Give the operator's decision to a session its protocol escalated.
+    """The operator's decision for an escalated session.
 
     Body: {"session", "decision": ANY}, in the form its protocol asks for
     Reply: {"session", "accepted": true}
@@ -62,7 +64,7 @@ async def sessions_decide(host: ControlHost, body: dict[str, Any], progress: Pro
 
 @command("protocols.list")
 async def protocols_list(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """The coordination protocols the daemon offers, by name, with the plugin of each.
+    """The coordination protocols the daemon offers.
 
     Reply: [{"name", "summary", "default_deadline", "plugin"}]
     """

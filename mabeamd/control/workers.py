@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 @command("workers")
 async def workers(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Every worker slot: state, pid, CPU, memory, uptime, restarts, crashes, last exit.
+    """Every worker slot: state, pid, CPU, memory, restarts.
 
     Reply: {"workers": [{"index", "state", "pid", "generation", "uptime",
     "last_heartbeat_age", "restarts", "crashes", "start_failures", "spawn_failures",
@@ -26,10 +26,10 @@ async def workers(host: ControlHost, body: dict[str, Any], progress: Progress) -
 
 @command("workers.restart", {"index"}, {"index"})
 async def restart(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Restart worker N, or all of them one at a time (the others keep serving meanwhile).
+    """Restart worker N, or all of them one at a time.
 
-    Each is stopped if running, its crash budget cleared, started, and waited for until it
-    runs or fails.
+    The others keep serving meanwhile. Each is stopped if running, its crash budget
+    cleared, started, and waited for until it runs or fails.
     Body: {"index": N} or {"index": "all"}
     Reply: progress lines, then {"restarted": [{"index", "old_pid", "pid", "state"}]}
     Refused: bad_request (neither a number nor "all"), not_found (no such worker),
