@@ -40,7 +40,7 @@ async def managed_start(host: ControlHost, body: dict[str, Any], progress: Progr
 
 @command("managed.stop", {"name"}, {"name"})
 async def managed_stop(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Stop a managed program's processes (down until started).
+    """Stop a managed program's processes until started.
 
     Body: {"name": NAME}
     Reply: a progress line, then the program

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 @command("sessions.list", {"state"})
 async def sessions_list(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Running and recently ended sessions, running ones first.
+    """Running and recently ended sessions, running first.
 
     Body: {"state"?: STATE}, only the sessions in that state
     Reply: [{"session", "protocol", "initiator", "state", "shard", "created_at", "reason"}]

@@ -30,7 +30,7 @@ async def get(host: ControlHost, body: dict[str, Any], progress: Progress) -> An
 
 @command("vars.history", {"name"}, {"name"})
 async def history(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """A variable's earlier versions, as the shard keeps them.
+    """A variable's earlier versions, as many as kept.
 
     Body: {"name"}; reply and refusals as var.history.
     """
@@ -49,8 +49,10 @@ async def create(host: ControlHost, body: dict[str, Any], progress: Progress) ->
 
 @command("vars.set", {"name", "value", "expect_version"}, {"name", "value"})
 async def set_(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
-    """Set a variable (compare-and-set with "expect_version").
+    """Set a variable; "expect_version" compares first.
 
+    With "expect_version" the write is made only if the variable is at that version
+    (compare-and-set).
     Body: as var.set without "agent"; reply and refusals as var.set.
     """
     return await host.var_request("var.set", body)
