@@ -3,8 +3,8 @@
 Transport only: it decodes requests, runs each in its own task (no global command lock: a
 slow `workers restart` never holds up `status`), streams progress frames for long
 operations, and sends exactly one final reply per request. What each op does lives in
-commands.py. Replies that cannot be delivered (peer gone, peer not reading) are counted,
-never silently lost.
+the command modules (commands.py lists them). Replies that cannot be delivered (peer
+gone, peer not reading) are counted, never silently lost.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ import psutil
 from mabeamd import config as configmod
 from mabeamd import paths as pathsmod
 from mabeamd.config import EX_CONFIG, ConfigError
-from mabeamd.ctl import render, sessions, views
+from mabeamd.ctl import opdocs, render, sessions, views
 from mabeamd.ctl.client import CommandFailed, ControlClient, NotRunning, Timeout
+from mabeamd.ctl.opdocs import add_op_parser
 
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
@@ -47,28 +48,31 @@ def _common() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     p = argparse.ArgumentParser(prog="mabeamctl", parents=[common],
-                                description="Control a running mabeamd.")
+                                description="Control a running mabeamd.",
+                                epilog=opdocs.overview(), formatter_class=opdocs.RAW)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("status", parents=[common], help="daemon state and summary")
-    w = sub.add_parser("workers", parents=[common], help="list workers, or restart one")
+    add_op_parser(sub, "status", common, "status")
+    w = add_op_parser(sub, "workers", common, "workers", "workers.restart",
+                      help="List workers, or restart one.")
     w.add_argument("action", nargs="?", choices=["list", "restart"], default="list")
     w.add_argument("target", nargs="?", help="worker index or 'all' (for restart)")
-    a = sub.add_parser("agents", parents=[common],
-                       help="registered agents and managed agent programs")
+    a = add_op_parser(sub, "agents", common, "agents.list", "agents.show", "managed.list",
+                      "managed.start", "managed.stop", "managed.restart", "managed.scale",
+                      help="Registered agents and managed agent programs.")
     a.add_argument("action", nargs="?", default="list",
                    choices=["list", "show", "programs", "start", "stop", "restart", "scale"])
     a.add_argument("target", nargs="?", help="agent id (show) or program name")
     a.add_argument("count", nargs="?", type=int, help="process count (scale)")
     a.add_argument("--capability", help="list: only agents with this capability")
     a.add_argument("--status", choices=["healthy", "unhealthy"], help="list: only this status")
-    v = sub.add_parser("vars", parents=[common], help="universal variables")
+    v = sub.add_parser("vars", parents=[common], help="Universal variables.")
     vsub = v.add_subparsers(dest="vars_action", required=True, metavar="ACTION")
-    vsub.add_parser("get", parents=[common], help="show a variable").add_argument("name")
-    vs = vsub.add_parser("set", parents=[common], help="set a variable to a JSON value")
+    add_op_parser(vsub, "get", common, "vars.get").add_argument("name")
+    vs = add_op_parser(vsub, "set", common, "vars.set")
     vs.add_argument("name")
     vs.add_argument("value", help="JSON, e.g. 42, '\"text\"', '{\"a\": 1}'")
     vs.add_argument("--expect-version", type=int, help="compare-and-set")
-    vc = vsub.add_parser("create", parents=[common], help="create a variable")
+    vc = add_op_parser(vsub, "create", common, "vars.create")
     vc.add_argument("name")
     vc.add_argument("value", nargs="?", default="null", help="JSON (default null)")
     vc.add_argument("--type", default="any")
@@ -79,33 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     vc.add_argument("--max", type=float)
     vc.add_argument("--enum", help="JSON list of allowed values")
     vc.add_argument("--max-size", type=int)
-    vd = vsub.add_parser("delete", parents=[common], help="delete a variable")
+    vd = add_op_parser(vsub, "delete", common, "vars.delete")
     vd.add_argument("name")
     vd.add_argument("--expect-version", type=int)
-    vl = vsub.add_parser("list", parents=[common], help="variables by name prefix")
+    vl = add_op_parser(vsub, "list", common, "vars.list")
     vl.add_argument("prefix", nargs="?", default="")
     vl.add_argument("--after", default="")
     vl.add_argument("--limit", type=int, default=100)
-    vsub.add_parser("history", parents=[common], help="earlier versions").add_argument("name")
-    vw = vsub.add_parser("watch", parents=[common], help="print changes as they happen")
+    add_op_parser(vsub, "history", common, "vars.history").add_argument("name")
+    vw = vsub.add_parser("watch", parents=[common], help="Print changes as they happen.")
     vw.add_argument("pattern", nargs="?", default="", help="name prefix")
     vw.add_argument("--count", type=int, help="stop after this many changes")
-    vsub.add_parser("snapshot", parents=[common], help="snapshot every shard now")
-    k = sub.add_parser("keys", parents=[common], help="CURVE key pairs (no daemon needed)")
+    add_op_parser(vsub, "snapshot", common, "vars.snapshot")
+    k = sub.add_parser("keys", parents=[common], help="CURVE key pairs (no daemon needed).")
     k.add_argument("action", choices=["generate"])
     k.add_argument("name", help="key name = the agent namespace it may register; "
                                 "'server' for the daemon's own")
     k.add_argument("--dir", default=".", help="where to write NAME.key and NAME.key_secret")
     k.add_argument("--force", action="store_true", help="replace existing files")
     sessions.add_parsers(sub, common)
-    b = sub.add_parser("backup", parents=[common],
-                       help="online, consistent copy of every shard into DIR (new or empty), "
-                            "with a manifest of checksums; restore: mabeamd --restore DIR")
-    b.add_argument("dir")
-    sub.add_parser("plugins", parents=[common], help="loaded, failed and disabled plugins")
-    sub.add_parser("reload", parents=[common], help="reload configuration and plugins")
-    sub.add_parser("stop", parents=[common], help="stop the daemon gracefully and wait")
-    sub.add_parser("version", parents=[common], help="daemon and library versions")
+    add_op_parser(sub, "backup", common, "backup").add_argument("dir")
+    for name in ("plugins", "reload", "stop", "version"):
+        add_op_parser(sub, name, common, name)
     return p
 
 

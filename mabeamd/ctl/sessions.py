@@ -15,6 +15,7 @@ from typing import Any
 
 from mabeamd.ctl import render
 from mabeamd.ctl.client import ControlClient
+from mabeamd.ctl.opdocs import add_op_parser
 
 EX_DATAERR = 65
 STATES = ("queued", "collecting", "deciding", "escalated", "applied", "failed", "cancelled",
@@ -26,25 +27,24 @@ class EvalError(Exception):
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("sessions", parents=[common], help="coordination sessions")
+    s = sub.add_parser("sessions", parents=[common], help="Coordination sessions.")
     ss = s.add_subparsers(dest="sessions_action", required=True, metavar="ACTION")
-    sl = ss.add_parser("list", parents=[common], help="running and recently ended sessions")
+    sl = add_op_parser(ss, "list", common, "sessions.list")
     sl.add_argument("--state", choices=STATES, help="only sessions in this state")
-    ss.add_parser("show", parents=[common], help="one session, in full").add_argument("id")
-    sc = ss.add_parser("cancel", parents=[common], help="cancel a running session")
+    add_op_parser(ss, "show", common, "sessions.show").add_argument("id")
+    sc = add_op_parser(ss, "cancel", common, "sessions.cancel")
     sc.add_argument("id")
     sc.add_argument("--reason", help="recorded as the session's reason")
-    sd = ss.add_parser("decide", parents=[common],
-                       help="give the operator's decision to an escalated session")
+    sd = add_op_parser(ss, "decide", common, "sessions.decide")
     sd.add_argument("id")
     sd.add_argument("decision", help='JSON, e.g. \'{"allocations": {"a1": 2}}\'')
-    p = sub.add_parser("protocols", parents=[common], help="coordination protocols")
+    p = sub.add_parser("protocols", parents=[common], help="Coordination protocols.")
     ps = p.add_subparsers(dest="protocols_action", required=True, metavar="ACTION")
-    pl = ps.add_parser("list", parents=[common], help="protocols the daemon offers")
+    pl = add_op_parser(ps, "list", common, "protocols.list")
     pl.add_argument("--local", action="store_true",
                     help="what the plugins installed here provide (no daemon needed)")
     pe = ps.add_parser("eval", parents=[common],
-                       help="run a protocol's pure mechanism offline on a JSON input")
+                       help="Run a protocol's pure mechanism offline on a JSON input.")
     pe.add_argument("name")
     pe.add_argument("file", help="JSON input file, - for stdin (see docs/protocols.md)")
 

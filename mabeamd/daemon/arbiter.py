@@ -38,6 +38,7 @@ from mabeamd.config import EX_CONFIG, Config, ConfigError, parse_endpoint
 from mabeamd.control.commands import build_handlers
 from mabeamd.control.server import ControlServer
 from mabeamd.daemon.child import Reaper
+from mabeamd.daemon.controlside import ControlSide
 from mabeamd.daemon.managed import ManagedSupervisor
 from mabeamd.daemon.sdnotify import Notifier, child_environment
 from mabeamd.daemon.watcher import State, WorkerWatcher, worker_argv
@@ -88,7 +89,7 @@ def default_worker_count() -> int:
         return os.cpu_count() or 1
 
 
-class Arbiter:
+class Arbiter(ControlSide):
     def __init__(
         self,
         config: Config,
@@ -560,60 +561,3 @@ class Arbiter:
         while True:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
-
-    # --- introspection ---------------------------------------------------------------------
-
-    def worker_counts(self) -> dict[str, int]:
-        counts = {s.value: 0 for s in State}
-        for w in self.watchers:
-            counts[w.state.value] += 1
-        return counts
-
-    def status_line(self) -> str:
-        c = self.worker_counts()
-        n = len(self.watchers)
-        text = f"{c['running']}/{n} workers running"
-        if c["failed"]:
-            text = f"degraded: {text}, {c['failed']} failed"
-        if self.storage:
-            text = (f"degraded: {text}; the disk refuses shard(s) "
-                    f"{', '.join(str(i) for i in sorted(self.storage))}")
-        return text
-
-    def status(self) -> dict[str, Any]:
-        extensions = dict(self.plugins.call("mabeamd_status"))
-        return {
-            "pid": os.getpid(),
-            "version": __version__,
-            "state": self.state,
-            "summary": self.status_line(),
-            "uptime": round(time.monotonic() - self.started_mono, 3),
-            "started_at": self.started_wall,
-            "ready_after": self.ready_after,
-            "config": self.config.source,
-            "runtime_dir": str(self.paths.runtime_dir),
-            "state_dir": str(self.paths.state_dir),
-            "control_socket": str(self.paths.control_socket),
-            "log_level": self.config.daemon.log_level,
-            "log_target": self.logs.target,
-            "systemd_notify": self.notifier.enabled,
-            "workers": {"total": len(self.watchers), **self.worker_counts()},
-            "plugins": self.plugins.summary(),
-            "agents": self.registry.counts(),
-            "variables": {"shards": self.worker_count, "fsync": self.config.variables.fsync,
-                          "shm_prefix": self.meta.shm_prefix},
-            "sessions": {"running": len(self.sessions.live), **self.sessions.stats},
-            "managed": {p.name: sum(1 for x in p.procs if x.state == "running")
-                        for p in self.managed.programs.values()},
-            "agent_endpoints": [str(e) for e in self.endpoint.endpoints],
-            "agent_traffic": dict(self.endpoint.stats),
-            "event_endpoint": str(self.events.endpoint) if self.events.endpoint else None,
-            "events_published": self.events.published,
-            "control": dict(self.control.stats),
-            "link_dropped": self.link.dropped,
-            "loop_lag": {"last": round(self.loop_lag, 4), "max": round(self.loop_lag_max, 4),
-                         "stalls": self.stalls},
-            "storage": {str(i): s for i, s in sorted(self.storage.items())},
-            "extensions": extensions,
-        }
-

@@ -1,0 +1,196 @@
+"""The arbiter as its control commands see it: the `ControlHost` side (control/host.py).
+
+A base class of `Arbiter`, holding the views and requests the control commands make of it,
+so that the arbiter's module keeps to start-up, signals and wiring. `reload`,
+`request_stop` and `refuse_if_stopping` stay in the arbiter, whose signal handlers use them
+too; with them the arbiter is the whole `ControlHost`. The attributes below are the
+arbiter's, set up by it; they are declared here only for what these methods read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from mabeamd import __version__
+from mabeamd.daemon.watcher import State
+from mabeamd.storage.variables import ADMIN
+
+if TYPE_CHECKING:
+    from mabeamd import protocol
+    from mabeamd.agents.agentops import AgentService
+    from mabeamd.agents.endpoint import AgentEndpoint
+    from mabeamd.agents.events import EventPublisher
+    from mabeamd.agents.registry import Registry
+    from mabeamd.agents.varops import VariableService
+    from mabeamd.config import Config
+    from mabeamd.control.server import ControlServer, Progress
+    from mabeamd.daemon.managed import ManagedProgram, ManagedSupervisor
+    from mabeamd.daemon.sdnotify import Notifier
+    from mabeamd.daemon.watcher import WorkerWatcher
+    from mabeamd.logsetup import LogSetup
+    from mabeamd.net.link import WorkerLink
+    from mabeamd.net.shardcall import ShardCalls
+    from mabeamd.paths import Paths
+    from mabeamd.plugins import PluginHost
+    from mabeamd.sessions.service import SessionService
+    from mabeamd.storage.statedir import StateMeta
+
+
+class ControlSide:
+    config: Config
+    paths: Paths
+    logs: LogSetup
+    notifier: Notifier
+    plugins: PluginHost
+    meta: StateMeta
+    state: str
+    started_mono: float
+    started_wall: float
+    ready_after: float | None
+    worker_count: int
+    watchers: list[WorkerWatcher]
+    workers_stopped: asyncio.Event
+    shard_traffic: dict[int, dict[str, Any]]
+    storage: dict[int, dict[str, Any]]
+    loop_lag: float
+    loop_lag_max: float
+    stalls: int
+    control: ControlServer
+    link: WorkerLink
+    endpoint: AgentEndpoint
+    events: EventPublisher
+    registry: Registry
+    agents: AgentService
+    variables: VariableService
+    shard_calls: ShardCalls
+    sessions: SessionService
+    managed: ManagedSupervisor
+
+    # --- the daemon ------------------------------------------------------------------------
+
+    def worker_counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in State}
+        for w in self.watchers:
+            counts[w.state.value] += 1
+        return counts
+
+    def status_line(self) -> str:
+        c = self.worker_counts()
+        n = len(self.watchers)
+        text = f"{c['running']}/{n} workers running"
+        if c["failed"]:
+            text = f"degraded: {text}, {c['failed']} failed"
+        if self.storage:
+            text = (f"degraded: {text}; the disk refuses shard(s) "
+                    f"{', '.join(str(i) for i in sorted(self.storage))}")
+        return text
+
+    def status(self) -> dict[str, Any]:
+        extensions = dict(self.plugins.call("mabeamd_status"))
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "state": self.state,
+            "summary": self.status_line(),
+            "uptime": round(time.monotonic() - self.started_mono, 3),
+            "started_at": self.started_wall,
+            "ready_after": self.ready_after,
+            "config": self.config.source,
+            "runtime_dir": str(self.paths.runtime_dir),
+            "state_dir": str(self.paths.state_dir),
+            "control_socket": str(self.paths.control_socket),
+            "log_level": self.config.daemon.log_level,
+            "log_target": self.logs.target,
+            "systemd_notify": self.notifier.enabled,
+            "workers": {"total": len(self.watchers), **self.worker_counts()},
+            "plugins": self.plugins.summary(),
+            "agents": self.registry.counts(),
+            "variables": {"shards": self.worker_count, "fsync": self.config.variables.fsync,
+                          "shm_prefix": self.meta.shm_prefix},
+            "sessions": {"running": len(self.sessions.live), **self.sessions.stats},
+            "managed": {p.name: sum(1 for x in p.procs if x.state == "running")
+                        for p in self.managed.programs.values()},
+            "agent_endpoints": [str(e) for e in self.endpoint.endpoints],
+            "agent_traffic": dict(self.endpoint.stats),
+            "event_endpoint": str(self.events.endpoint) if self.events.endpoint else None,
+            "events_published": self.events.published,
+            "control": dict(self.control.stats),
+            "link_dropped": self.link.dropped,
+            "loop_lag": {"last": round(self.loop_lag, 4), "max": round(self.loop_lag_max, 4),
+                         "stalls": self.stalls},
+            "storage": {str(i): s for i, s in sorted(self.storage.items())},
+            "extensions": extensions,
+        }
+
+    def plugin_records(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.plugins.records.values()]
+
+    async def wait_workers_stopped(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.workers_stopped.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def worker_states(self) -> list[str]:
+        return [w.state.value for w in self.watchers]
+
+    def worker_rows(self) -> list[dict[str, Any]]:
+        return [{**w.info(), "shard_endpoint": self.agents.shard_endpoints[w.index],
+                 "shard_traffic": self.shard_traffic.get(w.index),
+                 "storage": self.storage.get(w.index)}
+                for w in self.watchers]
+
+    async def restart_worker(self, index: int, progress: Progress) -> dict[str, Any]:
+        return await self.watchers[index].restart(progress)
+
+    # --- agents and managed programs -------------------------------------------------------
+
+    def agent_rows(self) -> list[dict[str, Any]]:
+        return self.agents.admin_list()
+
+    def agent(self, agent_id: str) -> dict[str, Any]:
+        return self.agents.admin_show(agent_id)
+
+    def managed_rows(self) -> list[dict[str, Any]]:
+        return self.managed.info()
+
+    def managed_program(self, name: Any) -> ManagedProgram:
+        return self.managed.program(name)
+
+    # --- variables -------------------------------------------------------------------------
+
+    async def var_request(self, op: str, body: dict[str, Any]) -> Any:
+        return await self.variables.forward(op, body, ADMIN)
+
+    async def var_list(self, body: dict[str, Any]) -> Any:
+        return await self.variables.list_vars(body)
+
+    async def to_shard(self, index: int, op: str, body: dict[str, Any]) -> Any:
+        return await self.shard_calls.call(index, op, body, ADMIN)
+
+    # --- sessions and protocols ------------------------------------------------------------
+
+    def session_rows(self, state: str | None) -> list[dict[str, Any]]:
+        return self.sessions.summaries(state)
+
+    async def session(self, session: Any) -> dict[str, Any]:
+        return await self.sessions.show(session)
+
+    async def cancel_session(self, session: Any, by: str, reason: Any) -> Any:
+        return await self.sessions.cancel_as(session, by, reason)
+
+    async def decide_session(self, session: Any, decision: Any) -> Any:
+        return await self.sessions.decide(session, decision)
+
+    def protocols(self) -> Mapping[str, protocol.Protocol]:
+        return self.sessions.protocols
+
+    def protocol_plugin(self, name: str) -> str | None:
+        return self.plugins.protocol_owner.get(name)
