@@ -36,7 +36,7 @@ from mabeamd.client.errors import (
 )
 from mabeamd.client.routes import Lost, NoRoute, Routes
 from mabeamd.net import wire
-from mabeamd.net.drain import UNBOUNDED, Drain, recv_ready_batch
+from mabeamd.net.drain import UNBOUNDED, Drain, each, recv_ready_batch
 from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.storage import shm
 from mabeamd.storage.sharding import shard_of
@@ -160,7 +160,7 @@ class AsyncClient:
         self._sock = s
         # A plain socket drained from its ZMQ_FD, which halves the client's cost of a request
         # (net/drain.py). Replies only complete futures: no sends from the batch's handling.
-        self._drain = Drain(s, self._handle_all, recv_ready_batch, limit=UNBOUNDED)
+        self._drain = Drain(s, each(self._handle), recv_ready_batch, limit=UNBOUNDED)
         self._drain.start(self._loop)
         if self.direct and self.server_key is None:
             self._routes = Routes(self._ctx, self._loop, self.endpoint, self._handle)
@@ -291,10 +291,6 @@ class AsyncClient:
                 if self._sock is None:
                     raise ConnectionLost("client closed") from None
         self._drain.wake()  # a send can consume ZMQ_FD's edge: look for replies anyway
-
-    def _handle_all(self, batch: list[list[bytes]]) -> None:
-        for frames in batch:
-            self._handle(frames)
 
     def _handle(self, frames: list[bytes]) -> None:
         try:

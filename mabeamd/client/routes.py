@@ -31,7 +31,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from mabeamd.net import wire
-from mabeamd.net.drain import UNBOUNDED, Drain
+from mabeamd.net.drain import UNBOUNDED, Drain, each
 from mabeamd.net.frames import NOBLOCK, recv_batch, recv_frames, send_frames
 
 log = logging.getLogger("mabeamd.client")
@@ -128,7 +128,7 @@ class Routes:
             return
         self._socks[shard] = sock
         self._in_flight[shard] = {}
-        replies = self._replies[shard] = Drain(sock, self._replied, recv_batch,
+        replies = self._replies[shard] = Drain(sock, each(self._on_reply), recv_batch,
                                                limit=UNBOUNDED)
         watch = self._watches[shard] = Drain(monitor, functools.partial(self._watch, shard),
                                              _monitor_batch, limit=UNBOUNDED)
@@ -153,10 +153,6 @@ class Routes:
         flights = self._in_flight.get(shard)
         if flights is not None:
             flights.pop(rid, None)
-
-    def _replied(self, batch: list[list[bytes]]) -> None:
-        for frames in batch:
-            self._on_reply(frames)
 
     def _watch(self, shard: int, events: list[int]) -> None:
         if zmq.EVENT_DISCONNECTED in events:

@@ -61,6 +61,14 @@ def recv_ready_batch(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
     return batch
 
 
+def each(handle: Callable[[T], None]) -> Callable[[list[T]], None]:
+    """on_batch for a place that serves its messages one by one."""
+    def on_batch(batch: list[T]) -> None:
+        for message in batch:
+            handle(message)
+    return on_batch
+
+
 class Drain(Generic[T]):
     """One socket's reader. `receive(sock, limit)` takes up to a batch (recv_ready_batch or
     frames.recv_batch, or the place's own); `on_batch` serves it. `sends`: on_batch sends on

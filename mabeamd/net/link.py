@@ -21,7 +21,7 @@ import zmq
 import zmq.asyncio
 
 from mabeamd.net import wire
-from mabeamd.net.drain import Drain, recv_ready_batch
+from mabeamd.net.drain import Drain, each, recv_ready_batch
 from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.net.zmqutil import bind_private, router
 
@@ -54,7 +54,7 @@ class WorkerLink:
         self._ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context.shadow(ctx.underlying)
         self.sock = router(self._ctx, sndhwm=100_000, rcvhwm=100_000, linger=0)
         # Nothing in a batch's handling sends on this socket but through send(), which wakes.
-        self._drain = Drain(self.sock, self._dispatch_all, recv_ready_batch)
+        self._drain = Drain(self.sock, each(self._dispatch), recv_ready_batch)
         # A restarted worker reuses its slot's routing id only with a new generation, but a
         # reconnect of the same process must take over its old pipe.
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -67,10 +67,6 @@ class WorkerLink:
     async def run(self) -> None:
         self._drain.start(asyncio.get_running_loop())
         await asyncio.Event().wait()  # served by the reader callback until cancelled
-
-    def _dispatch_all(self, batch: list[list[bytes]]) -> None:
-        for frames in batch:
-            self._dispatch(frames)
 
     def _dispatch(self, frames: list[bytes]) -> None:
         ident = parse_identity(frames[0])

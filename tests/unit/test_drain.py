@@ -16,7 +16,7 @@ import pytest
 import uvloop
 import zmq
 
-from mabeamd.net.drain import BATCH, Drain, Receive, recv_ready_batch
+from mabeamd.net.drain import BATCH, Drain, Receive, each, recv_ready_batch
 from mabeamd.net.frames import recv_batch
 
 RECEIVES = [pytest.param(recv_ready_batch, id="zmq_events"),
@@ -163,6 +163,22 @@ def test_a_burst_is_served_one_batch_a_turn(
     loop.run_until_complete(scenario())
     assert order == [f"batch {BATCH}", f"batch {BATCH}", "other work", "batch 10"]
     assert got.messages() == [b"%d" % k for k in range(total)]
+
+
+def test_each_serves_a_batch_message_by_message(
+        pair: tuple[zmq.Socket[Any], zmq.Socket[Any]], loop: asyncio.AbstractEventLoop,
+        ) -> None:
+    served, peer = pair
+    for k in range(3):
+        peer.send_multipart([b"m", b"%d" % k])
+    seen: list[list[bytes]] = []
+
+    async def scenario() -> None:
+        drain = Drain(served, each(seen.append), recv_ready_batch)
+        drain.start(asyncio.get_running_loop())
+        drain.close()
+    loop.run_until_complete(scenario())
+    assert seen == [[b"m", b"0"], [b"m", b"1"], [b"m", b"2"]]
 
 
 def test_close_removes_the_reader_and_ends_wakes(
