@@ -1,14 +1,11 @@
 """The agent endpoint: one ROUTER per configured address, speaking the wire protocol.
 
-Transport only, like control/server.py, but built for volume. The sockets are plain (synchronous)
-pyzmq sockets whose ZMQ_FD is registered with the event loop: when it signals, we drain
-with non-blocking calls until EAGAIN, in batches. That skips pyzmq's asyncio layer (a future
-and a loop wake-up per message), which measured as most of the server's per-request cost.
-ZMQ_FD is edge-triggered, so any send made outside a drain (a late reply, a push) schedules
-another drain. Requests whose handler answers at once are served inline; only handlers that
-must wait get a task. Every connection has an in-flight limit (answered `busy`). Anything
-malformed gets an error reply when it can be routed and is counted either way; nothing from
-outside can raise out of this loop.
+Transport only, like control/server.py, but built for volume: each socket is a plain pyzmq
+socket served in batches from its ZMQ_FD (net/drain.py, which says why); a send made outside
+a drain (a late reply, a push) wakes it. Requests whose handler answers at once are served
+inline; only handlers that must wait get a task. Every connection has an in-flight limit
+(answered `busy`). Anything malformed gets an error reply when it can be routed and is
+counted either way; nothing from outside can raise out of this loop.
 
 On CURVE endpoints each message carries the ZAP User-Id (the client's key name), handed to
 handlers as the request's principal.
@@ -17,6 +14,7 @@ handlers as the request's principal.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,15 +26,12 @@ import zmq.asyncio
 from mabeamd.agents.registry import ConnKey
 from mabeamd.config import Endpoint
 from mabeamd.net import wire
-from mabeamd.net.frames import NOBLOCK, recv_ready, send_frames
+from mabeamd.net.drain import Drain, recv_ready_batch
+from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import agent_router, bind_endpoint, curve_server, unlink_endpoint
 
 log = logging.getLogger(__name__)
-
-# How many queued messages one socket serves before letting the event loop run other tasks
-# (the control socket, supervision): agent load can delay admin work by one batch at most.
-BATCH = 256
 
 
 @dataclass(slots=True)
@@ -65,56 +60,37 @@ class AgentEndpoint:
         # serves these sockets too, but with synchronous calls.
         self._ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context.shadow(ctx.underlying)
         self.sockets: list[zmq.Socket[Any]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._draining: set[int] = set()
-        for ep in endpoints:
+        self._drains: list[Drain[Any]] = []
+        for i, ep in enumerate(endpoints):
             sock = agent_router(self._ctx, max_message)
             if ep.curve:
                 curve_server(sock, curve_keys)
+                drain: Drain[Any] = Drain(sock, functools.partial(self._serve_curve, i),
+                                          _recv_curve, sends=True)
+            else:
+                drain = Drain(sock, functools.partial(self._serve, i), recv_ready_batch,
+                              sends=True)
             self.sockets.append(sock)
+            self._drains.append(drain)
 
     def bind(self) -> None:
         for ep, sock in zip(self.endpoints, self.sockets, strict=True):
             bind_endpoint(sock, ep)
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        for i, sock in enumerate(self.sockets):
-            self._loop.add_reader(sock.FD, self._drain, i)
-            self._drain(i)
+        loop = asyncio.get_running_loop()
+        for drain in self._drains:
+            drain.start(loop)
         await asyncio.Event().wait()  # served by reader callbacks until cancelled
 
-    def _wake(self, index: int) -> None:
-        """Schedule a drain of one socket (after a send outside a drain, see above)."""
-        if self._loop is not None and index not in self._draining:
-            self._draining.add(index)
-            self._loop.call_soon(self._drain, index)
+    def _serve(self, index: int, batch: list[list[bytes]]) -> None:
+        for frames in batch:
+            self._handle(index, frames, None)
 
-    def _drain(self, index: int) -> None:
-        self._draining.discard(index)
-        sock = self.sockets[index]
-        curve = self.endpoints[index].curve
-        for _ in range(BATCH):
-            try:
-                # CURVE needs Frames (for their User-Id); plain sockets take the fast path.
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False) if curve \
-                    else recv_ready(sock)
-            except zmq.Again:
-                return
-            except zmq.ZMQError as exc:  # closed under us during shutdown
-                log.debug("agent endpoint %d: %s", index, exc)
-                return
-            if parts is None:
-                return
-            principal: str | None = None
-            if curve:
-                frames = [p.bytes for p in parts]  # type: ignore[union-attr]
-                principal = str(parts[-1].get("User-Id") or "") or None  # type: ignore[union-attr]
-            else:
-                frames = parts  # type: ignore[assignment]
-            self._handle(index, frames, principal)
-        # A full batch: let the loop run other work (control socket, supervision) first.
-        self._wake(index)
+    def _serve_curve(self, index: int, batch: list[list[zmq.Frame]]) -> None:
+        for parts in batch:
+            self._handle(index, [p.bytes for p in parts],
+                         str(parts[-1].get("User-Id") or "") or None)
 
     def _handle(self, index: int, frames: list[bytes], principal: str | None) -> None:
         self.stats["requests"] += 1
@@ -188,7 +164,7 @@ class AgentEndpoint:
     def send(self, index: int, envelope: list[bytes], frames: list[bytes]) -> bool:
         """Send from outside a drain (late replies, pushes)."""
         ok = self._send(index, envelope, frames)
-        self._wake(index)
+        self._drains[index].wake()
         return ok
 
     def _send(self, index: int, envelope: list[bytes], frames: list[bytes]) -> bool:
@@ -212,8 +188,19 @@ class AgentEndpoint:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)
-        for ep, sock in zip(self.endpoints, self.sockets, strict=True):
-            if self._loop is not None and not sock.closed:
-                self._loop.remove_reader(sock.FD)
+        for ep, sock, drain in zip(self.endpoints, self.sockets, self._drains, strict=True):
+            drain.close()
             sock.close(linger=0)
             unlink_endpoint(ep)
+
+
+def _recv_curve(sock: zmq.Socket[Any], limit: int) -> list[list[zmq.Frame]]:
+    """A CURVE socket's batch, as Frames: their User-Id names the client's key (the fast
+    path's bytes do not carry it)."""
+    batch: list[list[zmq.Frame]] = []
+    while len(batch) < limit:
+        try:
+            batch.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+        except zmq.Again:
+            break
+    return batch

@@ -36,7 +36,8 @@ from mabeamd.client.errors import (
 )
 from mabeamd.client.routes import Lost, NoRoute, Routes
 from mabeamd.net import wire
-from mabeamd.net.frames import NOBLOCK, recv_ready, send_frames
+from mabeamd.net.drain import UNBOUNDED, Drain, each, recv_ready_batch
+from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.storage import shm
 from mabeamd.storage.sharding import shard_of
 
@@ -121,7 +122,7 @@ class AsyncClient:
         self._ctx: zmq.Context[zmq.Socket[Any]] | None = None
         self._sock: zmq.Socket[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._drain_scheduled = False
+        self._drain: Drain[list[bytes]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         # Learned at hello: where the daemon's shards and events are.
@@ -138,9 +139,6 @@ class AsyncClient:
     # --- connection ------------------------------------------------------------------------
 
     async def connect(self) -> AsyncClient:
-        # A plain socket whose ZMQ_FD is a loop reader, drained with non-blocking calls: no
-        # future and loop wake-up per message as with zmq.asyncio sockets (the daemon's
-        # endpoint does the same; this halves the client-side cost of a request).
         self._loop = asyncio.get_running_loop()
         # One ZeroMQ context (and I/O thread) per process, shared by every client in it: a
         # context per client meant a process hosting 500 agents ran 500 I/O threads, and
@@ -160,7 +158,10 @@ class AsyncClient:
             s.curve_publickey, s.curve_secretkey = self.client_keys
         s.connect(self.endpoint)
         self._sock = s
-        self._loop.add_reader(s.FD, self._drain)
+        # A plain socket drained from its ZMQ_FD, which halves the client's cost of a request
+        # (net/drain.py). Replies only complete futures: no sends from the batch's handling.
+        self._drain = Drain(s, each(self._handle), recv_ready_batch, limit=UNBOUNDED)
+        self._drain.start(self._loop)
         if self.direct and self.server_key is None:
             self._routes = Routes(self._ctx, self._loop, self.endpoint, self._handle)
         self._tasks = []
@@ -198,8 +199,8 @@ class AsyncClient:
             self._routes.close()
             self._routes = None
         if self._sock is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self._sock.FD)
+            if self._drain is not None:
+                self._drain.close()
             self._sock.close(linger=0)
             self._sock = None
         self._ctx = None  # shared by the process: not ours to terminate
@@ -275,7 +276,7 @@ class AsyncClient:
         """Send without blocking the loop. EAGAIN means no connection is up (IMMEDIATE keeps
         requests out of a queue for a peer that is not there) or the daemon is not reading:
         retry, backing off, within the request's own timeout."""
-        assert self._sock is not None and self._loop is not None
+        assert self._sock is not None and self._loop is not None and self._drain is not None
         pause = 0.001
         while True:
             try:
@@ -289,26 +290,7 @@ class AsyncClient:
                 pause = min(pause * 2, 0.05)
                 if self._sock is None:
                     raise ConnectionLost("client closed") from None
-        self._wake_drain()  # a send can consume ZMQ_FD's edge: look for replies anyway
-
-    def _wake_drain(self) -> None:
-        if not self._drain_scheduled and self._loop is not None:
-            self._drain_scheduled = True
-            self._loop.call_soon(self._drain)
-
-    def _drain(self) -> None:
-        self._drain_scheduled = False
-        sock = self._sock
-        if sock is None:
-            return
-        while True:
-            try:
-                frames = recv_ready(sock)
-            except zmq.ZMQError:  # closed under us (or a message gone between the checks)
-                return
-            if frames is None:
-                return
-            self._handle(frames)
+        self._drain.wake()  # a send can consume ZMQ_FD's edge: look for replies anyway
 
     def _handle(self, frames: list[bytes]) -> None:
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from mabeamd.net import wire
+from mabeamd.net.drain import UNBOUNDED, Drain, each
 from mabeamd.net.frames import NOBLOCK, recv_batch, recv_frames, send_frames
 
 log = logging.getLogger("mabeamd.client")
@@ -85,8 +87,10 @@ class Routes:
         self._on_reply = on_reply
         self.addresses: list[str | None] = []
         self._socks: dict[int, zmq.Socket[Any]] = {}
-        self._monitors: dict[int, zmq.Socket[Any]] = {}
-        self._scheduled: set[int] = set()
+        # Each route's two readers: its replies (only handed on, nothing sent from there, and
+        # all that wait taken at once) and its monitor's events.
+        self._replies: dict[int, Drain[list[bytes]]] = {}
+        self._watches: dict[int, Drain[int]] = {}
         self._unroutable: set[int] = set()  # shards whose route could not be made
         # shard -> {request id: future} of requests in flight on that route
         self._in_flight: dict[int, dict[int, asyncio.Future[Any]]] = {}
@@ -122,10 +126,14 @@ class Routes:
                         "agent endpoint", shard, address, exc)
             self._unroutable.add(shard)
             return
-        self._socks[shard], self._monitors[shard] = sock, monitor
+        self._socks[shard] = sock
         self._in_flight[shard] = {}
-        self._loop.add_reader(sock.FD, self._drain, shard)
-        self._loop.add_reader(monitor.FD, self._watch, shard)
+        replies = self._replies[shard] = Drain(sock, each(self._on_reply), recv_batch,
+                                               limit=UNBOUNDED)
+        watch = self._watches[shard] = Drain(monitor, functools.partial(self._watch, shard),
+                                             _monitor_batch, limit=UNBOUNDED)
+        replies.start(self._loop)
+        watch.start(self._loop)
 
     def send(self, shard: int, rid: int, frames: list[bytes], fut: asyncio.Future[Any],
              ) -> bool:
@@ -138,7 +146,7 @@ class Routes:
         except zmq.ZMQError:  # EAGAIN: not connected (yet, or any more)
             return False
         self._in_flight[shard][rid] = fut
-        self._wake(shard)  # a send can consume ZMQ_FD's edge
+        self._replies[shard].wake()  # a send can consume ZMQ_FD's edge
         return True
 
     def done(self, shard: int, rid: int) -> None:
@@ -146,29 +154,9 @@ class Routes:
         if flights is not None:
             flights.pop(rid, None)
 
-    def _wake(self, shard: int) -> None:
-        if shard not in self._scheduled:
-            self._scheduled.add(shard)
-            self._loop.call_soon(self._drain, shard)
-
-    def _drain(self, shard: int) -> None:
-        self._scheduled.discard(shard)
-        sock = self._socks.get(shard)
-        if sock is None:
-            return
-        try:
-            batch = recv_batch(sock, 1 << 30)
-        except zmq.ZMQError:  # closed under us
-            return
-        for frames in batch:
-            self._on_reply(frames)
-
-    def _watch(self, shard: int) -> None:
-        monitor = self._monitors.get(shard)
-        if monitor is None:
-            return
-        if zmq.EVENT_DISCONNECTED in _monitor_events(monitor):
-            self._drain(shard)  # replies that arrived before the drop still count
+    def _watch(self, shard: int, events: list[int]) -> None:
+        if zmq.EVENT_DISCONNECTED in events:
+            self._replies[shard].drain()  # replies that arrived before the drop still count
             lost = self._in_flight.get(shard, {})
             for fut in lost.values():
                 if not fut.done():
@@ -176,17 +164,17 @@ class Routes:
             lost.clear()
 
     def _drop(self, shard: int) -> None:
-        sock, monitor = self._socks.pop(shard, None), self._monitors.pop(shard, None)
-        for s in (sock, monitor):
-            if s is not None:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(s.FD)
+        sock = self._socks.pop(shard, None)
+        replies, watch = self._replies.pop(shard, None), self._watches.pop(shard, None)
+        for reader in (replies, watch):
+            if reader is not None:
+                reader.close()
         if sock is not None:
             with contextlib.suppress(zmq.ZMQError):
                 sock.disable_monitor()
             sock.close(linger=0)
-        if monitor is not None:
-            monitor.close(linger=0)
+        if watch is not None:
+            watch.sock.close(linger=0)
         for fut in self._in_flight.pop(shard, {}).values():
             if not fut.done():
                 fut.set_exception(Lost())
@@ -272,6 +260,11 @@ class ThreadRoutes:
             for s in self._all:
                 s.close(linger=0)
             self._all = []
+
+
+def _monitor_batch(monitor: zmq.Socket[Any], limit: int) -> list[int]:
+    """Drain's receive for a monitor: every event waiting (their queue is short)."""
+    return _monitor_events(monitor)
 
 
 def _monitor_events(monitor: zmq.Socket[Any]) -> list[int]:

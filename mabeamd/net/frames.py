@@ -51,19 +51,17 @@ def recv_frames(sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
 
 
 def recv_ready(sock: zmq.Socket[Any]) -> list[bytes] | None:
-    """The next message if one is waiting, else None: drain loops ask ZMQ_EVENTS (which also
-    re-arms the socket's edge-triggered FD) instead of paying for a zmq.Again exception at
-    the end of every drain (pyzmq builds those in Python, at a cost)."""
+    """The next message if one is waiting, else None: ZMQ_EVENTS instead of a zmq.Again
+    exception when nothing waits (pyzmq builds those in Python, at a cost). Which of this and
+    recv_batch a drain loop uses, and why: drain.py."""
     if not readable(sock):
         return None
     return recv_frames(sock, NOBLOCK)
 
 
 def recv_batch(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
-    """Up to `limit` waiting messages. Under load, where a drain finds many, receiving until
-    zmq.Again is cheaper than recv_ready's ZMQ_EVENTS per message (a getsockopt that polls
-    the socket's mailbox, a syscall each, against one exception per batch); the Again
-    re-arms the edge-triggered FD the same way."""
+    """Up to `limit` waiting messages, receiving until zmq.Again: one exception per batch
+    instead of recv_ready's ZMQ_EVENTS per message (see drain.py)."""
     batch: list[list[bytes]] = []
     while len(batch) < limit:
         try:
@@ -75,6 +73,5 @@ def recv_batch(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
 
 def readable(sock: zmq.Socket[Any]) -> bool:
     """Whether a message is waiting (ZMQ_EVENTS: one call, no exception). Asking also
-    re-arms the edge-triggered FD, so a loop that sent on the socket asks this before it
-    sleeps: true means drain again now."""
+    re-arms the edge-triggered ZMQ_FD (drain.py)."""
     return bool(_get(sock, _EVENTS) & _POLLIN)

@@ -5,8 +5,7 @@ Each worker connects a DEALER whose routing id names its slot and generation
 recognised and ignored instead of being taken for its successor's.
 
 Variable requests cross this link twice per request, so it is served like the agent endpoint:
-a plain socket whose ZMQ_FD is a loop reader, drained until EAGAIN (see endpoint.py for why;
-a send outside a drain schedules one, because ZMQ_FD is edge-triggered).
+a plain socket drained in batches from its ZMQ_FD (drain.py); a send wakes the drain.
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ import zmq
 import zmq.asyncio
 
 from mabeamd.net import wire
-from mabeamd.net.frames import NOBLOCK, recv_ready, send_frames
+from mabeamd.net.drain import Drain, each, recv_ready_batch
+from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.net.zmqutil import bind_private, router
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,6 @@ def parse_identity(routing_id: bytes) -> tuple[int, int] | None:
         return None
 
 
-BATCH = 256
-
 
 class WorkerLink:
     def __init__(self, ctx: zmq.asyncio.Context, path: Path, on_message: MessageHandler) -> None:
@@ -55,8 +53,8 @@ class WorkerLink:
         self.on_message = on_message
         self._ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context.shadow(ctx.underlying)
         self.sock = router(self._ctx, sndhwm=100_000, rcvhwm=100_000, linger=0)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._scheduled = False
+        # Nothing in a batch's handling sends on this socket but through send(), which wakes.
+        self._drain = Drain(self.sock, each(self._dispatch), recv_ready_batch)
         # A restarted worker reuses its slot's routing id only with a new generation, but a
         # reconnect of the same process must take over its old pipe.
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -67,27 +65,8 @@ class WorkerLink:
         bind_private(self.sock, self.path)
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.sock.FD, self._drain)
-        self._drain()
+        self._drain.start(asyncio.get_running_loop())
         await asyncio.Event().wait()  # served by the reader callback until cancelled
-
-    def _wake(self) -> None:
-        if self._loop is not None and not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._drain)
-
-    def _drain(self) -> None:
-        self._scheduled = False
-        for _ in range(BATCH):
-            try:
-                frames = recv_ready(self.sock)
-            except zmq.ZMQError:  # closed during shutdown
-                return
-            if frames is None:
-                return
-            self._dispatch(frames)
-        self._wake()  # more may be queued: continue after other work had a turn
 
     def _dispatch(self, frames: list[bytes]) -> None:
         ident = parse_identity(frames[0])
@@ -115,12 +94,11 @@ class WorkerLink:
         except zmq.ZMQError:
             return False
         finally:
-            self._wake()
+            self._drain.wake()
         return True
 
     def close(self) -> None:
-        if self._loop is not None and not self.sock.closed:
-            self._loop.remove_reader(self.sock.FD)
+        self._drain.close()
         self.sock.close(linger=0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -28,7 +28,8 @@ from mabeamd.agents.credentials import WRITE_KEY_ENV, Verifier
 from mabeamd.logsetup import setup_child_logging
 from mabeamd.malloc import return_big_frees
 from mabeamd.net import wire
-from mabeamd.net.frames import NOBLOCK, readable, recv_ready, send_frames
+from mabeamd.net.drain import Drain, recv_ready_batch
+from mabeamd.net.frames import NOBLOCK, recv_batch, send_frames
 from mabeamd.net.link import identity
 from mabeamd.plugins import PluginHost
 from mabeamd.sessions.engine import SessionEngine
@@ -60,8 +61,6 @@ def die_with_parent(parent: int) -> None:
             pass
 
 
-BATCH = 256
-
 
 class Worker:
     def __init__(self, index: int, generation: int, link: str, heartbeat: float,
@@ -75,14 +74,13 @@ class Worker:
         self.shard = shard
         self._stop = asyncio.Event()
         self._seq = 0
-        self._scheduled = False
         self._hello_sent = False
         self._last_progress = -math.inf  # the first progress() call reports at once
-        self._loop: asyncio.AbstractEventLoop
         self._sock: zmq.Socket[Any]
+        self._link: Drain[list[bytes]]
         # Direct variable requests (shard_endpoint.py), when configured and bound.
         self.direct: ShardEndpoint | None = None
-        self._direct_scheduled = False
+        self._direct: Drain[list[bytes]] | None = None
         self.var_events = False  # someone subscribes to var.* (the arbiter says)
 
     def _send(self, op: str, body: dict[str, Any]) -> None:
@@ -96,7 +94,7 @@ class Worker:
 
     def connect(self) -> None:
         """Open the link to the arbiter (before the shard loads, so loading can report)."""
-        # A plain socket with its ZMQ_FD as a loop reader (see endpoint.py for why).
+        # A plain socket with its ZMQ_FD as a loop reader (net/drain.py says why).
         self._ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context()
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, identity(self.index, self.generation))
@@ -105,6 +103,8 @@ class Worker:
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.connect(self.link)
         self._sock = sock
+        # The batch's replies go out on this socket: look again after them (sends).
+        self._link = Drain(sock, self._serve_link, recv_ready_batch, sends=True)
 
     def progress(self) -> None:
         """Long blocking work (loading a big shard, rebuilding its segment) calls this every
@@ -118,7 +118,6 @@ class Worker:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self._loop = loop
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         if not hasattr(self, "_sock"):
             self.connect()
@@ -134,11 +133,11 @@ class Worker:
                                  "pid": os.getpid(),
                                  "shard_endpoint": direct.address if direct else None})
             self._hello_sent = True
-            loop.add_reader(sock.FD, self._drain)
-            self._drain()
+            self._link.start(loop)
             if direct is not None:
-                loop.add_reader(direct.sock.FD, self._drain_direct)
-                self._drain_direct()
+                # Under load its drains find many requests: receive until zmq.Again.
+                self._direct = Drain(direct.sock, self._serve_direct, recv_batch, sends=True)
+                self._direct.start(loop)
             tasks = [asyncio.create_task(c) for c in (self._beat(), self._tick())]
             await self._stop.wait()
             if self.sessions is not None:
@@ -147,9 +146,9 @@ class Worker:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
-            loop.remove_reader(sock.FD)
-            if self.direct is not None:
-                loop.remove_reader(self.direct.sock.FD)
+            self._link.close()
+            if self._direct is not None:
+                self._direct.close()
             self._send("bye", {"generation": self.generation})
         finally:
             if self.direct is not None:
@@ -164,23 +163,9 @@ class Worker:
     def _out(self, op: str, body: dict[str, Any]) -> None:
         """A message from the session engine (push, event, ended), sent outside a drain."""
         self._send(op, body)
-        self._wake()
+        self._link.wake()
 
-    def _wake(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._drain)
-
-    def _drain(self) -> None:
-        self._scheduled = False
-        batch: list[list[bytes]] = []
-        while len(batch) < BATCH:
-            frames = recv_ready(self._sock)
-            if frames is None:
-                break
-            batch.append(frames)
-        if not batch:
-            return
+    def _serve_link(self, batch: list[list[bytes]]) -> None:
         replies = [r for r in (self._serve(frames) for frames in batch) if r is not None]
         if self.shard is not None and replies:
             # Group commit: the WAL is durable (per policy) before any reply leaves. If this
@@ -190,23 +175,12 @@ class Worker:
         # costs both ends (docs/benchmarks.md).
         if replies:
             self._send("results", {"results": replies})
-        self._wake()  # sends consumed the edge; more may have arrived
 
-    def _wake_direct(self) -> None:
-        if not self._direct_scheduled:
-            self._direct_scheduled = True
-            self._loop.call_soon(self._drain_direct)
-
-    def _drain_direct(self) -> None:
-        """Serve a batch from the shard endpoint: same group commit as _drain, then the
+    def _serve_direct(self, batch: list[list[bytes]]) -> None:
+        """Serve a batch from the shard endpoint: same group commit as _serve_link, then the
         replies, then the writes' events to the arbiter (it publishes them) in one message."""
-        self._direct_scheduled = False
         direct, shard = self.direct, self.shard
-        if direct is None or shard is None:
-            return
-        batch = direct.receive()
-        if not batch:
-            return
+        assert direct is not None and shard is not None  # bound only for a loaded shard
         served = [direct.serve(frames, self._handle_var) for frames in batch]
         events = [event for _, event in served if event is not None]
         if events:
@@ -215,9 +189,7 @@ class Worker:
             direct.send(reply)
         if events and self.var_events:
             self._send("events", {"events": events})
-            self._wake()
-        if readable(direct.sock):  # (also re-arms the FD, which the sends may have taken)
-            self._wake_direct()
+            self._link.wake()
 
     def _handle_var(self, op: str, args: dict[str, Any], actor: str,
                     ) -> tuple[Any, dict[str, Any] | None]:
@@ -238,7 +210,7 @@ class Worker:
             if self.shard is not None:
                 beat["storage"] = self.shard.storage_state()  # None while the disk is fine
             self._send("heartbeat", beat)
-            self._wake()
+            self._link.wake()
             await asyncio.sleep(self.heartbeat)
 
     def _serve(self, frames: list[bytes]) -> dict[str, Any] | None:

@@ -31,15 +31,12 @@ from mabeamd.agents.admission import Authorize, WriteAdmission
 from mabeamd.agents.credentials import Verifier
 from mabeamd.config import parse_endpoint
 from mabeamd.net import wire
-from mabeamd.net.frames import NOBLOCK, recv_batch, send_frames
+from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.net.wire import ErrorCode, WireError, check_fields
 from mabeamd.net.zmqutil import agent_router, bind_endpoint, unlink_endpoint
 from mabeamd.storage.variables import ADMIN, READ_OPS, WRITE_FIELDS
 
 log = logging.getLogger(__name__)
-
-BATCH = 256
-
 
 # (op, args, actor) -> (result, event or None); raises WireError: the shard's handle().
 Serve = Callable[[str, dict[str, Any], str], tuple[Any, dict[str, Any] | None]]
@@ -70,13 +67,6 @@ class ShardEndpoint:
                       "agent endpoint only", self.address, exc)
             return False
         return True
-
-    def receive(self) -> list[list[bytes]]:
-        """Up to BATCH waiting messages (frames with their routing envelope)."""
-        try:
-            return recv_batch(self.sock, BATCH)
-        except zmq.ZMQError:  # closed during shutdown
-            return []
 
     def serve(self, frames: list[bytes], handle: Serve,
               ) -> tuple[list[bytes], dict[str, Any] | None]:
