@@ -231,6 +231,12 @@ class SessionsSection:
 
 
 @dataclass(frozen=True)
+class MetricsSection:
+    listen: str = _opt("127.0.0.1:9750", "listen", "HTTP listener for /metrics (Prometheus), "
+                       "/healthz and /readyz: HOST:PORT; empty = off")
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     control: ControlSection = field(default_factory=ControlSection)
@@ -241,6 +247,7 @@ class Config:
     security: SecuritySection = field(default_factory=SecuritySection)
     variables: VariablesSection = field(default_factory=VariablesSection)
     sessions: SessionsSection = field(default_factory=SessionsSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     managed: dict[str, ManagedSection] = field(default_factory=dict)
     # Where the values came from; not an option.
     source: str = field(default="<defaults>", compare=False)
@@ -264,6 +271,7 @@ SECTIONS: Final[dict[str, type]] = {
     "security": SecuritySection,
     "variables": VariablesSection,
     "sessions": SessionsSection,
+    "metrics": MetricsSection,
 }
 MANAGED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -281,6 +289,7 @@ def _expected(meta: dict[str, Any]) -> str:
              "path": "a path string", "str_list": "a list of strings", "bool": "true or false",
              "str_map": "a table of string values",
              "endpoint": "a tcp://HOST:PORT or ipc://PATH endpoint (optionally curve+), or empty",
+             "listen": "HOST:PORT (an IP address or localhost, a port 1-65535), or empty",
              "endpoint_list": "a list of tcp://HOST:PORT or ipc://PATH endpoints (optionally "
                               "curve+)"}
     text = words[kind]
@@ -320,6 +329,8 @@ def _check_value(meta: dict[str, Any], value: Any) -> Any:
             value = dict(value)
     elif kind == "endpoint":
         ok = isinstance(value, str) and (value == "" or parse_endpoint(value) is not None)
+    elif kind == "listen":
+        ok = isinstance(value, str) and (value == "" or parse_listen(value) is not None)
     elif kind == "endpoint_list":
         ok = (isinstance(value, list) and bool(value)
               and all(isinstance(v, str) and parse_endpoint(v) is not None for v in value)
@@ -356,6 +367,21 @@ class Endpoint:
 
     def __str__(self) -> str:
         return ("curve+" if self.curve else "") + self.address
+
+
+def parse_listen(text: str) -> tuple[str, int, bool] | None:
+    """`HOST:PORT` or `[V6]:PORT` -> (host, port, on loopback), or None if malformed."""
+    m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):(\d{1,5})", text)
+    if m is None or not 0 < int(m.group(2)) < 65536:
+        return None
+    host = m.group(1).strip("[]")
+    if host == "localhost":
+        return host, int(m.group(2)), True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host, int(m.group(2)), addr.is_loopback
 
 
 def parse_endpoint(text: str) -> Endpoint | None:
@@ -529,6 +555,13 @@ def _check_cross(cfg: Config, origin: str) -> None:
         if ep.curve and not cfg.security.authorized_keys:
             raise ConfigError(f"{origin}: [security] authorized_keys: expected a directory of "
                               f"client public keys for the CURVE endpoint {text}")
+    listen = parse_listen(cfg.metrics.listen) if cfg.metrics.listen else None
+    if listen is not None and not listen[2] and not cfg.security.allow_insecure_remote:
+        raise ConfigError(
+            f"{origin}: [metrics] listen: {cfg.metrics.listen} is not on loopback, and the "
+            "metrics and health endpoints are plain HTTP without authentication: listen on "
+            "loopback (and scrape through a proxy), or set [security] allow_insecure_remote "
+            "= true")
     if cfg.control.group:
         try:
             grp.getgrnam(cfg.control.group)

@@ -165,6 +165,9 @@ class Daemon:
             config = FAST_WORKERS.format(workers=workers, max_restarts=max_restarts) + config
         if endpoints and "[agents]" not in config:
             config = ENDPOINTS + config
+        if not raw_config and "[metrics]" not in config:
+            # Off unless a test asks: daemons side by side would compete for its port.
+            config += "\n[metrics]\nlisten = \"\"\n"
         # "{run}" in a config stands for this daemon's runtime directory.
         config = config.replace("{run}", str(self.run_dir))
         self.config_path.write_text(config)

@@ -23,6 +23,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from mabeamd import __version__
 from mabeamd import config as configmod
@@ -47,6 +48,8 @@ from mabeamd.net.link import WorkerLink
 from mabeamd.net.shardcall import ShardCalls
 from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import shard_address
+from mabeamd.observe.http import MonitorServer
+from mabeamd.observe.metrics import DaemonCollector
 from mabeamd.paths import Paths
 from mabeamd.plugins import PluginHost
 from mabeamd.sessions.service import SessionService
@@ -207,6 +210,9 @@ class Arbiter(ControlSide):
             loop.add_signal_handler(sig, self.request_stop, name)
         loop.add_signal_handler(signal.SIGHUP, self._background, self.reload, "SIGHUP")
 
+        self.monitor = self._monitor()
+        if self.monitor is not None:
+            await self.monitor.start()
         tasks = [asyncio.create_task(c) for c in
                  (self.link.run(), self.control.run(), self._liveness_loop(),
                   self._watchdog_loop(), self.endpoint.run(), self.events.run(),
@@ -239,6 +245,8 @@ class Arbiter(ControlSide):
         for t in tasks:
             await cancel_and_wait(t)
         self._close_sockets()
+        if self.monitor is not None:
+            await self.monitor.close()
         self.reaper.close()
         self.ctx.term()
         self.notifier.close()
@@ -284,7 +292,17 @@ class Arbiter(ControlSide):
         self.sessions.install(self.endpoint)
         self.var_events = False  # whether workers send the events of direct writes
         self.shard_traffic: dict[int, dict[str, Any]] = {}  # from workers' heartbeats
+        self.shard_gauges: dict[int, dict[str, Any]] = {}  # ditto: variables, bytes, WAL
         self.storage: dict[int, dict[str, Any]] = {}  # shards whose disk refuses, ditto
+
+    def _monitor(self) -> MonitorServer | None:
+        """The /metrics, /healthz and /readyz listener ([metrics] listen; empty: none)."""
+        if not self.config.metrics.listen:
+            return None
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(DaemonCollector(self))
+        ProcessCollector(registry=registry)  # the arbiter's own CPU, memory, fds
+        return MonitorServer(self.config.metrics.listen, registry, self.readiness)
 
     def _managed_agent_env(self) -> dict[str, str]:
         """Where managed agents connect: the first plain endpoint, else the first CURVE one
@@ -446,6 +464,7 @@ class Arbiter(ControlSide):
             self.sessions.worker_down(index)
             self.agents.set_shard_endpoint(index, None)
             self.shard_traffic.pop(index, None)
+            self.shard_gauges.pop(index, None)
             self.storage.pop(index, None)
         if self.state == "running" and event in ("running", "exited", "failed"):
             self.notifier.status(self.status_line())
@@ -459,6 +478,9 @@ class Arbiter(ControlSide):
             traffic = body.get("shard_traffic")
             if isinstance(traffic, dict) and generation == w.generation:
                 self.shard_traffic[index] = traffic
+            gauges = body.get("shard")
+            if isinstance(gauges, dict) and generation == w.generation:
+                self.shard_gauges[index] = gauges
             storage = body.get("storage")
             if generation == w.generation:
                 if isinstance(storage, dict):

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from mabeamd.logsetup import LogSetup
     from mabeamd.net.link import WorkerLink
     from mabeamd.net.shardcall import ShardCalls
+    from mabeamd.observe.http import MonitorServer
     from mabeamd.paths import Paths
     from mabeamd.plugins import PluginHost
     from mabeamd.sessions.service import SessionService
@@ -55,6 +56,8 @@ class ControlSide:
     watchers: list[WorkerWatcher]
     workers_stopped: asyncio.Event
     shard_traffic: dict[int, dict[str, Any]]
+    shard_gauges: dict[int, dict[str, Any]]
+    monitor: MonitorServer | None
     storage: dict[int, dict[str, Any]]
     loop_lag: float
     loop_lag_max: float
@@ -88,6 +91,22 @@ class ControlSide:
             text = (f"degraded: {text}; the disk refuses shard(s) "
                     f"{', '.join(str(i) for i in sorted(self.storage))}")
         return text
+
+    def readiness(self) -> tuple[bool, list[str], str]:
+        """(ready, why not, state) for /readyz: running, every worker serving its shard,
+        no shard's disk refusing writes."""
+        reasons = []
+        if self.state != "running":
+            reasons.append(f"the daemon is {self.state}")
+        for w in self.watchers:
+            if w.state is not State.RUNNING:
+                reasons.append(f"worker {w.index} is {w.state.value}")
+        for i in sorted(self.storage):
+            reasons.append(f"the disk refuses writes to shard {i}")
+        return not reasons, reasons, self.state
+
+    def session_outcomes(self) -> dict[tuple[str, str], int]:
+        return dict(self.sessions.outcomes)
 
     def status(self) -> dict[str, Any]:
         extensions = dict(self.plugins.call("mabeamd_status"))
@@ -123,6 +142,10 @@ class ControlSide:
             "loop_lag": {"last": round(self.loop_lag, 4), "max": round(self.loop_lag_max, 4),
                          "stalls": self.stalls},
             "storage": {str(i): s for i, s in sorted(self.storage.items())},
+            "metrics": {"listen": self.config.metrics.listen or None,
+                        "serving": bool(self.monitor and self.monitor.server),
+                        "error": self.monitor.error if self.monitor else None,
+                        "scrapes": self.monitor.stats["scrapes"] if self.monitor else 0},
             "extensions": extensions,
         }
 
@@ -144,6 +167,7 @@ class ControlSide:
     def worker_rows(self) -> list[dict[str, Any]]:
         return [{**w.info(), "shard_endpoint": self.agents.shard_endpoints[w.index],
                  "shard_traffic": self.shard_traffic.get(w.index),
+                 "shard": self.shard_gauges.get(w.index),
                  "storage": self.storage.get(w.index)}
                 for w in self.watchers]
 

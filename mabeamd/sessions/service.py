@@ -84,6 +84,9 @@ class SessionService:
         self._ids = itertools.count(1)
         self.protocols = plugins.protocols()  # refreshed on reload
         self.stats = {"started": 0, "applied": 0, "failed": 0, "cancelled": 0, "timed_out": 0}
+        # (protocol, final state) -> sessions ended so far (metrics); bounded by the
+        # installed protocols times the four end states.
+        self.outcomes: dict[tuple[str, str], int] = {}
 
     def reconfigure(self, settings: SessionsSection, protocols: dict[str, Protocol]) -> None:
         """A reload: the new [sessions] section and the protocols the plugins now offer."""
@@ -312,6 +315,8 @@ class SessionService:
         e.record = {**record, "shard": e.shard}
         e.state = str(record.get("state"))
         self.stats[e.state] = self.stats.get(e.state, 0) + 1
+        key = (e.protocol, e.state)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
         if self.settings.keep_finished:
             self.ended[e.id] = e
             while len(self.ended) > self.settings.keep_finished:

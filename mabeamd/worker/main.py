@@ -209,6 +209,7 @@ class Worker:
                 beat["shard_traffic"] = self.direct.stats
             if self.shard is not None:
                 beat["storage"] = self.shard.storage_state()  # None while the disk is fine
+                beat["shard"] = self.shard.gauges()  # for metrics: no scrape asks a worker
             self._send("heartbeat", beat)
             self._link.wake()
             await asyncio.sleep(self.heartbeat)

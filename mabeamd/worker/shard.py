@@ -101,6 +101,8 @@ class Shard:
         # One read of the log: replayed past the snapshot, then opened to append after it.
         self.wal = WriteAheadLog(self.dir, fsync, after=seq, apply=apply)
         self.since_snapshot = replayed
+        self.snapshots = 0  # written by this process (metrics)
+        self.snapshot_seconds: float | None = None  # how long the last one took
         self.segment = SegmentWriter(
             shm_dir, shm_prefix, index, slots=max(1024, 2 * len(self.store.vars)),
             records=(v.public() for v in self.store.vars.values()), progress=progress)
@@ -289,7 +291,18 @@ class Shard:
         err = self.storage_error
         return None if err is None else {k: v for k, v in err.items() if k != "logged"}
 
+    def gauges(self) -> dict[str, Any]:
+        """The shard's figures for metrics (observe/metrics.py), sent with each heartbeat."""
+        seg = self.segment.stats()
+        return {"variables": len(self.store.vars), "bytes": self.segment.live_bytes,
+                "segment_fill": round(seg["data_used"] / seg["data_size"], 6)
+                if seg["data_size"] else 0.0,
+                "wal_records": self.wal.next_seq - 1, "wal_fsyncs": self.wal.fsyncs,
+                "wal_fsync_seconds": round(self.wal.fsync_seconds, 6),
+                "snapshots": self.snapshots, "snapshot_seconds": self.snapshot_seconds}
+
     def take_snapshot(self) -> dict[str, Any]:
+        t0 = time.monotonic()
         self.wal.sync()
         seq = self.wal.next_seq - 1
         states = [v.state() for v in self.store.vars.values()]
@@ -297,6 +310,8 @@ class Shard:
         self.wal.rotate()
         dropped = self.wal.drop_before(seq + 1)
         self.since_snapshot = 0
+        self.snapshots += 1
+        self.snapshot_seconds = round(time.monotonic() - t0, 6)
         return {"shard": self.index, "seq": seq, "variables": len(states),
                 "wal_files_dropped": len(dropped)}
 

@@ -1,0 +1,123 @@
+"""The monitoring listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (ready).
+
+It runs on the arbiter's event loop (asyncio.start_server), not in prometheus_client's
+threaded HTTP server: the collector reads the arbiter's live state (registries, watchers,
+counters), which only the loop may touch without locks; a scrape costs one short callback
+on the loop, like any control request. HTTP here is the minimum a scraper, a load
+balancer's probe and curl need: GET (and HEAD) of three paths, HTTP/1.0-style one request
+per connection. Anything else is refused with the right status; a request head over 8 KiB
+or slower than 5 s is dropped, and at most MAX_CLIENTS connections are served at once, so
+a misbehaving client cannot grow the arbiter.
+
+`/readyz` answers 200 when the daemon is running, every worker serves its shard and no
+shard's disk refuses writes; otherwise 503, with a JSON body whose `reasons` say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 8192
+READ_TIMEOUT = 5.0
+MAX_CLIENTS = 32
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            503: "Service Unavailable"}
+
+# () -> (ready, reasons, state): what /readyz reports.
+Readiness = Callable[[], tuple[bool, list[str], str]]
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (or `[V6]:PORT`) -> (host, port); config.py validates the text."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MonitorServer:
+    def __init__(self, listen: str, registry: CollectorRegistry, readiness: Readiness) -> None:
+        self.listen = listen
+        self.registry = registry
+        self.readiness = readiness
+        self.server: asyncio.Server | None = None
+        self.error: str | None = None  # why it is not listening, for status
+        self.stats = {"requests": 0, "scrapes": 0, "refused": 0}
+        self._clients: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> bool:
+        """Listen; False (logged, and kept in `error`) when the address cannot be had: the
+        daemon serves on without metrics rather than refusing to start for them."""
+        host, port = split_listen(self.listen)
+        try:
+            self.server = await asyncio.start_server(self._client, host, port,
+                                                     reuse_address=True, limit=MAX_HEAD)
+        except OSError as exc:
+            self.error = f"cannot listen on {self.listen}: {exc.strerror or exc}"
+            log.error("[metrics] listen: %s; serving without metrics and health checks",
+                      self.error)
+            return False
+        log.info("metrics and health checks on http://%s/metrics", self.listen)
+        return True
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for task in list(self._clients):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+            self.server = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._clients) >= MAX_CLIENTS:
+            self.stats["refused"] += 1
+            writer.close()
+            return
+        self._clients.add(task)
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+            status, ctype, body, head_only = self._answer(head)
+            self.stats["requests"] += 1
+            writer.write(f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+            if not head_only:
+                writer.write(body)
+            await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError, ValueError):
+            pass  # a client that went, stalled or sent junk: nothing to answer it
+        finally:
+            self._clients.discard(task)
+            writer.close()
+
+    def _answer(self, head: bytes) -> tuple[int, str, bytes, bool]:
+        """(status, content type, body, HEAD) for one request head."""
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return 400, "text/plain", b"bad request\n", False
+        method, target = parts[0], parts[1]
+        path = target.split("?", 1)[0]
+        if path not in ("/metrics", "/healthz", "/readyz"):
+            return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n", False
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"only GET and HEAD\n", False
+        head_only = method == "HEAD"
+        if path == "/metrics":
+            self.stats["scrapes"] += 1
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry), head_only
+        if path == "/healthz":
+            return 200, "application/json", b'{"alive": true}\n', head_only
+        ready, reasons, state = self.readiness()
+        body = json.dumps({"ready": ready, "state": state, "reasons": reasons}).encode()
+        return (200 if ready else 503), "application/json", body + b"\n", head_only

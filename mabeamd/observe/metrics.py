@@ -1,0 +1,203 @@
+"""The daemon's Prometheus metrics, built at scrape time from what the arbiter already knows.
+
+Why a custom collector and not counters incremented on the hot paths: every figure here is
+already counted once, where it happens (the agent endpoint's and control server's stats,
+the session service's tallies, the watchers' counters, the workers' heartbeats), and
+`mabeamctl status` reads the same numbers. A scrape turns that state into metric families
+(prometheus_client does the exposition format); the request paths pay nothing extra.
+
+Why workers' figures come over the link and not from prometheus_client's multiprocess
+mode: a worker already sends a heartbeat every interval with its shard endpoint's traffic
+and its shard's gauges; the arbiter keeps the latest, so a scrape never waits on a worker
+(a stalled or restarting worker shows its last figures and its state), and nothing is
+written to files per process (the multiprocess mode's mmap files would need a directory,
+cleanup after kill -9, and a per-scrape merge of every file).
+
+Naming follows Prometheus conventions: the `mabeamd_` prefix, base units (seconds, bytes),
+`_total` for counters. Labels are bounded: worker/shard index, state names, counter kinds,
+protocol names (installed plugins) -- never agent ids or variable names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+
+class MetricsSource(Protocol):
+    """What the collector reads (the arbiter implements it)."""
+
+    def status(self) -> dict[str, Any]:
+        """The `mabeamctl status` body."""
+
+    def worker_rows(self) -> list[dict[str, Any]]:
+        """Per worker: its watcher's info(), with "shard_traffic" (the shard endpoint's
+        counters) and "shard" (the shard's gauges: variables, bytes, WAL figures) from its
+        latest heartbeat, either None when not known."""
+
+    def session_outcomes(self) -> dict[tuple[str, str], int]:
+        """Sessions ended so far, by (protocol, final state)."""
+
+
+def _counter(name: str, doc: str, value: Any) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=float(value or 0))
+
+
+def _gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=float(value or 0))
+
+
+class DaemonCollector(Collector):
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # no fixed set to describe without collecting (families vary by state)
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.source.status()
+        info = InfoMetricFamily("mabeamd_build", "the daemon's version")
+        info.add_metric([], {"version": str(st["version"])})
+        yield info
+        yield _gauge("mabeamd_start_time_seconds", "when the daemon started, Unix time",
+                     st["started_at"])
+        ready = GaugeMetricFamily("mabeamd_state", "the daemon's state (1 for the current)",
+                                  labels=["state"])
+        for state in ("starting", "running", "stopping"):
+            ready.add_metric([state], 1.0 if st["state"] == state else 0.0)
+        yield ready
+        yield from self._workers(st)
+        yield from self._agents(st)
+        yield from self._sessions(st)
+        yield from self._traffic(st)
+        lag = st["loop_lag"]
+        yield _gauge("mabeamd_loop_lag_seconds", "the arbiter's event loop lag, last tick",
+                     lag["last"])
+        yield _gauge("mabeamd_loop_lag_max_seconds", "the arbiter's largest loop lag so far",
+                     lag["max"])
+        yield _counter("mabeamd_loop_stalls", "ticks the arbiter's loop was over 0.5 s late",
+                       lag["stalls"])
+
+    def _workers(self, st: dict[str, Any]) -> Iterator[Metric]:
+        w = st["workers"]
+        states = GaugeMetricFamily("mabeamd_workers", "workers by state", labels=["state"])
+        for state, n in sorted(w.items()):
+            if state != "total":
+                states.add_metric([state], float(n))
+        yield states
+        rows = self.source.worker_rows()
+        fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "up": GaugeMetricFamily("mabeamd_worker_up", "1 while the worker serves its shard",
+                                    labels=["worker"]),
+            "restarts": CounterMetricFamily("mabeamd_worker_restarts",
+                                            "worker restarts", labels=["worker"]),
+            "crashes": CounterMetricFamily("mabeamd_worker_crashes",
+                                           "worker exits not asked for", labels=["worker"]),
+            "hung_kills": CounterMetricFamily("mabeamd_worker_hung_kills",
+                                              "workers killed for silence", labels=["worker"]),
+            "cpu": CounterMetricFamily("mabeamd_worker_cpu_seconds",
+                                       "CPU time of the worker's current process",
+                                       labels=["worker"]),
+            "rss": GaugeMetricFamily("mabeamd_worker_resident_memory_bytes",
+                                     "resident memory of the worker's process",
+                                     labels=["worker"]),
+            "vars": GaugeMetricFamily("mabeamd_shard_variables", "variables in the shard",
+                                      labels=["shard"]),
+            "bytes": GaugeMetricFamily("mabeamd_shard_bytes",
+                                       "bytes of the shard's variable records (the quota's "
+                                       "measure)", labels=["shard"]),
+            "seg": GaugeMetricFamily("mabeamd_shard_segment_fill_ratio",
+                                     "share of the shard's shared-memory segment in use",
+                                     labels=["shard"]),
+            "fsyncs": CounterMetricFamily("mabeamd_wal_fsyncs", "WAL fsyncs",
+                                          labels=["shard"]),
+            "fsync_s": CounterMetricFamily("mabeamd_wal_fsync_seconds",
+                                           "time spent in WAL fsyncs", labels=["shard"]),
+            "appends": CounterMetricFamily("mabeamd_wal_records", "records ever appended to "
+                                           "the shard's WAL (its last sequence number)",
+                                           labels=["shard"]),
+            "snaps": CounterMetricFamily("mabeamd_snapshots", "snapshots written by the "
+                                         "worker's current process",
+                                         labels=["shard"]),
+            "snap_s": GaugeMetricFamily("mabeamd_snapshot_last_duration_seconds",
+                                        "how long the shard's last snapshot took",
+                                        labels=["shard"]),
+            "refusing": GaugeMetricFamily("mabeamd_shard_storage_refusing",
+                                          "1 while the shard's disk refuses writes",
+                                          labels=["shard"]),
+            "sreq": CounterMetricFamily("mabeamd_shard_endpoint_requests",
+                                        "requests served on the shard's own endpoint",
+                                        labels=["shard"]),
+            "serr": CounterMetricFamily("mabeamd_shard_endpoint_errors",
+                                        "error replies on the shard's own endpoint",
+                                        labels=["shard"]),
+        }
+        storage = st.get("storage") or {}
+        for row in rows:
+            i = str(row["index"])
+            fams["up"].add_metric([i], 1.0 if row["state"] == "running" else 0.0)
+            fams["restarts"].add_metric([i], float(row["restarts"]))
+            fams["crashes"].add_metric([i], float(row["crashes"]))
+            fams["hung_kills"].add_metric([i], float(row["hung_kills"]))
+            if row.get("cpu_seconds") is not None:
+                fams["cpu"].add_metric([i], float(row["cpu_seconds"]))
+            if row.get("rss") is not None:
+                fams["rss"].add_metric([i], float(row["rss"]))
+            fams["refusing"].add_metric([i], 1.0 if i in storage else 0.0)
+            shard = row.get("shard")
+            if isinstance(shard, dict):
+                for key, fam in (("variables", "vars"), ("bytes", "bytes"),
+                                 ("segment_fill", "seg"), ("wal_fsyncs", "fsyncs"),
+                                 ("wal_fsync_seconds", "fsync_s"), ("wal_records", "appends"),
+                                 ("snapshots", "snaps"), ("snapshot_seconds", "snap_s")):
+                    value = shard.get(key)
+                    if isinstance(value, (int, float)):
+                        fams[fam].add_metric([i], float(value))
+            traffic = row.get("shard_traffic")
+            if isinstance(traffic, dict):
+                fams["sreq"].add_metric([i], float(traffic.get("requests", 0)))
+                fams["serr"].add_metric([i], float(traffic.get("errors", 0)))
+        yield from fams.values()
+
+    def _agents(self, st: dict[str, Any]) -> Iterator[Metric]:
+        a = st["agents"]
+        fam = GaugeMetricFamily("mabeamd_agents", "registered agents by health",
+                                labels=["status"])
+        for status in ("healthy", "unhealthy"):
+            fam.add_metric([status], float(a.get(status, 0)))
+        yield fam
+
+    def _sessions(self, st: dict[str, Any]) -> Iterator[Metric]:
+        s = st["sessions"]
+        yield _gauge("mabeamd_sessions_running", "sessions running now", s["running"])
+        yield _counter("mabeamd_sessions_started", "sessions started", s.get("started"))
+        ended = CounterMetricFamily("mabeamd_sessions_ended", "sessions ended, by protocol "
+                                    "and outcome", labels=["protocol", "outcome"])
+        for (protocol, outcome), n in sorted(self.source.session_outcomes().items()):
+            ended.add_metric([protocol, outcome], float(n))
+        yield ended
+
+    def _traffic(self, st: dict[str, Any]) -> Iterator[Metric]:
+        agent = CounterMetricFamily("mabeamd_agent_endpoint_messages",
+                                    "agent endpoint traffic by kind (requests, errors, "
+                                    "busy, malformed, pushed, ...)", labels=["kind"])
+        for kind, n in sorted(st["agent_traffic"].items()):
+            agent.add_metric([kind], float(n))
+        yield agent
+        control = CounterMetricFamily("mabeamd_control_messages",
+                                      "control socket traffic by kind", labels=["kind"])
+        for kind, n in sorted(st["control"].items()):
+            control.add_metric([kind], float(n))
+        yield control
+        yield _counter("mabeamd_events_published", "events published on the event endpoint",
+                       st["events_published"])
+        yield _counter("mabeamd_link_dropped", "worker link messages dropped (a worker's "
+                       "queue was full)", st["link_dropped"])
