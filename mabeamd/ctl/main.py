@@ -3,9 +3,11 @@
 Socket: --socket PATH, else $MABEAM_SOCKET, else the one the configuration names
 (--config FILE, else /etc/mabeamd/mabeamd.toml if present, else the built-in defaults).
 
-Exit status: 0 success; 1 the daemon refused the command; 2 bad usage; 65 `protocols eval`
-refused its input; 69 the daemon is not running or unreachable; 75 no answer within
---timeout seconds of silence; 78 the configuration given with --config is invalid.
+Exit status: 0 success; 1 the daemon refused the command; 2 bad usage; 3 `status`: the
+daemon answers but is not ready (starting, stopping, a worker not serving its shard, or a
+disk refusing writes: the same test as /readyz); 65 `protocols eval` refused its input; 69
+the daemon is not running or unreachable; 75 no answer within --timeout seconds of
+silence; 78 the configuration given with --config is invalid.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mabeamd.ctl.opdocs import add_op_parser
 
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
+EX_NOT_READY = 3  # `status` of a daemon that answers but does not serve every shard
 
 
 def _common() -> argparse.ArgumentParser:
@@ -52,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=opdocs.overview(), formatter_class=opdocs.RAW)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_op_parser(sub, "status", common, "status")
+    add_op_parser(sub, "ping", common, "ping")
     w = add_op_parser(sub, "workers", common, "workers", "workers.restart",
                       help="List workers, or restart one.")
     w.add_argument("action", nargs="?", choices=["list", "restart"], default="list")
@@ -148,6 +152,13 @@ Result = tuple[Any, str]  # (the reply, shown with --json; the human text)
 def cmd_status(c: ControlClient, args: argparse.Namespace) -> Result:
     out = c.call("status")
     return out, views.show_status(out)
+
+
+def cmd_ping(c: ControlClient, args: argparse.Namespace) -> Result:
+    t0 = time.monotonic()
+    out = c.call("ping")
+    ms = (time.monotonic() - t0) * 1000
+    return {**out, "round_trip_ms": round(ms, 3)}, f"pong from mabeamd in {ms:.2f} ms"
 
 
 def cmd_workers(c: ControlClient, args: argparse.Namespace) -> Result:
@@ -313,7 +324,7 @@ def cmd_backup(c: ControlClient, args: argparse.Namespace) -> Result:
     return out, "\n".join([*lines, f"manifest {out['manifest']}"])
 
 
-COMMANDS = {"backup": cmd_backup, "status": cmd_status, "vars": cmd_vars,
+COMMANDS = {"backup": cmd_backup, "status": cmd_status, "ping": cmd_ping, "vars": cmd_vars,
             "workers": cmd_workers, "agents": cmd_agents,
             "plugins": cmd_plugins, "reload": cmd_reload, "stop": cmd_stop,
             "version": cmd_version, "sessions": sessions.cmd_sessions,
@@ -365,6 +376,10 @@ def run(args: argparse.Namespace) -> int:
     if out is None:  # streamed already (vars watch)
         return 0
     _print(out, text, args)
+    if args.command == "status" and not out.get("ready", True):
+        print("mabeamctl: not ready: " + "; ".join(out.get("not_ready") or []),
+              file=sys.stderr)
+        return EX_NOT_READY
     return 0
 
 
@@ -392,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
         return sessions.EX_DATAERR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went (`mabeamctl ... | head -1`): not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -110,11 +110,14 @@ class ControlSide:
 
     def status(self) -> dict[str, Any]:
         extensions = dict(self.plugins.call("mabeamd_status"))
+        ready, reasons, _ = self.readiness()
         return {
             "pid": os.getpid(),
             "version": __version__,
             "state": self.state,
             "summary": self.status_line(),
+            "ready": ready,
+            "not_ready": reasons,
             "uptime": round(time.monotonic() - self.started_mono, 3),
             "started_at": self.started_wall,
             "ready_after": self.ready_after,

@@ -92,10 +92,15 @@ def test_readyz_follows_the_workers_and_healthz_stays_up(
         assert not_ready["ready"] is False
         assert any("worker 1" in r for r in not_ready["reasons"]), not_ready
         assert get(port, "/healthz")[0] == 200
+        r = d.ctl("status", "--socket", str(d.socket))
+        assert r.returncode == 3 and "not ready: worker 1" in r.stderr, (r.returncode,
+                                                                        r.stderr)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
     d.wait_until(lambda: get(port, "/readyz")[0] == 200, timeout=20)
+    r = d.ctl("status", "--socket", str(d.socket))
+    assert r.returncode == 0, r.stderr
     restarts = samples(port)[("mabeamd_worker_restarts_total", (("worker", "1"),))]
     assert restarts >= 1
 
@@ -148,3 +153,19 @@ def test_metrics_listen_is_validated(make_daemon: Callable[..., Daemon]) -> None
                            text=True, check=False)
         assert r.returncode == 78, (bad, r.stdout, r.stderr)
         assert expected in r.stderr, (bad, r.stderr)
+
+
+def test_ctl_ping_and_a_closed_pipe(daemon: Daemon) -> None:
+    r = daemon.ctl("ping", "--socket", str(daemon.socket))
+    assert r.returncode == 0 and r.stdout.startswith("pong from mabeamd in "), r
+    out = json.loads(daemon.ctl("ping", "--json", "--socket", str(daemon.socket)).stdout)
+    assert out["pong"] is True and out["round_trip_ms"] > 0
+    # `mabeamctl ... | head -1`: the reader goes before mabeamctl writes.
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "mabeamd.ctl.main", "status", "--json",
+                          "--socket", str(daemon.socket)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(30) == 0 and "Traceback" not in err, err
