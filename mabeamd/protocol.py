@@ -14,7 +14,10 @@ A protocol is two parts (see docs/plugins.md and docs/protocols.md):
 
 Most protocols are one round: ask every participant once, decide on what came back.
 `OneRound` is that driver; a protocol subclassing it writes only `decide`, `check_response`
-and `writes`.
+and `writes`. It may also write `decide_typed`, the same mechanism on what a session already
+holds (params checked at start, answers checked at arrival): the driver then calls that, and
+decide(inputs) becomes its JSON adapter -- parse and check the inputs, call decide_typed --
+so a session never turns its answers into maps only to parse them again.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -97,7 +101,9 @@ class Session(TypingProtocol):
     async def ask(self, agents: Iterable[str], kind: str, body: Any,
                   timeout: float | None = None) -> dict[str, Response]:
         """Invite `agents` to a new round; return the answers that came back before every
-        asked agent answered or went away, or `timeout` (default: the session deadline)."""
+        asked agent answered or went away, or `timeout` (default: the session deadline).
+        One answer per agent (the latest, or the first when `resubmit` says so), each one
+        passed `check_response`, in arrival order (ascending seq)."""
 
     async def stream(self, agents: Iterable[str], kind: str, body: Any,
                      handle: Any, duration: float) -> int:
@@ -180,16 +186,48 @@ class OneRound(Protocol):
         return {}
 
     def participants_for(self, session: Session) -> list[dict[str, Any]]:
+        """The participant maps decide(inputs) gets in a session. A subclass that overrides
+        this is run the way it was written: decide(inputs) with its maps, not decide_typed."""
         return [p.to_dict() for p in session.participants]
+
+    def decide_typed(self, params: dict[str, Any], participants: list[Participant],
+                     responses: list[Response]) -> dict[str, Any]:
+        """The mechanism on what a session holds: `params` as check_params returned them,
+        and at most one response per participant, each of which passed check_response, in
+        arrival order (ascending seq). Nothing here is checked again. The default hands
+        decide() the inputs map it documents, so a protocol written against decide(inputs)
+        alone keeps working; one that implements this makes decide(inputs) its adapter
+        (decide_params, participants_of, responses_of and the value checks, then this), and
+        both must give the same outcome on the same data."""
+        return self.decide(round_inputs(params, [p.to_dict() for p in participants],
+                                        responses))
 
     async def run(self, session: Session) -> Outcome:
         answers = await session.ask([p.id for p in session.participants], self.kind,
                                     self.round_body(session.params))
-        inputs = {"params": session.params, "participants": self.participants_for(session),
-                  "responses": [r.to_dict() for r in sorted(answers.values(),
-                                                            key=lambda r: r.seq)]}
-        result = self.decide(inputs)
+        responses = list(answers.values())  # ask() returns them in arrival order
+        if type(self).participants_for is OneRound.participants_for:
+            result = self.decide_typed(session.params, session.participants, responses)
+        else:
+            result = self.decide(round_inputs(session.params, self.participants_for(session),
+                                              responses))
         return Outcome(result, self.writes(session, result))
+
+
+def round_inputs(params: dict[str, Any], participants: list[dict[str, Any]],
+                 responses: Iterable[Response]) -> dict[str, Any]:
+    """decide()'s inputs map for one round of answers (what `protocols eval` reads)."""
+    return {"params": params, "participants": participants,
+            "responses": [r.to_dict() for r in responses]}
+
+
+_SEQ = attrgetter("seq")
+
+
+def by_arrival(latest: Mapping[str, Response]) -> list[Response]:
+    """The answers responses_of kept, in arrival order: what decide_typed takes. The sort is
+    stable, so hand-written inputs with equal seqs keep their order in the input."""
+    return sorted(latest.values(), key=_SEQ)
 
 
 def write_all(names: Iterable[str], value: Any) -> dict[str, Any]:

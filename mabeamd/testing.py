@@ -3,6 +3,7 @@
 Used by the test suite, by scripts/bench, and by plugin authors who want to test a plugin
 against a real daemon. Readiness comes from a real sd_notify datagram socket passed as
 NOTIFY_SOCKET, so callers wait for exactly what systemd would wait for, with no sleeps.
+`both_ways` checks a protocol's typed mechanism against its JSON adapter, in-process.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from mabeamd.ctl.client import ControlClient
+from mabeamd.protocol import OneRound, Participant, ProtocolError, Response, round_inputs
 
 # The source checkout (for etc/, docs/, systemd/); meaningful when installed editable.
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,3 +289,26 @@ class Daemon:
                                      f"{self.log()}")
             time.sleep(0.01)
         return time.monotonic() - t0
+
+
+def both_ways(proto: OneRound, params: dict[str, Any], participants: list[Participant],
+              responses: list[Response], replaced: Iterable[Response] = (),
+              ) -> tuple[Any, Any]:
+    """One round decided both ways: `decide_typed` on what a session holds (`params` through
+    check_params; `responses` one per participant, each accepted by check_response, in
+    arrival order) and `decide` on the inputs map `mabeamctl protocols eval` reads for the
+    same round -- the engine's participant maps, and among the responses, in seq order,
+    `replaced`: answers the round did not keep (replaced by a resubmission, or refused after
+    a first answer that stands). Returns (typed, json), each the outcome or ("error",
+    message): a protocol's two paths must agree."""
+    def outcome(decide: Callable[[], dict[str, Any]]) -> Any:
+        try:
+            return decide()
+        except ProtocolError as exc:
+            return ("error", str(exc))
+
+    checked = proto.check_params(dict(params))
+    every = sorted([*responses, *replaced], key=lambda r: r.seq)
+    inputs = round_inputs(params, [p.to_dict() for p in participants], every)
+    return (outcome(lambda: proto.decide_typed(checked, participants, responses)),
+            outcome(lambda: proto.decide(inputs)))

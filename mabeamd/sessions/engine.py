@@ -181,7 +181,9 @@ class LiveSession:
         if agent in self.answers and not self.proto.resubmit(self.kind, self.params):
             raise WireError(ErrorCode.CONFLICT, f"{agent!r} already answered round "
                             f"{self.round}; {self.protocol} takes one answer per agent")
-        # A second answer in the same round replaces the first and takes its place in time.
+        # A second answer in the same round replaces the first and takes its place in time:
+        # re-inserted, so the round's answers stay in arrival order (what ask() promises).
+        self.answers.pop(agent, None)
         self.answers[agent] = self._arrived(agent, value)
         self.waiting.discard(agent)
         if not self.waiting:

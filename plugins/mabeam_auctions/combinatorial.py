@@ -26,9 +26,12 @@ from mabeam_auctions.wdp import Bid, milp_available, solve
 from mabeamd.protocol import (
     OneRound,
     Outcome,
+    Participant,
     Protocol,
     ProtocolError,
+    Response,
     Session,
+    by_arrival,
     cents,
     choice,
     integer,
@@ -105,28 +108,33 @@ class Combinatorial(OneRound):
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
         p = self.decide_params(inputs)
         ps = participants_of(inputs)
-        rs = sorted(responses_of(inputs, ps).values(), key=lambda r: (r.seq, r.agent))
-        items = p["items"]
+        return self.decide_typed(p, ps, by_arrival(responses_of(inputs, ps)))
+
+    def decide_typed(self, params: dict[str, Any], participants: list[Participant],
+                     responses: list[Response]) -> dict[str, Any]:
+        # bids_of checked each answer at arrival; here it also turns it into the bid table.
+        rs = sorted(responses, key=lambda r: (r.seq, r.agent))
+        items = params["items"]
         bit = {name: 1 << k for k, name in enumerate(items)}
         agents = sorted({r.agent for r in rs})
         number_of = {a: k for k, a in enumerate(agents)}
         table: list[dict[str, Any]] = []  # every bid, in submission order
         for r in rs:
-            for b in bids_of(r.value, set(items), p["max_bids"]):
-                floor = sum(p["reserve"].get(i, 0.0) for i in b["items"])
+            for b in bids_of(r.value, set(items), params["max_bids"]):
+                floor = sum(params["reserve"].get(i, 0.0) for i in b["items"])
                 table.append({"agent": r.agent, **b, "floor": floor})
         solver_bids = [Bid(number_of[b["agent"]], sum(bit[i] for i in b["items"]),
                            b["price"] - b["floor"]) for b in table]
-        best = solve(solver_bids, len(items), p["time_limit"], p["solver"])
+        best = solve(solver_bids, len(items), params["time_limit"], params["solver"])
         winners = []
         exact = best.optimal
         for k in best.chosen:
             b = table[k]
             surplus = solver_bids[k].value
-            if p["payment"] == "pay_as_bid":
+            if params["payment"] == "pay_as_bid":
                 pay = b["price"]
             else:
-                without = solve(solver_bids, len(items), p["time_limit"], p["solver"],
+                without = solve(solver_bids, len(items), params["time_limit"], params["solver"],
                                 skip_bidder=number_of[b["agent"]])
                 exact = exact and without.optimal
                 pay = b["floor"] + min(surplus, max(0.0, without.value - (best.value - surplus)))
@@ -134,7 +142,7 @@ class Combinatorial(OneRound):
                             "payment": cents(pay)})
         winners.sort(key=lambda w: w["agent"])
         sold = {i for w in winners for i in w["items"]}
-        return {"items": items, "reserve": p["reserve"], "payment": p["payment"],
+        return {"items": items, "reserve": params["reserve"], "payment": params["payment"],
                 "winners": winners, "unsold": [i for i in items if i not in sold],
                 "value": cents(sum(w["bid"] for w in winners)),
                 "revenue": cents(sum(w["payment"] for w in winners)),
@@ -143,7 +151,7 @@ class Combinatorial(OneRound):
                 "payments_exact": exact, "solver": best.solver, "nodes": best.nodes,
                 "bids": len(table),
                 "below_reserve": sum(1 for b in table if b["price"] <= b["floor"]),
-                "missing": sorted(x.id for x in ps if x.id not in number_of)}
+                "missing": sorted(x.id for x in participants if x.id not in number_of)}
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         if not result["winners"]:

@@ -12,15 +12,18 @@ replaced by the next in the ranking. Losers get a `reject` notice, winners `conf
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 from typing import Any
 
 from mabeamd.hookspecs import hookimpl
 from mabeamd.protocol import (
     Outcome,
+    Participant,
     Protocol,
     ProtocolError,
     Response,
     Session,
+    by_arrival,
     integer,
     only,
     participants_of,
@@ -82,14 +85,15 @@ class ContractNet(Protocol):
 
     # --- the pure mechanism ----------------------------------------------------------------
 
-    def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        params = self.decide_params(inputs)
-        ps = participants_of(inputs)
-        rs = responses_of(inputs, ps)
+    def decide_typed(self, params: dict[str, Any], participants: list[Participant],
+                     responses: list[Response]) -> dict[str, Any]:
+        """One call for proposals on what the session holds: `params` as check_params
+        returned them, at most one `cfp` answer per participant, each checked at arrival,
+        in arrival order (as OneRound.decide_typed)."""
         ranked, ineligible, refused = [], [], []
-        for agent, r in sorted(rs.items()):
-            self.check_response("cfp", r.value, params)
-            if "refuse" in r.value:
+        for r in sorted(responses, key=attrgetter("agent")):
+            agent = r.agent
+            if "refuse" in r.value:  # checked at arrival: {"refuse": ...} or {"propose": {...}}
                 refused.append(agent)
                 continue
             prop = r.value["propose"]
@@ -103,14 +107,23 @@ class ContractNet(Protocol):
             ranked.append({"agent": agent, "proposal": prop, "score": score, "seq": r.seq})
         ranked.sort(key=lambda e: (e["score"], e["seq"], e["agent"]))
         public = [{k: e[k] for k in ("agent", "proposal", "score")} for e in ranked]
+        answered = {r.agent for r in responses}
         return {
             "task": params["task"],
             "awarded": public[: params["award"]],
             "ranking": public,
             "rejected": [e["agent"] for e in public[params["award"]:]],
             "ineligible": ineligible, "refused": refused,
-            "missing": sorted(p.id for p in ps if p.id not in rs),
+            "missing": sorted(p.id for p in participants if p.id not in answered),
         }
+
+    def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        params = self.decide_params(inputs)
+        ps = participants_of(inputs)
+        rs = responses_of(inputs, ps)
+        for _, r in sorted(rs.items()):
+            self.check_response("cfp", r.value, params)
+        return self.decide_typed(params, ps, by_arrival(rs))
 
     # --- the driver ------------------------------------------------------------------------
 
@@ -121,7 +134,7 @@ class ContractNet(Protocol):
         for round_no in range(1, params["rounds"] + 1):
             answers = await session.ask(everyone, "cfp", {"task": params["task"],
                                                           "round": round_no})
-            result = self.decide(self._inputs(session, answers))
+            result = self.decide_typed(params, session.participants, list(answers.values()))
             result["cfp_round"] = round_no
             if params["confirm"] and result["ranking"]:
                 result = await self._confirm(session, result)
@@ -134,12 +147,6 @@ class ContractNet(Protocol):
         writes = ({name: {"task": params["task"], "awarded": result["awarded"]}
                    for name in session.variables} if result["awarded"] else {})
         return Outcome(result, writes)
-
-    def _inputs(self, session: Session, answers: dict[str, Response]) -> dict[str, Any]:
-        return {"params": session.params,
-                "participants": [p.to_dict() for p in session.participants],
-                "responses": [r.to_dict() for r in sorted(answers.values(),
-                                                          key=lambda r: r.seq)]}
 
     async def _confirm(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         """Offer awards down the ranking until `award` contractors accepted or it runs out."""

@@ -31,8 +31,11 @@ from mabeam_markets.common import side, units
 from mabeamd.protocol import (
     OneRound,
     Outcome,
+    Participant,
     ProtocolError,
+    Response,
     Session,
+    by_arrival,
     cents,
     choice,
     money,
@@ -154,18 +157,24 @@ class CallMarket(OneRound):
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
         p = self.decide_params(inputs)
         ps = participants_of(inputs)
+        return self.decide_typed(p, ps, by_arrival(responses_of(inputs, ps)))
+
+    def decide_typed(self, params: dict[str, Any], participants: list[Participant],
+                     responses: list[Response]) -> dict[str, Any]:
         buys: list[Order] = []
         sells: list[Order] = []
         n = 0
-        for r in sorted(responses_of(inputs, ps).values(), key=lambda r: r.seq):
+        # The list order is the arrival order clear() keeps among equal limits; orders_of
+        # checked each answer at arrival, here it turns it into orders.
+        for r in responses:
             for o in orders_of(r.value):
                 if o["side"] == "buy":
                     buys.append((-o["price"], r.seq, r.agent, o["quantity"], o["price"], n))
                 else:
                     sells.append((o["price"], r.seq, r.agent, o["quantity"], o["price"], n))
                 n += 1
-        result = clear(buys, sells, p["rule"], p["kappa"])
-        result["good"] = p["good"]
+        result = clear(buys, sells, params["rule"], params["kappa"])
+        result["good"] = params["good"]
         result["orders"] = n
         return result
 

@@ -32,8 +32,11 @@ from typing import Any
 from mabeamd.protocol import (
     OneRound,
     Outcome,
+    Participant,
     ProtocolError,
+    Response,
     Session,
+    by_arrival,
     choice,
     integer,
     number,
@@ -406,21 +409,25 @@ class FisherMarket(OneRound):
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
         p = self.decide_params(inputs)
         ps = participants_of(inputs)
-        rs = responses_of(inputs, ps)
+        return self.decide_typed(p, ps, by_arrival(responses_of(inputs, ps)))
+
+    def decide_typed(self, params: dict[str, Any], participants: list[Participant],
+                     responses: list[Response]) -> dict[str, Any]:
+        rs = {r.agent: r for r in responses}
         if not rs:
             raise ProtocolError("no buyer answered")
-        goods = list(p["goods"])
+        goods = list(params["goods"])
         buyers = sorted(rs)
         budgets, w = [], []
         for a in buyers:
-            b, us = prefs_of(rs[a].value, p["goods"])
+            b, us = prefs_of(rs[a].value, params["goods"])
             budgets.append(b)
             w.append([us.get(g, 0.0) for g in goods])
         wanted = [j for j in range(len(goods)) if any(row[j] > 0 for row in w)]
         sol = solve(budgets, [[row[j] for j in wanted] for row in w],
-                    [p["goods"][goods[j]] for j in wanted], p["utility"], rho=p["rho"],
-                    tolerance=p["tolerance"], max_iterations=p["max_iterations"],
-                    time_limit=p["time_limit"])
+                    [params["goods"][goods[j]] for j in wanted], params["utility"],
+                    rho=params["rho"], tolerance=params["tolerance"],
+                    max_iterations=params["max_iterations"], time_limit=params["time_limit"])
         price = dict.fromkeys(goods, 0.0)
         alloc: dict[str, dict[str, float]] = {a: {} for a in buyers}
         for k, j in enumerate(wanted):
@@ -428,12 +435,12 @@ class FisherMarket(OneRound):
             for i, a in enumerate(buyers):
                 if sol["allocation"][i][k] > 0:
                     alloc[a][goods[j]] = sol["allocation"][i][k]
-        return {"utility": p["utility"], "prices": price, "allocation": alloc,
+        return {"utility": params["utility"], "prices": price, "allocation": alloc,
                 "spent": {a: sum(sol["spend"][i]) for i, a in enumerate(buyers)},
                 "unsold": [goods[j] for j in range(len(goods)) if j not in set(wanted)],
                 **{k: sol[k] for k in ("residuals", "tolerance", "certified", "iterations",
                                        "method")},
-                "missing": sorted(x.id for x in ps if x.id not in rs)}
+                "missing": sorted(x.id for x in participants if x.id not in rs)}
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         return write_all(session.variables, {"prices": result["prices"],

@@ -24,8 +24,11 @@ from typing import Any
 from mabeamd.protocol import (
     OneRound,
     Outcome,
+    Participant,
     ProtocolError,
+    Response,
     Session,
+    by_arrival,
     cents,
     only,
     participants_of,
@@ -112,9 +115,16 @@ class SupplyDemand(OneRound):
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
         p = self.decide_params(inputs)
         ps = participants_of(inputs)
+        rs = responses_of(inputs, ps)
+        for r in rs.values():  # the first bad answer in the input's order is the one reported
+            steps_of(r.value)
+        return self.decide_typed(p, ps, by_arrival(rs))
+
+    def decide_typed(self, params: dict[str, Any], participants: list[Participant],
+                     responses: list[Response]) -> dict[str, Any]:
         demand: list[Step] = []
         supply: list[Step] = []
-        for r in responses_of(inputs, ps).values():
+        for r in responses:  # steps_of checked each at arrival; here it parses the steps
             c = steps_of(r.value)
             for k, (limit, q) in enumerate(c.get("demand", [])):
                 demand.append((-limit, r.seq, r.agent, k, q))
@@ -123,7 +133,7 @@ class SupplyDemand(OneRound):
         result = equilibrium(demand, supply)
         bought = sum(b["quantity"] for b in result["buys"])
         sold = sum(s["quantity"] for s in result["sells"])
-        result["good"] = p["good"]
+        result["good"] = params["good"]
         result["residual"] = cents(abs(bought - sold))
         return result
 

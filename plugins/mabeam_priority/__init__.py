@@ -23,9 +23,12 @@ from mabeamd.hookspecs import hookimpl
 from mabeamd.protocol import (
     OneRound,
     Outcome,
+    Participant,
     Protocol,
     ProtocolError,
+    Response,
     Session,
+    by_arrival,
     choice,
     integer,
     only,
@@ -36,16 +39,16 @@ from mabeamd.protocol import (
 STRATEGIES = ("priority", "proportional", "escalation")
 
 
-def _requests(inputs: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
-    ps = participants_of(inputs)
-    rs = responses_of(inputs, ps)
+def _requests(params: dict[str, Any], participants: list[Participant],
+              responses: list[Response]) -> list[dict[str, Any]]:
+    """The positive requests (each answer checked by check_request), in tie-break order."""
+    rs = {r.agent: r for r in responses}
     prio = params["priorities"]
     out = []
-    for p in ps:
+    for p in participants:
         r = rs.get(p.id)
         if r is None:
             continue
-        check_request(r.value)
         if r.value["request"] > 0:
             out.append({"agent": p.id, "request": r.value["request"],
                         "priority": prio.get(p.id, p.priority), "seq": r.seq})
@@ -130,7 +133,15 @@ class Priority(OneRound):
         """Escalation offline: with params.decision it is validated and applied, without it
         the outcome is {"escalated": true, ...} and no allocations."""
         params = self.decide_params(inputs)
-        reqs = _requests(inputs, params)
+        ps = participants_of(inputs)
+        rs = responses_of(inputs, ps)
+        for r in rs.values():
+            check_request(r.value)
+        return self.decide_typed(params, ps, by_arrival(rs))
+
+    def decide_typed(self, params: dict[str, Any], participants: list[Participant],
+                     responses: list[Response]) -> dict[str, Any]:
+        reqs = _requests(params, participants, responses)
         cap, strategy = params["capacity"], params["strategy"]
         escalated = False
         if strategy == "priority":

@@ -15,7 +15,9 @@ from mabeamd.protocol import (
     Participant,
     Protocol,
     ProtocolError,
+    Response,
     Session,
+    by_arrival,
     choice,
     only,
     participants_of,
@@ -28,6 +30,12 @@ def _writes_param(params: dict[str, Any]) -> dict[str, Any] | None:
     if w is not None and (not isinstance(w, dict) or not all(isinstance(k, str) for k in w)):
         raise ProtocolError("writes must be a map of variable name -> value")
     return w
+
+
+def _someone(participants: list[Participant], what: str) -> list[Participant]:
+    if not participants:
+        raise ProtocolError(f"{what} needs at least one participant")
+    return participants
 
 
 class Consensus(OneRound):
@@ -52,24 +60,29 @@ class Consensus(OneRound):
             raise ProtocolError('answer {"accept": true} or {"accept": false} (plus an '
                                 'optional "reason")')
 
-    def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        self.decide_params(inputs)
-        ps = participants_of(inputs)
-        if not ps:
-            raise ProtocolError("consensus needs at least one participant")
-        rs = responses_of(inputs, ps)
+    def decide_typed(self, params: dict[str, Any], participants: list[Participant],
+                     responses: list[Response]) -> dict[str, Any]:
+        _someone(participants, "consensus")
+        rs = {r.agent: r for r in responses}
         accepted: list[str] = []
         rejected: list[str] = []
         missing: list[str] = []
-        for p in sorted(ps, key=lambda p: p.id):
+        for p in sorted(participants, key=lambda p: p.id):
             r = rs.get(p.id)
             if r is None:
                 missing.append(p.id)
             else:
-                self.check_response(self.kind, r.value, {})
                 (accepted if r.value["accept"] else rejected).append(p.id)
         return {"passed": not rejected and not missing, "accepted": accepted,
                 "rejected": rejected, "missing": missing}
+
+    def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        params = self.decide_params(inputs)
+        ps = _someone(participants_of(inputs), "consensus")
+        rs = responses_of(inputs, ps)
+        for r in rs.values():
+            self.check_response(self.kind, r.value, params)
+        return self.decide_typed(params, ps, by_arrival(rs))
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         if not result["passed"]:
@@ -141,13 +154,19 @@ class Vote(OneRound):
                 w = m
         return Fraction(str(p.weight if w is None else w))
 
+    def decide_typed(self, params: dict[str, Any], participants: list[Participant],
+                     responses: list[Response]) -> dict[str, Any]:
+        weights = {p.id: self.weight_of(p, params) for p in _someone(participants, "a vote")}
+        # Every value passed ballot() at arrival: {"vote": OPTION} or {"abstain": true}.
+        return count(params, weights, [(r.agent, r.value.get("vote")) for r in responses])
+
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:
         params = self.decide_params(inputs)
-        ps = participants_of(inputs)
-        if not ps:
-            raise ProtocolError("a vote needs at least one participant")
-        weights = {p.id: self.weight_of(p, params) for p in ps}
-        return count(params, weights, responses_of(inputs, ps))
+        ps = _someone(participants_of(inputs), "a vote")
+        rs = responses_of(inputs, ps)
+        for r in rs.values():
+            ballot(r.value, params["options"])
+        return self.decide_typed(params, ps, by_arrival(rs))
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         mode = session.params["write"]

@@ -22,10 +22,11 @@ reported as floats.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
 
-from mabeamd.protocol import ProtocolError, Response
+from mabeamd.protocol import ProtocolError
 
 RULES = ("majority", "supermajority", "unanimous", "plurality")
 BASES = ("votes", "present", "eligible")
@@ -56,12 +57,13 @@ def ballot(value: Any, options: list[Any]) -> Any | None:
 
 
 def count(params: dict[str, Any], weights: dict[str, Fraction],
-          responses: dict[str, Response]) -> dict[str, Any]:
+          ballots: Iterable[tuple[str, Any | None]]) -> dict[str, Any]:
+    """`ballots`: (participant, the option it voted for or None for an abstention), one per
+    participant who answered, each checked by ballot()."""
     options: list[Any] = params["options"]
     tally: list[Fraction] = [Fraction(0)] * len(options)
     present = Fraction(0)
-    for agent, r in responses.items():
-        choice = ballot(r.value, options)
+    for agent, choice in ballots:
         present += weights[agent]
         if choice is not None:
             tally[options.index(choice)] += weights[agent]
