@@ -48,6 +48,12 @@ class Participant:
 
     @staticmethod
     def from_dict(d: Any) -> Participant:
+        if type(d) is dict:  # the common shape, checked with exact types: one pass, no calls
+            pid, w, pr = d.get("id"), d.get("weight", 1.0), d.get("priority", 0)
+            if type(pid) is str and type(pr) is int and (
+                    (type(w) is float and 0.0 <= w < math.inf) or (type(w) is int and w >= 0)):
+                meta = d.get("metadata")
+                return Participant(pid, w, pr, dict(meta) if meta else {})
         if not isinstance(d, Mapping) or not isinstance(d.get("id"), str):
             raise ProtocolError("each participant is a map with a string id")
         return Participant(d["id"], number(d, "weight", 1.0, lo=0.0),
@@ -70,6 +76,11 @@ class Response:
 
     @staticmethod
     def from_dict(d: Any, default_seq: int) -> Response:
+        if type(d) is dict:  # as Participant.from_dict: the common shape first
+            agent, seq, at = d.get("agent"), d.get("seq", default_seq), d.get("at", 0.0)
+            if type(agent) is str and type(seq) is int and (
+                    (type(at) is float and math.isfinite(at)) or type(at) is int):
+                return Response(agent, d.get("value"), seq, at)
         if not isinstance(d, Mapping) or not isinstance(d.get("agent"), str):
             raise ProtocolError("each response is a map with a string agent")
         return Response(d["agent"], d.get("value"), integer(d, "seq", default_seq),

@@ -20,7 +20,7 @@ protocol names (installed plugins) -- never agent ids or variable names.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client.core import (
@@ -30,6 +30,55 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+Value = Callable[[dict[str, Any]], float | None]
+
+
+def _field(key: str, section: str | None = None) -> Value:
+    """A number from a worker row (or from its `section` map), None when not known."""
+    def value(row: dict[str, Any]) -> float | None:
+        d = row.get(section) if section else row
+        v = d.get(key) if isinstance(d, dict) else None
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return value
+
+
+# Per worker (label "worker") and per shard (label "shard": shard i is worker i's), from
+# the worker rows: (type, name without _total, help, label, the row's value or None).
+PER_WORKER: list[tuple[str, str, str, str, Value]] = [
+    ("gauge", "mabeamd_worker_up", "1 while the worker serves its shard", "worker",
+     lambda row: 1.0 if row["state"] == "running" else 0.0),
+    ("counter", "mabeamd_worker_restarts", "worker restarts", "worker", _field("restarts")),
+    ("counter", "mabeamd_worker_crashes", "worker exits not asked for", "worker",
+     _field("crashes")),
+    ("counter", "mabeamd_worker_hung_kills", "workers killed for silence", "worker",
+     _field("hung_kills")),
+    ("counter", "mabeamd_worker_cpu_seconds", "CPU time of the worker's current process",
+     "worker", _field("cpu_seconds")),
+    ("gauge", "mabeamd_worker_resident_memory_bytes", "resident memory of the worker's "
+     "process", "worker", _field("rss")),
+    ("gauge", "mabeamd_shard_variables", "variables in the shard", "shard",
+     _field("variables", "shard")),
+    ("gauge", "mabeamd_shard_bytes", "bytes of the shard's variable records (the quota's "
+     "measure)", "shard", _field("bytes", "shard")),
+    ("gauge", "mabeamd_shard_segment_fill_ratio", "share of the shard's shared-memory "
+     "segment in use", "shard", _field("segment_fill", "shard")),
+    ("counter", "mabeamd_wal_records", "records ever appended to the shard's WAL (its last "
+     "sequence number)", "shard", _field("wal_records", "shard")),
+    ("counter", "mabeamd_wal_fsyncs", "WAL fsyncs", "shard", _field("wal_fsyncs", "shard")),
+    ("counter", "mabeamd_wal_fsync_seconds", "time spent in WAL fsyncs", "shard",
+     _field("wal_fsync_seconds", "shard")),
+    ("counter", "mabeamd_snapshots", "snapshots written by the worker's current process",
+     "shard", _field("snapshots", "shard")),
+    ("gauge", "mabeamd_snapshot_last_duration_seconds", "how long the shard's last snapshot "
+     "took", "shard", _field("snapshot_seconds", "shard")),
+    ("gauge", "mabeamd_shard_storage_refusing", "1 while the shard's disk refuses writes",
+     "shard", lambda row: 1.0 if row.get("storage") else 0.0),
+    ("counter", "mabeamd_shard_endpoint_requests", "requests served on the shard's own "
+     "endpoint", "shard", _field("requests", "shard_traffic")),
+    ("counter", "mabeamd_shard_endpoint_errors", "error replies on the shard's own endpoint",
+     "shard", _field("errors", "shard_traffic")),
+]
 
 
 class MetricsSource(Protocol):
@@ -94,78 +143,14 @@ class DaemonCollector(Collector):
                 states.add_metric([state], float(n))
         yield states
         rows = self.source.worker_rows()
-        fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
-            "up": GaugeMetricFamily("mabeamd_worker_up", "1 while the worker serves its shard",
-                                    labels=["worker"]),
-            "restarts": CounterMetricFamily("mabeamd_worker_restarts",
-                                            "worker restarts", labels=["worker"]),
-            "crashes": CounterMetricFamily("mabeamd_worker_crashes",
-                                           "worker exits not asked for", labels=["worker"]),
-            "hung_kills": CounterMetricFamily("mabeamd_worker_hung_kills",
-                                              "workers killed for silence", labels=["worker"]),
-            "cpu": CounterMetricFamily("mabeamd_worker_cpu_seconds",
-                                       "CPU time of the worker's current process",
-                                       labels=["worker"]),
-            "rss": GaugeMetricFamily("mabeamd_worker_resident_memory_bytes",
-                                     "resident memory of the worker's process",
-                                     labels=["worker"]),
-            "vars": GaugeMetricFamily("mabeamd_shard_variables", "variables in the shard",
-                                      labels=["shard"]),
-            "bytes": GaugeMetricFamily("mabeamd_shard_bytes",
-                                       "bytes of the shard's variable records (the quota's "
-                                       "measure)", labels=["shard"]),
-            "seg": GaugeMetricFamily("mabeamd_shard_segment_fill_ratio",
-                                     "share of the shard's shared-memory segment in use",
-                                     labels=["shard"]),
-            "fsyncs": CounterMetricFamily("mabeamd_wal_fsyncs", "WAL fsyncs",
-                                          labels=["shard"]),
-            "fsync_s": CounterMetricFamily("mabeamd_wal_fsync_seconds",
-                                           "time spent in WAL fsyncs", labels=["shard"]),
-            "appends": CounterMetricFamily("mabeamd_wal_records", "records ever appended to "
-                                           "the shard's WAL (its last sequence number)",
-                                           labels=["shard"]),
-            "snaps": CounterMetricFamily("mabeamd_snapshots", "snapshots written by the "
-                                         "worker's current process",
-                                         labels=["shard"]),
-            "snap_s": GaugeMetricFamily("mabeamd_snapshot_last_duration_seconds",
-                                        "how long the shard's last snapshot took",
-                                        labels=["shard"]),
-            "refusing": GaugeMetricFamily("mabeamd_shard_storage_refusing",
-                                          "1 while the shard's disk refuses writes",
-                                          labels=["shard"]),
-            "sreq": CounterMetricFamily("mabeamd_shard_endpoint_requests",
-                                        "requests served on the shard's own endpoint",
-                                        labels=["shard"]),
-            "serr": CounterMetricFamily("mabeamd_shard_endpoint_errors",
-                                        "error replies on the shard's own endpoint",
-                                        labels=["shard"]),
-        }
-        storage = st.get("storage") or {}
-        for row in rows:
-            i = str(row["index"])
-            fams["up"].add_metric([i], 1.0 if row["state"] == "running" else 0.0)
-            fams["restarts"].add_metric([i], float(row["restarts"]))
-            fams["crashes"].add_metric([i], float(row["crashes"]))
-            fams["hung_kills"].add_metric([i], float(row["hung_kills"]))
-            if row.get("cpu_seconds") is not None:
-                fams["cpu"].add_metric([i], float(row["cpu_seconds"]))
-            if row.get("rss") is not None:
-                fams["rss"].add_metric([i], float(row["rss"]))
-            fams["refusing"].add_metric([i], 1.0 if i in storage else 0.0)
-            shard = row.get("shard")
-            if isinstance(shard, dict):
-                for key, fam in (("variables", "vars"), ("bytes", "bytes"),
-                                 ("segment_fill", "seg"), ("wal_fsyncs", "fsyncs"),
-                                 ("wal_fsync_seconds", "fsync_s"), ("wal_records", "appends"),
-                                 ("snapshots", "snaps"), ("snapshot_seconds", "snap_s")):
-                    value = shard.get(key)
-                    if isinstance(value, (int, float)):
-                        fams[fam].add_metric([i], float(value))
-            traffic = row.get("shard_traffic")
-            if isinstance(traffic, dict):
-                fams["sreq"].add_metric([i], float(traffic.get("requests", 0)))
-                fams["serr"].add_metric([i], float(traffic.get("errors", 0)))
-        yield from fams.values()
+        for kind, name, doc, label, value in PER_WORKER:
+            fam = (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(
+                name, doc, labels=[label])
+            for row in rows:
+                v = value(row)
+                if v is not None:
+                    fam.add_metric([str(row["index"])], v)
+            yield fam
 
     def _agents(self, st: dict[str, Any]) -> Iterator[Metric]:
         a = st["agents"]

@@ -11,6 +11,7 @@ with `resubmit: false` the first bid stands and a second is refused with `confli
 
 from __future__ import annotations
 
+import math
 from operator import itemgetter
 from typing import Any
 
@@ -36,6 +37,10 @@ PARAMS = {"item", "rule", "reserve", "resubmit"}
 
 def bid_of(value: Any) -> float | None:
     """The amount of a `bid` answer, None for a pass; ProtocolError for anything else."""
+    if type(value) is dict and len(value) == 1:  # the common shape, exact types first
+        amount = value.get("bid")
+        if type(amount) is float and 0.0 <= amount < math.inf:
+            return amount
     if isinstance(value, dict) and value == {"pass": True}:
         return None
     if not isinstance(value, dict) or set(value) != {"bid"}:
