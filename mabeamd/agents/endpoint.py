@@ -26,7 +26,7 @@ import zmq.asyncio
 from mabeamd.agents.registry import ConnKey
 from mabeamd.config import Endpoint
 from mabeamd.net import wire
-from mabeamd.net.drain import Drain, recv_ready_batch
+from mabeamd.net.drain import BATCH_BYTES, Drain, recv_ready_bounded
 from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import agent_router, bind_endpoint, curve_server, unlink_endpoint
@@ -68,7 +68,7 @@ class AgentEndpoint:
                 drain: Drain[Any] = Drain(sock, functools.partial(self._serve_curve, i),
                                           _recv_curve, sends=True)
             else:
-                drain = Drain(sock, functools.partial(self._serve, i), recv_ready_batch,
+                drain = Drain(sock, functools.partial(self._serve, i), recv_ready_bounded,
                               sends=True)
             self.sockets.append(sock)
             self._drains.append(drain)
@@ -198,9 +198,12 @@ def _recv_curve(sock: zmq.Socket[Any], limit: int) -> list[list[zmq.Frame]]:
     """A CURVE socket's batch, as Frames: their User-Id names the client's key (the fast
     path's bytes do not carry it)."""
     batch: list[list[zmq.Frame]] = []
-    while len(batch) < limit:
+    size = 0
+    while len(batch) < limit and size < BATCH_BYTES:  # bounded as drain.recv_ready_bounded
         try:
-            batch.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             break
+        batch.append(parts)
+        size += sum(len(p) for p in parts)
     return batch

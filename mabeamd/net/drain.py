@@ -34,10 +34,16 @@ from typing import Any, Generic, TypeVar
 
 import zmq
 
-from mabeamd.net.frames import readable, recv_ready
+from mabeamd.net.frames import NOBLOCK, readable, recv_frames, recv_ready
 
 # How many messages one drain serves before the loop runs other work (see above).
 BATCH = 256
+# Sockets that take frames from outside (agent endpoint, shard endpoints) also stop a batch
+# once this many bytes arrived: a batch is held whole while it is served, and 256 pipelined
+# frames of max_message each held the arbiter at ~100 MiB more than one at a time (the
+# flood test in tests/e2e/test_fuzz.py). Only on a drain with sends=True: its look after
+# the batch finds the messages left waiting.
+BATCH_BYTES = 1 << 20
 UNBOUNDED = 1 << 30  # for a socket whose whole queue is served in one drain
 
 T = TypeVar("T")
@@ -58,6 +64,37 @@ def recv_ready_batch(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
         # is served, and the look after the batch finds anything left.
         if not batch:
             raise
+    return batch
+
+
+def recv_ready_bounded(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
+    """recv_ready_batch that also stops after BATCH_BYTES (see there)."""
+    batch: list[list[bytes]] = []
+    size = 0
+    try:
+        while len(batch) < limit and size < BATCH_BYTES:
+            frames = recv_ready(sock)
+            if frames is None:
+                break
+            batch.append(frames)
+            size += sum(map(len, frames))
+    except zmq.ZMQError:
+        if not batch:
+            raise
+    return batch
+
+
+def recv_bounded(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
+    """frames.recv_batch (until zmq.Again) that also stops after BATCH_BYTES."""
+    batch: list[list[bytes]] = []
+    size = 0
+    while len(batch) < limit and size < BATCH_BYTES:
+        try:
+            frames = recv_frames(sock, NOBLOCK)
+        except zmq.Again:
+            break
+        batch.append(frames)
+        size += sum(map(len, frames))
     return batch
 
 

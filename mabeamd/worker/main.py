@@ -28,8 +28,8 @@ from mabeamd.agents.credentials import WRITE_KEY_ENV, Verifier
 from mabeamd.logsetup import setup_child_logging
 from mabeamd.malloc import return_big_frees
 from mabeamd.net import wire
-from mabeamd.net.drain import Drain, recv_ready_batch
-from mabeamd.net.frames import NOBLOCK, recv_batch, send_frames
+from mabeamd.net.drain import Drain, recv_bounded, recv_ready_batch
+from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.net.link import identity
 from mabeamd.plugins import PluginHost
 from mabeamd.sessions.engine import SessionEngine
@@ -136,7 +136,7 @@ class Worker:
             self._link.start(loop)
             if direct is not None:
                 # Under load its drains find many requests: receive until zmq.Again.
-                self._direct = Drain(direct.sock, self._serve_direct, recv_batch, sends=True)
+                self._direct = Drain(direct.sock, self._serve_direct, recv_bounded, sends=True)
                 self._direct.start(loop)
             tasks = [asyncio.create_task(c) for c in (self._beat(), self._tick())]
             await self._stop.wait()

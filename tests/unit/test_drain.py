@@ -16,7 +16,16 @@ import pytest
 import uvloop
 import zmq
 
-from mabeamd.net.drain import BATCH, Drain, Receive, each, recv_ready_batch
+from mabeamd.net.drain import (
+    BATCH,
+    BATCH_BYTES,
+    Drain,
+    Receive,
+    each,
+    recv_bounded,
+    recv_ready_batch,
+    recv_ready_bounded,
+)
 from mabeamd.net.frames import recv_batch
 
 RECEIVES = [pytest.param(recv_ready_batch, id="zmq_events"),
@@ -220,3 +229,28 @@ def test_a_drain_of_a_closed_socket_does_nothing(
         drain.close()  # the socket is gone: nothing to remove, no error
     loop.run_until_complete(scenario())
     assert got.batches == []
+
+
+@pytest.mark.parametrize("receive", [pytest.param(recv_ready_bounded, id="zmq_events"),
+                                     pytest.param(recv_bounded, id="until_again")])
+def test_a_bounded_batch_holds_about_batch_bytes_and_the_rest_is_served(
+        pair: tuple[zmq.Socket[Any], zmq.Socket[Any]], loop: asyncio.AbstractEventLoop,
+        receive: Receive[list[bytes]]) -> None:
+    """Big frames from outside: a batch stops once BATCH_BYTES arrived (it is held whole
+    while served), and the look after the batch (sends=True) serves the rest."""
+    served, peer = pair
+    big = BATCH_BYTES // 3 + 1
+    for k in range(10):
+        peer.send(b"%d" % k + b"x" * big)
+    got = Got()
+
+    async def scenario() -> None:
+        drain = Drain(served, got, receive, sends=True)
+        drain.start(asyncio.get_running_loop())
+        await got.until(10)
+        drain.close()
+    loop.run_until_complete(scenario())
+    assert [m[:1] for m in got.messages()] == [b"%d" % k for k in range(10)]
+    assert max(sum(map(len, f)) for b in got.batches for f in b) <= big + 1
+    assert all(sum(len(f[0]) for f in b) < BATCH_BYTES + big + 1 for b in got.batches)
+    assert max(len(b) for b in got.batches) == 3
