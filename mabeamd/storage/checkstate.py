@@ -25,6 +25,7 @@ from typing import Any
 
 import msgpack
 
+from mabeamd.net import wire
 from mabeamd.storage import snapshot
 from mabeamd.storage.sharding import shard_of
 from mabeamd.storage.statedir import META, StateDirError
@@ -149,7 +150,7 @@ def repair(state_dir: Path, effects: list[tuple[int, dict[str, Any]]]) -> None:
         log = WriteAheadLog(directory, "always", after=seq)
         try:
             for _, effect in (e for e in effects if e[0] == i):
-                log.append(msgpack.packb(effect, use_bin_type=True))
+                log.append(wire.pack(effect))
             log.commit()
         finally:
             log.close()

@@ -55,6 +55,8 @@ from typing import Any
 
 import msgpack
 
+from mabeamd.net import wire
+
 MAGIC = b"MBSHM002"  # 002: records are the public map (001: [name, version, value, meta])
 HEADER = struct.Struct("<8sQQQQQQQ16s")
 HEADER_SIZE = 4096
@@ -99,8 +101,7 @@ def _hash(key: bytes, name: bytes) -> int:
 
 
 def _pack(obj: Any) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
-    return data
+    return wire.pack(obj)
 
 
 def _unmap(q: memoryview | None, mm: mmap.mmap | None) -> None:

@@ -35,8 +35,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
+from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, WireError
 
 TYPES = ("any", "null", "bool", "int", "float", "str", "bytes", "list", "map")
@@ -86,7 +85,7 @@ def _type_of(value: Any) -> str:
 
 def packed_size(value: Any) -> int:
     try:
-        return len(msgpack.packb(value, use_bin_type=True))
+        return len(wire.pack(value))
     except (TypeError, ValueError, OverflowError) as exc:
         raise Refused(ErrorCode.BAD_REQUEST, f"value is not msgpack-serialisable: {exc}") \
             from None

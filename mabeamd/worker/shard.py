@@ -21,6 +21,7 @@ from typing import Any
 
 import msgpack
 
+from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, Packed, WireError
 from mabeamd.storage import backup, snapshot
 from mabeamd.storage.sharding import shard_of
@@ -119,8 +120,8 @@ class Shard:
             self.check_owner(body.get("name"))
         if op == "var.get":
             var = self.store.get(body.get("name"))
-            return Packed(self.segment.payload(var.name) or msgpack.packb(
-                var.public(), use_bin_type=True)), None
+            return Packed(self.segment.payload(var.name) or wire.pack(
+                var.public())), None
         if op == "var.history":
             var = self.store.get(body.get("name"))
             past = [{"version": v, "value": val, "modified_by": by, "updated_at": t}
@@ -189,13 +190,13 @@ class Shard:
         if effect["op"] == "put":
             # The new state is packed once: the WAL record embeds it (a map {"op", "var"}
             # whose value is these bytes), the segment publishes it, the reply carries it.
-            packed = msgpack.packb(effect["var"], use_bin_type=True)
+            packed = wire.pack(effect["var"])
             self._check_bytes(len(packed) - self.segment.record_length(effect["var"]["name"]))
             with self._storage():
                 self.wal.append(PUT_PREFIX + packed)  # first: the log
         else:
             with self._storage():
-                self.wal.append(msgpack.packb(effect, use_bin_type=True))
+                self.wal.append(wire.pack(effect))
         var: Variable | None = self.store.apply(effect)
         if var is None:
             self.segment.delete(effect["name"], effect["version"])
@@ -224,12 +225,12 @@ class Shard:
                    for name, value in sorted(writes.items())]
         if not effects:
             return []
-        records = [msgpack.packb(e["var"], use_bin_type=True) for e in effects]
+        records = [wire.pack(e["var"]) for e in effects]
         self._check_bytes(sum(len(r) - self.segment.record_length(e["var"]["name"])
                               for e, r in zip(effects, records, strict=True)))
         with self._storage():
-            self.wal.append(msgpack.packb({"op": "batch", "session": session,
-                                           "effects": effects}, use_bin_type=True))
+            self.wal.append(wire.pack({"op": "batch", "session": session,
+                                           "effects": effects}))
         events = []
         for effect, record in zip(effects, records, strict=True):
             var = self.store.apply(effect)
