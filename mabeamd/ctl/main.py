@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from mabeamd import __version__
 from mabeamd import config as configmod
 from mabeamd import paths as pathsmod
 from mabeamd.config import EX_CONFIG, ConfigError
@@ -43,9 +45,21 @@ def _common() -> argparse.ArgumentParser:
                    help="daemon configuration used to find the socket")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print machine-readable JSON")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", default=argparse.SUPPRESS,
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS", default=argparse.SUPPRESS,
                    help="give up after this long without any answer or progress (default 10)")
     return p
+
+
+def _seconds(text: str) -> float:
+    """--timeout: a positive, finite number of seconds (argparse turns the error into
+    usage, exit 2)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return x
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mabeamctl", parents=[common],
                                 description="Control a running mabeamd.",
                                 epilog=opdocs.overview(), formatter_class=opdocs.RAW)
+    p.add_argument("--version", action="version", version=f"mabeamctl {__version__}",
+                   help="print mabeamctl's version and exit (the daemon's: `version`)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_op_parser(sub, "status", common, "status")
     add_op_parser(sub, "ping", common, "ping")
@@ -231,11 +247,40 @@ def cmd_version(c: ControlClient, args: argparse.Namespace) -> Result:
     return out, render.pairs(list(out.items()))
 
 
+INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what msgpack (and so the wire) can carry
+
+
 def _json_arg(text: str, what: str) -> Any:
+    """A JSON argument; `-` reads it from stdin, `@FILE` from a file (for big values).
+    Strict JSON: NaN, Infinity and numbers that overflow a double are refused, and integers
+    must fit in 64 bits."""
+    if text == "-" or text.startswith("@"):
+        try:
+            text = sys.stdin.read() if text == "-" else Path(text[1:]).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{what}: cannot read {text[1:] or 'stdin'}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+
+    def constant(name: str) -> Any:
+        raise UsageError(f"{what}: {name} is not JSON; give a finite number")
+
+    def finite(s: str) -> float:
+        x = float(s)
+        if not math.isfinite(x):
+            raise UsageError(f"{what}: {s} does not fit in a double; give a finite number")
+        return x
+
+    def bounded(s: str) -> int:
+        n = int(s)
+        if not INT_RANGE[0] <= n <= INT_RANGE[1]:
+            raise UsageError(f"{what}: {s} is outside the 64-bit integers the wire carries")
+        return n
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=constant, parse_float=finite, parse_int=bounded)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what} must be JSON ({exc.msg}); quote strings: '\"text\"'") from None
+    except ValueError as exc:  # int() of a huge literal (Python's digit limit)
+        raise UsageError(f"{what}: {exc}") from None
 
 
 def cmd_vars(c: ControlClient, args: argparse.Namespace) -> Result:
@@ -343,7 +388,12 @@ def keys_generate(args: argparse.Namespace) -> int:
         print(f"mabeamctl: {directory / args.name}.key exists (use --force to replace it)",
               file=sys.stderr)
         return 1
-    public, secret = generate(directory, args.name)
+    try:
+        public, secret = generate(directory, args.name)
+    except OSError as exc:
+        print(f"mabeamctl: keys generate: cannot write into {directory}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
     out = {"public": str(public), "secret": str(secret)}
     if getattr(args, "json", False):
         print(json.dumps(out, indent=2))
