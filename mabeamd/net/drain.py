@@ -29,12 +29,13 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import zmq
 
-from mabeamd.net.frames import NOBLOCK, readable, recv_frames, recv_ready
+from mabeamd.net.frames import readable, recv_batch, recv_ready
 
 # How many messages one drain serves before the loop runs other work (see above).
 BATCH = 256
@@ -50,15 +51,22 @@ T = TypeVar("T")
 Receive = Callable[[zmq.Socket[Any], int], list[T]]
 
 
-def recv_ready_batch(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
-    """Up to `limit` waiting messages, asking ZMQ_EVENTS before each (recv_ready)."""
+def recv_ready_batch(sock: zmq.Socket[Any], limit: int, max_bytes: int | None = None,
+                     ) -> list[list[bytes]]:
+    """Up to `limit` waiting messages, asking ZMQ_EVENTS before each (recv_ready); with
+    `max_bytes`, also stopping once that many bytes arrived (see BATCH_BYTES)."""
     batch: list[list[bytes]] = []
+    size = 0
     try:
         while len(batch) < limit:
             frames = recv_ready(sock)
             if frames is None:
                 break
             batch.append(frames)
+            if max_bytes is not None:
+                size += sum(map(len, frames))
+                if size >= max_bytes:
+                    break
     except zmq.ZMQError:
         # A message gone between the check and the receive (zmq.Again): what was received
         # is served, and the look after the batch finds anything left.
@@ -67,35 +75,10 @@ def recv_ready_batch(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
     return batch
 
 
-def recv_ready_bounded(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
-    """recv_ready_batch that also stops after BATCH_BYTES (see there)."""
-    batch: list[list[bytes]] = []
-    size = 0
-    try:
-        while len(batch) < limit and size < BATCH_BYTES:
-            frames = recv_ready(sock)
-            if frames is None:
-                break
-            batch.append(frames)
-            size += sum(map(len, frames))
-    except zmq.ZMQError:
-        if not batch:
-            raise
-    return batch
-
-
-def recv_bounded(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
-    """frames.recv_batch (until zmq.Again) that also stops after BATCH_BYTES."""
-    batch: list[list[bytes]] = []
-    size = 0
-    while len(batch) < limit and size < BATCH_BYTES:
-        try:
-            frames = recv_frames(sock, NOBLOCK)
-        except zmq.Again:
-            break
-        batch.append(frames)
-        size += sum(map(len, frames))
-    return batch
+# The two receives bounded by BATCH_BYTES, for sockets that take frames from outside.
+recv_ready_bounded: Receive[list[bytes]] = functools.partial(recv_ready_batch,
+                                                             max_bytes=BATCH_BYTES)
+recv_bounded: Receive[list[bytes]] = functools.partial(recv_batch, max_bytes=BATCH_BYTES)
 
 
 def each(handle: Callable[[T], None]) -> Callable[[list[T]], None]:

@@ -59,15 +59,23 @@ def recv_ready(sock: zmq.Socket[Any]) -> list[bytes] | None:
     return recv_frames(sock, NOBLOCK)
 
 
-def recv_batch(sock: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
+def recv_batch(sock: zmq.Socket[Any], limit: int, max_bytes: int | None = None,
+               ) -> list[list[bytes]]:
     """Up to `limit` waiting messages, receiving until zmq.Again: one exception per batch
-    instead of recv_ready's ZMQ_EVENTS per message (see drain.py)."""
+    instead of recv_ready's ZMQ_EVENTS per message (see drain.py). With `max_bytes`, it also
+    stops once that many bytes arrived (drain.BATCH_BYTES says why)."""
     batch: list[list[bytes]] = []
+    size = 0
     while len(batch) < limit:
         try:
-            batch.append(recv_frames(sock, NOBLOCK))
+            frames = recv_frames(sock, NOBLOCK)
         except zmq.Again:
             break
+        batch.append(frames)
+        if max_bytes is not None:
+            size += sum(map(len, frames))
+            if size >= max_bytes:
+                break
     return batch
 
 
