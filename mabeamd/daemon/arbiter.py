@@ -291,9 +291,10 @@ class Arbiter(ControlSide):
                                        self.events, self.plugins, settings=cfg.sessions)
         self.sessions.install(self.endpoint)
         self.var_events = False  # whether workers send the events of direct writes
-        self.shard_traffic: dict[int, dict[str, Any]] = {}  # from workers' heartbeats
-        self.shard_gauges: dict[int, dict[str, Any]] = {}  # ditto: variables, bytes, WAL
-        self.storage: dict[int, dict[str, Any]] = {}  # shards whose disk refuses, ditto
+        # Per worker, from its current generation's heartbeats: "shard_traffic" (its shard
+        # endpoint's counters) and "shard" (the shard's gauges), the latest sent; "storage",
+        # the disk's refusal as of the latest heartbeat (None: fine).
+        self.beats: dict[int, dict[str, Any]] = {}
 
     def _monitor(self) -> MonitorServer | None:
         """The /metrics, /healthz and /readyz listener ([metrics] listen; empty: none)."""
@@ -463,9 +464,7 @@ class Arbiter(ControlSide):
             self.shard_calls.worker_down(index)
             self.sessions.worker_down(index)
             self.agents.set_shard_endpoint(index, None)
-            self.shard_traffic.pop(index, None)
-            self.shard_gauges.pop(index, None)
-            self.storage.pop(index, None)
+            self.beats.pop(index, None)
         if self.state == "running" and event in ("running", "exited", "failed"):
             self.notifier.status(self.status_line())
 
@@ -475,18 +474,13 @@ class Arbiter(ControlSide):
         w = self.watchers[index]
         if op == "heartbeat":
             w.on_heartbeat(generation)
-            traffic = body.get("shard_traffic")
-            if isinstance(traffic, dict) and generation == w.generation:
-                self.shard_traffic[index] = traffic
-            gauges = body.get("shard")
-            if isinstance(gauges, dict) and generation == w.generation:
-                self.shard_gauges[index] = gauges
-            storage = body.get("storage")
             if generation == w.generation:
-                if isinstance(storage, dict):
-                    self.storage[index] = storage
-                else:
-                    self.storage.pop(index, None)
+                beat = self.beats.setdefault(index, {})
+                for key in ("shard_traffic", "shard"):  # kept until a newer one comes
+                    if isinstance(body.get(key), dict):
+                        beat[key] = body[key]
+                storage = body.get("storage")
+                beat["storage"] = storage if isinstance(storage, dict) else None
         elif op == "loading":
             w.on_loading(generation)
         elif op == "results":  # a worker's answers to one batch of requests

@@ -55,10 +55,8 @@ class ControlSide:
     worker_count: int
     watchers: list[WorkerWatcher]
     workers_stopped: asyncio.Event
-    shard_traffic: dict[int, dict[str, Any]]
-    shard_gauges: dict[int, dict[str, Any]]
+    beats: dict[int, dict[str, Any]]
     monitor: MonitorServer | None
-    storage: dict[int, dict[str, Any]]
     loop_lag: float
     loop_lag_max: float
     stalls: int
@@ -80,6 +78,11 @@ class ControlSide:
         for w in self.watchers:
             counts[w.state.value] += 1
         return counts
+
+    @property
+    def storage(self) -> dict[int, dict[str, Any]]:
+        """Shards whose disk refuses writes, with what the worker says of it."""
+        return {i: b["storage"] for i, b in self.beats.items() if b.get("storage")}
 
     def status_line(self) -> str:
         c = self.worker_counts()
@@ -168,11 +171,12 @@ class ControlSide:
         return [w.state.value for w in self.watchers]
 
     def worker_rows(self) -> list[dict[str, Any]]:
-        return [{**w.info(), "shard_endpoint": self.agents.shard_endpoints[w.index],
-                 "shard_traffic": self.shard_traffic.get(w.index),
-                 "shard": self.shard_gauges.get(w.index),
-                 "storage": self.storage.get(w.index)}
-                for w in self.watchers]
+        rows = []
+        for w in self.watchers:
+            beat = self.beats.get(w.index, {})
+            rows.append({**w.info(), "shard_endpoint": self.agents.shard_endpoints[w.index],
+                         **{k: beat.get(k) for k in ("shard_traffic", "shard", "storage")}})
+        return rows
 
     async def restart_worker(self, index: int, progress: Progress) -> dict[str, Any]:
         return await self.watchers[index].restart(progress)
