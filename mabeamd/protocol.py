@@ -96,6 +96,16 @@ class Outcome:
     writes: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Trade:
+    """What an applied outcome moved, for the revenue and clearing-price metrics: the
+    payments it makes in total, and the price(s) at which it cleared (one per item or good;
+    none when there is no single price, e.g. VCG payments)."""
+
+    revenue: float
+    prices: tuple[float, ...] = ()
+
+
 class Session(TypingProtocol):
     """The engine's side of a running session, as a driver sees it."""
 
@@ -178,6 +188,13 @@ class Protocol:
 
     def check_outcome(self, session: Session, outcome: Outcome) -> None:
         """Protocol-specific checks before the outcome is applied; raise ProtocolError."""
+
+    def trade(self, result: dict[str, Any]) -> Trade | None:
+        """What an applied session's `result` traded (the metrics' revenue and clearing
+        prices), None when nothing was sold or the protocol trades nothing (votes). Pure;
+        the arbiter calls it once per applied session, and an exception here is logged,
+        never fatal."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "summary": self.summary,

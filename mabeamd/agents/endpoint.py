@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from mabeamd.net.drain import BATCH_BYTES, Drain, recv_ready_bounded
 from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import agent_router, bind_endpoint, curve_server, unlink_endpoint
+from mabeamd.observe.opstats import OK, OpStats
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class AgentEndpoint:
         self._tasks: set[asyncio.Future[Any]] = set()
         self.stats = {"requests": 0, "errors": 0, "malformed": 0, "busy": 0,
                       "undeliverable": 0, "pushed": 0, "push_failed": 0}
+        self.ops = OpStats(self.handlers)  # by op and code, with latency (metrics)
         # A shadow of the daemon's context: same libzmq context, so the ZAP handler (CURVE)
         # serves these sockets too, but with synchronous calls.
         self._ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context.shadow(ctx.underlying)
@@ -93,10 +96,12 @@ class AgentEndpoint:
                          str(parts[-1].get("User-Id") or "") or None)
 
     def _handle(self, index: int, frames: list[bytes], principal: str | None) -> None:
+        t0 = time.perf_counter()
         self.stats["requests"] += 1
         envelope, payload = frames[:1], frames[1:]
         conn = (index, envelope[0])
         rid: int | str | None = None
+        op: str | None = None
         try:
             rid, op, body = wire.parse_request(payload, self.max_message)
             handler = wire.handler_for(self.handlers, op)
@@ -104,19 +109,24 @@ class AgentEndpoint:
                 self.stats["busy"] += 1
                 raise WireError(ErrorCode.BUSY, f"more than {self.max_in_flight} requests in "
                                 "flight on this connection; retry later")
-            result = handler(Request(conn, principal, rid, op), body)
+            req = Request(conn, principal, rid, op)
+            result = handler(req, body)
             if isinstance(result, Awaitable):
-                self._start(index, envelope, conn, rid, result)
+                self._start(index, envelope, req, t0, result)
                 return
             self._send(index, envelope, wire.reply_ok(rid, result))
+            code = OK
         except WireError as exc:
             self._error_stats(exc)
             self._send(index, envelope, wire.reply_error(
                 rid if rid is not None else exc.request_id, exc.code, exc.message, exc.details))
+            code = exc.code
         except Exception as exc:
             self.stats["errors"] += 1
             self._send(index, envelope, wire.reply_incident(
                 rid, log, f"agent endpoint: request {rid!r} failed", exc))
+            code = ErrorCode.INTERNAL
+        self.ops.observe(op, code, time.perf_counter() - t0)
 
     def _error_stats(self, exc: WireError) -> None:
         self.stats["errors"] += 1
@@ -124,9 +134,9 @@ class AgentEndpoint:
                         ErrorCode.TOO_LARGE):
             self.stats["malformed"] += 1
 
-    def _start(self, index: int, envelope: list[bytes], conn: ConnKey, rid: int | str,
+    def _start(self, index: int, envelope: list[bytes], req: Request, t0: float,
                pending: Awaitable[Any]) -> None:
-        self.in_flight[conn] = self.in_flight.get(conn, 0) + 1
+        self.in_flight[req.conn] = self.in_flight.get(req.conn, 0) + 1
         # A forwarded request (varops) is already a plain future: its answer costs no task.
         # A coroutine gets one, kept so close() can cancel it. Either way the reply leaves
         # from the done-callback.
@@ -134,22 +144,27 @@ class AgentEndpoint:
         if fut is not pending:
             self._tasks.add(fut)
             fut.add_done_callback(self._tasks.discard)
-        fut.add_done_callback(lambda f: self._finished(index, envelope, conn, rid, f))
+        fut.add_done_callback(lambda f: self._finished(index, envelope, req, t0, f))
 
-    def _finished(self, index: int, envelope: list[bytes], conn: ConnKey, rid: int | str,
+    def _finished(self, index: int, envelope: list[bytes], req: Request, t0: float,
                   fut: asyncio.Future[Any]) -> None:
+        conn, rid = req.conn, req.rid
         left = self.in_flight.get(conn, 1) - 1
         if left:
             self.in_flight[conn] = left
         else:
             self.in_flight.pop(conn, None)
+        code = OK
         if fut.cancelled():
-            reply = wire.reply_error(rid, ErrorCode.SHUTTING_DOWN, "mabeamd is stopping")
+            code = ErrorCode.SHUTTING_DOWN
+            reply = wire.reply_error(rid, code, "mabeamd is stopping")
         elif isinstance(exc := fut.exception(), WireError):
             self._error_stats(exc)
+            code = exc.code
             reply = wire.reply_error(rid, exc.code, exc.message, exc.details)
         elif exc is not None:
             self.stats["errors"] += 1
+            code = ErrorCode.INTERNAL
             reply = wire.reply_incident(rid, log, f"agent endpoint: request {rid!r} failed",
                                         exc)
         else:
@@ -157,9 +172,11 @@ class AgentEndpoint:
                 reply = wire.reply_ok(rid, fut.result())
             except Exception as err:  # e.g. a result msgpack cannot encode
                 self.stats["errors"] += 1
+                code = ErrorCode.INTERNAL
                 reply = wire.reply_incident(rid, log, f"agent endpoint: reply to {rid!r} "
                                             "failed", err)
         self.send(index, envelope, reply)
+        self.ops.observe(req.op, code, time.perf_counter() - t0)
 
     def send(self, index: int, envelope: list[bytes], frames: list[bytes]) -> bool:
         """Send from outside a drain (late replies, pushes)."""

@@ -36,6 +36,9 @@ class EventPublisher:
         self.endpoint = endpoint
         self.seq = 0
         self.published = 0
+        # Events the socket refused. A slow subscriber's own queue overflowing is not seen
+        # here (libzmq drops for that subscriber alone, silently): it sees a gap in `seq`.
+        self.dropped = 0
         self.subscriptions = 0
         self.topics: set[bytes] = set()  # subscribed prefixes
         # Called with a topic family (e.g. "var.") whenever whether it is watched may change.
@@ -86,6 +89,7 @@ class EventPublisher:
             self.sock.send_multipart([topic.encode(), wire.pack(body)], flags=zmq.NOBLOCK)
             self.published += 1
         except zmq.ZMQError as exc:
+            self.dropped += 1
             log.debug("event %s not published: %s", topic, exc)
 
     def publish_write(self, event: Any) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import grp
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import zmq.asyncio
 from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import bind_private, router
+from mabeamd.observe.opstats import OK, OpStats
 
 log = logging.getLogger(__name__)
 CONTROL_RCVHWM = 16  # messages queued per connection (see ControlServer)
@@ -52,6 +54,7 @@ class ControlServer:
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = {"requests": 0, "errors": 0, "undeliverable": 0, "malformed": 0}
+        self.ops = OpStats(handlers)  # by op and code, with latency (metrics)
 
     def bind(self, group: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +82,10 @@ class ControlServer:
             task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, envelope: list[bytes], payload: list[bytes]) -> None:
+        t0 = time.perf_counter()
         rid: int | str | None = None
+        op: str | None = None
+        code = OK
         try:
             rid, op, body = wire.parse_request(payload, self.max_message)
             handler = wire.handler_for(self.handlers, op)
@@ -91,6 +97,7 @@ class ControlServer:
             await self._send(envelope, wire.reply_ok(rid, result))
         except WireError as exc:
             self.stats["errors"] += 1
+            code = exc.code
             if exc.code in (ErrorCode.BAD_REQUEST, ErrorCode.UNSUPPORTED_VERSION,
                             ErrorCode.TOO_LARGE):
                 self.stats["malformed"] += 1
@@ -101,8 +108,10 @@ class ControlServer:
             raise
         except Exception as exc:
             self.stats["errors"] += 1
+            code = ErrorCode.INTERNAL
             await self._send(envelope, wire.reply_incident(
                 rid, log, f"control: request {rid!r} failed", exc))
+        self.ops.observe(op, code, time.perf_counter() - t0)
 
     async def _send(self, envelope: list[bytes], frames: list[bytes]) -> None:
         try:

@@ -291,9 +291,9 @@ class Arbiter(ControlSide):
                                        self.events, self.plugins, settings=cfg.sessions)
         self.sessions.install(self.endpoint)
         self.var_events = False  # whether workers send the events of direct writes
-        # Per worker, from its current generation's heartbeats: "shard_traffic" (its shard
-        # endpoint's counters) and "shard" (the shard's gauges), the latest sent; "storage",
-        # the disk's refusal as of the latest heartbeat (None: fine).
+        # Per worker, from its current generation's heartbeats: "shard_traffic" and
+        # "shard_ops" (its shard endpoint's counters) and "shard" (the shard's gauges), the
+        # latest sent; "storage", the disk's refusal as of the latest heartbeat (None: fine).
         self.beats: dict[int, dict[str, Any]] = {}
 
     def _monitor(self) -> MonitorServer | None:
@@ -476,7 +476,7 @@ class Arbiter(ControlSide):
             w.on_heartbeat(generation)
             if generation == w.generation:
                 beat = self.beats.setdefault(index, {})
-                for key in ("shard_traffic", "shard"):  # kept until a newer one comes
+                for key in ("shard_traffic", "shard_ops", "shard"):  # kept until a newer one
                     if isinstance(body.get(key), dict):
                         beat[key] = body[key]
                 storage = body.get("storage")

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mabeamd.net.link import WorkerLink
     from mabeamd.net.shardcall import ShardCalls
     from mabeamd.observe.http import MonitorServer
+    from mabeamd.observe.opstats import Histograms, OpStats
     from mabeamd.paths import Paths
     from mabeamd.plugins import PluginHost
     from mabeamd.sessions.service import SessionService
@@ -108,8 +109,17 @@ class ControlSide:
             reasons.append(f"the disk refuses writes to shard {i}")
         return not reasons, reasons, self.state
 
+    def request_stats(self) -> dict[str, OpStats]:
+        return {"agent": self.endpoint.ops, "control": self.control.ops}
+
     def session_outcomes(self) -> dict[tuple[str, str], int]:
         return dict(self.sessions.outcomes)
+
+    def session_durations(self) -> Histograms:
+        return self.sessions.durations
+
+    def session_trades(self) -> dict[str, list[float]]:
+        return self.sessions.trades
 
     def status(self) -> dict[str, Any]:
         extensions = dict(self.plugins.call("mabeamd_status"))
@@ -143,6 +153,7 @@ class ControlSide:
             "agent_traffic": dict(self.endpoint.stats),
             "event_endpoint": str(self.events.endpoint) if self.events.endpoint else None,
             "events_published": self.events.published,
+            "events_dropped": self.events.dropped,
             "control": dict(self.control.stats),
             "link_dropped": self.link.dropped,
             "loop_lag": {"last": round(self.loop_lag, 4), "max": round(self.loop_lag_max, 4),
@@ -175,7 +186,8 @@ class ControlSide:
         for w in self.watchers:
             beat = self.beats.get(w.index, {})
             rows.append({**w.info(), "shard_endpoint": self.agents.shard_endpoints[w.index],
-                         **{k: beat.get(k) for k in ("shard_traffic", "shard", "storage")}})
+                         **{k: beat.get(k) for k in ("shard_traffic", "shard_ops", "shard",
+                                                     "storage")}})
         return rows
 
     async def restart_worker(self, index: int, progress: Progress) -> dict[str, Any]:

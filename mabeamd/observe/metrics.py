@@ -20,16 +20,23 @@ protocol names (installed plugins) -- never agent ids or variable names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from mabeamd.observe.opstats import BUCKETS, Histograms, OpStats, cumulative
+from mabeamd.storage.wal import LATENCY_BUCKETS
 
 Value = Callable[[dict[str, Any]], float | None]
 
@@ -90,10 +97,21 @@ class MetricsSource(Protocol):
     def worker_rows(self) -> list[dict[str, Any]]:
         """Per worker: its watcher's info(), with "shard_traffic" (the shard endpoint's
         counters) and "shard" (the shard's gauges: variables, bytes, WAL figures) from its
-        latest heartbeat, either None when not known."""
+        latest heartbeat, either None when not known; "shard_ops" (OpStats.snapshot() of
+        the shard endpoint)."""
+
+    def request_stats(self) -> dict[str, OpStats]:
+        """The arbiter's endpoints' OpStats by endpoint name ("agent", "control")."""
 
     def session_outcomes(self) -> dict[tuple[str, str], int]:
         """Sessions ended so far, by (protocol, final state)."""
+
+    def session_durations(self) -> Histograms:
+        """Sessions' start-to-end seconds by protocol."""
+
+    def session_trades(self) -> dict[str, list[float]]:
+        """protocol -> [revenue, clearing prices seen, their sum, the last (NaN: none)]
+        over applied sessions."""
 
 
 def _counter(name: str, doc: str, value: Any) -> CounterMetricFamily:
@@ -123,10 +141,12 @@ class DaemonCollector(Collector):
         for state in ("starting", "running", "stopping"):
             ready.add_metric([state], 1.0 if st["state"] == state else 0.0)
         yield ready
-        yield from self._workers(st)
+        rows = self.source.worker_rows()
+        yield from self._workers(st, rows)
         yield from self._agents(st)
         yield from self._sessions(st)
         yield from self._traffic(st)
+        yield from self._requests(rows)
         lag = st["loop_lag"]
         yield _gauge("mabeamd_loop_lag_seconds", "the arbiter's event loop lag, last tick",
                      lag["last"])
@@ -135,14 +155,24 @@ class DaemonCollector(Collector):
         yield _counter("mabeamd_loop_stalls", "ticks the arbiter's loop was over 0.5 s late",
                        lag["stalls"])
 
-    def _workers(self, st: dict[str, Any]) -> Iterator[Metric]:
+    def _workers(self, st: dict[str, Any], rows: list[dict[str, Any]]) -> Iterator[Metric]:
         w = st["workers"]
         states = GaugeMetricFamily("mabeamd_workers", "workers by state", labels=["state"])
         for state, n in sorted(w.items()):
             if state != "total":
                 states.add_metric([state], float(n))
         yield states
-        rows = self.source.worker_rows()
+        for key, name, doc in (("wal_append_hist", "mabeamd_wal_append_duration_seconds",
+                                "time to append one record to the shard's WAL (write(2))"),
+                               ("wal_fsync_hist", "mabeamd_wal_fsync_duration_seconds",
+                                "time of each fsync of the shard's WAL")):
+            series: dict[tuple[str, ...], tuple[list[int], float]] = {}
+            for row in rows:
+                h = (row.get("shard") or {}).get(key)
+                if (isinstance(h, list) and len(h) == len(LATENCY_BUCKETS) + 2
+                        and all(isinstance(x, (int, float)) for x in h)):
+                    series[(str(row["index"]),)] = cumulative(h)
+            yield _histogram(name, doc, ["shard"], LATENCY_BUCKETS, series)
         for kind, name, doc, label, value in PER_WORKER:
             fam = (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(
                 name, doc, labels=[label])
@@ -169,6 +199,27 @@ class DaemonCollector(Collector):
         for (protocol, outcome), n in sorted(self.source.session_outcomes().items()):
             ended.add_metric([protocol, outcome], float(n))
         yield ended
+        durations = self.source.session_durations()
+        yield _histogram("mabeamd_session_duration_seconds", "sessions' time from start to "
+                         "end, by protocol", ["protocol"], durations.buckets,
+                         {(p,): h for p, h in durations.histograms().items()})
+        revenue = CounterMetricFamily("mabeamd_auction_revenue", "payments made by applied "
+                                      "sessions (money units of the protocol's params), by "
+                                      "protocol", labels=["protocol"])
+        prices = SummaryMetricFamily("mabeamd_clearing_price", "clearing prices of applied "
+                                     "sessions, by protocol (sum / count: the mean)",
+                                     labels=["protocol"])
+        last = GaugeMetricFamily("mabeamd_clearing_price_last", "the latest clearing price, "
+                                 "by protocol", labels=["protocol"])
+        for protocol, (money, seen, total, latest) in sorted(
+                self.source.session_trades().items()):
+            revenue.add_metric([protocol], money)
+            if seen:
+                prices.add_metric([protocol], count_value=int(seen), sum_value=total)
+                last.add_metric([protocol], latest)
+        yield revenue
+        yield prices
+        yield last
 
     def _traffic(self, st: dict[str, Any]) -> Iterator[Metric]:
         agent = CounterMetricFamily("mabeamd_agent_endpoint_messages",
@@ -184,5 +235,40 @@ class DaemonCollector(Collector):
         yield control
         yield _counter("mabeamd_events_published", "events published on the event endpoint",
                        st["events_published"])
+        yield _counter("mabeamd_events_dropped", "events the event socket refused (a slow "
+                       "subscriber's own overflow shows only as a gap in its seq)",
+                       st["events_dropped"])
         yield _counter("mabeamd_link_dropped", "worker link messages dropped (a worker's "
                        "queue was full)", st["link_dropped"])
+
+    def _requests(self, rows: list[dict[str, Any]]) -> Iterator[Metric]:
+        """Requests by op and result code, and their latency: the arbiter's endpoints
+        (label "endpoint") and each shard's own endpoint (label "shard", as of the worker's
+        latest heartbeat; a restarted worker counts from zero, as a counter reset)."""
+        by_endpoint = sorted(self.source.request_stats().items())
+        by_shard = [(str(row["index"]), OpStats.from_snapshot(row.get("shard_ops")))
+                    for row in rows if row.get("shard_ops")]
+        for prefix, label, series in (("mabeamd", "endpoint", by_endpoint),
+                                      ("mabeamd_shard", "shard", by_shard)):
+            total = CounterMetricFamily(f"{prefix}_requests", "final replies by op and "
+                                        "result code (ok or the error code)",
+                                        labels=[label, "op", "code"])
+            for name, stats in series:
+                for (op, code), n in sorted(stats.codes().items()):
+                    total.add_metric([name, op, code], float(n))
+            yield total
+            yield _histogram(f"{prefix}_request_duration_seconds", "time from a request's "
+                             "arrival to its final reply, by op", [label, "op"], BUCKETS,
+                             {(name, op): h for name, stats in series
+                              for op, h in stats.histograms().items()})
+
+
+def _histogram(name: str, doc: str, labels: list[str], bounds: tuple[float, ...],
+               series: dict[tuple[str, ...], tuple[list[int], float]]) -> Metric:
+    """A histogram family from (cumulative counts, the last +Inf; sum) per label values."""
+    fam = HistogramMetricFamily(name, doc, labels=labels)
+    for values, (counts, total) in sorted(series.items()):
+        buckets = [(floatToGoString(b), float(c))  # type: ignore[no-untyped-call]
+                   for b, c in zip((*bounds, math.inf), counts, strict=True)]
+        fam.add_metric(list(values), buckets, sum_value=total)
+    return fam

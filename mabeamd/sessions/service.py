@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import math
 import secrets
 import time
 import zlib
@@ -33,11 +35,14 @@ from mabeamd.agents.registry import Registry, check_agent_id
 from mabeamd.config import SessionsSection
 from mabeamd.net.shardcall import ShardCalls
 from mabeamd.net.wire import ErrorCode, WireError, check_fields
+from mabeamd.observe.opstats import SESSION_BUCKETS, Histograms
 from mabeamd.plugins import PluginHost
 from mabeamd.protocol import Protocol
 from mabeamd.sessions.terms import deadline_of, protocol_named
 from mabeamd.storage.sharding import shard_of
 from mabeamd.storage.variables import ADMIN
+
+log = logging.getLogger(__name__)
 
 START_FIELDS = {"agent", "protocol", "participants", "query", "variables", "params", "deadline",
                 "wait", "notify", "on_conflict", "key"}
@@ -57,6 +62,7 @@ class Entry:
     record: dict[str, Any] | None = None
     done: asyncio.Future[dict[str, Any]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+    started: float = field(default_factory=time.monotonic)  # for the duration metric
 
     def final(self) -> dict[str, Any] | None:
         return self.record
@@ -87,6 +93,10 @@ class SessionService:
         # (protocol, final state) -> sessions ended so far (metrics); bounded by the
         # installed protocols times the four end states.
         self.outcomes: dict[tuple[str, str], int] = {}
+        self.durations = Histograms(SESSION_BUCKETS)  # by protocol, start to end
+        # protocol -> [revenue, clearing prices seen, their sum, the last] over applied
+        # sessions (Protocol.trade); bounded by the installed protocols.
+        self.trades: dict[str, list[float]] = {}
 
     def reconfigure(self, settings: SessionsSection, protocols: dict[str, Protocol]) -> None:
         """A reload: the new [sessions] section and the protocols the plugins now offer."""
@@ -317,6 +327,9 @@ class SessionService:
         self.stats[e.state] = self.stats.get(e.state, 0) + 1
         key = (e.protocol, e.state)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        self.durations.observe(e.protocol, time.monotonic() - e.started)
+        if e.state == "applied" and isinstance(record.get("result"), dict):
+            self._count_trade(e.protocol, record["result"])
         if self.settings.keep_finished:
             self.ended[e.id] = e
             while len(self.ended) > self.settings.keep_finished:
@@ -328,6 +341,25 @@ class SessionService:
             if rec is not None:
                 self.endpoint.push(rec.conn, next(self._push_ids), "session.result",
                                    {**e.record, "to": e.initiator})
+
+    def _count_trade(self, name: str, result: dict[str, Any]) -> None:
+        proto = self.protocols.get(name)
+        if proto is None:
+            return
+        try:
+            trade = proto.trade(result)
+            if trade is None:
+                return
+            revenue, prices = float(trade.revenue), [float(p) for p in trade.prices]
+        except Exception:  # a plugin's bug costs its metric, not the session's record
+            log.exception("protocol %s: trade() failed on an applied outcome", name)
+            return
+        t = self.trades.setdefault(name, [0.0, 0, 0.0, math.nan])
+        t[0] += revenue
+        if prices:
+            t[1] += len(prices)
+            t[2] += sum(prices)
+            t[3] = prices[-1]
 
     def worker_down(self, index: int) -> None:
         for e in [e for e in self.live.values() if e.shard == index]:

@@ -46,6 +46,7 @@ import struct
 import threading
 import time
 import zlib
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,6 +56,11 @@ MAGIC = b"MBWAL001"
 REC = struct.Struct("<IIQ")
 POLICIES = ("always", "everysec", "never")
 MAX_RECORD = 1 << 30
+# Bounds in seconds of the append (write(2)) and fsync latency histograms: a page-cache
+# write takes microseconds, an fsync from a millisecond (SSD) to a second (a busy disk).
+LATENCY_BUCKETS: tuple[float, ...] = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4,
+                                      5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1,
+                                      0.25, 0.5, 1.0)
 
 
 class WalCorrupt(Exception):
@@ -221,6 +227,11 @@ class WriteAheadLog:
         self._last_sync = time.monotonic()
         self.fsyncs = 0
         self.fsync_seconds = 0.0
+        # Latency histograms for metrics (counts per LATENCY_BUCKETS bound, the last +Inf):
+        # plain lists, so a worker ships them in its heartbeat as they are.
+        self.append_hist = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.fsync_hist = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.append_seconds = 0.0
 
     def _open_existing(self, path: Path) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -252,6 +263,7 @@ class WriteAheadLog:
         seq = self.next_seq
         record = REC.pack(len(payload), _crc(seq, payload), seq) + payload
         written = 0
+        t0 = time.perf_counter()
         try:
             while written < len(record):
                 written += os.write(self._fd, record[written:])
@@ -261,6 +273,9 @@ class WriteAheadLog:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)
             raise
+        took = time.perf_counter() - t0
+        self.append_seconds += took
+        self.append_hist[bisect_left(LATENCY_BUCKETS, took)] += 1
         self._size += len(record)
         self.next_seq = seq + 1
         self._unsynced = True
@@ -305,8 +320,10 @@ class WriteAheadLog:
                 return
             t0 = time.perf_counter()
             os.fsync(self._fd)
-            self.fsync_seconds += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self.fsync_seconds += took
             self.fsyncs += 1
+            self.fsync_hist[bisect_left(LATENCY_BUCKETS, took)] += 1
 
     def sync(self) -> None:
         self._fsync()

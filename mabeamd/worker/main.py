@@ -187,6 +187,7 @@ class Worker:
             shard.commit()  # durable (per policy) before any reply leaves
         for reply, _ in served:
             direct.send(reply)
+        direct.sent()
         if events and self.var_events:
             self._send("events", {"events": events})
             self._link.wake()
@@ -207,6 +208,7 @@ class Worker:
             beat: dict[str, Any] = {"generation": self.generation, "t": time.monotonic()}
             if self.direct is not None:
                 beat["shard_traffic"] = self.direct.stats
+                beat["shard_ops"] = self.direct.ops.snapshot()
             if self.shard is not None:
                 beat["storage"] = self.shard.storage_state()  # None while the disk is fine
                 beat["shard"] = self.shard.gauges()  # for metrics: no scrape asks a worker

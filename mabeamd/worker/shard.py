@@ -300,6 +300,8 @@ class Shard:
                 if seg["data_size"] else 0.0,
                 "wal_records": self.wal.next_seq - 1, "wal_fsyncs": self.wal.fsyncs,
                 "wal_fsync_seconds": round(self.wal.fsync_seconds, 6),
+                "wal_append_hist": [*self.wal.append_hist, self.wal.append_seconds],
+                "wal_fsync_hist": [*self.wal.fsync_hist, self.wal.fsync_seconds],
                 "snapshots": self.snapshots, "snapshot_seconds": self.snapshot_seconds}
 
     def take_snapshot(self) -> dict[str, Any]:

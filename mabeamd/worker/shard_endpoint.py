@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ from mabeamd.net import wire
 from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.net.wire import ErrorCode, WireError, check_fields
 from mabeamd.net.zmqutil import agent_router, bind_endpoint, unlink_endpoint
+from mabeamd.observe.opstats import OK, OpStats
 from mabeamd.storage.variables import ADMIN, READ_OPS, WRITE_FIELDS
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ class ShardEndpoint:
         self.admission = WriteAdmission(self._credited, authorize, ("credential",))
         self.writes_open = False  # set once the arbiter's revocations have arrived
         self.stats = {"requests": 0, "errors": 0, "undeliverable": 0}
+        # By op and code, with latency up to the reply's send (after the batch's WAL
+        # commit): observed by sent(); the heartbeat carries its snapshot (metrics).
+        self.ops = OpStats(READ_OPS | WRITE_FIELDS.keys())
+        self._served: list[tuple[str | None, str, float]] = []
         # The worker's context: one I/O thread for the link and this socket (on a 2-core
         # machine every extra thread is another wake-up competing for a core).
         self.sock = agent_router(ctx, max_message)
@@ -72,9 +78,11 @@ class ShardEndpoint:
               ) -> tuple[list[bytes], dict[str, Any] | None]:
         """(reply frames with envelope, the write's event or None) for one message. Nothing
         from outside raises out of here."""
+        t0 = time.perf_counter()
         self.stats["requests"] += 1
         envelope = frames[:1]
         rid: int | str | None = None
+        op: str | None = None
         try:
             rid, op, body = wire.parse_request(frames[1:], self.max_message)
             if op in READ_OPS:
@@ -86,14 +94,25 @@ class ShardEndpoint:
             else:
                 raise WireError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not served on shard "
                                 "endpoints; send it to the agent endpoint")
+            self._served.append((op, OK, t0))
             return envelope + wire.reply_ok(rid, result), event
         except WireError as exc:
             self.stats["errors"] += 1
+            self._served.append((op, exc.code, t0))
             return envelope + wire.refusal(rid, exc), None
         except Exception as exc:
             self.stats["errors"] += 1
+            self._served.append((op, ErrorCode.INTERNAL, t0))
             return envelope + wire.reply_incident(
                 rid, log, f"shard endpoint: request {rid!r} failed", exc), None
+
+    def sent(self) -> None:
+        """The replies of the requests served since the last call have left: count them
+        with their latency."""
+        now = time.perf_counter()
+        for op, code, t0 in self._served:
+            self.ops.observe(op, code, now - t0)
+        self._served.clear()
 
     def _credited(self, caller: None, agent: str, body: dict[str, Any]) -> None:
         """This path's proof (agents/admission.py): the credential issued at hello, which

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mabeam_auctions.common import sale_writes
+from mabeam_auctions.common import sale_trade, sale_writes
 from mabeamd.protocol import (
     Outcome,
     Protocol,
     ProtocolError,
     Response,
     Session,
+    Trade,
     cents,
     integer,
     money,
@@ -202,6 +203,9 @@ class _Clocked(Protocol):
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         return sale_writes(session, result)
+
+    def trade(self, result: dict[str, Any]) -> Trade | None:
+        return sale_trade(result)
 
     async def run(self, session: Session) -> Outcome:
         clock = self.clock(session.params, [x.id for x in session.participants])

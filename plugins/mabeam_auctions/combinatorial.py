@@ -31,6 +31,7 @@ from mabeamd.protocol import (
     ProtocolError,
     Response,
     Session,
+    Trade,
     by_arrival,
     cents,
     choice,
@@ -152,6 +153,13 @@ class Combinatorial(OneRound):
                 "bids": len(table),
                 "below_reserve": sum(1 for b in table if b["price"] <= b["floor"]),
                 "missing": sorted(x.id for x in participants if x.id not in number_of)}
+
+    def trade(self, result: dict[str, Any]) -> Trade | None:
+        """The payments (VCG or as bid); no single clearing price: bundles are priced one
+        by one."""
+        if not result.get("winners"):
+            return None
+        return Trade(float(result["revenue"]))
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         if not result["winners"]:

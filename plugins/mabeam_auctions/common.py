@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mabeamd.protocol import ProtocolError, Session, write_all
+from mabeamd.protocol import ProtocolError, Session, Trade, write_all
 
 
 def flag(d: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -23,3 +23,11 @@ def sale_writes(session: Session, result: dict[str, Any]) -> dict[str, Any]:
         return {}
     value = {"item": result.get("item"), "winner": result["winner"], "price": result["price"]}
     return write_all(session.variables, value)
+
+
+def sale_trade(result: dict[str, Any]) -> Trade | None:
+    """A single-item sale's revenue and clearing price: what the winner pays."""
+    price = result.get("price")
+    if result.get("winner") is None or not isinstance(price, (int, float)):
+        return None
+    return Trade(float(price), (float(price),))

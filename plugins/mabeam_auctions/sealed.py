@@ -15,7 +15,7 @@ import math
 from operator import itemgetter
 from typing import Any
 
-from mabeam_auctions.common import flag, sale_writes
+from mabeam_auctions.common import flag, sale_trade, sale_writes
 from mabeamd.protocol import (
     OneRound,
     Outcome,
@@ -23,6 +23,7 @@ from mabeamd.protocol import (
     ProtocolError,
     Response,
     Session,
+    Trade,
     by_arrival,
     cents,
     choice,
@@ -111,6 +112,9 @@ class SealedBid(OneRound):
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         return sale_writes(session, result)
+
+    def trade(self, result: dict[str, Any]) -> Trade | None:
+        return sale_trade(result)
 
     def check_outcome(self, session: Session, outcome: Outcome) -> None:
         verify_sale(outcome.result)

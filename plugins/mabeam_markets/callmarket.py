@@ -35,6 +35,7 @@ from mabeamd.protocol import (
     ProtocolError,
     Response,
     Session,
+    Trade,
     by_arrival,
     cents,
     choice,
@@ -177,6 +178,16 @@ class CallMarket(OneRound):
         result["good"] = params["good"]
         result["orders"] = n
         return result
+
+    def trade(self, result: dict[str, Any]) -> Trade | None:
+        """What the buyers pay; the clearing price when there is one (k-double, or McAfee
+        when buyers and sellers trade at the same price)."""
+        if not result.get("quantity"):
+            return None
+        buy = float(result["buy_price"] if "buy_price" in result else result["price"])
+        price = result.get("price")
+        return Trade(cents(result["quantity"] * buy),
+                     (float(price),) if price is not None else ())
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         if not result["quantity"]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from mabeam_markets.book import OrderBook, Trade
 from mabeam_markets.common import side, units
+from mabeamd import protocol
 from mabeamd.protocol import (
     Outcome,
     Protocol,
@@ -72,6 +73,7 @@ class Market:
         self.trades: list[dict[str, Any]] = []
         self.count = 0
         self.volume = 0
+        self.turnover = 0.0  # sum of price x quantity over every trade
         self.last: float | None = None
         self.max_orders = max_orders
 
@@ -99,6 +101,7 @@ class Market:
                 pos[0] += sign * qty
                 pos[1] -= sign * qty * price
             self.volume += qty
+            self.turnover += qty * price
             self.last = price
             self.count += 1
             self.trades.append({"buyer": buyer, "seller": seller, "price": price,
@@ -112,6 +115,7 @@ class Market:
 
     def result(self) -> dict[str, Any]:
         return {"trades": self.trades, "trade_count": self.count, "volume": self.volume,
+                "turnover": cents(self.turnover),
                 "last_price": self.last, "orders": self.book.next_id - 1,
                 "positions": {a: {"quantity": p[0], "cash": cents(p[1])}
                               for a, p in sorted(self.positions.items())},
@@ -176,6 +180,13 @@ class ContinuousDoubleAuction(Protocol):
             "good": p["good"], "last_price": m.last, "volume": m.volume,
             "positions": result["positions"]})
         return Outcome(result, writes if m.count else {})
+
+    def trade(self, result: dict[str, Any]) -> protocol.Trade | None:
+        """The turnover; the clearing price is the volume-weighted average of the trades."""
+        if not result.get("volume"):
+            return None
+        turnover = float(result["turnover"])
+        return protocol.Trade(turnover, (cents(turnover / result["volume"]),))
 
     def check_outcome(self, session: Session, outcome: Outcome) -> None:
         pos = outcome.result["positions"].values()

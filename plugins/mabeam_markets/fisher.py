@@ -36,6 +36,7 @@ from mabeamd.protocol import (
     ProtocolError,
     Response,
     Session,
+    Trade,
     by_arrival,
     choice,
     integer,
@@ -441,6 +442,15 @@ class FisherMarket(OneRound):
                 **{k: sol[k] for k in ("residuals", "tolerance", "certified", "iterations",
                                        "method")},
                 "missing": sorted(x.id for x in participants if x.id not in rs)}
+
+    def trade(self, result: dict[str, Any]) -> Trade | None:
+        """The buyers' spending at the equilibrium prices of the goods that sold."""
+        spent = sum(float(v) for v in (result.get("spent") or {}).values())
+        if spent <= 0:
+            return None
+        unsold = set(result.get("unsold") or ())
+        return Trade(spent, tuple(float(p) for g, p in sorted(result["prices"].items())
+                                  if g not in unsold))
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         return write_all(session.variables, {"prices": result["prices"],

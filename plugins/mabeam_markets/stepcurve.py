@@ -28,6 +28,7 @@ from mabeamd.protocol import (
     ProtocolError,
     Response,
     Session,
+    Trade,
     by_arrival,
     cents,
     only,
@@ -136,6 +137,12 @@ class SupplyDemand(OneRound):
         result["good"] = params["good"]
         result["residual"] = cents(abs(bought - sold))
         return result
+
+    def trade(self, result: dict[str, Any]) -> Trade | None:
+        if result.get("price") is None or not result.get("quantity"):
+            return None
+        price = float(result["price"])
+        return Trade(cents(price * float(result["quantity"])), (price,))
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         if not result["quantity"]:

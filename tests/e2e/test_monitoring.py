@@ -13,10 +13,14 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mabeamd.client import Client
+from mabeamd.client import AsyncClient, Client
+from mabeamd.client.errors import NotFound, UnknownOp
+from mabeamd.ctl.client import CommandFailed
 from mabeamd.testing import Daemon, free_port
+from tests.e2e.test_sessions import Scripted, run
 
 
 def get(port: int, path: str, method: str = "GET") -> tuple[int, str, bytes]:
@@ -70,12 +74,100 @@ def test_metrics_show_workers_agents_writes_and_sessions(
     assert m[("mabeamd_agent_endpoint_messages_total", (("kind", "requests"),))] >= 2
     records = sum(v for (n, _), v in m.items() if n == "mabeamd_wal_records_total")
     assert records >= 20
+    appends = sum(v for (n, _), v in m.items()
+                  if n == "mabeamd_wal_append_duration_seconds_count")
+    assert appends >= 20
+    assert m[("mabeamd_events_dropped_total", ())] == 0
     assert m[("mabeamd_state", (("state", "running"),))] == 1
     assert ("mabeamd_build_info", (("version", d.call("status")["version"]),)) in m
     # no agent ids or variable names as labels
     for (_, labels) in m:
         for _, value in labels:
             assert not value.startswith(("m/", "m1")), labels
+
+
+def test_requests_by_op_and_code_with_latency_on_every_endpoint(
+        make_daemon: Callable[..., Daemon]) -> None:
+    d, port = monitored(make_daemon, workers=1)
+    with Client(d.agent_endpoint) as c:
+        c.register("r1")
+        for i in range(3):
+            c.create_var("r1", f"r/{i}", i)  # the shard's own endpoint
+        with pytest.raises(NotFound):
+            c.get_var("r/missing", local=False)
+        c.list_vars()  # the agent endpoint
+        with pytest.raises(UnknownOp):
+            c.request("no.such.op." + "x" * 40, {})  # counted as "other", not as itself
+    d.call("status")
+    with pytest.raises(CommandFailed):
+        d.call("workers.restart", {"index": 7})
+
+    def both(m: dict[Any, float], op: str, code: str) -> float:
+        # The SDK sends a variable request to the shard's own endpoint once it knows it
+        # (after hello), to the agent endpoint otherwise: together they saw each one.
+        return (m.get(("mabeamd_shard_requests_total", (
+            ("code", code), ("op", op), ("shard", "0"))), 0) + m.get((
+                "mabeamd_requests_total", (("code", code), ("endpoint", "agent"),
+                                           ("op", op))), 0))
+
+    # The worker's next heartbeat carries its shard endpoint's figures.
+    d.wait_until(lambda: both(samples(port), "var.create", "ok") == 3
+                 and both(samples(port), "var.get", "not_found") == 1, timeout=15)
+    m = samples(port)
+
+    def count(name: str, **labels: str) -> float:
+        return m.get((name, tuple(sorted(labels.items()))), 0)
+
+    assert count("mabeamd_shard_requests_total", shard="0", op="var.create", code="ok") >= 1
+    assert count("mabeamd_requests_total", endpoint="agent", op="hello", code="ok") == 1
+    assert count("mabeamd_requests_total", endpoint="agent", op="var.list", code="ok") == 1
+    assert count("mabeamd_requests_total", endpoint="agent", op="other",
+                 code="unknown_op") == 1
+    assert count("mabeamd_requests_total", endpoint="control", op="status", code="ok") >= 1
+    assert count("mabeamd_requests_total", endpoint="control", op="workers.restart",
+                 code="not_found") == 1
+    # Histograms: +Inf equals the count, buckets never decrease, the sum is positive.
+    for prefix, labels in (("mabeamd_shard_request_duration_seconds",
+                            {"shard": "0", "op": "var.create"}),
+                           ("mabeamd_request_duration_seconds",
+                            {"endpoint": "agent", "op": "hello"})):
+        buckets = sorted(((float(dict(lb)["le"]), v) for (n, lb), v in m.items()
+                          if n == prefix + "_bucket"
+                          and all((k, x) in lb for k, x in labels.items())))
+        assert buckets and buckets[-1][0] == float("inf")
+        values = [v for _, v in buckets]
+        assert values == sorted(values)
+        assert values[-1] == count(prefix + "_count", **labels) >= 1
+        assert count(prefix + "_sum", **labels) > 0
+    for (_, labels) in m:  # no variable names or made-up ops as labels
+        assert not any(v.startswith(("r/", "no.such")) for _, v in labels), labels
+
+
+def test_auction_revenue_clearing_prices_and_session_durations(
+        make_daemon: Callable[..., Daemon]) -> None:
+    d, port = monitored(make_daemon, workers=1)
+
+    async def scenario(c: AsyncClient, agents: dict[str, Scripted]) -> None:
+        for reserve in (12, 30):  # a sale at 20 (second price), then no sale
+            end = await c.start_session("boss", "sealed_bid", participants=["a1", "a2"],
+                                        params={"item": "lot", "reserve": reserve},
+                                        deadline=10)
+            assert end["state"] == "applied", end
+        await c.start_session("boss", "consensus", participants=["a1"],
+                              params={"proposal": 1}, deadline=0.2)
+
+    run(d, {"a1": {"sealed_bid": lambda inv: {"bid": 15}},
+            "a2": {"sealed_bid": lambda inv: {"bid": 25}}}, scenario)
+    m = samples(port)
+    sealed = (("protocol", "sealed_bid"),)
+    assert m[("mabeamd_auction_revenue_total", sealed)] == 15  # a2 pays a1's bid
+    assert m[("mabeamd_clearing_price_count", sealed)] == 1
+    assert m[("mabeamd_clearing_price_sum", sealed)] == 15
+    assert m[("mabeamd_clearing_price_last", sealed)] == 15
+    assert ("mabeamd_auction_revenue_total", (("protocol", "consensus"),)) not in m
+    assert m[("mabeamd_session_duration_seconds_count", sealed)] == 2
+    assert m[("mabeamd_session_duration_seconds_count", (("protocol", "consensus"),))] == 1
+    assert m[("mabeamd_session_duration_seconds_sum", sealed)] > 0
 
 
 def test_readyz_follows_the_workers_and_healthz_stays_up(

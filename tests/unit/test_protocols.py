@@ -295,3 +295,37 @@ def test_every_example_in_docs_protocols_md_gives_its_documented_outcome() -> No
     assert {name for name, _, _ in examples} == set(protocols)
     for name, given_in, expected in examples:
         assert protocols[name].decide(json.loads(given_in)) == json.loads(expected), name
+
+
+def test_trade_figures_of_every_documented_example() -> None:
+    """Protocol.trade on each docs/protocols.md outcome: None or a sane Trade, and for the
+    sales the price paid."""
+    import math
+    import re
+
+    from mabeamd.plugins import PluginHost
+    from mabeamd.protocol import Trade
+    from mabeamd.testing import ROOT
+
+    doc = (ROOT / "docs" / "protocols.md").read_text()
+    host = PluginHost()
+    host.load()
+    protocols = host.protocols()
+    traded = set()
+    for name, _, outcome in re.findall(
+            r"<!-- example (\w+) -->.*?```json\n(.*?)```.*?```json\n(.*?)```", doc, re.S):
+        result = json.loads(outcome)
+        t = protocols[name].trade(result)
+        if t is None:
+            continue
+        traded.add(name)
+        assert isinstance(t, Trade) and t.revenue >= 0 and math.isfinite(t.revenue), name
+        assert all(math.isfinite(p) and p >= 0 for p in t.prices), name
+        if name in ("sealed_bid", "english", "dutch"):
+            assert t == Trade(result["price"], (result["price"],)), name
+        if name == "continuous_double_auction":
+            assert t.revenue == sum(x["price"] * x["quantity"] for x in result["trades"])
+    assert {"sealed_bid", "continuous_double_auction"} <= traded, traded
+    for name in ("consensus", "priority", "contract_net"):
+        assert protocols[name].trade({"winner": "a", "price": 1.0}) is None
+    assert protocols["sealed_bid"].trade({"winner": None, "price": None}) is None
