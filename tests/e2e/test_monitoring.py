@@ -261,3 +261,31 @@ def test_ctl_ping_and_a_closed_pipe(daemon: Daemon) -> None:
     p.stdout.close()
     err = p.stderr.read().decode()
     assert p.wait(30) == 0 and "Traceback" not in err, err
+
+
+def test_the_grafana_dashboard_queries_only_exported_metrics(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """etc/grafana/mabeamd-dashboard.json: every metric a query names is one the daemon
+    exports (a renamed metric would leave an empty panel nobody notices)."""
+    import re
+
+    from mabeamd.testing import ROOT
+
+    _, port = monitored(make_daemon, workers=1)
+    status, _, body = get(port, "/metrics")
+    assert status == 200
+    exported: set[str] = set()
+    for fam in text_string_to_metric_families(body.decode()):
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
+                    "summary": ["_sum", "_count"], "info": ["_info"]}.get(fam.type, [""])
+        exported |= {fam.name + s for s in suffixes}
+    dashboard = json.loads((ROOT / "etc" / "grafana" / "mabeamd-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 20
+    named = {m for e in exprs for m in re.findall(r"\bmabeamd_[a-z0-9_]+", e)}
+    assert named and not named - exported, sorted(named - exported)
+    # Every panel asks the chosen data source and instance.
+    for e in exprs:
+        assert 'instance=~"$instance"' in e, e
+    titles = [p["title"] for p in dashboard["panels"]]
+    assert len(titles) == len(set(titles))
