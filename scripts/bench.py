@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         ("agents at scale",
          lambda: agent_rows.scale(2000 if q else 10_000, 4, 200 if q else 1000, reps)),
         ("variables", lambda: var_rows.variables(1000 if q else 3000, reps, 1.0 if q else 3.0)),
+        ("metrics overhead",
+         lambda: var_rows.metrics_overhead(500 if q else 3000, reps, 1.0 if q else 3.0)),
         ("variables at scale",
          lambda: scale_rows.million_variables(20_000 if q else 1_000_000,
                                               1000 if q else 3000, reps)),

@@ -311,3 +311,80 @@ def variables(n: int, reps: int, seconds: float) -> list[Row]:
         rate_row.peer = f"Redis: not run ({why})"
     rows.append(rate_row)
     return rows
+
+
+class Scraper:
+    """Scrapes a daemon's /metrics every `interval` seconds in a thread, as Prometheus would
+    (at 15 s usually; 1 s here, to make the cost visible)."""
+
+    def __init__(self, port: int, interval: float = 1.0) -> None:
+        import threading
+        self.port, self.interval = port, interval
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import urllib.request
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        while not self._stop.wait(self.interval):
+            with urllib.request.urlopen(url, timeout=10) as r:
+                r.read()
+            self.scrapes += 1
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+def metrics_overhead(n: int, reps: int, seconds: float) -> list[Row]:
+    """Pipelined ops/s and get/set p95 on a daemon with metrics off (`listen = ""`) and one
+    with them on and scraped every second, repetitions interleaved (off, on, off, on ...) so
+    that a drifting machine moves both alike. Requests are counted by op either way
+    (observe/opstats.py): what "off" saves is the listener and the scrapes."""
+    port = free_port()
+    off, off_ep = tcp_daemon("max_in_flight = 1024", '[variables]\nfsync = "everysec"\n'
+                             'snapshot_every = 1000000\n[metrics]\nlisten = ""')
+    on, on_ep = tcp_daemon("max_in_flight = 1024", '[variables]\nfsync = "everysec"\n'
+                           f'snapshot_every = 1000000\n[metrics]\nlisten = "127.0.0.1:{port}"')
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    lat: dict[str, dict[str, list[list[float]]]] = {"off": {"get": [], "set": []},
+                                                     "on": {"get": [], "set": []}}
+    scrapes = 0
+    try:
+        off.start()
+        on.start()
+        with Scraper(port) as scraper:
+            for _ in range(reps):
+                for which, ep in (("off", off_ep), ("on", on_ep)):
+                    rates[which].append(sum(x for x, _ in run_clients(
+                        mabeam_rate, [(ep, seconds, 64)] * 2)) / seconds)
+                    for m in ("get", "set"):
+                        lat[which][m].append(run_clients(mabeam_client, [(ep, m, n, 200)])[0])
+            scrapes = scraper.scrapes
+        off.stop()
+        on.stop()
+    finally:
+        off.cleanup()
+        on.cleanup()
+    mid = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    rows = [Row("metrics overhead: pipelined ops/s, on (scraped 1/s) vs off", "ops/s",
+                goal="on >= 0.97x off", rate=mid["on"], spread=spread(rates["on"]), reps=reps,
+                peer="the same, metrics off", peer_value=mid["off"],
+                ratio=mid["on"] / mid["off"],
+                note=f"off spread {spread(rates['off'])}; {scrapes} scrapes; interleaved",
+                extra={"off": rates["off"], "on": rates["on"]})]
+    for m, what in (("get", "variable get p95 (wire)"), ("set", "variable set p95 (everysec)")):
+        i, spr = pick_median_rep(lat["on"][m])
+        j, spr_off = pick_median_rep(lat["off"][m])
+        p50, p95, p99 = summary(lat["on"][m][i])
+        off95 = summary(lat["off"][m][j])[1]
+        rows.append(Row(f"metrics overhead: {what}, on vs off", "us", goal="on <= 1.03x off",
+                        p50=p50, p95=p95, p99=p99, spread=spr, samples=len(lat["on"][m][i]),
+                        reps=reps, peer="the same, metrics off", peer_value=off95,
+                        ratio=p95 / off95, note=f"off spread {spr_off}"))
+    return rows
