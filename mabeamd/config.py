@@ -237,6 +237,24 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class AnomalySection:
+    enabled: bool = _opt(True, "bool", "watch request, error and session-failure rates, p95 "
+                         "latency and worker restarts for anomalies (anomaly.* events, "
+                         "metrics, a log line)", reload=True)
+    interval: float = _opt(5.0, "float", "seconds between samples of each series", min=0.05,
+                           max=3600, reload=True)
+    alpha: float = _opt(0.1, "float", "weight of the newest sample in the rolling mean and "
+                        "variance (EWMA)", min=0.001, max=1.0, reload=True)
+    sigmas: float = _opt(4.0, "float", "half-width of a series' band in standard deviations",
+                         min=0.5, max=100, reload=True)
+    warmup: int = _opt(12, "int", "samples a series learns from before it can fire", min=1,
+                       max=1_000_000, reload=True)
+    relative: float = _opt(0.5, "float", "a sample must also be this share of the mean away "
+                           "from it (ordinary jitter of a busy daemon does not fire)", min=0.0,
+                           max=100, reload=True)
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     control: ControlSection = field(default_factory=ControlSection)
@@ -248,6 +266,7 @@ class Config:
     variables: VariablesSection = field(default_factory=VariablesSection)
     sessions: SessionsSection = field(default_factory=SessionsSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    anomaly: AnomalySection = field(default_factory=AnomalySection)
     managed: dict[str, ManagedSection] = field(default_factory=dict)
     # Where the values came from; not an option.
     source: str = field(default="<defaults>", compare=False)
@@ -272,6 +291,7 @@ SECTIONS: Final[dict[str, type]] = {
     "variables": VariablesSection,
     "sessions": SessionsSection,
     "metrics": MetricsSection,
+    "anomaly": AnomalySection,
 }
 MANAGED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

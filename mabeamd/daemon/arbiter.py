@@ -48,6 +48,7 @@ from mabeamd.net.link import WorkerLink
 from mabeamd.net.shardcall import ShardCalls
 from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import shard_address
+from mabeamd.observe.anomaly import AnomalyWatch
 from mabeamd.observe.http import MonitorServer
 from mabeamd.observe.metrics import DaemonCollector
 from mabeamd.paths import Paths
@@ -216,7 +217,7 @@ class Arbiter(ControlSide):
         tasks = [asyncio.create_task(c) for c in
                  (self.link.run(), self.control.run(), self._liveness_loop(),
                   self._watchdog_loop(), self.endpoint.run(), self.events.run(),
-                  self.agents.sweep_loop())]
+                  self.agents.sweep_loop(), self.anomaly.run())]
         log.info("mabeamd %s starting: %d workers, control socket %s, config %s",
                  __version__, self.worker_count, self.paths.control_socket, self.config.source)
         self.watchers = [WorkerWatcher(i, self, self.config.workers)
@@ -295,6 +296,7 @@ class Arbiter(ControlSide):
         # "shard_ops" (its shard endpoint's counters) and "shard" (the shard's gauges), the
         # latest sent; "storage", the disk's refusal as of the latest heartbeat (None: fine).
         self.beats: dict[int, dict[str, Any]] = {}
+        self.anomaly = AnomalyWatch(self, cfg.anomaly, self.events.publish)
 
     def _monitor(self) -> MonitorServer | None:
         """The /metrics, /healthz and /readyz listener ([metrics] listen; empty: none)."""
@@ -408,6 +410,7 @@ class Arbiter(ControlSide):
                 self.plugins.load(self.config.plugins.disabled)
                 self.plugins.call("mabeamd_configure", config=self.config)
                 self.sessions.reconfigure(self.config.sessions, self.plugins.protocols())
+                self.anomaly.reconfigure(self.config.anomaly)
                 for change in await self.managed.apply(self.config.managed):
                     log.info("reload (%s): managed agents: %s", source, change)
                 if restart:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from mabeamd import __version__
 from mabeamd.daemon.watcher import State
+from mabeamd.observe.opstats import BUCKETS, Histograms, OpStats
 from mabeamd.storage.variables import ADMIN
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
     from mabeamd.logsetup import LogSetup
     from mabeamd.net.link import WorkerLink
     from mabeamd.net.shardcall import ShardCalls
+    from mabeamd.observe.anomaly import AnomalyWatch
     from mabeamd.observe.http import MonitorServer
-    from mabeamd.observe.opstats import Histograms, OpStats
     from mabeamd.paths import Paths
     from mabeamd.plugins import PluginHost
     from mabeamd.sessions.service import SessionService
@@ -71,6 +72,7 @@ class ControlSide:
     shard_calls: ShardCalls
     sessions: SessionService
     managed: ManagedSupervisor
+    anomaly: AnomalyWatch
 
     # --- the daemon ------------------------------------------------------------------------
 
@@ -111,6 +113,25 @@ class ControlSide:
 
     def request_stats(self) -> dict[str, OpStats]:
         return {"agent": self.endpoint.ops, "control": self.control.ops}
+
+    def anomaly_counters(self) -> dict[str, float]:
+        shard = [b.get("shard_traffic") or {} for b in self.beats.values()]
+        s = self.sessions.stats
+        return {"requests": self.endpoint.stats["requests"]
+                + sum(t.get("requests", 0) for t in shard),
+                "errors": self.endpoint.stats["errors"] + sum(t.get("errors", 0) for t in shard),
+                "session_failures": s.get("failed", 0) + s.get("timed_out", 0),
+                "restarts": sum(w.counters.restarts for w in self.watchers)}
+
+    def latency_buckets(self) -> list[int]:
+        total = [0] * (len(BUCKETS) + 1)
+        stats = [self.endpoint.ops, *(OpStats.from_snapshot(b.get("shard_ops"))
+                                      for b in self.beats.values() if b.get("shard_ops"))]
+        for ops in stats:
+            for counts, _ in ops.histograms().values():
+                for i, n in enumerate(counts):
+                    total[i] += n
+        return total
 
     def session_outcomes(self) -> dict[tuple[str, str], int]:
         return dict(self.sessions.outcomes)
@@ -159,6 +180,8 @@ class ControlSide:
             "loop_lag": {"last": round(self.loop_lag, 4), "max": round(self.loop_lag_max, 4),
                          "stalls": self.stalls},
             "storage": {str(i): s for i, s in sorted(self.storage.items())},
+            "anomaly": {name: {k: v for k, v in f.items() if k in ("fired", "active")}
+                        for name, f in self.anomaly.figures().items()},
             "metrics": {"listen": self.config.metrics.listen or None,
                         "serving": bool(self.monitor and self.monitor.server),
                         "error": self.monitor.error if self.monitor else None,

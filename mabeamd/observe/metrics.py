@@ -154,6 +154,15 @@ class DaemonCollector(Collector):
                      lag["max"])
         yield _counter("mabeamd_loop_stalls", "ticks the arbiter's loop was over 0.5 s late",
                        lag["stalls"])
+        fired = CounterMetricFamily("mabeamd_anomalies", "times a series left its band "
+                                    "(observe/anomaly.py)", labels=["series"])
+        active = GaugeMetricFamily("mabeamd_anomaly_active", "1 while a series is outside "
+                                   "its band", labels=["series"])
+        for series, f in sorted(st["anomaly"].items()):
+            fired.add_metric([series], float(f["fired"]))
+            active.add_metric([series], 1.0 if f["active"] else 0.0)
+        yield fired
+        yield active
 
     def _workers(self, st: dict[str, Any], rows: list[dict[str, Any]]) -> Iterator[Metric]:
         w = st["workers"]
