@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from mabeamd.logsetup import LogSetup
     from mabeamd.net.link import WorkerLink
     from mabeamd.net.shardcall import ShardCalls
+    from mabeamd.observe.audit import AuditLog
     from mabeamd.observe.http import MonitorServer
     from mabeamd.paths import Paths
     from mabeamd.plugins import PluginHost
@@ -70,6 +71,7 @@ class ControlSide:
     shard_calls: ShardCalls
     sessions: SessionService
     managed: ManagedSupervisor
+    audit: AuditLog
 
     # --- the daemon ------------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class ControlSide:
             "event_endpoint": str(self.events.endpoint) if self.events.endpoint else None,
             "events_published": self.events.published,
             "control": dict(self.control.stats),
+            "audit": self.audit.state(),
             "link_dropped": self.link.dropped,
             "loop_lag": {"last": round(self.loop_lag, 4), "max": round(self.loop_lag_max, 4),
                          "stalls": self.stalls},

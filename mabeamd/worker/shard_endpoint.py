@@ -51,6 +51,9 @@ class ShardEndpoint:
         self.admission = WriteAdmission(self._credited, authorize, ("credential",))
         self.writes_open = False  # set once the arbiter's revocations have arrived
         self.stats = {"requests": 0, "errors": 0, "undeliverable": 0}
+        # Writes refused as forbidden since the worker last looked, for the audit log (the
+        # arbiter writes it: worker/main.py sends them on).
+        self.refused: list[dict[str, Any]] = []
         # The worker's context: one I/O thread for the link and this socket (on a 2-core
         # machine every extra thread is another wake-up competing for a core).
         self.sock = agent_router(ctx, max_message)
@@ -75,8 +78,11 @@ class ShardEndpoint:
         self.stats["requests"] += 1
         envelope = frames[:1]
         rid: int | str | None = None
+        op, agent = "", None
+        body: dict[str, Any] = {}
         try:
             rid, op, body = wire.parse_request(frames[1:], self.max_message)
+            agent = body.get("agent")
             if op in READ_OPS:
                 check_fields(body, op, {"name"}, {"name"})
                 result, event = handle(op, body, ADMIN)
@@ -89,6 +95,9 @@ class ShardEndpoint:
             return envelope + wire.reply_ok(rid, result), event
         except WireError as exc:
             self.stats["errors"] += 1
+            if exc.code == ErrorCode.FORBIDDEN:
+                self.refused.append({"op": op, "agent": agent, "name": body.get("name"),
+                                     "reason": exc.message, "via": "shard_endpoint"})
             return envelope + wire.refusal(rid, exc), None
         except Exception as exc:
             self.stats["errors"] += 1
