@@ -141,8 +141,9 @@ class ControlServer:
             await self._record(record)
             raise
         record["ok"] = True
-        if isinstance(result, dict):
-            record["result"] = {k: result[k] for k in AUDITED_RESULT if k in result}
+        shown = wire.unpack(result) if isinstance(result, wire.Packed) else result
+        if isinstance(shown, dict):
+            record["result"] = {k: shown[k] for k in AUDITED_RESULT if k in shown}
         await self._record(record)
         return result
 
