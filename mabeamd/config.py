@@ -255,6 +255,17 @@ class AnomalySection:
 
 
 @dataclass(frozen=True)
+class AuditSection:
+    enabled: bool = _opt(True, "bool", "keep the audit log (STATE_DIR/audit/audit.jsonl)")
+    max_bytes: int = _opt(64 << 20, "int", "rotate the audit file past this size", min=4096,
+                          max=1 << 40)
+    keep: int = _opt(10, "int", "rotated audit files kept", min=1, max=100000)
+    on_failure: str = _opt("refuse", "enum", "when the audit log cannot be written: refuse "
+                           "control changes and session starts, or continue", reload=True,
+                           choices=("refuse", "continue"))
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
     control: ControlSection = field(default_factory=ControlSection)
@@ -267,6 +278,7 @@ class Config:
     sessions: SessionsSection = field(default_factory=SessionsSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     anomaly: AnomalySection = field(default_factory=AnomalySection)
+    audit: AuditSection = field(default_factory=AuditSection)
     managed: dict[str, ManagedSection] = field(default_factory=dict)
     # Where the values came from; not an option.
     source: str = field(default="<defaults>", compare=False)
@@ -292,6 +304,7 @@ SECTIONS: Final[dict[str, type]] = {
     "sessions": SessionsSection,
     "metrics": MetricsSection,
     "anomaly": AnomalySection,
+    "audit": AuditSection,
 }
 MANAGED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -196,6 +196,21 @@ class Protocol:
         never fatal."""
         return None
 
+    def audit_inputs(self, params: dict[str, Any], participants: list[Participant],
+                     transcript: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """decide()'s inputs map for a finished session, from its transcript (each round:
+        {"kind", "asked", "answers": [Response maps in arrival order]}, a streamed round
+        with "stream": true, an operator's decision as {"kind": "escalation",
+        "decision"}), for the audit log; None when decide() cannot express the session.
+        The default: a session of one round is decide(params, participants, its answers).
+        `mabeamctl audit verify` checks decide(inputs) against the recorded result on the
+        keys both have, and replays run() on the transcript for the rest."""
+        if len(transcript) == 1 and not transcript[0].get("stream") \
+                and "answers" in transcript[0]:
+            return {"params": params, "participants": [p.to_dict() for p in participants],
+                    "responses": list(transcript[0]["answers"])}
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "summary": self.summary,
                 "default_deadline": self.default_deadline}

@@ -76,6 +76,8 @@ class AgentService:
         self.shard_endpoints: list[str | None] = [None] * shards
         self.write_key = write_key
         self._on_down = on_down
+        # (agent, principal or None): an id taken over by another connection (audit log).
+        self.on_takeover: Callable[[str, str | None], None] | None = None
         endpoint.handlers.update({
             "hello": self.hello, "heartbeat": self.heartbeat, "bye": self.bye,
             "agent.get": self.get_agent, "agent.list": self.list_agents,
@@ -148,6 +150,8 @@ class AgentService:
             # from each other for as long as both ran.
             self.endpoint.push(old_conn, next(self._push_ids), "agent.taken_over",
                                {"agent": agent_id})
+            if self.on_takeover is not None:
+                self.on_takeover(agent_id, req.principal)
         self.events.publish("agent.registered" if created else "agent.updated",
                             {"agent": agent_id, "capabilities": list(rec.capabilities)})
         self._pulse()

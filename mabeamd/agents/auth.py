@@ -10,7 +10,9 @@ the agent endpoint reads to enforce that only key NAME registers ids NAME and NA
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -59,6 +61,22 @@ class KeyAuthenticator(AsyncioAuthenticator):
         super().__init__(ctx)
         self.names: dict[bytes, str] = {}
         self.namespaces: set[str] = set()
+        # (client key in z85, peer address, reason): a refused CURVE handshake (audit log).
+        self.on_failure: Callable[[str, str, str], None] | None = None
+        self._address = ""
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        # The peer's address is only in the ZAP request; _authenticate_curve gets the key.
+        # Requests are handled one at a time, so the attribute cannot be another's.
+        self._address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else ""
+        await super().handle_zap_message(msg)
+
+    async def _authenticate_curve(self, domain: str, client_key: bytes) -> Any:
+        allowed, reason = await super()._authenticate_curve(domain, client_key)
+        if not allowed and self.on_failure is not None:
+            self.on_failure(z85.encode(client_key).decode(), self._address,
+                            reason.decode("utf-8", "replace") or "unknown key")
+        return allowed, reason
 
     def reload(self, directory: str) -> None:
         self.names = load_authorized(directory)

@@ -33,6 +33,8 @@ class VariableService:
         self.shards = calls.shards
         self.registry = registry
         self.admission = WriteAdmission(self._owned, authorize)
+        # (op, agent, name, reason): a write the authorize hook refused, for the audit log.
+        self.on_forbidden: Callable[[str, Any, Any, str], None] | None = None
 
     def install(self, endpoint: AgentEndpoint) -> None:
         for op in WRITE_FIELDS:
@@ -53,7 +55,12 @@ class VariableService:
         admit = self.admission.admit
 
         def handler(req: Request, body: dict[str, Any]) -> Any:
-            agent, args = admit(op, body, req.conn)
+            try:
+                agent, args = admit(op, body, req.conn)
+            except WireError as exc:  # the refusal path only: the write path pays nothing
+                if exc.code == ErrorCode.FORBIDDEN and self.on_forbidden is not None:
+                    self.on_forbidden(op, body.get("agent"), body.get("name"), exc.message)
+                raise
             return self.forward(op, args, agent)
         return handler
 

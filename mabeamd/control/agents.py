@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from mabeamd.control.server import Progress
 
 
-@command("agents.list")
+@command("agents.list", changes=False)
 async def agents_list(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """Every registered agent, healthy or not, in id order.
 
@@ -20,7 +20,7 @@ async def agents_list(host: ControlHost, body: dict[str, Any], progress: Progres
     return {"agents": host.agent_rows()}
 
 
-@command("agents.show", {"agent"}, {"agent"})
+@command("agents.show", {"agent"}, {"agent"}, changes=False)
 async def agents_show(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """One agent, with the connection it is bound to.
 

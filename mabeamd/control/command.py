@@ -32,6 +32,9 @@ class Command:
     run: Run
     fields: frozenset[str] | None  # None: the body is checked further in (see `command`)
     required: frozenset[str]
+    # Whether the op changes something: such ops are written to the audit log (and refused
+    # while it cannot be written, with [audit] on_failure = "refuse"). Read-only ops say so.
+    changes: bool = True
 
     @property
     def doc(self) -> str:
@@ -50,10 +53,12 @@ class Command:
 
 
 def command(op: str, fields: Iterable[str] = (), required: Iterable[str] = (), *,
-            checked: bool = True) -> Callable[[Run], Command]:
+            checked: bool = True, changes: bool = True) -> Callable[[Run], Command]:
     """Make `run` the command `op`, taking `fields` of which `required` must be present.
     With `checked=False` the body is not checked here: the command takes any body, or
-    hands it to a service that checks it."""
+    hands it to a service that checks it. `changes=False` marks a read-only op (not
+    audited); the default is audited, so a new op is recorded unless it says otherwise."""
     def make(run: Run) -> Command:
-        return Command(op, run, frozenset(fields) if checked else None, frozenset(required))
+        return Command(op, run, frozenset(fields) if checked else None, frozenset(required),
+                       changes)
     return make

@@ -32,6 +32,8 @@ def _collect(groups: tuple[ModuleType, ...]) -> dict[str, Command]:
 
 
 COMMANDS = _collect(GROUPS)
+# The ops that change something: the control server audits them (observe/audit.py).
+CHANGES = frozenset(op for op, c in COMMANDS.items() if c.changes)
 
 
 def build_handlers(host: ControlHost) -> dict[str, Handler]:

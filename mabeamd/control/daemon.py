@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 BUSY_STATES = ("stopping", "running", "starting")  # a worker in one has not exited yet
 
 
-@command("ping", checked=False)
+@command("ping", checked=False, changes=False)
 async def ping(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """Whether the daemon answers; any body.
 
@@ -32,7 +32,7 @@ async def ping(host: ControlHost, body: dict[str, Any], progress: Progress) -> A
     return {"pong": True, "time": time.time()}
 
 
-@command("version")
+@command("version", changes=False)
 async def version(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """The daemon's version, its protocol's and libraries'.
 
@@ -49,7 +49,7 @@ async def version(host: ControlHost, body: dict[str, Any], progress: Progress) -
     }
 
 
-@command("status")
+@command("status", changes=False)
 async def status(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """The daemon's state, uptime, directories and counters.
 
@@ -61,7 +61,7 @@ async def status(host: ControlHost, body: dict[str, Any], progress: Progress) ->
     return host.status()
 
 
-@command("plugins")
+@command("plugins", changes=False)
 async def plugins(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """Every plugin found: active, failed or disabled.
 

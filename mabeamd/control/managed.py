@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 MAX_SCALE = 1000
 
 
-@command("managed.list")
+@command("managed.list", changes=False)
 async def managed_list(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """Every managed program and its processes.
 

@@ -25,6 +25,7 @@ import zmq.asyncio
 from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import bind_private, router
+from mabeamd.observe.audit import AuditLog, AuditUnavailable
 from mabeamd.observe.opstats import OK, OpStats
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ CONTROL_RCVHWM = 16  # messages queued per connection (see ControlServer)
 
 Progress = Callable[[str], Awaitable[None]]
 Handler = Callable[[dict[str, Any], Progress], Awaitable[Any]]
+# Result fields an audit record keeps of a change's reply (a variable's new version, ...):
+# enough to say what it did, not a copy of every value.
+AUDITED_RESULT = ("name", "version", "ok", "changed", "restart_required", "index", "state",
+                  "dir", "session", "accepted")
 
 
 class ControlServer:
@@ -41,7 +46,12 @@ class ControlServer:
         path: Path,
         handlers: Mapping[str, Handler],
         max_message: int,
+        *,
+        audit: AuditLog | None = None,
+        changes: frozenset[str] = frozenset(),
     ) -> None:
+        self.audit = audit
+        self.changes = changes
         self.path = path
         self.handlers = handlers
         self.max_message = max_message
@@ -93,7 +103,10 @@ class ControlServer:
             async def progress(message: str, _rid: int | str = rid) -> None:
                 await self._send(envelope, wire.reply_progress(_rid, message))
 
-            result = await handler(body, progress)
+            if op in self.changes and self.audit is not None:
+                result = await self._audited(op, body, handler, progress)
+            else:
+                result = await handler(body, progress)
             await self._send(envelope, wire.reply_ok(rid, result))
         except WireError as exc:
             self.stats["errors"] += 1
@@ -112,6 +125,43 @@ class ControlServer:
             await self._send(envelope, wire.reply_incident(
                 rid, log, f"control: request {rid!r} failed", exc))
         self.ops.observe(op, code, time.perf_counter() - t0)
+
+    async def _audited(self, op: str, body: dict[str, Any], handler: Handler,
+                       progress: Progress) -> Any:
+        """Run a change with its audit record: refused up front when the log cannot be
+        written and on_failure is "refuse"; the record (with how it ended) is on disk
+        before the reply leaves, so what an admin was told happened is in the log."""
+        assert self.audit is not None
+        try:
+            await self.audit.ensure()
+        except AuditUnavailable as exc:
+            raise WireError(ErrorCode.STORAGE_ERROR, f"audit log unavailable, so {op} is "
+                            f"refused ([audit] on_failure = refuse): {exc}",
+                            details={"reason": "audit_unavailable"}) from None
+        record: dict[str, Any] = {"op": op, "args": body}
+        try:
+            result = await handler(body, progress)
+        except WireError as exc:
+            record.update(ok=False, error={"code": exc.code, "message": exc.message})
+            await self._record(record)
+            raise
+        except Exception as exc:
+            record.update(ok=False, error={"code": ErrorCode.INTERNAL, "message": repr(exc)})
+            await self._record(record)
+            raise
+        record["ok"] = True
+        shown = wire.unpack(result) if isinstance(result, wire.Packed) else result
+        if isinstance(shown, dict):
+            record["result"] = {k: shown[k] for k in AUDITED_RESULT if k in shown}
+        await self._record(record)
+        return result
+
+    async def _record(self, record: dict[str, Any]) -> None:
+        assert self.audit is not None
+        fut = self.audit.submit("control", record, wait=True)
+        if fut is not None:
+            with contextlib.suppress(AuditUnavailable):  # counted and logged by the writer
+                await fut
 
     async def _send(self, envelope: list[bytes], frames: list[bytes]) -> None:
         try:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from mabeamd.control.server import Progress
 
 
-@command("sessions.list", {"state"})
+@command("sessions.list", {"state"}, changes=False)
 async def sessions_list(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """Running and recently ended sessions, running first.
 
@@ -26,7 +26,7 @@ async def sessions_list(host: ControlHost, body: dict[str, Any], progress: Progr
     return host.session_rows(state)
 
 
-@command("sessions.show", {"session"}, {"session"})
+@command("sessions.show", {"session"}, {"session"}, changes=False)
 async def sessions_show(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """One session in full: participants, rounds, result.
 
@@ -62,7 +62,7 @@ async def sessions_decide(host: ControlHost, body: dict[str, Any], progress: Pro
     return await host.decide_session(body["session"], body["decision"])
 
 
-@command("protocols.list")
+@command("protocols.list", changes=False)
 async def protocols_list(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """The coordination protocols the daemon offers.
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from mabeamd.control.server import Progress
 
 
-@command("vars.get", {"name"}, {"name"})
+@command("vars.get", {"name"}, {"name"}, changes=False)
 async def get(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """One variable: value, version, type, access, rules.
 
@@ -28,7 +28,7 @@ async def get(host: ControlHost, body: dict[str, Any], progress: Progress) -> An
     return await host.var_request("var.get", body)
 
 
-@command("vars.history", {"name"}, {"name"})
+@command("vars.history", {"name"}, {"name"}, changes=False)
 async def history(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """A variable's earlier versions, as many as kept.
 
@@ -67,7 +67,8 @@ async def delete(host: ControlHost, body: dict[str, Any], progress: Progress) ->
     return await host.var_request("var.delete", body)
 
 
-@command("vars.list", checked=False)  # the variable service checks it, as for var.list
+# The variable service checks the body, as for var.list.
+@command("vars.list", checked=False, changes=False)
 async def list_(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """One page of variables by name prefix, in name order.
 

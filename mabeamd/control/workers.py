@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from mabeamd.control.server import Progress
 
 
-@command("workers")
+@command("workers", changes=False)
 async def workers(host: ControlHost, body: dict[str, Any], progress: Progress) -> Any:
     """Every worker slot: state, pid, CPU, memory, restarts.
 

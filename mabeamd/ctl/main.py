@@ -7,7 +7,8 @@ Exit status: 0 success; 1 the daemon refused the command; 2 bad usage; 3 `status
 daemon answers but is not ready (starting, stopping, a worker not serving its shard, or a
 disk refusing writes: the same test as /readyz); 65 `protocols eval` refused its input; 69
 the daemon is not running or unreachable; 75 no answer within --timeout seconds of
-silence; 78 the configuration given with --config is invalid.
+silence; 78 the configuration given with --config is invalid. `audit` reads files and has
+its own (ctl/audit.py): 0 verified, 1 verification failed, 2 usage, 66 no audit log.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mabeamd import __version__
 from mabeamd import config as configmod
 from mabeamd import paths as pathsmod
 from mabeamd.config import EX_CONFIG, ConfigError
-from mabeamd.ctl import opdocs, render, sessions, views
+from mabeamd.ctl import audit, opdocs, render, sessions, views
 from mabeamd.ctl.client import CommandFailed, ControlClient, NotRunning, Timeout
 from mabeamd.ctl.opdocs import add_op_parser
 
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dir", default=".", help="where to write NAME.key and NAME.key_secret")
     k.add_argument("--force", action="store_true", help="replace existing files")
     sessions.add_parsers(sub, common)
+    audit.add_parser(sub, common)
     add_op_parser(sub, "backup", common, "backup").add_argument("dir")
     for name in ("plugins", "reload", "stop", "version"):
         add_op_parser(sub, name, common, name)
@@ -411,6 +413,8 @@ def _print(out: Any, text: str, args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.command == "keys":
         return keys_generate(args)
+    if args.command == "audit":  # the files, not the daemon (ctl/audit.py says why)
+        return audit.run(args)
     if args.command == "protocols" and args.protocols_action == "eval":
         out = sessions.protocols_eval(args.name, args.file)
         print(json.dumps(out, indent=2, sort_keys=True, default=repr))
@@ -449,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     except CommandFailed as exc:
         print(f"mabeamctl: {args.command} failed: {exc.message} ({exc.code})", file=sys.stderr)
         return 1
-    except UsageError as exc:
+    except (UsageError, audit.UsageError) as exc:
         print(f"mabeamctl: {exc}", file=sys.stderr)
         return 2
     except sessions.EvalError as exc:

@@ -36,8 +36,9 @@ from mabeamd.agents.events import EventPublisher
 from mabeamd.agents.registry import Registry
 from mabeamd.agents.varops import VariableService
 from mabeamd.config import EX_CONFIG, Config, ConfigError, parse_endpoint
-from mabeamd.control.commands import build_handlers
+from mabeamd.control.commands import CHANGES, build_handlers
 from mabeamd.control.server import ControlServer
+from mabeamd.daemon.auditside import AuditSide
 from mabeamd.daemon.child import Reaper
 from mabeamd.daemon.controlside import ControlSide
 from mabeamd.daemon.managed import ManagedSupervisor
@@ -48,6 +49,7 @@ from mabeamd.net.link import WorkerLink
 from mabeamd.net.shardcall import ShardCalls
 from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import shard_address
+from mabeamd.observe import audit as auditlog
 from mabeamd.observe.anomaly import AnomalyWatch
 from mabeamd.observe.http import MonitorServer
 from mabeamd.observe.metrics import DaemonCollector
@@ -93,7 +95,7 @@ def default_worker_count() -> int:
         return os.cpu_count() or 1
 
 
-class Arbiter(ControlSide):
+class Arbiter(ControlSide, AuditSide):
     def __init__(
         self,
         config: Config,
@@ -193,12 +195,16 @@ class Arbiter(ControlSide):
         self.plugins.load(self.config.plugins.disabled)
         self.plugins.call("mabeamd_configure", config=self.config)
 
+        self.audit = auditlog.from_config(self.config.audit, self.paths.state_dir)
+        self.audit.start()
         self.ctx = zmq.asyncio.Context()
         self.link = WorkerLink(self.ctx, self.paths.worker_link, self._on_link_message)
         self.control = ControlServer(self.ctx, self.paths.control_socket, build_handlers(self),
-                                     self.config.control.max_message)
+                                     self.config.control.max_message, audit=self.audit,
+                                     changes=CHANGES)
         try:
             self._setup_agents()
+            self._wire_audit()
             self.link.bind()
             self.control.bind(self.config.control.group)
             self.endpoint.bind()
@@ -251,6 +257,7 @@ class Arbiter(ControlSide):
         self.reaper.close()
         self.ctx.term()
         self.notifier.close()
+        self.audit.close()  # the sessions ended by the shutdown are in it
         log.info("stopped (%s)", self.stop_reason)
         return 0
 
@@ -400,6 +407,7 @@ class Arbiter(ControlSide):
                 changed, restart = configmod.reload_diff(self.config, new)
                 self.config = configmod.merge_for_reload(self.config, new)
                 self.logs.set_level(self.config.daemon.log_level)
+                self.audit.on_failure = self.config.audit.on_failure
                 self._reconfigure_agents()
                 for w in self.watchers:
                     w.reconfigure(self.config.workers)
@@ -502,6 +510,8 @@ class Arbiter(ControlSide):
                 address = body.get("shard_endpoint")
                 self.agents.set_shard_endpoint(index, address if isinstance(address, str)
                                                else None)
+        elif op == "audit":  # forbidden writes a worker refused
+            self._audit_link(index, body)
         elif op == "events":  # writes served on a worker's shard endpoint
             w.on_heartbeat(generation)
             for event in body.get("events") or ():

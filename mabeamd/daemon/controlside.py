@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from mabeamd.net.link import WorkerLink
     from mabeamd.net.shardcall import ShardCalls
     from mabeamd.observe.anomaly import AnomalyWatch
+    from mabeamd.observe.audit import AuditLog
     from mabeamd.observe.http import MonitorServer
     from mabeamd.paths import Paths
     from mabeamd.plugins import PluginHost
@@ -73,6 +74,7 @@ class ControlSide:
     sessions: SessionService
     managed: ManagedSupervisor
     anomaly: AnomalyWatch
+    audit: AuditLog
 
     # --- the daemon ------------------------------------------------------------------------
 
@@ -176,6 +178,7 @@ class ControlSide:
             "events_published": self.events.published,
             "events_dropped": self.events.dropped,
             "control": dict(self.control.stats),
+            "audit": self.audit.state(),
             "link_dropped": self.link.dropped,
             "loop_lag": {"last": round(self.loop_lag, 4), "max": round(self.loop_lag_max, 4),
                          "stalls": self.stalls},

@@ -163,6 +163,13 @@ class DaemonCollector(Collector):
             active.add_metric([series], 1.0 if f["active"] else 0.0)
         yield fired
         yield active
+        audit = st["audit"]
+        yield _counter("mabeamd_audit_records", "records written to the audit log",
+                       audit["records"])
+        yield _counter("mabeamd_audit_failures", "audit records that could not be written "
+                       "(a disk error, or the writer's queue full)", audit["failures"])
+        yield _gauge("mabeamd_audit_failing", "1 while the audit log cannot be written",
+                     1 if audit["failing"] else 0)
 
     def _workers(self, st: dict[str, Any], rows: list[dict[str, Any]]) -> Iterator[Metric]:
         w = st["workers"]

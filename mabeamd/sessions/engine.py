@@ -80,6 +80,11 @@ class LiveSession:
         self.writes: dict[str, Any] = {}
         self.reason: str | None = None
         self.task: asyncio.Task[None] | None = None
+        # Every round as the driver saw it, for the audit log: what the mechanism was given
+        # (mabeamctl audit verify replays the driver on it: sessions/replay.py).
+        self.transcript: list[dict[str, Any]] = []
+        self.versions: dict[str, int] = {}  # the applied writes' new versions
+        self._streamed_log: list[dict[str, Any]] = []
 
     # --- the driver's API (mabeamd.protocol.Session) ---------------------------------------
 
@@ -116,16 +121,24 @@ class LiveSession:
                   timeout: float | None = None) -> dict[str, Response]:
         limit = self.remaining() if timeout is None else min(timeout, self.remaining())
         self._round_done = asyncio.Event()
-        self._open_round(agents, kind, body, limit)
+        targets = list(dict.fromkeys(agents))
+        self._open_round(targets, kind, body, limit)
         if self.waiting:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._round_done.wait(), limit)
-        return self._close_round()
+        answers = self._close_round()
+        self.transcript.append({"kind": kind, "asked": targets,
+                                "answers": [r.to_dict() for r in answers.values()]})
+        return answers
 
     async def stream(self, agents: Iterable[str], kind: str, body: Any,
                      handle: Callable[[Response], Any], duration: float) -> int:
         limit = max(0.0, min(duration, self.remaining()))
-        self._open_round(agents, kind, body, limit, streaming=True)
+        targets = list(dict.fromkeys(agents))
+        self._open_round(targets, kind, body, limit, streaming=True)
+        self._streamed_log = []
+        self.transcript.append({"kind": kind, "asked": targets, "stream": True,
+                                "answers": self._streamed_log})
         self._handler = handle
         self.handled = 0
         try:
@@ -149,7 +162,9 @@ class LiveSession:
         self.state = "escalated"
         self.event("escalated", {"request": body})
         try:
-            return await fut
+            decision = await fut
+            self.transcript.append({"kind": "escalation", "decision": decision})
+            return decision
         finally:
             self._decision = None
             self.state = "deciding"
@@ -203,6 +218,7 @@ class LiveSession:
         except ProtocolError as exc:
             raise WireError(ErrorCode.BAD_REQUEST, str(exc)) from None
         self.handled += 1
+        self._streamed_log.append(r.to_dict())  # only what the handler took
         return {"session": self.id, "round": self.round, "recorded": True, "reply": reply}
 
     def gone(self, agent: str) -> None:
@@ -352,6 +368,7 @@ class SessionEngine:
             s.result, s.writes = outcome.result, outcome.writes
             self._validate(s, outcome)
             for event in self.shard.apply_session(s.id, outcome.writes, time.time()):
+                s.versions[event["name"]] = event["version"]
                 self.out("event", {"topic": f"var.{event['name']}", "body": event})
             s.state = "applied"
         except asyncio.TimeoutError:
@@ -387,6 +404,19 @@ class SessionEngine:
         self.live.pop(s.id, None)
         self._unlock(s)
         record = s.record()
-        self.out("ended", record)
+        self.out("ended", {**record, "audit": self._audit(s)})
         s.event(s.state, {"reason": s.reason, "result": s.result})
         self.plugins.call("mabeamd_session_ended", session=record)
+
+    @staticmethod
+    def _audit(s: LiveSession) -> dict[str, Any]:
+        """What the audit log keeps of a session beyond its record: everything its mechanism
+        was given (participants in full, every round's answers in arrival order, the
+        decide(inputs) map where the protocol can say it) and the writes' new versions."""
+        try:
+            inputs = s.proto.audit_inputs(s.params, s.participants, s.transcript)
+        except Exception as exc:  # a plugin's bug must not lose the session's end
+            log.warning("session %s: %s.audit_inputs failed: %r", s.id, s.protocol, exc)
+            inputs = None
+        return {"participants": [p.to_dict() for p in s.participants],
+                "transcript": s.transcript, "inputs": inputs, "versions": s.versions}

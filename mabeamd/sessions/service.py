@@ -25,6 +25,7 @@ import secrets
 import time
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,10 @@ class SessionService:
         # protocol -> [revenue, clearing prices seen, their sum, the last] over applied
         # sessions (Protocol.trade); bounded by the installed protocols.
         self.trades: dict[str, list[float]] = {}
+        # The audit log's hooks (daemon/auditside.py): each ended session's full record,
+        # and a check that raises while session starts must be refused.
+        self.on_outcome: Callable[[dict[str, Any]], None] | None = None
+        self.start_gate: Callable[[], None] | None = None
 
     def reconfigure(self, settings: SessionsSection, protocols: dict[str, Protocol]) -> None:
         """A reload: the new [sessions] section and the protocols the plugins now offer."""
@@ -194,6 +199,8 @@ class SessionService:
         for flag in ("wait", "notify"):
             if not isinstance(body.get(flag, False), bool):
                 raise WireError(ErrorCode.BAD_REQUEST, f"{flag} must be true or false")
+        if self.start_gate is not None:
+            self.start_gate()
         if len(self.live) >= self.settings.max_active:
             raise WireError(ErrorCode.BUSY, f"{len(self.live)} sessions are running "
                             "([sessions] max_active); retry later")
@@ -319,10 +326,15 @@ class SessionService:
             e.state = "collecting" if topic == "session.started" else "escalated"
 
     def on_ended(self, record: dict[str, Any]) -> None:
+        # What the audit log keeps beyond the record (engine.py _audit): not kept here, nor
+        # sent to the initiator -- a market's order log can be long.
+        extra = record.pop("audit", None)
         e = self.live.pop(str(record.get("session")), None)
         if e is None:
             return
         e.record = {**record, "shard": e.shard}
+        if self.on_outcome is not None:
+            self.on_outcome({**e.record, **(extra if isinstance(extra, dict) else {})})
         e.state = str(record.get("state"))
         self.stats[e.state] = self.stats.get(e.state, 0) + 1
         key = (e.protocol, e.state)

@@ -82,6 +82,7 @@ class Worker:
         self.direct: ShardEndpoint | None = None
         self._direct: Drain[list[bytes]] | None = None
         self.var_events = False  # someone subscribes to var.* (the arbiter says)
+        self._refused: list[dict[str, Any]] = []  # forbidden writes from the link, for audit
 
     def _send(self, op: str, body: dict[str, Any]) -> None:
         self._seq += 1
@@ -175,6 +176,20 @@ class Worker:
         # costs both ends (docs/benchmarks.md).
         if replies:
             self._send("results", {"results": replies})
+        self._send_refused()
+
+    def _send_refused(self) -> None:
+        """Forbidden writes of the batch to the arbiter, which writes the audit log (one
+        message per batch, and only on batches that had any: the write path pays nothing)."""
+        records = self._refused
+        if self.direct is not None and self.direct.refused:
+            records += self.direct.refused
+            self.direct.refused = []
+        if records:
+            self._refused = []
+            for r in records:
+                r["shard"] = self.index
+            self._send("audit", {"records": records})
 
     def _serve_direct(self, batch: list[list[bytes]]) -> None:
         """Serve a batch from the shard endpoint: same group commit as _serve_link, then the
@@ -190,6 +205,9 @@ class Worker:
         direct.sent()
         if events and self.var_events:
             self._send("events", {"events": events})
+            self._link.wake()
+        if direct.refused:
+            self._send_refused()
             self._link.wake()
 
     def _handle_var(self, op: str, args: dict[str, Any], actor: str,
@@ -256,6 +274,12 @@ class Worker:
             result, event = self.shard.handle(op, body.get("args") or {},
                                               str(body.get("actor")), time.time())
         except wire.WireError as exc:
+            if exc.code == wire.ErrorCode.FORBIDDEN and op.startswith("var."):
+                args = body.get("args")
+                self._refused.append({"op": op, "agent": body.get("actor"),
+                                      "name": args.get("name") if isinstance(args, dict)
+                                      else None, "reason": exc.message,
+                                      "via": "agent_endpoint"})
             return {"fwd": fwd, "error": exc.body()}
         except Exception as exc:
             err = wire.incident(log, f"shard {self.index}: request failed", exc)

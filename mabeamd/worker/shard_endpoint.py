@@ -57,6 +57,9 @@ class ShardEndpoint:
         # commit): observed by sent(); the heartbeat carries its snapshot (metrics).
         self.ops = OpStats(READ_OPS | WRITE_FIELDS.keys())
         self._served: list[tuple[str | None, str, float]] = []
+        # Writes refused as forbidden since the worker last looked, for the audit log (the
+        # arbiter writes it: worker/main.py sends them on).
+        self.refused: list[dict[str, Any]] = []
         # The worker's context: one I/O thread for the link and this socket (on a 2-core
         # machine every extra thread is another wake-up competing for a core).
         self.sock = agent_router(ctx, max_message)
@@ -82,9 +85,11 @@ class ShardEndpoint:
         self.stats["requests"] += 1
         envelope = frames[:1]
         rid: int | str | None = None
-        op: str | None = None
+        op, agent = "", None
+        body: dict[str, Any] = {}
         try:
             rid, op, body = wire.parse_request(frames[1:], self.max_message)
+            agent = body.get("agent")
             if op in READ_OPS:
                 check_fields(body, op, {"name"}, {"name"})
                 result, event = handle(op, body, ADMIN)
@@ -99,6 +104,9 @@ class ShardEndpoint:
         except WireError as exc:
             self.stats["errors"] += 1
             self._served.append((op, exc.code, t0))
+            if exc.code == ErrorCode.FORBIDDEN:
+                self.refused.append({"op": op, "agent": agent, "name": body.get("name"),
+                                     "reason": exc.message, "via": "shard_endpoint"})
             return envelope + wire.refusal(rid, exc), None
         except Exception as exc:
             self.stats["errors"] += 1

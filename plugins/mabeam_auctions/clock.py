@@ -28,6 +28,7 @@ from typing import Any
 from mabeam_auctions.common import sale_trade, sale_writes
 from mabeamd.protocol import (
     Outcome,
+    Participant,
     Protocol,
     ProtocolError,
     Response,
@@ -194,6 +195,12 @@ class _Clocked(Protocol):
             clock.step(rnd)
         out: dict[str, Any] = clock.result()
         return out
+
+    def audit_inputs(self, params: dict[str, Any], participants: list[Participant],
+                     transcript: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Every clock round's answers, in order: decide() replays the clock on them."""
+        return {"params": params, "participants": [p.to_dict() for p in participants],
+                "rounds": [list(r.get("answers", [])) for r in transcript]}
 
     def check_outcome(self, session: Session, outcome: Outcome) -> None:
         r = outcome.result

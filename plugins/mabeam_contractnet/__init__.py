@@ -125,6 +125,16 @@ class ContractNet(Protocol):
             self.check_response("cfp", r.value, params)
         return self.decide_typed(params, ps, by_arrival(rs))
 
+    def audit_inputs(self, params: dict[str, Any], participants: list[Participant],
+                     transcript: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The last call for proposals' answers (the award was decided on them); None once
+        awards were offered for confirmation (decide() does not take those answers)."""
+        cfps = [r for r in transcript if r.get("kind") == "cfp"]
+        if not cfps or len(cfps) != len(transcript):
+            return None
+        return {"params": params, "participants": [p.to_dict() for p in participants],
+                "responses": list(cfps[-1].get("answers", []))}
+
     # --- the driver ------------------------------------------------------------------------
 
     async def run(self, session: Session) -> Outcome:

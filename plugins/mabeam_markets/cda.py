@@ -27,6 +27,7 @@ from mabeam_markets.common import side, units
 from mabeamd import protocol
 from mabeamd.protocol import (
     Outcome,
+    Participant,
     Protocol,
     ProtocolError,
     Response,
@@ -158,6 +159,12 @@ class ContinuousDoubleAuction(Protocol):
             except ProtocolError as exc:
                 refused.append({"index": k, "reason": str(exc)})
         return {"good": p["good"], **m.result(), "refused": refused}
+
+    def audit_inputs(self, params: dict[str, Any], participants: list[Participant],
+                     transcript: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The order log: every order the market took, in arrival order."""
+        return {"params": params, "participants": [p.to_dict() for p in participants],
+                "orders": [o for r in transcript for o in r.get("answers", [])]}
 
     async def run(self, session: Session) -> Outcome:
         p = session.params

@@ -178,6 +178,17 @@ class Priority(OneRound):
             result["decided_by"] = "operator"
         return Outcome(result, self.writes(session, result))
 
+    def audit_inputs(self, params: dict[str, Any], participants: list[Participant],
+                     transcript: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """An escalated session is decide() with the operator's decision in params."""
+        asks = [r for r in transcript if r.get("kind") != "escalation"]
+        decisions = [r["decision"] for r in transcript if r.get("kind") == "escalation"]
+        if len(asks) != 1:
+            return None
+        p = {**params, "decision": decisions[-1]} if decisions else params
+        return {"params": p, "participants": [x.to_dict() for x in participants],
+                "responses": list(asks[0].get("answers", []))}
+
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
         if result["escalated"]:
             return {}
