@@ -60,10 +60,12 @@ class AgentService:
     def __init__(self, endpoint: AgentEndpoint, registry: Registry, events: EventPublisher,
                  settings: AgentsSection, *, shards: int = 0, write_key: bytes = b"",
                  hello_extra: dict[str, Any] | None = None,
-                 on_down: Callable[[str], None] = lambda agent_id: None) -> None:
+                 on_down: Callable[[str], None] = lambda agent_id: None,
+                 on_takeover: Callable[[str, str | None], None] | None = None) -> None:
         """`hello_extra`: what every hello reply also carries (shard count, shm and event
         endpoints); `write_key` signs the write credential handed out at hello; `on_down` is
-        told of every agent that turns unhealthy, goes or says bye (sessions: absent)."""
+        told of every agent that turns unhealthy, goes or says bye (sessions: absent);
+        `on_takeover` of an id taken over by another connection (the audit log)."""
         self.endpoint = endpoint
         self.registry = registry
         self.events = events
@@ -77,7 +79,7 @@ class AgentService:
         self.write_key = write_key
         self._on_down = on_down
         # (agent, principal or None): an id taken over by another connection (audit log).
-        self.on_takeover: Callable[[str, str | None], None] | None = None
+        self.on_takeover = on_takeover
         endpoint.handlers.update({
             "hello": self.hello, "heartbeat": self.heartbeat, "bye": self.bye,
             "agent.get": self.get_agent, "agent.list": self.list_agents,

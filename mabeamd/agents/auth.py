@@ -57,12 +57,13 @@ def load_authorized(directory: str) -> dict[bytes, str]:
 class KeyAuthenticator(AsyncioAuthenticator):
     """ZAP handler: allow listed keys only, and name the client after its key file."""
 
-    def __init__(self, ctx: zmq.asyncio.Context) -> None:
+    def __init__(self, ctx: zmq.asyncio.Context, *,
+                 on_failure: Callable[[str, str, str], None] | None = None) -> None:
         super().__init__(ctx)
         self.names: dict[bytes, str] = {}
         self.namespaces: set[str] = set()
         # (client key in z85, peer address, reason): a refused CURVE handshake (audit log).
-        self.on_failure: Callable[[str, str, str], None] | None = None
+        self.on_failure = on_failure
         self._address = ""
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:

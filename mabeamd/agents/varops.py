@@ -28,13 +28,14 @@ MAX_LIST = 1000
 
 
 class VariableService:
-    def __init__(self, calls: ShardCalls, registry: Registry, authorize: Authorize) -> None:
+    def __init__(self, calls: ShardCalls, registry: Registry, authorize: Authorize, *,
+                 on_forbidden: Callable[[str, Any, Any, str], None] | None = None) -> None:
         self.calls = calls
         self.shards = calls.shards
         self.registry = registry
         self.admission = WriteAdmission(self._owned, authorize)
         # (op, agent, name, reason): a write the authorize hook refused, for the audit log.
-        self.on_forbidden: Callable[[str, Any, Any, str], None] | None = None
+        self.on_forbidden = on_forbidden
 
     def install(self, endpoint: AgentEndpoint) -> None:
         for op in WRITE_FIELDS:

@@ -38,7 +38,7 @@ from mabeamd.agents.varops import VariableService
 from mabeamd.config import EX_CONFIG, Config, ConfigError, parse_endpoint
 from mabeamd.control.commands import CHANGES, build_handlers
 from mabeamd.control.server import ControlServer
-from mabeamd.daemon.auditside import AuditSide
+from mabeamd.daemon.auditside import AuditReports
 from mabeamd.daemon.child import Reaper
 from mabeamd.daemon.controlside import ControlSide
 from mabeamd.daemon.managed import ManagedSupervisor
@@ -95,7 +95,7 @@ def default_worker_count() -> int:
         return os.cpu_count() or 1
 
 
-class Arbiter(ControlSide, AuditSide):
+class Arbiter(ControlSide):
     def __init__(
         self,
         config: Config,
@@ -197,6 +197,7 @@ class Arbiter(ControlSide, AuditSide):
 
         self.audit = auditlog.from_config(self.config.audit, self.paths.state_dir)
         self.audit.start()
+        self.reports = AuditReports(self.audit)
         self.ctx = zmq.asyncio.Context()
         self.link = WorkerLink(self.ctx, self.paths.worker_link, self._on_link_message)
         self.control = ControlServer(self.ctx, self.paths.control_socket, build_handlers(self),
@@ -204,7 +205,6 @@ class Arbiter(ControlSide, AuditSide):
                                      changes=CHANGES)
         try:
             self._setup_agents()
-            self._wire_audit()
             self.link.bind()
             self.control.bind(self.config.control.group)
             self.endpoint.bind()
@@ -271,7 +271,7 @@ class Arbiter(ControlSide, AuditSide):
         self.auth: KeyAuthenticator | None = None
         if any(e.curve for e in wanted):
             curve_keys = load_server_keys(cfg.security.server_key)
-            self.auth = KeyAuthenticator(self.ctx)
+            self.auth = KeyAuthenticator(self.ctx, on_failure=self.reports.auth_failure)
             self.auth.start()
             self.auth.reload(cfg.security.authorized_keys)
         self.events = EventPublisher(self.ctx, events_ep, cfg.events.hwm, curve_keys,
@@ -284,7 +284,8 @@ class Arbiter(ControlSide, AuditSide):
                                       curve_keys)
         self.agents = AgentService(
             self.endpoint, self.registry, self.events, cfg.agents, shards=self.worker_count,
-            write_key=self.write_key, on_down=self._agent_down, hello_extra={
+            write_key=self.write_key, on_down=self._agent_down,
+            on_takeover=self.reports.takeover, hello_extra={
                 "shards": self.worker_count,
                 "shm": {"dir": cfg.variables.shm_dir, "prefix": self.meta.shm_prefix},
                 "events": events_ep.address if events_ep is not None else None})
@@ -293,10 +294,13 @@ class Arbiter(ControlSide, AuditSide):
             lambda i, body: self.link.send(i, self.watchers[i].generation, "request", body),
             lambda i: self.watchers[i].state is State.RUNNING, self.events.publish_write)
         self.variables = VariableService(self.shard_calls, self.registry,
-                                         self.plugins.authorize)
+                                         self.plugins.authorize,
+                                         on_forbidden=self.reports.forbidden)
         self.variables.install(self.endpoint)
         self.sessions = SessionService(self.shard_calls, self.registry, self.endpoint,
-                                       self.events, self.plugins, settings=cfg.sessions)
+                                       self.events, self.plugins, settings=cfg.sessions,
+                                       on_outcome=self.reports.session,
+                                       start_gate=self.reports.gate)
         self.sessions.install(self.endpoint)
         self.var_events = False  # whether workers send the events of direct writes
         # Per worker, from its current generation's heartbeats: "shard_traffic" and
@@ -511,7 +515,7 @@ class Arbiter(ControlSide, AuditSide):
                 self.agents.set_shard_endpoint(index, address if isinstance(address, str)
                                                else None)
         elif op == "audit":  # forbidden writes a worker refused
-            self._audit_link(index, body)
+            self.reports.worker_refusals(index, body)
         elif op == "events":  # writes served on a worker's shard endpoint
             w.on_heartbeat(generation)
             for event in body.get("events") or ():

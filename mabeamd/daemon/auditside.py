@@ -15,11 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mabeamd.net.wire import ErrorCode, WireError
 
 if TYPE_CHECKING:
-    from mabeamd.agents.agentops import AgentService
-    from mabeamd.agents.auth import KeyAuthenticator
-    from mabeamd.agents.varops import VariableService
     from mabeamd.observe.audit import AuditLog
-    from mabeamd.sessions.service import SessionService
 
 # What a session's audit record keeps: its identity and terms, everything its mechanism was
 # given (engine.py _audit adds participants in full, transcript, inputs) and what came of
@@ -29,25 +25,17 @@ SESSION_FIELDS = ("session", "protocol", "initiator", "state", "reason", "shard"
                   "result", "writes", "versions", "created_at", "elapsed")
 
 
-class AuditSide:
-    audit: AuditLog
-    sessions: SessionService
-    variables: VariableService
-    agents: AgentService
-    auth: KeyAuthenticator | None
+class AuditReports:
+    """The reports each service is given at construction (its on_... callbacks), as records
+    of the one audit log."""
 
-    def _wire_audit(self) -> None:
-        self.sessions.on_outcome = self._audit_session
-        self.sessions.start_gate = self._audit_gate
-        self.variables.on_forbidden = self._audit_forbidden
-        self.agents.on_takeover = self._audit_takeover
-        if self.auth is not None:
-            self.auth.on_failure = self._audit_auth_failure
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
 
-    def _audit_session(self, record: dict[str, Any]) -> None:
+    def session(self, record: dict[str, Any]) -> None:
         self.audit.submit("session", {k: record.get(k) for k in SESSION_FIELDS})
 
-    def _audit_gate(self) -> None:
+    def gate(self) -> None:
         """Session starts are refused while the log is known to fail (on_failure refuse):
         their outcome would go unrecorded. Only a flag: starts must not wait on a disk."""
         if self.audit.refusing:
@@ -55,20 +43,20 @@ class AuditSide:
                             f"on_failure = refuse): {self.audit.failing}",
                             details={"reason": "audit_unavailable"})
 
-    def _audit_forbidden(self, op: str, agent: Any, name: Any, reason: str) -> None:
+    def forbidden(self, op: str, agent: Any, name: Any, reason: str) -> None:
         self.audit.submit("forbidden", {"op": op, "agent": agent, "name": name,
                                         "reason": reason, "via": "agent_endpoint"})
 
-    def _audit_link(self, index: int, body: dict[str, Any]) -> None:
+    def worker_refusals(self, index: int, body: dict[str, Any]) -> None:
         """A worker's `audit` message: the forbidden writes of one of its batches."""
         for rec in body.get("records") or ():
             if isinstance(rec, dict):
                 self.audit.submit("forbidden", {**rec, "shard": index})
 
-    def _audit_takeover(self, agent: str, principal: str | None) -> None:
+    def takeover(self, agent: str, principal: str | None) -> None:
         self.audit.submit("takeover", {"agent": agent, "principal": principal,
                                        "proof": "key" if principal else "token"})
 
-    def _audit_auth_failure(self, key: str, address: str, reason: str) -> None:
+    def auth_failure(self, key: str, address: str, reason: str) -> None:
         self.audit.submit("auth_failure", {"mechanism": "CURVE", "key": key,
                                            "address": address, "reason": reason})

@@ -77,7 +77,9 @@ class Entry:
 class SessionService:
     def __init__(self, calls: ShardCalls, registry: Registry, endpoint: AgentEndpoint,
                  events: EventPublisher, plugins: PluginHost, *,
-                 settings: SessionsSection) -> None:
+                 settings: SessionsSection,
+                 on_outcome: Callable[[dict[str, Any]], None] | None = None,
+                 start_gate: Callable[[], None] | None = None) -> None:
         self.calls = calls
         self.registry = registry
         self.endpoint = endpoint
@@ -100,8 +102,8 @@ class SessionService:
         self.trades: dict[str, list[float]] = {}
         # The audit log's hooks (daemon/auditside.py): each ended session's full record,
         # and a check that raises while session starts must be refused.
-        self.on_outcome: Callable[[dict[str, Any]], None] | None = None
-        self.start_gate: Callable[[], None] | None = None
+        self.on_outcome = on_outcome
+        self.start_gate = start_gate
 
     def reconfigure(self, settings: SessionsSection, protocols: dict[str, Protocol]) -> None:
         """A reload: the new [sessions] section and the protocols the plugins now offer."""
