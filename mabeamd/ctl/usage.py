@@ -72,9 +72,11 @@ def json_arg(text: str, what: str) -> Any:
     if text == "-" or text.startswith("@"):
         try:
             text = sys.stdin.read() if text == "-" else Path(text[1:]).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{what}: cannot read {text[1:] or 'stdin'}: "
-                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        except OSError as exc:
+            raise NoInput(f"{what}: cannot read {text[1:] or 'stdin'}: "
+                          f"{exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{what}: {text[1:] or 'stdin'} is not UTF-8 text") from None
 
     def constant(name: str) -> Any:
         raise UsageError(f"{what}: {name} is not JSON; give a finite number")

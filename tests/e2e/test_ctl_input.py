@@ -45,7 +45,7 @@ def test_values_from_stdin_and_files(daemon: Daemon, tmp_path: Path) -> None:
     got = json.loads(ctl(daemon, "vars", "get", "in/big", "--json").stdout)
     assert got["value"] == {"from": "stdin"}
     r = ctl(daemon, "vars", "set", "in/big", f"@{tmp_path / 'missing.json'}")
-    assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 66 and "cannot read" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_usage_errors_and_local_failures_are_one_line(daemon: Daemon) -> None:
