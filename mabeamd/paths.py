@@ -14,6 +14,7 @@ from pathlib import Path
 from mabeamd.config import MAX_IPC_PATH, Config, ConfigError
 
 DEFAULT_CONFIG = Path("/etc/mabeamd/mabeamd.toml")
+SYSTEM_RUNTIME_DIR = Path("/run/mabeamd")  # root's default; systemd's RuntimeDirectory=mabeamd
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def default_runtime_dir() -> Path:
     if env:
         return env
     if os.geteuid() == 0:
-        return Path("/run/mabeamd")
+        return SYSTEM_RUNTIME_DIR
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     return Path(xdg) / "mabeamd" if xdg else Path(f"/tmp/mabeamd-{os.getuid()}")
 

@@ -1,7 +1,9 @@
 """The event endpoint: an XPUB socket publishing what happens, by topic.
 
 Each event is two frames: the topic (UTF-8, e.g. ``agent.registered``) and a msgpack map
-with at least ``seq`` (one counter across all topics), ``time`` (UNIX seconds) and the
+with at least ``seq`` (one counter across all topics), ``family_seq`` (one counter per topic
+family, the text before the first dot: a subscriber to whole families, such as ``agent.``,
+can tell missed events from other families' events by it), ``time`` (UNIX seconds) and the
 event's fields. Subscribers filter by topic prefix (``agent.``, ``worker.``). ZeroMQ drops
 events for a subscriber that falls more than ``events.hwm`` behind; the sequence numbers let
 it see that it missed some.
@@ -35,6 +37,7 @@ class EventPublisher:
                  on_interest: Callable[[], None] = lambda: None) -> None:
         self.endpoint = endpoint
         self.seq = 0
+        self.family_seq: dict[str, int] = {}  # bounded: families are the daemon's own words
         self.published = 0
         # Events the socket refused. A slow subscriber's own queue overflowing is not seen
         # here (libzmq drops for that subscriber alone, silently): it sees a gap in `seq`.
@@ -81,9 +84,11 @@ class EventPublisher:
 
     def publish(self, topic: str, fields: dict[str, Any]) -> None:
         self.seq += 1
+        family = topic.partition(".")[0]
+        fseq = self.family_seq[family] = self.family_seq.get(family, 0) + 1
         if self.sock is None:
             return
-        body = {"seq": self.seq, "time": time.time(), **fields}
+        body = {"seq": self.seq, "family_seq": fseq, "time": time.time(), **fields}
         try:
             # XPUB never blocks: a full subscriber queue drops for that subscriber alone.
             self.sock.send_multipart([topic.encode(), wire.pack(body)], flags=zmq.NOBLOCK)

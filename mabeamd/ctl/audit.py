@@ -33,8 +33,12 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    a = sub.add_parser("audit", parents=[common], help="Read and verify the audit log "
-                       "(reads STATE_DIR/audit; needs no daemon).")
+    what = "Read and verify the audit log (reads STATE_DIR/audit; needs no daemon)."
+    a = sub.add_parser("audit", parents=[common], help=what, description=what + (
+        " `audit` lists records; `audit verify SESSION_ID` re-runs one session's mechanism "
+        "on its recorded inputs and checks the recorded outcome, payments and writes; "
+        "`audit verify --all` checks the hash chain and every session (docs/operations.md, "
+        "Audit)."))
     a.add_argument("action", nargs="?", choices=["list", "verify"], default="list")
     a.add_argument("session", nargs="?", help="verify: the session id")
     a.add_argument("--all", action="store_true", help="verify: the chain and every session")

@@ -27,6 +27,10 @@ class NotRunning(ControlError):
     pass
 
 
+class Unavailable(ControlError):
+    """The daemon runs but does not offer what was asked (e.g. it has no event endpoint)."""
+
+
 class Timeout(ControlError):
     pass
 

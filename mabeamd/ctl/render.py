@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,3 +53,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def pairs(items: Sequence[tuple[str, Any]]) -> str:
     width = max(len(k) for k, _ in items)
     return "\n".join(f"{k.ljust(width)}  {cell(v)}" for k, v in items)
+
+
+def abbrev(value: Any, limit: int = 80, bare: bool = False) -> str:
+    """A value for one line of human output: JSON (with `bare`, a string without spaces
+    unquoted), cut to about `limit` characters with the full length said, so a 100 KB
+    value stays one readable line (--json output is never cut)."""
+    if bare and isinstance(value, str) and value and len(value) <= limit and not any(
+            ch.isspace() or ch in "\"=" for ch in value):
+        return value
+    text = json.dumps(value, default=repr, sort_keys=True)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 3]}... ({len(text)} characters)"

@@ -2,7 +2,8 @@
 
 `protocols eval NAME FILE` runs a protocol's pure mechanism here, in this process, on a JSON
 input (FILE `-` = stdin) and prints the JSON outcome: no daemon needed, the plugins installed
-next to mabeamctl are used. Exit 65 when the mechanism refuses the input.
+next to mabeamctl are used. Exit 65 when the mechanism refuses the input (sysexits
+EX_DATAERR), 2 for an unknown protocol (usage), 66 when FILE cannot be read (EX_NOINPUT).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 from mabeamd.ctl import render
 from mabeamd.ctl.client import ControlClient
-from mabeamd.ctl.opdocs import add_op_parser
+from mabeamd.ctl.opdocs import RAW, add_op_parser
+from mabeamd.ctl.usage import NoInput, UsageError
 
 EX_DATAERR = 65
 STATES = ("queued", "collecting", "deciding", "escalated", "applied", "failed", "cancelled",
@@ -27,7 +29,10 @@ class EvalError(Exception):
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("sessions", parents=[common], help="Coordination sessions.")
+    s = sub.add_parser("sessions", parents=[common], help="Coordination sessions.",
+                       description="Coordination sessions: list them, show one, cancel one, "
+                       "or decide an escalated one.\nAgents start sessions (session.start, "
+                       "docs/protocol.md); the operator watches and steps in.")
     ss = s.add_subparsers(dest="sessions_action", required=True, metavar="ACTION")
     sl = add_op_parser(ss, "list", common, "sessions.list")
     sl.add_argument("--state", choices=STATES, help="only sessions in this state")
@@ -38,15 +43,49 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     sd = add_op_parser(ss, "decide", common, "sessions.decide")
     sd.add_argument("id")
     sd.add_argument("decision", help='JSON, e.g. \'{"allocations": {"a1": 2}}\'')
-    p = sub.add_parser("protocols", parents=[common], help="Coordination protocols.")
+    p = sub.add_parser("protocols", parents=[common], help="Coordination protocols.",
+                       description="Coordination protocols: what the daemon (or, --local, "
+                       "this host) offers, and\n`eval` to run one's pure mechanism offline "
+                       "on a JSON input.")
     ps = p.add_subparsers(dest="protocols_action", required=True, metavar="ACTION")
     pl = add_op_parser(ps, "list", common, "protocols.list")
     pl.add_argument("--local", action="store_true",
                     help="what the plugins installed here provide (no daemon needed)")
-    pe = ps.add_parser("eval", parents=[common],
-                       help="Run a protocol's pure mechanism offline on a JSON input.")
-    pe.add_argument("name")
-    pe.add_argument("file", help="JSON input file, - for stdin (see docs/protocols.md)")
+    pe = ps.add_parser("eval", parents=[common], add_help=False, formatter_class=RAW,
+                       help="Run a protocol's pure mechanism offline on a JSON input.",
+                       description=EVAL_HELP)
+    # The protocols are listed only when help is asked for: finding them loads every
+    # plugin, which no other command run should pay for.
+    pe.add_argument("-h", "--help", action=_EvalHelp, help="show this help message and exit")
+    pe.add_argument("name", metavar="PROTOCOL")
+    pe.add_argument("file", metavar="FILE", help="JSON input file, - for stdin")
+
+
+EVAL_HELP = """Run PROTOCOL's pure mechanism here, offline, on the JSON input in FILE, and
+print the JSON outcome. No daemon needed: the plugins installed next to mabeamctl are used.
+Exit 65 when the mechanism refuses the input, 2 for an unknown protocol, 66 when FILE
+cannot be read.
+
+Each protocol's input (its "inputs" map) is documented in docs/protocols.md, in the
+section named after it (## PROTOCOL), with an example; "Common shapes" there describes
+what they share. A third-party protocol's plugin documents its own."""
+
+
+class _EvalHelp(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        try:
+            rows = protocols_local_list()
+        except Exception as exc:  # help must print even when a plugin cannot load
+            listing = f"(the installed protocols could not be listed: {exc})"
+        else:
+            listing = "\n".join(f"  {r['name']:<26} {r['summary']}" for r in rows) or "  none"
+        parser.description = f"{EVAL_HELP}\n\nprotocols installed here:\n{listing}"
+        parser.print_help()
+        parser.exit()
 
 
 def show_sessions(rows: list[dict[str, Any]]) -> str:
@@ -110,12 +149,14 @@ def protocols_eval(name: str, file: str) -> dict[str, Any]:
     protos = local_protocols()["protocols"]
     proto = protos.get(name)
     if proto is None:
-        raise EvalError(f"unknown protocol {name!r}; installed here: "
+        raise UsageError(f"unknown protocol {name!r}; installed here: "
                         f"{', '.join(sorted(protos)) or 'none'}")
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
     except OSError as exc:
-        raise EvalError(f"cannot read {file}: {exc.strerror}") from None
+        raise NoInput(f"cannot read {file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise EvalError(f"{file}: not UTF-8 text (JSON is)") from None
     try:
         inputs = proto.parse_input(text)
     except ProtocolError as exc:

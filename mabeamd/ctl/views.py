@@ -93,14 +93,13 @@ def show_programs(programs: list[dict[str, Any]]) -> str:
 
 
 def _value(v: Any) -> str:
-    text = json.dumps(v, default=repr, sort_keys=True)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return render.abbrev(v, 60)
 
 
 def show_var(v: dict[str, Any]) -> str:
     cons = json.dumps(v.get("constraints") or {}, sort_keys=True)
     return render.pairs([
-        ("name", v["name"]), ("value", json.dumps(v["value"], default=repr, sort_keys=True)),
+        ("name", v["name"]), ("value", render.abbrev(v["value"], 200)),
         ("version", v["version"]), ("type", v["type"]), ("owner", v["owner"]),
         ("modified by", v["modified_by"]), ("access", v["access"] + (
             f" (writers: {', '.join(v['writers'])})" if v.get("writers") else "")),

@@ -169,7 +169,8 @@ class ControlSide:
             "agents": self.registry.counts(),
             "variables": {"shards": self.worker_count, "fsync": self.config.variables.fsync,
                           "shm_prefix": self.meta.shm_prefix},
-            "sessions": {"running": len(self.sessions.live), **self.sessions.stats},
+            "sessions": {"running": len(self.sessions.live), **self.sessions.stats,
+                         "by_protocol": self.sessions.by_protocol()},
             "managed": {p.name: sum(1 for x in p.procs if x.state == "running")
                         for p in self.managed.programs.values()},
             "agent_endpoints": [str(e) for e in self.endpoint.endpoints],

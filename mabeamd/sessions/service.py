@@ -105,6 +105,17 @@ class SessionService:
         self.on_outcome = on_outcome
         self.start_gate = start_gate
 
+        # protocol -> sessions started (for `status`, whose rates `mabeamctl top` shows).
+        self.started_by_protocol: dict[str, int] = {}
+
+    def by_protocol(self) -> dict[str, dict[str, int]]:
+        """{protocol: {"started": N, END_STATE: N}}: the counters per protocol so far."""
+        out: dict[str, dict[str, int]] = {p: {"started": n}
+                                          for p, n in self.started_by_protocol.items()}
+        for (proto, state), n in self.outcomes.items():
+            out.setdefault(proto, {"started": 0})[state] = n
+        return out
+
     def reconfigure(self, settings: SessionsSection, protocols: dict[str, Protocol]) -> None:
         """A reload: the new [sessions] section and the protocols the plugins now offer."""
         self.settings = settings
@@ -223,6 +234,7 @@ class SessionService:
                 e.done.cancel()
             raise
         self.stats["started"] += 1
+        self.started_by_protocol[proto.name] = self.started_by_protocol.get(proto.name, 0) + 1
         if e.record is None:
             e.state = started["state"]
         if not body.get("wait"):
