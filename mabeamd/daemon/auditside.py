@@ -10,12 +10,20 @@ takeovers from the agent service. None of these are on a request's success path.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from mabeamd.net.wire import ErrorCode, WireError
 
 if TYPE_CHECKING:
     from mabeamd.observe.audit import AuditLog
+
+# A refused CURVE client retries its handshake every reconnect interval (100 ms by
+# default), and anyone can make one: so one record per (key, address) per window, the next
+# one saying how many it stood for. Without it an unauthenticated peer could fill the log
+# and rotate the real records out of it.
+AUTH_FAILURE_WINDOW = 60.0
+AUTH_FAILURE_KEYS = 4096  # (key, address) pairs remembered; past that the oldest go
 
 # What a session's audit record keeps: its identity and terms, everything its mechanism was
 # given (engine.py _audit adds participants in full, transcript, inputs) and what came of
@@ -31,6 +39,8 @@ class AuditReports:
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
+        # (key, address) -> [when its last record was written, failures since then]
+        self._auth_failures: dict[tuple[str, str], list[float]] = {}
 
     def session(self, record: dict[str, Any]) -> None:
         self.audit.submit("session", {k: record.get(k) for k in SESSION_FIELDS})
@@ -58,5 +68,16 @@ class AuditReports:
                                        "proof": "key" if principal else "token"})
 
     def auth_failure(self, key: str, address: str, reason: str) -> None:
+        now = time.monotonic()
+        seen = self._auth_failures.get((key, address))
+        if seen is not None and now - seen[0] < AUTH_FAILURE_WINDOW:
+            seen[1] += 1
+            return
+        repeats = int(seen[1]) if seen is not None else 0
+        self._auth_failures.pop((key, address), None)
+        if len(self._auth_failures) >= AUTH_FAILURE_KEYS:
+            del self._auth_failures[next(iter(self._auth_failures))]
+        self._auth_failures[(key, address)] = [now, 0]
         self.audit.submit("auth_failure", {"mechanism": "CURVE", "key": key,
-                                           "address": address, "reason": reason})
+                                           "address": address, "reason": reason,
+                                           "repeats": repeats})

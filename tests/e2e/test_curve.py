@@ -12,6 +12,7 @@ import zmq.auth
 
 from mabeamd.client import Client, ConnectionLost, Forbidden, Timeout
 from mabeamd.testing import Daemon, free_port, short_tmpdir
+from tests.e2e.test_audit import records
 
 
 def keygen(directory: Path, name: str) -> None:
@@ -62,6 +63,13 @@ def test_unauthenticated_client_gets_nothing(curve_daemon: tuple[Daemon, str, Pa
         stranger.request("ping")
     assert d.call("status")["agents"]["total"] == 0
     assert d.call("ping")["pong"]  # the daemon itself is fine
+    # The audit log has the refused key, once per window however often its client retried.
+    mallory = (keys / "mallory.key").read_text()
+    d.wait_until(lambda: any(r["key"] in mallory for r in records(d, "auth_failure")),
+                 timeout=10)
+    failures = [r for r in records(d, "auth_failure") if r["key"] in mallory]
+    assert len(failures) == 1 and failures[0]["mechanism"] == "CURVE", failures
+    assert failures[0]["address"] and failures[0]["repeats"] == 0
 
 
 def test_allowed_key_works_and_owns_its_namespace(
@@ -95,12 +103,16 @@ def test_allowed_key_works_and_owns_its_namespace(
 
 
 def test_same_key_may_take_over_its_own_id(curve_daemon: tuple[Daemon, str, Path]) -> None:
-    _, endpoint, keys = curve_daemon
+    d, endpoint, keys = curve_daemon
     with keyed(endpoint, keys, "alice") as first:
         first.register("alice/svc")
         with keyed(endpoint, keys, "alice") as second:
             # A restarted process holding the same key: no token needed.
             assert second.register("alice/svc")["created"] is False
+    d.wait_until(lambda: bool(records(d, "takeover")), timeout=10)
+    takeovers = records(d, "takeover")
+    assert [(r["agent"], r["principal"], r["proof"]) for r in takeovers] == [
+        ("alice/svc", "alice", "key")]
 
 
 def test_keys_generate_refuses_to_overwrite(tmp_path: Path) -> None:
