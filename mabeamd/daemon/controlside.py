@@ -178,6 +178,7 @@ class ControlSide:
             "event_endpoint": str(self.events.endpoint) if self.events.endpoint else None,
             "events_published": self.events.published,
             "events_dropped": self.events.dropped,
+            "event_subscriptions": self.events.subscriptions,
             "control": dict(self.control.stats),
             "audit": self.audit.state(),
             "link_dropped": self.link.dropped,

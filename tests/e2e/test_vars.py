@@ -268,7 +268,8 @@ def test_mabeamctl_vars(daemon: Daemon) -> None:
     watcher = subprocess.Popen(
         [sys.executable, "-m", "mabeamd.ctl.main", "vars", "watch", "ops/", "--count", "2",
          "--json", *sock], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.8)
+    # Its subscription has reached the publisher (a condition, not a guess at how long).
+    daemon.wait_until(lambda: daemon.call("status")["event_subscriptions"] >= 1, timeout=15)
     r = daemon.ctl("vars", "set", "ops/mode", '"manual"', "--expect-version", "1", *sock)
     assert r.returncode == 0, r.stderr
     assert "version 2" in r.stdout
