@@ -338,3 +338,49 @@ def test_audit_cli_exit_codes(daemon: Daemon, tmp_path: Path) -> None:
     assert shown.returncode == 0 and 'control vars.create {"name": "z", "value": 0} ok' \
         in shown.stdout
 
+
+
+JOURNAL = Path("/run/systemd/journal/socket")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or JOURNAL.exists() or JOURNAL.parent.exists(),
+                    reason="needs root and no journald of the machine's own at its socket")
+def test_records_also_reach_journald_under_their_own_identifier(make_daemon: Any) -> None:
+    """Run as systemd would (stderr is the journal stream): each record also goes to
+    journald's native socket as SYSLOG_IDENTIFIER=mabeamd-audit. The socket here is the
+    test's own, at journald's path (no journald on this machine)."""
+    import socket
+    import time
+
+    made = [p for p in (JOURNAL.parent.parent, JOURNAL.parent) if not p.exists()]
+    JOURNAL.parent.mkdir(parents=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(JOURNAL))
+    sock.settimeout(0.5)
+    try:
+        d = make_daemon(workers=1)
+        d.dir.mkdir(parents=True, exist_ok=True)
+        d.log_path.touch()  # the daemon's stderr: the stream systemd would name
+        st = d.log_path.stat()
+        d.extra_env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        d.start()
+        d.call("vars.create", {"name": "j/x", "value": 1})
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any(
+                b"SYSLOG_IDENTIFIER=mabeamd-audit" in m and b'"vars.create"' in m for m in seen):
+            try:
+                seen.append(sock.recv(1 << 20))
+            except TimeoutError:
+                continue
+        audit = [m for m in seen if b"SYSLOG_IDENTIFIER=mabeamd-audit" in m]
+        assert any(b'"vars.create"' in m for m in audit), seen[-5:]
+        # the daemon's own log lines keep their identifier
+        assert any(b"SYSLOG_IDENTIFIER=mabeamd\n" in m for m in seen)
+        on_disk = [r for r in records(d, "control") if r.get("op") == "vars.create"]
+        assert len(on_disk) == 1
+    finally:
+        sock.close()
+        JOURNAL.unlink(missing_ok=True)
+        for p in reversed(made):  # only what this test made
+            p.rmdir()
