@@ -23,8 +23,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from mabeamd.addresses import Endpoint
 from mabeamd.agents.registry import ConnKey
-from mabeamd.config import Endpoint
 from mabeamd.net import wire
 from mabeamd.net.drain import BATCH_BYTES, Drain, recv_ready_bounded
 from mabeamd.net.frames import NOBLOCK, send_frames

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from mabeamd import __version__
 from mabeamd import config as configmod
 from mabeamd import paths as pathsmod
+from mabeamd.addresses import parse_endpoint
 from mabeamd.agents.agentops import AgentService
 from mabeamd.agents.auth import AuthError, KeyAuthenticator, load_server_keys
 from mabeamd.agents.credentials import WRITE_KEY_ENV
@@ -35,7 +36,7 @@ from mabeamd.agents.endpoint import AgentEndpoint
 from mabeamd.agents.events import EventPublisher
 from mabeamd.agents.registry import Registry
 from mabeamd.agents.varops import VariableService
-from mabeamd.config import EX_CONFIG, Config, ConfigError, parse_endpoint
+from mabeamd.config import EX_CONFIG, Config, ConfigError
 from mabeamd.control.commands import build_handlers
 from mabeamd.control.server import ControlServer
 from mabeamd.daemon.child import Reaper

@@ -27,9 +27,9 @@ from typing import Any
 
 import zmq
 
+from mabeamd.addresses import parse_endpoint
 from mabeamd.agents.admission import Authorize, WriteAdmission
 from mabeamd.agents.credentials import Verifier
-from mabeamd.config import parse_endpoint
 from mabeamd.net import wire
 from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.net.wire import ErrorCode, WireError, check_fields
