@@ -81,17 +81,30 @@ class Table:
                 return self.overflow
         return st
 
-    def wait(self, st: list[float] | None, nbytes: int, now: float) -> tuple[float, str]:
-        """(seconds until a request of nbytes fits, which limit); <= 0: it fits now."""
-        req = by = now
-        if st is not None:
-            req, by = max(st[0], now), max(st[1], now)
-        w = req + self._step - now - self._slack if self._step else -1.0
-        if self._byte_step:
-            wb = by + nbytes * self._byte_step - now - self._byte_slack
-            if wb > w:
-                return wb, "bytes"
-        return w, "requests"
+    # The hot path (every admitted request) is wait() and charge(): conditional
+    # expressions, not max() (a builtin call costs several times more), and a dimension
+    # that is off has step and slack 0, so it yields 0 (fits) without a branch.
+
+    def wait(self, st: list[float] | None, nbytes: int, now: float) -> float:
+        """Seconds until a request of nbytes fits in the bucket `st` (from slot()); at most
+        TOLERANCE: it fits now."""
+        if st is None:
+            req = by = now
+        else:
+            req = st[0] if st[0] > now else now
+            by = st[1] if st[1] > now else now
+        w = req + self._step - now - self._slack
+        wb = by + nbytes * self._byte_step - now - self._byte_slack
+        return wb if wb > w else w
+
+    def which(self, st: list[float] | None, nbytes: int, now: float) -> str:
+        """For a refusal: "bytes" when the byte bucket is what lacks the room (it makes
+        the wait), else "requests"."""
+        if not self._byte_step:
+            return "requests"
+        t = st[1] if st is not None and st[1] > now else now
+        wb = t + nbytes * self._byte_step - now - self._byte_slack
+        return "bytes" if wb >= self.wait(st, nbytes, now) else "requests"
 
     def charge(self, key: Hashable, st: list[float] | None, nbytes: int, now: float) -> None:
         """Take a request of nbytes from the key's bucket (`st` from slot())."""
@@ -101,8 +114,10 @@ class Table:
             st = self.buckets[key] = [now, now]
         elif st is not self.overflow:
             self.buckets.move_to_end(key)
-        st[0] = max(st[0], now) + self._step
-        st[1] = max(st[1], now) + nbytes * self._byte_step
+        t = st[0]
+        st[0] = (t if t > now else now) + self._step
+        t = st[1]
+        st[1] = (t if t > now else now) + nbytes * self._byte_step
 
     def sweep(self, now: float) -> int:
         """Drop every full bucket at the front (all of them, see the module docstring)."""
@@ -144,18 +159,27 @@ class Limits:
         caller must have proven it acts for that agent), to the agent's; or raise
         `rate_limited` with `retry_after` and charge neither."""
         ct, at = self.conn, self.agent
-        cs = ct.slot(conn, now) if ct is not None else None
-        ast = at.slot(agent, now) if at is not None and agent is not None else None
-        worst, table, which = TOLERANCE, None, ""
+        if at is None:
+            agent = None
+        cs = ast = None
+        worst, table = TOLERANCE, None
         if ct is not None:
-            w, kind = ct.wait(cs, nbytes, now)
+            cs = ct.buckets.get(conn)
+            if cs is None:
+                cs = ct.slot(conn, now)
+            w = ct.wait(cs, nbytes, now)
             if w > worst:
-                worst, table, which = w, ct, kind
-        if at is not None and agent is not None:
-            w, kind = at.wait(ast, nbytes, now)
+                worst, table, st = w, ct, cs
+        if agent is not None:
+            assert at is not None
+            ast = at.buckets.get(agent)
+            if ast is None:
+                ast = at.slot(agent, now)
+            w = at.wait(ast, nbytes, now)
             if w > worst:
-                worst, table, which = w, at, kind
+                worst, table, st = w, at, ast
         if table is not None:
+            which = table.which(st, nbytes, now)
             # Rounded up to the millisecond: a client that waits exactly this long fits
             # (unless others charged the same agent meanwhile).
             retry = math.ceil(worst * 1000.0) / 1000.0
@@ -164,7 +188,8 @@ class Limits:
                                 "retry_after": retry, "limit": f"{table.label}_{which}"})
         if ct is not None:
             ct.charge(conn, cs, nbytes, now)
-        if at is not None and agent is not None:
+        if agent is not None:
+            assert at is not None
             at.charge(agent, ast, nbytes, now)
 
     def tracked(self) -> dict[str, int]:

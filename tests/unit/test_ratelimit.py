@@ -133,7 +133,7 @@ def test_never_more_than_rate_times_t_plus_burst(rate: float, burst: int,
         for _ in range(tries):
             nbytes = 1 + (len(admitted) * 7) % 10
             st_ = t.slot("k", now)
-            wait, _ = t.wait(st_, nbytes, now)
+            wait = t.wait(st_, nbytes, now)
             if wait <= TOLERANCE:
                 t.charge("k", st_, nbytes, now)
                 admitted.append((now, nbytes))
