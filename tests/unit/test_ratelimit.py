@@ -157,3 +157,99 @@ def test_waiting_retry_after_is_enough(rate: float, burst: int, n: int) -> None:
             assert wait > 0
             now += wait
             assert refused(lim, "c", "a", 0, now) is None
+
+
+# --- the agent endpoint and the SDK around the buckets --------------------------------
+
+
+def endpoint_with(lim: LimitsSection) -> tuple[Any, list[list[bytes]]]:
+    """An AgentEndpoint without sockets (its replies are collected), `ping` as the op, agent
+    "alice" registered on connection (0, b"A")."""
+    import zmq.asyncio
+
+    from mabeamd.agents.endpoint import AgentEndpoint
+
+    sent: list[list[bytes]] = []
+    ep = AgentEndpoint(zmq.asyncio.Context.instance(), [], 1 << 20, 64, None)
+    ep._send = lambda index, envelope, frames: sent.append(frames) or True  # type: ignore[method-assign]
+    ep.handlers["ping"] = lambda req, body: {"pong": True}
+    ep.conn_of = lambda agent: (0, b"A") if agent == "alice" else None
+    ep.configure_limits(dataclasses.asdict(lim))
+    return ep, sent
+
+
+def codes(sent: list[list[bytes]]) -> list[str]:
+    from mabeamd.net import wire
+
+    return [wire.unpack(f[2]).get("code", "ok") if wire.unpack(f[1])["status"] == "error"
+            else "ok" for f in sent]
+
+
+def test_endpoint_charges_an_agent_only_from_its_own_connection() -> None:
+    from mabeamd.net import wire
+
+    ep, sent = endpoint_with(LimitsSection(agent_requests=1.0, agent_requests_burst=2))
+    ping = wire.encode({"id": 1, "op": "ping"}, {"agent": "alice"})
+    for _ in range(5):  # another connection naming alice spends nothing of hers
+        ep._handle(0, [b"B", *ping], None)
+    assert codes(sent) == ["ok"] * 5
+    sent.clear()
+    for _ in range(3):
+        ep._handle(0, [b"A", *ping], None)
+    assert codes(sent) == ["ok", "ok", "rate_limited"]
+    assert ep.stats["rate_limited"] == 1 and ep.stats["errors"] == 1
+    assert ep.limits is not None and ep.limits.tracked() == {"connections": 0, "agents": 1}
+    # The same settings again keep the buckets; other settings start them full.
+    ep.configure_limits(dataclasses.asdict(LimitsSection(agent_requests=1.0,
+                                                         agent_requests_burst=2)))
+    ep._handle(0, [b"A", *ping], None)
+    assert codes(sent)[-1] == "rate_limited"
+    ep.configure_limits(dataclasses.asdict(LimitsSection()))
+    assert ep.limits is None
+    ep._handle(0, [b"A", *ping], None)
+    assert codes(sent)[-1] == "ok"
+
+
+def test_sdk_error_for_rate_limited() -> None:
+    from mabeamd.client import Busy, RateLimited, error_for
+
+    exc = error_for("rate_limited", "slow down", {"code": "rate_limited", "message": "m",
+                                                  "retry_after": 0.25, "limit": "agent_bytes"})
+    assert isinstance(exc, RateLimited) and not isinstance(exc, Busy)  # no fallback
+    assert (exc.retry_after, exc.limit, exc.code) == (0.25, "agent_bytes", "rate_limited")
+    for bad in (None, "soon", True, -1, float("nan")):
+        odd = error_for("rate_limited", "m", {"retry_after": bad})
+        assert isinstance(odd, RateLimited) and odd.retry_after == 1.0 and odd.limit is None
+
+
+def test_sdk_heartbeat_refused_is_sent_again_after_retry_after() -> None:
+    import asyncio
+    import time
+
+    from mabeamd.client import AsyncClient, RateLimited
+
+    async def run() -> list[float]:
+        c = AsyncClient("ipc:///nonexistent", heartbeat=False)
+        c.registrations = {"a": None}  # type: ignore[dict-item]
+        c.heartbeat_interval = 0.01
+        beats: list[float] = []
+        done = asyncio.Event()
+
+        async def heartbeat() -> dict[str, Any]:
+            beats.append(time.monotonic())
+            if len(beats) == 1:
+                c.heartbeat_interval = 30.0  # the next regular beat would be far away
+                raise RateLimited("m", "rate_limited", retry_after=0.02)
+            done.set()
+            return {}
+
+        c.heartbeat = heartbeat  # type: ignore[method-assign]
+        task = asyncio.create_task(c._beat())
+        try:
+            await asyncio.wait_for(done.wait(), 10)
+        finally:
+            task.cancel()
+        return beats
+
+    beats = asyncio.run(run())
+    assert len(beats) == 2 and beats[1] - beats[0] < 5  # retry_after, not the interval
