@@ -50,7 +50,8 @@ class Table:
     dimension off. Costs are in requests (always 1) and bytes."""
 
     __slots__ = ("_byte_slack", "_byte_step", "_slack", "_step", "buckets", "burst",
-                 "byte_burst", "byte_rate", "label", "max_tracked", "overflow", "rate")
+                 "byte_burst", "byte_rate", "label", "max_tracked", "overflow", "rate",
+                 "refusals")
 
     def __init__(self, label: str, rate: float, burst: float, byte_rate: float,
                  byte_burst: float, *, max_tracked: int) -> None:
@@ -67,6 +68,12 @@ class Table:
         # key -> [request tat, byte tat], least recently charged first.
         self.buckets: OrderedDict[Hashable, list[float]] = OrderedDict()
         self.overflow = [0.0, 0.0]  # shared by new keys while the table is full
+        # (message, limit name) per dimension, made once: a flood is mostly refusals, so
+        # their cost is what a flood costs (retry_after, which varies, is in the body).
+        self.refusals = {
+            which: (f"rate limit: {label} {which} ({r:g}/s, burst {b:g}) spent; wait "
+                    "retry_after seconds", f"{label}_{which}")
+            for which, r, b in (("requests", rate, burst), ("bytes", byte_rate, byte_burst))}
 
     def __len__(self) -> int:
         return len(self.buckets)
@@ -134,11 +141,6 @@ class Table:
             dropped += 1
         return dropped
 
-    def describe(self, which: str) -> str:
-        if which == "bytes":
-            return f"{self.label} bytes ({self.byte_rate:g}/s, burst {self.byte_burst:g})"
-        return f"{self.label} requests ({self.rate:g}/s, burst {self.burst:g})"
-
 
 class Limits:
     """One endpoint's limits: a per-connection table and a per-agent table, either None
@@ -179,13 +181,12 @@ class Limits:
             if w > worst:
                 worst, table, st = w, at, ast
         if table is not None:
-            which = table.which(st, nbytes, now)
+            message, limit = table.refusals[table.which(st, nbytes, now)]
             # Rounded up to the millisecond: a client that waits exactly this long fits
             # (unless others charged the same agent meanwhile).
             retry = math.ceil(worst * 1000.0) / 1000.0
-            raise WireError(ErrorCode.RATE_LIMITED, f"rate limit: {table.describe(which)} "
-                            f"spent; retry after {retry:g} s", details={
-                                "retry_after": retry, "limit": f"{table.label}_{which}"})
+            raise WireError(ErrorCode.RATE_LIMITED, message,
+                            details={"retry_after": retry, "limit": limit})
         if ct is not None:
             ct.charge(conn, cs, nbytes, now)
         if agent is not None:

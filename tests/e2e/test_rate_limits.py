@@ -349,6 +349,7 @@ agent_requests_burst = {int(LIMIT)}
     quiet: list[float] = []
     flooded: list[float] = []
     rates: list[float] = []
+    shares: list[float] = []  # of the flood's requests, refused
     limited_before = d.call("status")["agent_traffic"]["rate_limited"]
     for r in range(ROUNDS):
         quiet.append(p95())
@@ -361,12 +362,15 @@ agent_requests_burst = {int(LIMIT)}
             mark = d.call("status")["agent_traffic"]["rate_limited"]
             d.wait_until(lambda m=mark: d.call("status")["agent_traffic"]["rate_limited"]
                          > m + 100, what="the flood being refused")
-            before, t0 = d.call("status")["agent_traffic"]["requests"], time.monotonic()
+            before, t0 = d.call("status")["agent_traffic"], time.monotonic()
             flooded.append(p95())
             # What the flooder got through to the daemon meanwhile (without the victim's
-            # requests and the status calls'): a niced flooder must still be a flood.
-            sent = d.call("status")["agent_traffic"]["requests"] - before - SAMPLES - 1
+            # requests): a niced flooder must still be a flood, and the limit must be
+            # what met it.
+            after = d.call("status")["agent_traffic"]
+            sent = after["requests"] - before["requests"] - SAMPLES
             rates.append(sent / (time.monotonic() - t0))
+            shares.append((after["rate_limited"] - before["rate_limited"]) / sent)
         finally:
             flooder.terminate()
             flooder.wait(10)
@@ -375,7 +379,8 @@ agent_requests_burst = {int(LIMIT)}
     report = (f"quiet p95s {[round(q * 1e6) for q in quiet]} us, flooded "
               f"{[round(f * 1e6) for f in flooded]} us, ratios "
               f"{[round(r, 2) for r in ratios]}, {refused} refused, flood rates "
-              f"{[round(r) for r in rates]}/s")
+              f"{[round(r) for r in rates]}/s, refused {[round(x, 2) for x in shares]}")
     print(report)
     assert statistics.median(rates) >= 5 * LIMIT, report
+    assert statistics.median(shares) >= 0.8, report
     assert statistics.median(ratios) <= 2, report
