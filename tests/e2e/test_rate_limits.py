@@ -318,8 +318,8 @@ def test_a_flood_from_one_agent_leaves_the_others_p95_within_2x(
     The flooder runs at nice 19. What is tested is the daemon's isolation -- what the flood
     costs others through the daemon -- not the kernel sharing two cores between the
     flooding process and the victim (a flooder on another host costs this one nothing but
-    the daemon's own work; run at normal priority here it adds ~2x to every process's
-    latency, with or without a daemon in the way)."""
+    the daemon's own work; at normal priority here, flooding another daemon on the same
+    machine slowed the victim as much as flooding the victim's own: docs/benchmarks.md)."""
     d = make_daemon(f"""
 [agents]
 endpoints = ["ipc://{{run}}/agents.sock"]
