@@ -10,15 +10,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import grp
-import ipaddress
 import math
 import os
-import re
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from mabeamd.addresses import parse_endpoint, parse_listen
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +35,7 @@ from mabeamd.schema import (
     ControlSection,
     DaemonSection,
     EventsSection,
+    LimitsSection,
     ManagedSection,
     MetricsSection,
     PluginsSection,
@@ -49,7 +49,7 @@ from mabeamd.schema import (
 # The schema's names are re-exported: the daemon's modules import them from here.
 __all__ = [
     "LOG_LEVELS", "MANAGED_NAME", "SECTIONS", "AgentsSection", "AnomalySection",
-    "AuditSection", "Config", "ControlSection", "DaemonSection", "EventsSection",
+    "AuditSection", "Config", "ControlSection", "DaemonSection", "EventsSection", "LimitsSection",
     "ManagedSection", "MetricsSection", "PluginsSection", "SecuritySection",
     "SessionsSection", "VariablesSection", "WorkersSection", "options",
 ]
@@ -125,59 +125,6 @@ def _check_value(meta: dict[str, Any], value: Any) -> Any:
     if not ok:
         raise ValueError(f"expected {_expected(meta)}, got {value!r}")
     return value
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A bind address: `[curve+]tcp://HOST:PORT` or `[curve+]ipc://PATH`."""
-
-    address: str  # without the curve+ prefix, as ZeroMQ takes it
-    curve: bool
-    transport: str  # tcp | ipc
-    host: str = ""
-
-    @property
-    def loopback(self) -> bool:
-        if self.transport == "ipc":
-            return True
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
-        except ValueError:
-            return False
-
-    def __str__(self) -> str:
-        return ("curve+" if self.curve else "") + self.address
-
-
-def parse_listen(text: str) -> tuple[str, int, bool] | None:
-    """`HOST:PORT` or `[V6]:PORT` -> (host, port, on loopback), or None if malformed."""
-    m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):(\d{1,5})", text)
-    if m is None or not 0 < int(m.group(2)) < 65536:
-        return None
-    host = m.group(1).strip("[]")
-    if host == "localhost":
-        return host, int(m.group(2)), True
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return host, int(m.group(2)), addr.is_loopback
-
-
-def parse_endpoint(text: str) -> Endpoint | None:
-    curve = text.startswith("curve+")
-    addr = text.removeprefix("curve+")
-    m = re.fullmatch(r"tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})", addr)
-    if m:
-        port = int(m.group(2))
-        if not 0 < port < 65536:
-            return None
-        return Endpoint(addr, curve, "tcp", m.group(1))
-    if addr.startswith("ipc://") and len(addr) > 6 and "\0" not in addr:
-        return Endpoint(addr, curve, "ipc")
-    return None
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -307,6 +254,13 @@ def _check_cross(cfg: Config, origin: str) -> None:
             f"{VALUE_ROOM} ({cfg.variables.max_value + VALUE_ROOM}), so that a value of "
             f"max_value bytes fits in a request with its name and fields; got "
             f"{cfg.agents.max_message}")
+    for kind in ("connection", "agent"):
+        burst = cfg.get("limits", f"{kind}_bytes_burst")
+        if cfg.get("limits", f"{kind}_bytes") and burst < cfg.agents.max_message:
+            raise ConfigError(
+                f"{origin}: [limits] {kind}_bytes_burst: expected at least [agents] "
+                f"max_message ({cfg.agents.max_message}), or a request of that size could "
+                f"never be admitted; got {burst}")
     endpoints = [("[agents] endpoints", e) for e in cfg.agents.endpoints]
     if cfg.events.endpoint:
         endpoints.append(("[events] endpoint", cfg.events.endpoint))

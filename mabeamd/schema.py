@@ -209,6 +209,36 @@ class SessionsSection:
 
 
 @dataclass(frozen=True)
+class LimitsSection:
+    """Token buckets (net/ratelimit.py) on the agent endpoint and on each shard endpoint,
+    counted by each endpoint on its own. Every rate is 0 (off) by default."""
+
+    connection_requests: float = _opt(0.0, "float", "requests per second one connection may "
+                                      "send; 0 = no limit", min=0, max=1e9, reload=True)
+    connection_requests_burst: int = _opt(1000, "int", "requests a connection may send at "
+                                          "once above its rate", min=1, max=1 << 40,
+                                          reload=True)
+    connection_bytes: float = _opt(0.0, "float", "request bytes per second one connection "
+                                   "may send; 0 = no limit", min=0, max=1e15, reload=True)
+    connection_bytes_burst: int = _opt(16 << 20, "int", "bytes a connection may send at once "
+                                       "above its rate; at least agents.max_message",
+                                       min=1, max=1 << 50, reload=True)
+    agent_requests: float = _opt(0.0, "float", "requests per second one agent id may send, "
+                                 "over all its connections; 0 = no limit", min=0, max=1e9,
+                                 reload=True)
+    agent_requests_burst: int = _opt(1000, "int", "requests an agent may send at once above "
+                                     "its rate", min=1, max=1 << 40, reload=True)
+    agent_bytes: float = _opt(0.0, "float", "request bytes per second one agent id may send; "
+                              "0 = no limit", min=0, max=1e15, reload=True)
+    agent_bytes_burst: int = _opt(16 << 20, "int", "bytes an agent may send at once above "
+                                  "its rate; at least agents.max_message", min=1,
+                                  max=1 << 50, reload=True)
+    max_tracked: int = _opt(100000, "int", "buckets kept per kind and endpoint; new "
+                            "connections or agents beyond share one bucket", min=1,
+                            max=10_000_000, reload=True)
+
+
+@dataclass(frozen=True)
 class MetricsSection:
     listen: str = _opt("127.0.0.1:9750", "listen", "HTTP listener for /metrics (Prometheus), "
                        "/healthz and /readyz: HOST:PORT; empty = off")
@@ -254,6 +284,7 @@ class Config:
     security: SecuritySection = field(default_factory=SecuritySection)
     variables: VariablesSection = field(default_factory=VariablesSection)
     sessions: SessionsSection = field(default_factory=SessionsSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     anomaly: AnomalySection = field(default_factory=AnomalySection)
     audit: AuditSection = field(default_factory=AuditSection)
@@ -280,6 +311,7 @@ SECTIONS: Final[dict[str, type]] = {
     "security": SecuritySection,
     "variables": VariablesSection,
     "sessions": SessionsSection,
+    "limits": LimitsSection,
     "metrics": MetricsSection,
     "anomaly": AnomalySection,
     "audit": AuditSection,

@@ -4,8 +4,9 @@ Transport only, like control/server.py, but built for volume: each socket is a p
 socket served in batches from its ZMQ_FD (net/drain.py, which says why); a send made outside
 a drain (a late reply, a push) wakes it. Requests whose handler answers at once are served
 inline; only handlers that must wait get a task. Every connection has an in-flight limit
-(answered `busy`). Anything malformed gets an error reply when it can be routed and is
-counted either way; nothing from outside can raise out of this loop.
+(answered `busy`); with `[limits]`, token buckets per connection and per agent
+(net/ratelimit.py, answered `rate_limited`). Anything malformed gets an error reply when it
+can be routed and is counted either way; nothing from outside can raise out of this loop.
 
 On CURVE endpoints each message carries the ZAP User-Id (the client's key name), handed to
 handlers as the request's principal.
@@ -17,18 +18,19 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
+from mabeamd.addresses import Endpoint
 from mabeamd.agents.registry import ConnKey
-from mabeamd.config import Endpoint
 from mabeamd.net import wire
 from mabeamd.net.drain import BATCH_BYTES, Drain, recv_ready_bounded
 from mabeamd.net.frames import NOBLOCK, send_frames
+from mabeamd.net.ratelimit import Limits, build
 from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import agent_router, bind_endpoint, curve_server, unlink_endpoint
 from mabeamd.observe.opstats import OK, OpStats
@@ -57,8 +59,14 @@ class AgentEndpoint:
         self.in_flight: dict[ConnKey, int] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self.stats = {"requests": 0, "errors": 0, "malformed": 0, "busy": 0,
-                      "undeliverable": 0, "pushed": 0, "push_failed": 0}
+                      "rate_limited": 0, "undeliverable": 0, "pushed": 0, "push_failed": 0}
         self.ops = OpStats(self.handlers)  # by op and code, with latency (metrics)
+        # None when [limits] is off: then one attribute test is all a request pays.
+        self.limits: Limits | None = None
+        # The connection an agent id is registered on (the registry's), or None: a request
+        # is charged to an agent's bucket only when it comes from that connection, so no
+        # one can spend another agent's bucket, nor grow the table with made-up ids.
+        self.conn_of: Callable[[str], ConnKey | None] = lambda agent: None
         # A shadow of the daemon's context: same libzmq context, so the ZAP handler (CURVE)
         # serves these sockets too, but with synchronous calls.
         self._ctx: zmq.Context[zmq.Socket[Any]] = zmq.Context.shadow(ctx.underlying)
@@ -104,6 +112,8 @@ class AgentEndpoint:
         op: str | None = None
         try:
             rid, op, body = wire.parse_request(payload, self.max_message)
+            if self.limits is not None:
+                self._limit(conn, body, payload)
             handler = wire.handler_for(self.handlers, op)
             if self.in_flight.get(conn, 0) >= self.max_in_flight:
                 self.stats["busy"] += 1
@@ -118,8 +128,8 @@ class AgentEndpoint:
             code = OK
         except WireError as exc:
             self._error_stats(exc)
-            self._send(index, envelope, wire.reply_error(
-                rid if rid is not None else exc.request_id, exc.code, exc.message, exc.details))
+            # The error itself, not a copy of it: refusals are what a flood costs.
+            self._send(index, envelope, wire.refusal(rid, exc))
             code = exc.code
         except Exception as exc:
             self.stats["errors"] += 1
@@ -128,11 +138,29 @@ class AgentEndpoint:
             code = ErrorCode.INTERNAL
         self.ops.observe(op, code, time.perf_counter() - t0)
 
+    def configure_limits(self, settings: Mapping[str, Any]) -> None:
+        """[limits] as a map; unchanged settings keep the buckets as they are."""
+        if self.limits is None or self.limits.settings != dict(settings):
+            self.limits = build(settings)
+
+    def _limit(self, conn: ConnKey, body: dict[str, Any], payload: list[bytes]) -> None:
+        """Charge a request to its connection and to the agent it acts for (agent.send
+        names it `from`), or raise rate_limited before anything is done."""
+        limits = self.limits
+        assert limits is not None
+        agent = body.get("agent", body.get("from"))
+        if limits.agent is None or not isinstance(agent, str) or self.conn_of(agent) != conn:
+            agent = None
+        nbytes = sum(map(len, payload)) if limits.counts_bytes else 0
+        limits.admit(conn, agent, nbytes, time.monotonic())
+
     def _error_stats(self, exc: WireError) -> None:
         self.stats["errors"] += 1
         if exc.code in (ErrorCode.BAD_REQUEST, ErrorCode.UNSUPPORTED_VERSION,
                         ErrorCode.TOO_LARGE):
             self.stats["malformed"] += 1
+        elif exc.code == ErrorCode.RATE_LIMITED:
+            self.stats["rate_limited"] += 1
 
     def _start(self, index: int, envelope: list[bytes], req: Request, t0: float,
                pending: Awaitable[Any]) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mabeamd.config import Endpoint
+from mabeamd.addresses import Endpoint
 from mabeamd.net import wire
 from mabeamd.net.zmqutil import bind_endpoint, curve_server, unlink_endpoint
 

@@ -185,6 +185,11 @@ class Registry:
             self.on_revoke(agent_id, rec.epoch)
         return rec
 
+    def conn_of(self, agent_id: str) -> ConnKey | None:
+        """The connection the agent is registered on, if it is."""
+        rec = self.agents.get(agent_id)
+        return rec.conn if rec is not None else None
+
     def owned(self, agent_id: str, conn: ConnKey) -> AgentRecord:
         """The record, if this connection may act for it (else not_registered)."""
         rec = self.agents.get(agent_id)

@@ -21,6 +21,7 @@ from mabeamd.client.errors import (
     NotFound,
     NotRegistered,
     QuotaExceeded,
+    RateLimited,
     ShuttingDown,
     Timeout,
     TooLarge,
@@ -35,7 +36,7 @@ from mabeamd.client.sync import Client
 __all__ = [
     "Agent", "AsyncClient", "BadRequest", "Busy", "Client", "Conflict", "ConnectionLost",
     "Exists", "Forbidden", "Internal", "Invitation", "MabeamError", "Message", "NotFound",
-    "NotRegistered", "Push", "QuotaExceeded", "Registration", "ShuttingDown", "Timeout",
-    "TooLarge", "UnknownOp", "UnsupportedVersion", "VersionMismatch", "WrongShard", "error_for",
-    "invitation", "topic",
+    "NotRegistered", "Push", "QuotaExceeded", "RateLimited", "Registration", "ShuttingDown",
+    "Timeout", "TooLarge", "UnknownOp", "UnsupportedVersion", "VersionMismatch", "WrongShard",
+    "error_for", "invitation", "topic",
 ]

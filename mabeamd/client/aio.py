@@ -30,6 +30,7 @@ from mabeamd.client.errors import (
     MabeamError,
     NotFound,
     NotRegistered,
+    RateLimited,
     Timeout,
     WrongShard,
     error_for,
@@ -574,13 +575,14 @@ class AsyncClient:
         return reply
 
     async def _beat(self) -> None:
+        pause = None
         while True:
             # asyncio.wait, not wait_for: cancelled, wait_for waits for its inner task's
             # cancellation, and on Python 3.11 an Event.wait() inner task could leave it
             # waiting for good (close() hung).
             waiter = asyncio.ensure_future(self._wake.wait())
             try:
-                await asyncio.wait({waiter}, timeout=self.heartbeat_interval)
+                await asyncio.wait({waiter}, timeout=pause or self.heartbeat_interval)
             finally:
                 waiter.cancel()
             if self._wake.is_set():  # a registration changed the interval: new period
@@ -588,7 +590,11 @@ class AsyncClient:
                 continue
             if not self.registrations:
                 continue
+            pause = None
             try:
                 await self.heartbeat()
+            except RateLimited as exc:  # the one retry the SDK makes itself: a beat put
+                # off by whole intervals could cost the agents their liveness ([limits])
+                pause = max(0.001, min(exc.retry_after, self.heartbeat_interval))
             except MabeamError as exc:
                 log.debug("heartbeat failed (%s); libzmq keeps reconnecting", exc)

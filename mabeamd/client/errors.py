@@ -96,6 +96,22 @@ class QuotaExceeded(MabeamError):
     code = ErrorCode.QUOTA_EXCEEDED
 
 
+class RateLimited(MabeamError):
+    """A rate limit ([limits]) is spent: nothing was done. `retry_after` is how many
+    seconds to wait before the request would be admitted (sooner only if the agent's other
+    connections stay quiet meanwhile); `limit` names which bucket, e.g. "agent_requests".
+    The SDK never retries these itself: whether to wait, drop or slow down is the caller's
+    call."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, code: str | None = None, retry_after: float = 0.0,
+                 limit: str | None = None) -> None:
+        super().__init__(message, code)
+        self.retry_after = retry_after
+        self.limit = limit
+
+
 class ConnectionLost(MabeamError):
     """The client is closed or gave up reconnecting."""
 
@@ -115,6 +131,13 @@ def error_for(code: str, message: str, body: dict[str, Any] | None = None) -> Ma
         shard, shards = body.get("shard"), body.get("shards")
         return WrongShard(message, code, shard if isinstance(shard, int) else None,
                           shards if isinstance(shards, int) else None)
+    if code == ErrorCode.RATE_LIMITED:
+        body = body or {}
+        after, limit = body.get("retry_after"), body.get("limit")
+        if isinstance(after, bool) or not isinstance(after, (int, float)) or not after >= 0:
+            after = 1.0  # a daemon that did not say: a second is a sane first pause
+        return RateLimited(message, code, float(after),
+                           limit if isinstance(limit, str) else None)
     return _BY_CODE.get(code, MabeamError)(message, code)
 
 

@@ -28,6 +28,11 @@ def show_status(s: dict[str, Any]) -> str:
                               ) + f" (of {w['total']})"),
         ("plugins", ", ".join(f"{v} {k}" for k, v in s["plugins"].items())),
     ]
+    t = s.get("agent_traffic")
+    if t:  # the agent endpoint's refusals, beside its volume
+        items.append(("agent endpoint", ", ".join(
+            f"{k} {t.get(k, 0)}" for k in ("requests", "errors", "busy", "rate_limited"))
+            + ("" if s.get("rate_limit_buckets") is None else " (limits on)")))
     items += [(f"plugin {k}", json.dumps(v, sort_keys=True)) for k, v in
               sorted(s.get("extensions", {}).items())]
     return head + "\n" + render.pairs(items)

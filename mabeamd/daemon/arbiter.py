@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -28,6 +30,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from mabeamd import __version__
 from mabeamd import config as configmod
 from mabeamd import paths as pathsmod
+from mabeamd.addresses import parse_endpoint
 from mabeamd.agents.agentops import AgentService
 from mabeamd.agents.auth import AuthError, KeyAuthenticator, load_server_keys
 from mabeamd.agents.credentials import WRITE_KEY_ENV
@@ -35,7 +38,7 @@ from mabeamd.agents.endpoint import AgentEndpoint
 from mabeamd.agents.events import EventPublisher
 from mabeamd.agents.registry import Registry
 from mabeamd.agents.varops import VariableService
-from mabeamd.config import EX_CONFIG, Config, ConfigError, parse_endpoint
+from mabeamd.config import EX_CONFIG, Config, ConfigError
 from mabeamd.control.commands import CHANGES, build_handlers
 from mabeamd.control.server import ControlServer
 from mabeamd.daemon.auditside import AuditReports
@@ -282,6 +285,8 @@ class Arbiter(ControlSide):
         self.endpoint = AgentEndpoint(self.ctx, [e for e in endpoints if e is not None],
                                       cfg.agents.max_message, cfg.agents.max_in_flight,
                                       curve_keys)
+        self.endpoint.configure_limits(dataclasses.asdict(cfg.limits))
+        self.endpoint.conn_of = self.registry.conn_of
         self.agents = AgentService(
             self.endpoint, self.registry, self.events, cfg.agents, shards=self.worker_count,
             write_key=self.write_key, on_down=self._agent_down,
@@ -439,6 +444,8 @@ class Arbiter(ControlSide):
         a = self.config.agents
         self.agents.reconfigure(a)
         self.endpoint.max_in_flight = a.max_in_flight
+        self.endpoint.configure_limits(limits := dataclasses.asdict(self.config.limits))
+        self._to_running_workers("limits", limits)
         self.registry.max_agents = a.max_agents
         if self.auth is not None:
             try:
@@ -458,7 +465,8 @@ class Arbiter(ControlSide):
                       "--max-variables", str(v.max_variables_per_shard),
                       "--max-bytes", str(v.max_bytes_per_shard),
                       "--disabled-plugins", ",".join(self.config.plugins.disabled),
-                      "--max-message", str(self.config.agents.max_message)]
+                      "--max-message", str(self.config.agents.max_message),
+                      "--limits", json.dumps(dataclasses.asdict(self.config.limits))]
         if self.config.agents.shard_endpoint:
             shard_args += ["--shard-endpoint",
                            shard_address(self.config.agents.shard_endpoint, index)]
@@ -511,6 +519,9 @@ class Arbiter(ControlSide):
                 self.link.send(index, generation, "revoke", {"agents": self.revoked,
                                                              "full": True})
                 self.link.send(index, generation, "var_events", {"wanted": self.var_events})
+                # Also in its argv; again here for a reload between its spawn and now.
+                self.link.send(index, generation, "limits",
+                               dataclasses.asdict(self.config.limits))
                 address = body.get("shard_endpoint")
                 self.agents.set_shard_endpoint(index, address if isinstance(address, str)
                                                else None)

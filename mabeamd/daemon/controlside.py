@@ -175,6 +175,8 @@ class ControlSide:
                         for p in self.managed.programs.values()},
             "agent_endpoints": [str(e) for e in self.endpoint.endpoints],
             "agent_traffic": dict(self.endpoint.stats),
+            # Buckets held by the agent endpoint ([limits]); None: limits are off.
+            "rate_limit_buckets": limits.tracked() if (limits := self.endpoint.limits) else None,
             "event_endpoint": str(self.events.endpoint) if self.events.endpoint else None,
             "events_published": self.events.published,
             "events_dropped": self.events.dropped,

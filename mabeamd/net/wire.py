@@ -50,6 +50,7 @@ class ErrorCode:
     WRONG_SHARD: Final = "wrong_shard"  # with "shard" (the owner) and "shards" (the count)
     QUOTA_EXCEEDED: Final = "quota_exceeded"  # a shard's variable count or bytes limit
     STORAGE_ERROR: Final = "storage_error"  # the shard's disk refused (full...): with "errno"
+    RATE_LIMITED: Final = "rate_limited"  # [limits]: with "retry_after" (seconds) and "limit"
 
 
 class WireError(Exception):

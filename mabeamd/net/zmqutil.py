@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import zmq
 
-from mabeamd.config import Endpoint, parse_endpoint
+from mabeamd.addresses import Endpoint, parse_endpoint
 
 S = TypeVar("S", bound="zmq.Socket[Any]")
 AGENT_RCVHWM = 256  # messages queued per agent connection (see agent_router)

@@ -85,6 +85,8 @@ PER_WORKER: list[tuple[str, str, str, str, Value]] = [
      "endpoint", "shard", _field("requests", "shard_traffic")),
     ("counter", "mabeamd_shard_endpoint_errors", "error replies on the shard's own endpoint",
      "shard", _field("errors", "shard_traffic")),
+    ("counter", "mabeamd_shard_endpoint_rate_limited", "requests refused rate_limited on "
+     "the shard's own endpoint ([limits])", "shard", _field("rate_limited", "shard_traffic")),
 ]
 
 

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import math
 import os
@@ -259,6 +260,10 @@ class Worker:
         if op == "var_events":
             self.var_events = bool(body.get("wanted"))
             return None
+        if op == "limits":  # [limits], at hello and on reload (the arbiter's, so trusted)
+            if self.direct is not None:
+                self.direct.configure_limits(body)
+            return None
         if op != "request":
             log.warning("unknown op from arbiter: %s", op)
             return None
@@ -314,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-endpoint", default="",
                         help="where to serve variable requests directly (empty: nowhere)")
     parser.add_argument("--max-message", type=int, default=wire.DEFAULT_MAX_MESSAGE)
+    parser.add_argument("--limits", type=json.loads, default={},
+                        help="[limits] as JSON, in force from the first request")
     args = parser.parse_args(argv)
     setup_child_logging(args.log_level, f"worker[{args.index}]")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -331,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.shard_endpoint and key:
         worker.direct = ShardEndpoint(worker._ctx, args.shard_endpoint, args.max_message,
                                       Verifier(bytes.fromhex(key)), plugins.authorize)
+        if args.limits:
+            worker.direct.configure_limits(args.limits)
     worker.progress()  # "loading": start_timeout now bounds silence, not start-up work
     plugins.load([n for n in args.disabled_plugins.split(",") if n])
     if args.state_dir is not None:

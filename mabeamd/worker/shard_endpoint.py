@@ -13,6 +13,11 @@ Who writes: a write names its agent and carries the credential the arbiter issue
 agent at hello (credentials.py); the worker checks it without asking the arbiter. Until the
 arbiter has sent a new worker the revocations so far, writes are answered `busy`.
 
+Rate limits ([limits], net/ratelimit.py) apply here as on the agent endpoint, counted by
+this worker alone: per connection for every well-formed request, and per agent for
+writes, once their credential is checked (reads name no agent; an unchecked name could
+spend another agent's bucket). The arbiter sends the settings at hello and on reload.
+
 This module is transport and admission only; the shard (shard.py) does the work, and the
 worker (worker/main.py) drains this socket like its link, committing the WAL once per batch
 before any reply leaves.
@@ -23,16 +28,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
 
+from mabeamd.addresses import parse_endpoint
 from mabeamd.agents.admission import Authorize, WriteAdmission
 from mabeamd.agents.credentials import Verifier
-from mabeamd.config import parse_endpoint
 from mabeamd.net import wire
 from mabeamd.net.frames import NOBLOCK, send_frames
+from mabeamd.net.ratelimit import Limits, build
 from mabeamd.net.wire import ErrorCode, WireError, check_fields
 from mabeamd.net.zmqutil import agent_router, bind_endpoint, unlink_endpoint
 from mabeamd.observe.opstats import OK, OpStats
@@ -52,7 +58,8 @@ class ShardEndpoint:
         self.verifier = verifier
         self.admission = WriteAdmission(self._credited, authorize, ("credential",))
         self.writes_open = False  # set once the arbiter's revocations have arrived
-        self.stats = {"requests": 0, "errors": 0, "undeliverable": 0}
+        self.stats = {"requests": 0, "errors": 0, "undeliverable": 0, "rate_limited": 0}
+        self.limits: Limits | None = None  # None: [limits] off, one test per request
         # By op and code, with latency up to the reply's send (after the batch's WAL
         # commit): observed by sent(); the heartbeat carries its snapshot (metrics).
         self.ops = OpStats(READ_OPS | WRITE_FIELDS.keys())
@@ -91,12 +98,23 @@ class ShardEndpoint:
             rid, op, body = wire.parse_request(frames[1:], self.max_message)
             agent = body.get("agent")
             if op in READ_OPS:
+                if self.limits is not None:
+                    self._limit(frames, None)
                 check_fields(body, op, {"name"}, {"name"})
                 result, event = handle(op, body, ADMIN)
             elif op in WRITE_FIELDS:
-                agent, args = self.admission.admit(op, body)
+                try:
+                    agent, args = self.admission.admit(op, body)
+                except WireError:
+                    if self.limits is not None:  # a refused write costs its connection too
+                        self._limit(frames, None)
+                    raise
+                if self.limits is not None:
+                    self._limit(frames, agent)
                 result, event = handle(op, args, agent)
             else:
+                if self.limits is not None:
+                    self._limit(frames, None)
                 raise WireError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not served on shard "
                                 "endpoints; send it to the agent endpoint")
             self._served.append((op, OK, t0))
@@ -107,6 +125,8 @@ class ShardEndpoint:
             if exc.code == ErrorCode.FORBIDDEN:
                 self.refused.append({"op": op, "agent": agent, "name": body.get("name"),
                                      "reason": exc.message, "via": "shard_endpoint"})
+            if exc.code == ErrorCode.RATE_LIMITED:
+                self.stats["rate_limited"] += 1
             return envelope + wire.refusal(rid, exc), None
         except Exception as exc:
             self.stats["errors"] += 1
@@ -121,6 +141,20 @@ class ShardEndpoint:
         for op, code, t0 in self._served:
             self.ops.observe(op, code, now - t0)
         self._served.clear()
+
+    def configure_limits(self, settings: Mapping[str, Any]) -> None:
+        """[limits] as a map; unchanged settings keep the buckets as they are."""
+        if self.limits is None or self.limits.settings != dict(settings):
+            self.limits = build(settings)
+
+    def _limit(self, frames: list[bytes], agent: str | None) -> None:
+        """Charge the request to its connection (the routing id) and its proven agent, or
+        raise rate_limited; called after the checks that need no state and before the
+        shard sees the request, so a refusal changes nothing."""
+        limits = self.limits
+        assert limits is not None
+        nbytes = sum(map(len, frames)) - len(frames[0]) if limits.counts_bytes else 0
+        limits.admit(frames[0], agent, nbytes, time.monotonic())
 
     def _credited(self, caller: None, agent: str, body: dict[str, Any]) -> None:
         """This path's proof (agents/admission.py): the credential issued at hello, which
