@@ -35,7 +35,7 @@ from mabeamd.agents.endpoint import AgentEndpoint
 from mabeamd.agents.events import EventPublisher
 from mabeamd.agents.registry import Registry
 from mabeamd.agents.varops import VariableService
-from mabeamd.config import EX_CONFIG, Config, ConfigError, parse_endpoint
+from mabeamd.config import EX_CONFIG, Config, ConfigError, parse_endpoint, worker_count
 from mabeamd.control.commands import CHANGES, build_handlers
 from mabeamd.control.server import ControlServer
 from mabeamd.daemon.auditside import AuditReports
@@ -88,13 +88,6 @@ class StartupError(Exception):
         self.code = code
 
 
-def default_worker_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 class Arbiter(ControlSide):
     def __init__(
         self,
@@ -112,7 +105,7 @@ class Arbiter(ControlSide):
         self.logs = logs
         self.notifier = Notifier()
         self.plugins = PluginHost()
-        self.worker_count = config.workers.count or default_worker_count()
+        self.worker_count = worker_count(config)
         self.watchers: list[WorkerWatcher] = []
         self.state = "starting"
         self.started_mono = time.monotonic()
