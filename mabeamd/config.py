@@ -345,13 +345,15 @@ def _check_cross(cfg: Config, origin: str) -> None:
             "metrics and health endpoints are plain HTTP without authentication: listen on "
             "loopback (and scrape through a proxy), or set [security] allow_insecure_remote "
             "= true")
-    if cfg.control.group:
-        try:
-            grp.getgrnam(cfg.control.group)
-        except KeyError:
-            raise ConfigError(
-                f"{origin}: [control] group: expected an existing group name, got "
-                f"{cfg.control.group!r}") from None
+    for label, group in (("[control] group", cfg.control.group),
+                         ("[variables] shm_group", cfg.variables.shm_group)):
+        if group:
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                raise ConfigError(
+                    f"{origin}: {label}: expected an existing group name, got "
+                    f"{group!r}") from None
 
 
 def worker_count(cfg: Config) -> int:

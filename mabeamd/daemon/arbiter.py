@@ -65,6 +65,7 @@ from mabeamd.storage.statedir import (
     lock_state_dir,
     open_state,
     remove_segments,
+    segment_group,
 )
 
 log = logging.getLogger("mabeamd.arbiter")
@@ -106,6 +107,7 @@ class Arbiter(ControlSide):
         self.notifier = Notifier()
         self.plugins = PluginHost()
         self.worker_count = worker_count(config)
+        self.shm_gid: int | None = None  # [variables] shm_group, resolved at start
         self.watchers: list[WorkerWatcher] = []
         self.state = "starting"
         self.started_mono = time.monotonic()
@@ -159,6 +161,7 @@ class Arbiter(ControlSide):
         try:
             self.meta = open_state(self.paths.state_dir, self.worker_count)
             check_shm(Path(self.config.variables.shm_dir), self.config.variables.min_free_shm)
+            self.shm_gid = segment_group(self.config.variables.shm_group)
         except StateDirError as exc:
             self._release_lock()
             raise StartupError(str(exc), EX_CONFIG) from exc
@@ -452,6 +455,8 @@ class Arbiter(ControlSide):
                       "--max-bytes", str(v.max_bytes_per_shard),
                       "--disabled-plugins", ",".join(self.config.plugins.disabled),
                       "--max-message", str(self.config.agents.max_message)]
+        if self.shm_gid is not None:
+            shard_args += ["--shm-group", str(self.shm_gid)]
         if self.config.agents.shard_endpoint:
             shard_args += ["--shard-endpoint",
                            shard_address(self.config.agents.shard_endpoint, index)]

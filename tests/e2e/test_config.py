@@ -69,6 +69,8 @@ BAD = [
      ["heartbeat_timeout", "more than heartbeat_interval"]),
     ("[workers]\nbackoff_initial = 5.0\nbackoff_max = 1.0\n", ["backoff_max", "at least"]),
     ('[control]\ngroup = "no-such-group-xyz"\n', ["[control] group", "existing group"]),
+    ('[variables]\nshm_group = "no-such-group-xyz"\n',
+     ["[variables] shm_group", "existing group", "'no-such-group-xyz'"]),
     ("workers = 3\n", ["[workers] must be a table"]),
     ("[workers\ncount = 2\n", ["invalid TOML"]),
     ("[daemon]\nshutdown_timeout = nan\n", ["shutdown_timeout", "a number"]),
