@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import grp
+import ipaddress
 import math
 import os
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -291,6 +293,7 @@ def _check_cross(cfg: Config, origin: str) -> None:
         if ep.curve and not cfg.security.authorized_keys:
             raise ConfigError(f"{origin}: [security] authorized_keys: expected a directory of "
                               f"client public keys for the CURVE endpoint {text}")
+    _check_listeners(cfg, origin)
     listen = parse_listen(cfg.metrics.listen) if cfg.metrics.listen else None
     if listen is not None and not listen[2] and not cfg.security.allow_insecure_remote:
         raise ConfigError(
@@ -298,13 +301,139 @@ def _check_cross(cfg: Config, origin: str) -> None:
             "metrics and health endpoints are plain HTTP without authentication: listen on "
             "loopback (and scrape through a proxy), or set [security] allow_insecure_remote "
             "= true")
-    if cfg.control.group:
-        try:
-            grp.getgrnam(cfg.control.group)
-        except KeyError:
+    for label, group in (("[control] group", cfg.control.group),
+                         ("[variables] shm_group", cfg.variables.shm_group)):
+        if group:
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                raise ConfigError(
+                    f"{origin}: {label}: expected an existing group name, got "
+                    f"{group!r}") from None
+
+
+def worker_count(cfg: Config) -> int:
+    """The workers (and shards) the daemon runs: `[workers] count`, or 0 = one per CPU it may
+    run on. Shard endpoints' port range depends on it, so the config check uses it too."""
+    if cfg.workers.count:
+        return cfg.workers.count
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One socket the daemon binds: a TCP (host, port) or an ipc path, and the option that
+    asks for it, as an error message names it."""
+
+    label: str
+    transport: str  # tcp | ipc
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+
+def _family(host: str) -> int:
+    """4 or 6 for an address (wildcards included), 0 for a host or interface name."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return 0
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Whether binding one port on hosts a and b conflicts. A wildcard takes the port on
+    every address of its family (`::` on IPv4 too: dual-stack), and a name, whose addresses
+    are not known here, is taken to conflict with a wildcard and with itself."""
+    a, b = ("127.0.0.1" if h == "localhost" else h for h in (a, b))
+    if a == b:
+        return True
+    for wild, other in ((a, b), (b, a)):
+        if wild == "::" or (wild == "0.0.0.0" and _family(other) in (4, 0)):
+            return True
+    if _family(a) and _family(b):
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)  # ::1 and 0::1
+    return False
+
+
+def _endpoint_listeners(label: str, text: str, count: int = 0) -> list[Listener]:
+    """The listeners of one endpoint option; `count` > 0 for the shard endpoint, which each
+    of `count` workers binds at PORT+i (or PATH-i)."""
+    ep = parse_endpoint(text)
+    assert ep is not None  # checked by _check_value
+    out = []
+    for i in range(max(count, 1)):
+        if ep.transport == "ipc":
+            path = ep.address[len("ipc://"):] + (f"-{i}" if count else "")
+            where = f" (worker {i} binds {path})" if count else ""
+            out.append(Listener(f"{label} {text}{where}", "ipc", path=path))
+        else:
+            host, _, port = ep.address[len("tcp://"):].rpartition(":")
+            where = f" (worker {i} binds port {int(port) + i})" if count else ""
+            out.append(Listener(f"{label} {text}{where}", "tcp", host.strip("[]"),
+                                int(port) + i))
+    return out
+
+
+def listeners(cfg: Config) -> list[Listener]:
+    """Every TCP port and ipc path the daemon's options make it bind (the control socket and
+    the worker link live in the runtime directory: paths.py checks those)."""
+    out: list[Listener] = []
+    for text in cfg.agents.endpoints:
+        out += _endpoint_listeners("[agents] endpoints", text)
+    if cfg.agents.shard_endpoint:
+        out += _endpoint_listeners("[agents] shard_endpoint", cfg.agents.shard_endpoint,
+                                   worker_count(cfg))
+    if cfg.events.endpoint:
+        out += _endpoint_listeners("[events] endpoint", cfg.events.endpoint)
+    listen = parse_listen(cfg.metrics.listen) if cfg.metrics.listen else None
+    if listen is not None:
+        out.append(Listener(f"[metrics] listen {cfg.metrics.listen}", "tcp", listen[0],
+                            listen[1]))
+    return out
+
+
+def clash(a: Listener, b: Listener) -> str | None:
+    """What two listeners would both bind, or None when they can live side by side."""
+    if a.transport != b.transport:
+        return None
+    if a.transport == "ipc":
+        same = os.path.normpath(a.path) == os.path.normpath(b.path)
+        return f"the ipc path {a.path}" if same else None
+    if a.port == b.port and _same_address(a.host, b.host):
+        return f"TCP port {a.port}"
+    return None
+
+
+def check_clashes(found: list[Listener], origin: str) -> None:
+    """Raise ConfigError naming the first two listeners that would bind the same thing: the
+    second bind would fail at run time (a worker then serves without its shard endpoint,
+    the metrics go off), which --check-config should say instead."""
+    for i, a in enumerate(found):
+        for b in found[i + 1:]:
+            what = clash(a, b)
+            if what is not None:
+                hint = ""
+                if "shard_endpoint" in a.label + b.label:
+                    hint = (" (the shard endpoint takes one port per worker, from its own "
+                            "upward; docs/operations.md, Ports)")
+                raise ConfigError(
+                    f"{origin}: {a.label} and {b.label} would both listen on {what}: give "
+                    f"one of them another {'path' if a.transport == 'ipc' else 'port'}{hint}")
+
+
+def _check_listeners(cfg: Config, origin: str) -> None:
+    shard = cfg.agents.shard_endpoint
+    ep = parse_endpoint(shard) if shard else None
+    if ep is not None and ep.transport == "tcp":
+        last = int(ep.address.rpartition(":")[2]) + worker_count(cfg) - 1
+        if last > 65535:
             raise ConfigError(
-                f"{origin}: [control] group: expected an existing group name, got "
-                f"{cfg.control.group!r}") from None
+                f"{origin}: [agents] shard_endpoint: {shard} with {worker_count(cfg)} workers "
+                f"needs ports up to {last}, past 65535: choose a lower port")
+    check_clashes(listeners(cfg), origin)
 
 
 def reload_diff(old: Config, new: Config) -> tuple[list[str], list[str]]:

@@ -11,7 +11,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mabeamd.config import MAX_IPC_PATH, Config, ConfigError
+from mabeamd.config import (
+    MAX_IPC_PATH,
+    Config,
+    ConfigError,
+    Listener,
+    check_clashes,
+    listeners,
+)
 
 DEFAULT_CONFIG = Path("/etc/mabeamd/mabeamd.toml")
 SYSTEM_RUNTIME_DIR = Path("/run/mabeamd")  # root's default; systemd's RuntimeDirectory=mabeamd
@@ -70,4 +77,8 @@ def resolve(cfg: Config) -> Paths:
                 f"{cfg.source}: {label}: socket path {p} is {len(os.fsencode(p))} bytes; "
                 f"expected at most {MAX_IPC_PATH} (the Unix socket limit): choose a shorter "
                 "directory")
+    # An endpoint on the control socket's or the worker link's path would unlink it at bind.
+    check_clashes([Listener("[control] socket", "ipc", path=str(paths.control_socket)),
+                   Listener("the worker link (RUNTIME_DIR/workers.sock)", "ipc",
+                            path=str(paths.worker_link)), *listeners(cfg)], cfg.source)
     return paths

@@ -172,6 +172,9 @@ class VariablesSection:
     shm_dir: str = _opt("/dev/shm", "path", "where shard segments live (tmpfs)")
     min_free_shm: int = _opt(64 << 20, "int", "refuse to start with less free space in "
                              "shm_dir, bytes", min=0, max=1 << 50)
+    shm_group: str = _opt("", "str", "group that may read the shard segments (mode 0640, "
+                          "owned by this group; the daemon's user must be a member); empty = "
+                          "the daemon's own group")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -35,16 +34,15 @@ from mabeamd.client.errors import (
     WrongShard,
     error_for,
 )
+from mabeamd.client.local import LocalReads
 from mabeamd.client.routes import Lost, NoRoute, Routes
 from mabeamd.net import wire
 from mabeamd.net.drain import UNBOUNDED, Drain, each, recv_ready_batch
 from mabeamd.net.frames import NOBLOCK, send_frames
-from mabeamd.storage import shm
 from mabeamd.storage.sharding import shard_of
 
 log = logging.getLogger("mabeamd.client")
 BYE_WAIT = 1.0  # seconds close() gives the byes of its agents
-_SHM_OK = shm.supported()  # same-host reads: x86-64 only (see shm.supported)
 
 
 @dataclass
@@ -109,7 +107,6 @@ class AsyncClient:
                  prefault: bool = False) -> None:
         self.endpoint = endpoint or os.environ.get("MABEAM_ENDPOINT", "tcp://127.0.0.1:7700")
         self.direct = direct  # variable requests to shard endpoints when offered
-        self.prefault = prefault  # map shard segments populated (shm.SegmentReader)
         self.timeout = timeout
         self.server_key = server_key
         self.client_keys = client_keys
@@ -128,8 +125,7 @@ class AsyncClient:
         self._wake = asyncio.Event()
         # Learned at hello: where the daemon's shards and events are.
         self.shards = 0
-        self._shm: dict[str, Any] | None = None
-        self._readers: dict[int, Any] = {}
+        self._local = LocalReads(prefault)  # same-host reads from the shard segments
         self.events_endpoint: str | None = None
         # Variable requests straight to their shard's endpoint (routes.py); not for CURVE
         # clients, whose traffic stays on the encrypted agent endpoint.
@@ -193,9 +189,7 @@ class AsyncClient:
             if not fut.done():
                 fut.set_exception(ConnectionLost("client closed"))
         self._pending.clear()
-        for reader in self._readers.values():
-            reader.close()
-        self._readers.clear()
+        self._local.close()
         if self._routes is not None:
             self._routes.close()
             self._routes = None
@@ -358,7 +352,7 @@ class AsyncClient:
         self._registered(reg, reply)
         self.heartbeat_interval = float(reply.get("heartbeat_interval", 5.0))
         self.shards = int(reply.get("shards") or 0)
-        self._shm = reply.get("shm")
+        self._local.hello(reply.get("shm"), self.shards)
         self.events_endpoint = reply.get("events")
         self._wake.set()
         return reply
@@ -453,20 +447,10 @@ class AsyncClient:
 
     def _local_get(self, name: str) -> dict[str, Any] | None:
         """None means "ask the daemon" (not mappable here, or the segment is busy)."""
-        if self._shm is None or not _SHM_OK:
-            return None
-        shard = shard_of(name, self.shards)
-        reader = self._readers.get(shard)
         try:
-            if reader is None:
-                reader = self._readers[shard] = shm.SegmentReader(
-                    Path(self._shm["dir"]), self._shm["prefix"], shard, prefault=self.prefault)
-            rec = reader.get(name)
-        except (OSError, shm.SegmentError):
-            return None
-        if rec is None:
-            raise NotFound(f"no variable {name!r}", "not_found")
-        return rec
+            return self._local.get(name)
+        except KeyError:
+            raise NotFound(f"no variable {name!r}", "not_found") from None
 
     async def set_var(self, agent: str, name: str, value: Any, *,
                       expect_version: int | None = None) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import secrets
@@ -33,25 +32,23 @@ from mabeamd import paths as pathsmod
 from mabeamd.addresses import parse_endpoint
 from mabeamd.agents.agentops import AgentService
 from mabeamd.agents.auth import AuthError, KeyAuthenticator, load_server_keys
-from mabeamd.agents.credentials import WRITE_KEY_ENV
 from mabeamd.agents.endpoint import AgentEndpoint
 from mabeamd.agents.events import EventPublisher
 from mabeamd.agents.registry import Registry
 from mabeamd.agents.varops import VariableService
-from mabeamd.config import EX_CONFIG, Config, ConfigError
+from mabeamd.config import EX_CONFIG, Config, ConfigError, worker_count
 from mabeamd.control.commands import CHANGES, build_handlers
 from mabeamd.control.server import ControlServer
 from mabeamd.daemon.auditside import AuditReports
 from mabeamd.daemon.child import Reaper
-from mabeamd.daemon.controlside import ControlSide
 from mabeamd.daemon.managed import ManagedSupervisor
 from mabeamd.daemon.sdnotify import Notifier, child_environment
-from mabeamd.daemon.watcher import State, WorkerWatcher, worker_argv
+from mabeamd.daemon.watcher import State, WorkerWatcher
+from mabeamd.daemon.workerside import WorkerSide
 from mabeamd.logsetup import LogSetup
 from mabeamd.net.link import WorkerLink
 from mabeamd.net.shardcall import ShardCalls
 from mabeamd.net.wire import ErrorCode, WireError
-from mabeamd.net.zmqutil import shard_address
 from mabeamd.observe import audit as auditlog
 from mabeamd.observe.anomaly import AnomalyWatch
 from mabeamd.observe.http import MonitorServer
@@ -68,6 +65,7 @@ from mabeamd.storage.statedir import (
     lock_state_dir,
     open_state,
     remove_segments,
+    segment_group,
 )
 
 log = logging.getLogger("mabeamd.arbiter")
@@ -91,14 +89,7 @@ class StartupError(Exception):
         self.code = code
 
 
-def default_worker_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-class Arbiter(ControlSide):
+class Arbiter(WorkerSide):
     def __init__(
         self,
         config: Config,
@@ -115,7 +106,8 @@ class Arbiter(ControlSide):
         self.logs = logs
         self.notifier = Notifier()
         self.plugins = PluginHost()
-        self.worker_count = config.workers.count or default_worker_count()
+        self.worker_count = worker_count(config)
+        self.shm_gid: int | None = None  # [variables] shm_group, resolved at start
         self.watchers: list[WorkerWatcher] = []
         self.state = "starting"
         self.started_mono = time.monotonic()
@@ -169,6 +161,7 @@ class Arbiter(ControlSide):
         try:
             self.meta = open_state(self.paths.state_dir, self.worker_count)
             check_shm(Path(self.config.variables.shm_dir), self.config.variables.min_free_shm)
+            self.shm_gid = segment_group(self.config.variables.shm_group)
         except StateDirError as exc:
             self._release_lock()
             raise StartupError(str(exc), EX_CONFIG) from exc
@@ -452,123 +445,6 @@ class Arbiter(ControlSide):
                 self.auth.reload(self.config.security.authorized_keys)
             except AuthError as exc:
                 log.error("reload: authorized keys not reloaded: %s", exc)
-
-    # --- the WatcherHost side --------------------------------------------------------------
-
-    def worker_argv(self, index: int, generation: int) -> list[str]:
-        w, v = self.config.workers, self.config.variables
-        shard_args = ["--state-dir", str(self.paths.state_dir),
-                      "--shards", str(self.meta.shards), "--shm-dir", v.shm_dir,
-                      "--shm-prefix", self.meta.shm_prefix, "--fsync", v.fsync,
-                      "--history", str(v.history), "--max-value", str(v.max_value),
-                      "--snapshot-every", str(v.snapshot_every),
-                      "--max-variables", str(v.max_variables_per_shard),
-                      "--max-bytes", str(v.max_bytes_per_shard),
-                      "--disabled-plugins", ",".join(self.config.plugins.disabled),
-                      "--max-message", str(self.config.agents.max_message),
-                      "--limits", json.dumps(dataclasses.asdict(self.config.limits))]
-        if self.config.agents.shard_endpoint:
-            shard_args += ["--shard-endpoint",
-                           shard_address(self.config.agents.shard_endpoint, index)]
-        return worker_argv(index, generation, link=self.paths.endpoint(self.paths.worker_link),
-                           heartbeat=w.heartbeat_interval, log_level=self.config.daemon.log_level,
-                           wrapper=w.wrapper, shard_args=shard_args)
-
-    def worker_env(self) -> dict[str, str]:
-        return {**child_environment(dict(os.environ)), WRITE_KEY_ENV: self.write_key.hex()}
-
-    async def send_to_worker(self, index: int, generation: int, op: str) -> bool:
-        return self.link.send(index, generation, op, {})
-
-    def worker_event(self, index: int, event: str, details: dict[str, Any]) -> None:
-        self.plugins.call("mabeamd_worker_event", index=index, event=event, details=details)
-        self.events.publish(f"worker.{event}", {"index": index, **details})
-        if event == "exited":
-            self.shard_calls.worker_down(index)
-            self.sessions.worker_down(index)
-            self.agents.set_shard_endpoint(index, None)
-            self.beats.pop(index, None)
-        if self.state == "running" and event in ("running", "exited", "failed"):
-            self.notifier.status(self.status_line())
-
-    def _on_link_message(self, index: int, generation: int, op: str, body: dict[str, Any]) -> None:
-        if not 0 <= index < len(self.watchers):
-            return
-        w = self.watchers[index]
-        if op == "heartbeat":
-            w.on_heartbeat(generation)
-            if generation == w.generation:
-                beat = self.beats.setdefault(index, {})
-                for key in ("shard_traffic", "shard_ops", "shard"):  # kept until a newer one
-                    if isinstance(body.get(key), dict):
-                        beat[key] = body[key]
-                storage = body.get("storage")
-                beat["storage"] = storage if isinstance(storage, dict) else None
-        elif op == "loading":
-            w.on_loading(generation)
-        elif op == "results":  # a worker's answers to one batch of requests
-            w.on_heartbeat(generation)  # any message is a sign of life
-            for result in body.get("results") or ():
-                if isinstance(result, dict):
-                    self.shard_calls.on_result(result)
-        elif op == "hello":
-            pid = body.get("pid")
-            w.on_hello(generation, pid if isinstance(pid, int) else -1)
-            if generation == w.generation:
-                # Revocations so far first: its shard endpoint takes writes only after them.
-                self.link.send(index, generation, "revoke", {"agents": self.revoked,
-                                                             "full": True})
-                self.link.send(index, generation, "var_events", {"wanted": self.var_events})
-                # Also in its argv; again here for a reload between its spawn and now.
-                self.link.send(index, generation, "limits",
-                               dataclasses.asdict(self.config.limits))
-                address = body.get("shard_endpoint")
-                self.agents.set_shard_endpoint(index, address if isinstance(address, str)
-                                               else None)
-        elif op == "audit":  # forbidden writes a worker refused
-            self.reports.worker_refusals(index, body)
-        elif op == "events":  # writes served on a worker's shard endpoint
-            w.on_heartbeat(generation)
-            for event in body.get("events") or ():
-                self.events.publish_write(event)
-        elif op in ("push", "event", "ended"):
-            w.on_heartbeat(generation)
-            if generation != w.generation:
-                return  # from a worker already replaced: its sessions were ended
-            if op == "push":
-                gone = self.sessions.on_push(index, body)
-                if gone:
-                    self.link.send(index, generation, "agents_down", {"agents": gone})
-            elif op == "event":
-                self.sessions.on_event(body)
-            else:
-                self.sessions.on_ended(body)
-
-    def _revoke(self, agent: str, epoch: int) -> None:
-        """An agent's binding to a connection ended: its write credential stops working on
-        every shard endpoint (workers started later get the whole map at hello)."""
-        self.revoked[agent] = epoch
-        self._to_running_workers("revoke", {"agents": {agent: epoch}})
-
-    def _var_interest(self) -> None:
-        """Tell workers whether to send var.* events of direct writes (building and relaying
-        events nobody receives costs an arbiter wake-up per batch of writes)."""
-        wanted = self.events.watched("var.")
-        if wanted != self.var_events:
-            self.var_events = wanted
-            self._to_running_workers("var_events", {"wanted": wanted})
-
-    def _to_running_workers(self, op: str, body: dict[str, Any]) -> None:
-        """A link message to every running worker (one starting gets the state at hello)."""
-        for w in self.watchers:
-            if w.state is State.RUNNING:
-                self.link.send(w.index, w.generation, op, body)
-
-    def _agent_down(self, agent: str) -> None:
-        """Sessions count an agent that left or went silent as absent."""
-        for index in self.sessions.live_shards():
-            w = self.watchers[index]
-            self.link.send(index, w.generation, "agents_down", {"agents": [agent]})
 
     # --- periodic deadlines ----------------------------------------------------------------
 

@@ -73,6 +73,9 @@ MAX_LOAD = 0.7
 # the slot stuck (the writer died mid-write).
 SPIN = 200
 LOCKED_TIMEOUT = 1.0
+# Segments and control files: the owner writes, its group reads. Set with fchmod after the
+# open, so the process's umask (0077 under the systemd unit) does not decide who can read.
+SEGMENT_MODE = 0o640
 
 
 class SegmentError(Exception):
@@ -124,13 +127,18 @@ class SegmentWriter:
 
     def __init__(self, directory: Path, prefix: str, shard: int, *, slots: int = 1024,
                  data_size: int = 1 << 20, records: Iterable[dict[str, Any]] = (),
-                 progress: Callable[[], None] = lambda: None) -> None:
+                 progress: Callable[[], None] = lambda: None, group: int | None = None,
+                 ) -> None:
         """Create a new generation (retiring any current one) holding `records` (public
-        maps of variables, each with its "name")."""
+        maps of variables, each with its "name"). `group`: the gid whose members may read
+        the segments (None: the writer's own group)."""
         self.directory, self.prefix, self.shard = Path(directory), prefix, shard
+        self.group = group
         self._key = secrets.token_bytes(16)
         self._ctl_fd = os.open(control_path(self.directory, prefix, shard),
-                               os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+                               os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, SEGMENT_MODE)
+        # Also when the file is already there: the group may differ from the last run's.
+        self._own(self._ctl_fd)
         if os.fstat(self._ctl_fd).st_size < 8:
             os.posix_fallocate(self._ctl_fd, 0, 8)
         self._ctl = mmap.mmap(self._ctl_fd, 8)
@@ -170,8 +178,9 @@ class SegmentWriter:
         # published (the control word still names an older generation), so no reader has it.
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, SEGMENT_MODE)
         try:
+            self._own(fd)
             # Reserve the pages now: on a full tmpfs this fails cleanly (ENOSPC) instead of
             # a later write into the mapping killing us with SIGBUS.
             os.posix_fallocate(fd, 0, size)
@@ -198,6 +207,12 @@ class SegmentWriter:
                 old_path.unlink()
         else:  # a predecessor (e.g. a crashed worker's generation) is retired too
             self._retire_older(gen)
+
+    def _own(self, fd: int) -> None:
+        """The group first, then the mode: fchown by a non-root owner may clear mode bits."""
+        if self.group is not None:
+            os.fchown(fd, -1, self.group)
+        os.fchmod(fd, SEGMENT_MODE)
 
     def _fill(self, live: list[tuple[bytes, str, int]]) -> None:
         """Write a fresh generation's records in bulk. Nobody maps the file before _build
@@ -417,6 +432,15 @@ class SegmentReader:
             try:
                 with open(control_path(self.directory, self.prefix, self.shard), "rb") as f:
                     gen = U64.unpack(f.read(8))[0]
+            except FileNotFoundError:
+                # The control file lives as long as the daemon: none means no segments on
+                # this host (a remote client, a stopped daemon), and no point in retrying.
+                raise Unavailable(f"shard {self.shard}: no control file "
+                                  f"{control_path(self.directory, self.prefix, self.shard)}"
+                                  ) from None
+            except struct.error:
+                continue  # created a moment ago, not yet sized: again
+            try:
                 fd = os.open(segment_path(self.directory, self.prefix, self.shard, gen),
                              os.O_RDONLY | os.O_CLOEXEC)
             except (FileNotFoundError, struct.error):

@@ -16,6 +16,7 @@ write beside its replacement.
 from __future__ import annotations
 
 import fcntl
+import grp
 import json
 import os
 import secrets
@@ -121,6 +122,25 @@ def check_shm(shm_dir: Path, min_free: int) -> None:
         raise StateDirError(f"only {free >> 20} MiB free in {shm_dir}; [variables] "
                             f"min_free_shm asks for {min_free >> 20} MiB (enlarge the tmpfs, "
                             "e.g. mount -o remount,size=1G /dev/shm)")
+
+
+def segment_group(name: str) -> int | None:
+    """The gid `[variables] shm_group` names (None when empty: the daemon's own group).
+    Checked here, in the daemon's own process, not at config check: whether the daemon's
+    user may give its files to that group depends on who runs it, and a worker that could
+    not would fail on every restart."""
+    if not name:
+        return None
+    try:
+        gid = grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise StateDirError(f"[variables] shm_group: no group {name!r}") from None
+    if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+        raise StateDirError(
+            f"[variables] shm_group: the daemon's user is not a member of {name!r}, so it "
+            f"cannot give the segments to that group: add it (under systemd: "
+            f"SupplementaryGroups={name}), or leave shm_group empty")
+    return gid
 
 
 def remove_segments(shm_dir: Path, prefix: str) -> int:

@@ -308,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                              "that hash to --index)")
     parser.add_argument("--shm-dir", type=Path)
     parser.add_argument("--shm-prefix")
+    parser.add_argument("--shm-group", type=int, default=None,
+                        help="gid that may read the segments (default: the worker's group)")
     parser.add_argument("--fsync", default="everysec")
     parser.add_argument("--history", type=int, default=16)
     parser.add_argument("--max-value", type=int, default=1 << 20)
@@ -350,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                                  shards=args.shards, fsync=args.fsync, history=args.history,
                                  max_value=args.max_value, snapshot_every=args.snapshot_every,
                                  max_variables=args.max_variables, max_bytes=args.max_bytes,
-                                 progress=worker.progress)
+                                 progress=worker.progress, shm_group=args.shm_group)
         except (ShardInUse, WalCorrupt, SnapshotCorrupt) as exc:
             # Nothing is changed on disk; retrying is the watcher's call (and FAILED after
             # its budget). docs/operations.md: "A shard whose WAL is refused".

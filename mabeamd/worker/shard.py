@@ -59,7 +59,8 @@ class Shard:
     def __init__(self, index: int, state_dir: Path, shm_dir: Path, shm_prefix: str, *,
                  fsync: str, history: int, max_value: int, snapshot_every: int,
                  shards: int = 1, max_variables: int = 1 << 62, max_bytes: int = 1 << 62,
-                 progress: Callable[[], None] = lambda: None) -> None:
+                 progress: Callable[[], None] = lambda: None,
+                 shm_group: int | None = None) -> None:
         """Load shard `index` of `shards`. `progress` is called every few thousand records
         while loading and whenever the segment is rebuilt: the worker's sign of life during
         long work."""
@@ -106,7 +107,8 @@ class Shard:
         self.snapshot_seconds: float | None = None  # how long the last one took
         self.segment = SegmentWriter(
             shm_dir, shm_prefix, index, slots=max(1024, 2 * len(self.store.vars)),
-            records=(v.public() for v in self.store.vars.values()), progress=progress)
+            records=(v.public() for v in self.store.vars.values()), progress=progress,
+            group=shm_group)
         log.info("shard %d: %d variables (snapshot at %d, %d WAL records replayed) in %.0f ms",
                  index, len(self.store.vars), seq, replayed, (time.monotonic() - t0) * 1000)
 

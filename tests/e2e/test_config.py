@@ -69,6 +69,8 @@ BAD = [
      ["heartbeat_timeout", "more than heartbeat_interval"]),
     ("[workers]\nbackoff_initial = 5.0\nbackoff_max = 1.0\n", ["backoff_max", "at least"]),
     ('[control]\ngroup = "no-such-group-xyz"\n', ["[control] group", "existing group"]),
+    ('[variables]\nshm_group = "no-such-group-xyz"\n',
+     ["[variables] shm_group", "existing group", "'no-such-group-xyz'"]),
     ("workers = 3\n", ["[workers] must be a table"]),
     ("[workers\ncount = 2\n", ["invalid TOML"]),
     ("[daemon]\nshutdown_timeout = nan\n", ["shutdown_timeout", "a number"]),
@@ -199,3 +201,92 @@ def test_check_config_prints_resolved_paths() -> None:
     assert r.returncode == 0, r.stderr
     assert "configuration OK" in r.stdout
     assert "control_socket" in r.stdout
+
+
+# --- listeners that would bind the same port or path -----------------------------------------
+
+CURVE_KEYS = '[security]\nserver_key = "/k/server.key_secret"\nauthorized_keys = "/k/auth"\n'
+CLASHES = [
+    # The CURVE example operations.md once gave: 0.0.0.0:7710 is worker 0's shard port.
+    ('[agents]\nendpoints = ["tcp://127.0.0.1:7700", "curve+tcp://0.0.0.0:7710"]\n'
+     + CURVE_KEYS,
+     ["[agents] endpoints curve+tcp://0.0.0.0:7710", "[agents] shard_endpoint",
+      "worker 0 binds port 7710", "TCP port 7710", "one port per worker"]),
+    ('[workers]\ncount = 4\n[metrics]\nlisten = "127.0.0.1:7713"\n',
+     ["worker 3 binds port 7713", "[metrics] listen 127.0.0.1:7713", "TCP port 7713"]),
+    ('[events]\nendpoint = "tcp://localhost:7700"\n',
+     ["[agents] endpoints tcp://127.0.0.1:7700", "[events] endpoint tcp://localhost:7700"]),
+    ('[metrics]\nlisten = "0.0.0.0:7701"\n[security]\nallow_insecure_remote = true\n',
+     ["[events] endpoint tcp://127.0.0.1:7701", "[metrics] listen 0.0.0.0:7701"]),
+    ('[agents]\nendpoints = ["tcp://[::]:7700"]\nshard_endpoint = ""\n'
+     '[events]\nendpoint = "tcp://127.0.0.1:7700"\n[security]\nallow_insecure_remote = true\n',
+     ["tcp://[::]:7700", "[events] endpoint", "TCP port 7700"]),
+    ('[agents]\nendpoints = ["tcp://127.0.0.1:7700", "curve+tcp://127.0.0.1:7700"]\n'
+     + CURVE_KEYS, ["[agents] endpoints tcp://127.0.0.1:7700", "curve+tcp://127.0.0.1:7700"]),
+    ('[workers]\ncount = 2\n[agents]\nendpoints = ["ipc:///tmp/mb/a-1"]\n'
+     'shard_endpoint = "ipc:///tmp/mb/a"\n',
+     ["worker 1 binds /tmp/mb/a-1", "the ipc path /tmp/mb/a-1", "another path"]),
+    ('[workers]\ncount = 3\n[agents]\nshard_endpoint = "tcp://127.0.0.1:65534"\n',
+     ["[agents] shard_endpoint", "3 workers needs ports up to 65536"]),
+]
+
+
+@pytest.mark.parametrize("text, expected", CLASHES)
+def test_listeners_on_one_port_or_path_are_refused(tmp_path: Path, text: str,
+                                                   expected: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        configmod.load(path)
+    for part in expected:
+        assert part in str(exc.value), str(exc.value)
+
+
+SIDE_BY_SIDE = [
+    '[workers]\ncount = 4\n[metrics]\nlisten = "127.0.0.1:7714"\n',  # just past the range
+    '[events]\nendpoint = "tcp://[::1]:7700"\n',  # another address family
+    '[events]\nendpoint = "tcp://127.0.0.2:7700"\n',  # another loopback address
+    '[agents]\nshard_endpoint = ""\n[metrics]\nlisten = "127.0.0.1:7710"\n',  # no shard ports
+]
+
+
+@pytest.mark.parametrize("text", SIDE_BY_SIDE)
+def test_listeners_that_can_live_side_by_side_pass(tmp_path: Path, text: str) -> None:
+    configmod.load(write(tmp_path, text))
+
+
+def test_default_worker_count_sets_the_shard_range(tmp_path: Path) -> None:
+    """workers.count = 0 is one worker per CPU: the range is checked with that count."""
+    n = configmod.worker_count(Config())
+    assert n >= 1
+    clash = write(tmp_path, f'[metrics]\nlisten = "127.0.0.1:{7710 + n - 1}"\n')
+    with pytest.raises(ConfigError, match=f"worker {n - 1} binds port {7710 + n - 1}"):
+        configmod.load(clash)
+    configmod.load(write(tmp_path, f'[metrics]\nlisten = "127.0.0.1:{7710 + n}"\n'))
+
+
+def test_an_endpoint_on_the_control_socket_is_refused(tmp_path: Path) -> None:
+    from mabeamd import paths
+
+    run = short_tmpdir()
+    path = write(tmp_path, f'[daemon]\nruntime_dir = "{run}"\n'
+                           f'[events]\nendpoint = "ipc://{run}/control.sock"\n')
+    with pytest.raises(ConfigError, match=r"\[control\] socket and \[events\] endpoint"):
+        paths.resolve(configmod.load(path))
+
+
+def docs_curve_example() -> str:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("### Securing remote agents with CURVE", 1)[1]
+    return section.split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+def test_check_config_refuses_a_clash_and_passes_the_docs_curve_example(tmp_path: Path) -> None:
+    bad = write(tmp_path, CLASHES[0][0])
+    r = run_daemon("--config", str(bad), "--check-config")
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert "TCP port 7710" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    example = tmp_path / "curve.toml"
+    example.write_text(docs_curve_example())
+    r = run_daemon("--config", str(example), "--check-config")
+    assert r.returncode == 0, r.stderr
+    assert "configuration OK" in r.stdout
