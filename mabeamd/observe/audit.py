@@ -70,6 +70,11 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _flat(queued: dict[str, Any]) -> dict[str, Any]:
+    """A queued record (time, kind, the submitter's fields) as the line's fields."""
+    return {"time": queued["time"], "kind": queued["kind"], **plain(queued["fields"])}
+
+
 def canonical(record: dict[str, Any]) -> str:
     """The one text a record hashes as: sorted keys, no whitespace, non-ASCII as is.
     Python's float repr round-trips, so parse + dump of a line gives the same text back."""
@@ -237,10 +242,12 @@ class AuditLog:
     def submit(self, kind: str, fields: dict[str, Any], *, wait: bool = False,
                ) -> asyncio.Future[None] | None:
         """Queue a record; with `wait`, a future done once it is on disk (or failed with
-        AuditUnavailable). Never blocks."""
+        AuditUnavailable). Never blocks. `fields` must not change after this: the thread
+        turns them into JSON (a session's record may be thousands of answers: converting
+        it here would hold up the loop)."""
         if not self.enabled:
             return None
-        record = {"time": now_iso(), "kind": kind, **plain(fields)}
+        record = {"time": now_iso(), "kind": kind, "fields": fields}
         return self._put(_Pending(record, *self._future(wait)))
 
     def probe(self) -> asyncio.Future[None]:
@@ -320,9 +327,12 @@ class AuditLog:
                     if item.record is None:
                         continue
                     seq += 1
-                    rec = {"seq": seq, **item.record, "prev": prev}
-                    rec["hash"] = prev = record_hash(rec)
-                    line = canonical(rec) + "\n"
+                    rec = {"seq": seq, **_flat(item.record), "prev": prev}
+                    # One canonical dump: the hash is over it, and the line is it with the
+                    # hash added last (verify parses, drops "hash" and dumps again).
+                    body = canonical(rec)
+                    prev = hashlib.sha256(body.encode()).hexdigest()
+                    line = body[:-1] + f',"hash":"{prev}"}}\n'
                     data = line.encode()
                     if size and size + len(data) > self.max_bytes:
                         os.fsync(fd)
@@ -342,7 +352,7 @@ class AuditLog:
         except OSError as exc:
             self._reload_tail = True  # some lines may be in the file: read it back next time
             self._failed(f"{self.directory / FILE}: {exc.strerror or exc}", batch)
-            self._journal([json.dumps({**(i.record or {}), "unwritten": True})
+            self._journal([json.dumps({**_flat(i.record), "unwritten": True})
                            for i in batch if i.record is not None])
             return
         self._seq, self._prev = seq, prev

@@ -347,8 +347,6 @@ class SessionService:
         if e is None:
             return
         e.record = {**record, "shard": e.shard}
-        if self.on_outcome is not None:
-            self.on_outcome({**e.record, **(extra if isinstance(extra, dict) else {})})
         e.state = str(record.get("state"))
         self.stats[e.state] = self.stats.get(e.state, 0) + 1
         key = (e.protocol, e.state)
@@ -367,6 +365,9 @@ class SessionService:
             if rec is not None:
                 self.endpoint.push(rec.conn, next(self._push_ids), "session.result",
                                    {**e.record, "to": e.initiator})
+        # Last: the initiator's answer is on its way before the audit record is made.
+        if self.on_outcome is not None:
+            self.on_outcome({**e.record, **(extra if isinstance(extra, dict) else {})})
 
     def _count_trade(self, name: str, result: dict[str, Any]) -> None:
         proto = self.protocols.get(name)
