@@ -321,6 +321,7 @@ class Scraper:
         import threading
         self.port, self.interval = port, interval
         self.scrapes = 0
+        self.seconds: list[float] = []  # each scrape's duration
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -328,8 +329,10 @@ class Scraper:
         import urllib.request
         url = f"http://127.0.0.1:{self.port}/metrics"
         while not self._stop.wait(self.interval):
+            t0 = time.perf_counter()
             with urllib.request.urlopen(url, timeout=10) as r:
                 r.read()
+            self.seconds.append(time.perf_counter() - t0)
             self.scrapes += 1
 
     def __enter__(self) -> Scraper:
@@ -354,7 +357,7 @@ def metrics_overhead(n: int, reps: int, seconds: float) -> list[Row]:
     rates: dict[str, list[float]] = {"off": [], "on": []}
     lat: dict[str, dict[str, list[list[float]]]] = {"off": {"get": [], "set": []},
                                                      "on": {"get": [], "set": []}}
-    scrapes = 0
+    scrapes: list[float] = []
     try:
         off.start()
         on.start()
@@ -365,7 +368,7 @@ def metrics_overhead(n: int, reps: int, seconds: float) -> list[Row]:
                         mabeam_rate, [(ep, seconds, 64)] * 2)) / seconds)
                     for m in ("get", "set"):
                         lat[which][m].append(run_clients(mabeam_client, [(ep, m, n, 200)])[0])
-            scrapes = scraper.scrapes
+            scrapes = scraper.seconds
         off.stop()
         on.stop()
     finally:
@@ -376,7 +379,7 @@ def metrics_overhead(n: int, reps: int, seconds: float) -> list[Row]:
                 goal="on >= 0.97x off", rate=mid["on"], spread=spread(rates["on"]), reps=reps,
                 peer="the same, metrics off", peer_value=mid["off"],
                 ratio=mid["on"] / mid["off"],
-                note=f"off spread {spread(rates['off'])}; {scrapes} scrapes; interleaved",
+                note=f"off spread {spread(rates['off'])}; {len(scrapes)} scrapes; interleaved",
                 extra={"off": rates["off"], "on": rates["on"]})]
     for m, what in (("get", "variable get p95 (wire)"), ("set", "variable set p95 (everysec)")):
         i, spr = pick_median_rep(lat["on"][m])
@@ -387,4 +390,9 @@ def metrics_overhead(n: int, reps: int, seconds: float) -> list[Row]:
                         p50=p50, p95=p95, p99=p99, spread=spr, samples=len(lat["on"][m][i]),
                         reps=reps, peer="the same, metrics off", peer_value=off95,
                         ratio=p95 / off95, note=f"off spread {spr_off}"))
+    if scrapes:
+        p50, p95, p99 = summary([s * 1e3 for s in scrapes])
+        rows.append(Row("metrics scrape (GET /metrics, 2 workers, under load)", "ms", p50=p50,
+                        p95=p95, p99=p99, samples=len(scrapes), reps=1,
+                        note="the arbiter's loop time per scrape, during the rows above"))
     return rows
