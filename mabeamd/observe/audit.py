@@ -314,7 +314,15 @@ class AuditLog:
     def _write(self, batch: list[_Pending]) -> None:
         lines_out: list[str] = []
         try:
-            self.directory.mkdir(mode=0o700, exist_ok=True)
+            try:
+                self.directory.mkdir()
+            except FileExistsError:
+                pass
+            else:
+                # Not mkdir(mode=): the umask is the process's, and the arbiter's main thread
+                # narrows it for a moment to bind its sockets (zmqutil.bind_private), which
+                # once made this directory 0600 (unusable) when the two coincided.
+                os.chmod(self.directory, 0o700)
             if self._reload_tail:  # at start, and after a failure left the file unknown
                 self._seq, self._prev = _last_record(self.directory)
                 self._reload_tail = False

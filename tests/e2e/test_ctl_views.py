@@ -259,7 +259,10 @@ def test_top_in_a_terminal_draws_refreshes_and_quits(daemon: Daemon, quit_key: b
     before = termios.tcgetattr(slave)
 
     env = {**os.environ, "TERM": "xterm-256color"}
-    env.pop("NO_COLOR", None)
+    # The pty's size is the screen's: COLUMNS/LINES inherited from whoever ran pytest (or
+    # set by a plugin such as xdist's workers) would win over it in rich.
+    for name in ("NO_COLOR", "COLUMNS", "LINES"):
+        env.pop(name, None)
     # In its own session, the wrapper makes the pty its controlling terminal (so Ctrl-C on
     # it is SIGINT to top) and execs mabeamctl (no preexec_fn: this process has threads).
     wrapper = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "

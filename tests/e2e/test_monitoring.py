@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mabeamd.client import AsyncClient, Client
 from mabeamd.client.errors import NotFound, UnknownOp
 from mabeamd.ctl.client import CommandFailed
-from mabeamd.testing import Daemon, free_port
+from mabeamd.testing import FAST_WORKERS, Daemon, free_port
 from tests.e2e.test_sessions import Scripted, run
 
 
@@ -172,7 +172,14 @@ def test_auction_revenue_clearing_prices_and_session_durations(
 
 def test_readyz_follows_the_workers_and_healthz_stays_up(
         make_daemon: Callable[..., Daemon]) -> None:
-    d, port = monitored(make_daemon)
+    # A hung worker is killed and restarted after a 3 s back-off: a not-ready window long
+    # enough to look at from here on a loaded machine (the default 0.05 s was not).
+    port = free_port()
+    d = make_daemon(FAST_WORKERS.format(workers=2, max_restarts=5)
+                    .replace("backoff_initial = 0.05", "backoff_initial = 3.0")
+                    .replace("backoff_max = 0.5", "backoff_max = 3.0")
+                    + f'[metrics]\nlisten = "127.0.0.1:{port}"\n', raw_config=True)
+    d.start()
     status, ctype, body = get(port, "/readyz")
     assert status == 200 and ctype == "application/json"
     assert json.loads(body) == {"ready": True, "state": "running", "reasons": []}

@@ -73,7 +73,15 @@ def run(daemon: Daemon, agents: dict[str, dict[Any, Answer]],
         finally:
             for a in made.values():
                 a.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Bounded: an agent that does not stop is a failure to see, not a hang that
+            # only the suite's timeout ends (one did, once, under a loaded full run).
+            _, pending = await asyncio.wait(tasks, timeout=30) if tasks else (set(), set())
+            for t in pending:
+                t.cancel()
+            if pending:
+                stuck = [a.id for a, t in zip(made.values(), tasks, strict=True)
+                         if t in pending]
+                raise AssertionError(f"agents {stuck} did not stop within 30 s of stop()")
     return asyncio.run(main())
 
 

@@ -141,3 +141,18 @@ def test_a_removed_or_swapped_line_is_detected(i: int) -> None:
     problems = check(swapped)
     # At the first moved line; when it is the very first, at the next (line 1 anchors).
     assert problems and problems[0].startswith(f"audit.jsonl:{i + 1 if i else 2}:"), problems
+
+
+def test_the_directory_is_0700_whatever_the_umask_at_that_moment(tmp_path: Path) -> None:
+    """The arbiter narrows the process umask for an instant to bind its sockets (0177); a
+    directory made by the writer thread just then came out 0600 and unusable."""
+    import os
+    import stat
+
+    old = os.umask(0o177)
+    try:
+        write_log(tmp_path / "audit", 1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "audit").stat().st_mode) == 0o700
+    assert len(all_lines(tmp_path / "audit")) == 1
