@@ -122,6 +122,7 @@ class AsyncClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: Drain[list[bytes]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._wake = asyncio.Event()
         # Learned at hello: where the daemon's shards and events are.
         self.shards = 0
@@ -162,6 +163,7 @@ class AsyncClient:
         if self.direct and self.server_key is None:
             self._routes = Routes(self._ctx, self._loop, self.endpoint, self._handle)
         self._tasks = []
+        self._closing = False
         if self._heartbeat:
             self._tasks.append(asyncio.create_task(self._beat()))
         return self
@@ -180,10 +182,16 @@ class AsyncClient:
                 else:
                     b.cancel()
             self.registrations.clear()
-        for t in self._tasks:
-            t.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        # A cancel can be lost on Python 3.11: asyncio.wait_for returns a reply that came in
+        # the same instant and drops the cancellation (CPython gh-86296), and close() once
+        # waited for good on a heartbeat task that carried on. So the task also stops on
+        # _closing, and a task still running after a moment is cancelled again.
+        self._closing = True
+        pending = set(self._tasks)
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         self._tasks = []
         for fut in self._pending.values():
             if not fut.done():
@@ -560,7 +568,7 @@ class AsyncClient:
 
     async def _beat(self) -> None:
         pause = None
-        while True:
+        while not self._closing:
             # asyncio.wait, not wait_for: cancelled, wait_for waits for its inner task's
             # cancellation, and on Python 3.11 an Event.wait() inner task could leave it
             # waiting for good (close() hung).

@@ -394,3 +394,34 @@ def test_an_id_taken_over_with_its_token_is_not_taken_back(daemon: Daemon) -> No
         new.send("contested", "contested", {"still": "mine"}, topic="t")  # new holds it
         with pytest.raises(NotRegistered):
             old.send("contested", "contested", {}, topic="t")
+
+
+def test_close_returns_even_when_a_cancellation_is_lost() -> None:
+    """On Python 3.11 asyncio.wait_for can drop a cancellation (a reply arriving in the same
+    instant, CPython gh-86296); close() once then waited for good on the heartbeat task.
+    Here the heartbeat swallows its first cancellation on purpose: close() still returns."""
+    from mabeamd.client.aio import AsyncClient, Registration
+
+    swallowed = []
+
+    async def main() -> float:
+        c = AsyncClient("ipc:///nonexistent/mabeamd-test.sock", timeout=1)
+        await c.connect()
+        c.heartbeat_interval = 0.01
+        c.registrations["x"] = Registration.__new__(Registration)
+
+        async def heartbeat() -> None:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed.append(True)  # as wait_for does when the reply won the race
+
+        c.heartbeat = heartbeat  # type: ignore[method-assign]
+        await asyncio.sleep(0.1)  # the beat is inside heartbeat() now
+        c.registrations.clear()
+        t0 = time.monotonic()
+        await asyncio.wait_for(c.close(), 10)
+        return time.monotonic() - t0
+
+    took = asyncio.run(main())
+    assert swallowed == [True] and took < 5
