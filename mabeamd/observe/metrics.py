@@ -35,7 +35,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from mabeamd.observe.opstats import BUCKETS, Histograms, OpStats, cumulative
+from mabeamd.observe.opstats import (
+    BUCKETS,
+    Histograms,
+    OpStats,
+    cumulative,
+    raw_histogram,
+)
 from mabeamd.storage.wal import LATENCY_BUCKETS
 
 Value = Callable[[dict[str, Any]], float | None]
@@ -186,9 +192,8 @@ class DaemonCollector(Collector):
                                 "time of each fsync of the shard's WAL")):
             series: dict[tuple[str, ...], tuple[list[int], float]] = {}
             for row in rows:
-                h = (row.get("shard") or {}).get(key)
-                if (isinstance(h, list) and len(h) == len(LATENCY_BUCKETS) + 2
-                        and all(isinstance(x, (int, float)) for x in h)):
+                h = raw_histogram((row.get("shard") or {}).get(key), LATENCY_BUCKETS)
+                if h is not None:
                     series[(str(row["index"]),)] = cumulative(h)
             yield _histogram(name, doc, ["shard"], LATENCY_BUCKETS, series)
         for kind, name, doc, label, value in PER_WORKER:

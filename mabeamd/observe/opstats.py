@@ -93,8 +93,7 @@ class OpStats:
                 stats._entry(row[0])[1][row[1]] = row[2]
         hist = snap.get("hist")
         for op, h in (hist.items() if isinstance(hist, dict) else ()):
-            if (isinstance(op, str) and isinstance(h, list) and len(h) == len(BUCKETS) + 2
-                    and all(isinstance(x, (int, float)) for x in h)):
+            if isinstance(op, str) and raw_histogram(h, BUCKETS) is not None:
                 stats._entry(op)[0][:] = h
         return stats
 
@@ -128,6 +127,16 @@ class Histograms:
     def histograms(self) -> dict[str, tuple[list[int], float]]:
         """As OpStats.histograms: label -> (cumulative counts, the last +Inf; sum)."""
         return {label: cumulative(h) for label, h in self._by_label.items()}
+
+
+def raw_histogram(h: Any, bounds: tuple[float, ...]) -> list[float] | None:
+    """`h` when it has the shape a worker ships for `bounds` -- [count per bound, count
+    past the last (+Inf), sum], all numbers -- else None (a malformed heartbeat must not
+    break a scrape)."""
+    if (isinstance(h, list) and len(h) == len(bounds) + 2
+            and all(isinstance(x, (int, float)) for x in h)):
+        return h
+    return None
 
 
 def cumulative(h: list[float]) -> tuple[list[int], float]:
