@@ -29,10 +29,12 @@ else:  # pragma: no cover - exercised on 3.10 only
 from mabeamd.schema import (
     LOG_LEVELS,
     MANAGED_NAME,
+    NODE_NAME,
     SECTIONS,
     AgentsSection,
     AnomalySection,
     AuditSection,
+    ClusterSection,
     Config,
     ControlSection,
     DaemonSection,
@@ -50,10 +52,27 @@ from mabeamd.schema import (
 
 # The schema's names are re-exported: the daemon's modules import them from here.
 __all__ = [
-    "LOG_LEVELS", "MANAGED_NAME", "SECTIONS", "AgentsSection", "AnomalySection",
-    "AuditSection", "Config", "ControlSection", "DaemonSection", "EventsSection", "LimitsSection",
-    "ManagedSection", "MetricsSection", "PluginsSection", "SecuritySection",
-    "SessionsSection", "VariablesSection", "WorkersSection", "options",
+    "CLUSTER_MAX_VALUE",
+    "LOG_LEVELS",
+    "MANAGED_NAME",
+    "SECTIONS",
+    "AgentsSection",
+    "AnomalySection",
+    "AuditSection",
+    "ClusterSection",
+    "Config",
+    "ControlSection",
+    "DaemonSection",
+    "EventsSection",
+    "LimitsSection",
+    "ManagedSection",
+    "MetricsSection",
+    "PluginsSection",
+    "SecuritySection",
+    "SessionsSection",
+    "VariablesSection",
+    "WorkersSection",
+    "options",
 ]
 
 EX_CONFIG: Final = 78
@@ -294,6 +313,7 @@ def _check_cross(cfg: Config, origin: str) -> None:
             raise ConfigError(f"{origin}: [security] authorized_keys: expected a directory of "
                               f"client public keys for the CURVE endpoint {text}")
     _check_listeners(cfg, origin)
+    _check_cluster(cfg, origin)
     listen = parse_listen(cfg.metrics.listen) if cfg.metrics.listen else None
     if listen is not None and not listen[2] and not cfg.security.allow_insecure_remote:
         raise ConfigError(
@@ -310,6 +330,68 @@ def _check_cross(cfg: Config, origin: str) -> None:
                 raise ConfigError(
                     f"{origin}: {label}: expected an existing group name, got "
                     f"{group!r}") from None
+
+
+# The largest variable record a cluster stores: etcd refuses requests over 1.5 MiB by default
+# (--max-request-bytes); the rest is room for the name, history and the transaction.
+CLUSTER_MAX_VALUE: Final = 1 << 20
+
+
+def etcd_address(text: str) -> tuple[str, int] | None:
+    """(host, port) of an etcd client endpoint written HOST:PORT or http://HOST:PORT; None if
+    it is neither (https:// is refused by the caller: TLS to etcd is not configurable yet)."""
+    rest = text[len("http://"):] if text.startswith("http://") else text
+    host, sep, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 \
+            or "/" in host or not host.strip():
+        return None
+    return host, int(port)
+
+
+def _check_cluster(cfg: Config, origin: str) -> None:
+    c = cfg.cluster
+    if not c.etcd:
+        for key in ("node", "advertise"):
+            if cfg.get("cluster", key):
+                raise ConfigError(f"{origin}: [cluster] {key}: set without [cluster] etcd; "
+                                  "give the etcd endpoints too, or leave [cluster] out for a "
+                                  "single node")
+        return
+    for text in c.etcd:
+        if text.startswith("https://"):
+            raise ConfigError(f"{origin}: [cluster] etcd: {text}: TLS to etcd is not supported "
+                              "yet; reach etcd over loopback or a private network")
+        addr = etcd_address(text)
+        if addr is None:
+            raise ConfigError(f"{origin}: [cluster] etcd: expected HOST:PORT or "
+                              f"http://HOST:PORT, got {text!r}")
+        if not _is_loopback(addr[0]) and not cfg.security.allow_insecure_remote:
+            raise ConfigError(f"{origin}: [cluster] etcd: {text} is not on loopback and the "
+                              "etcd connection is plain (no TLS): use loopback, or set "
+                              "[security] allow_insecure_remote = true for a network you trust")
+    if len(set(c.etcd)) != len(c.etcd):
+        raise ConfigError(f"{origin}: [cluster] etcd: an endpoint is listed twice")
+    for key in ("node", "name"):
+        value = cfg.get("cluster", key)
+        if not NODE_NAME.fullmatch(value):
+            raise ConfigError(f"{origin}: [cluster] {key}: expected 1-63 letters, digits, "
+                              f"'_', '.' or '-' (starting with a letter or digit), got "
+                              f"{value!r}" + (" (required with [cluster] etcd)"
+                                              if not value else ""))
+    if cfg.variables.max_value > CLUSTER_MAX_VALUE:
+        raise ConfigError(f"{origin}: [variables] max_value: a cluster keeps each variable in "
+                          f"one etcd key, so at most {CLUSTER_MAX_VALUE}; got "
+                          f"{cfg.variables.max_value}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def worker_count(cfg: Config) -> int:

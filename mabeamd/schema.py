@@ -276,6 +276,31 @@ class AuditSection:
                            choices=("refuse", "continue"))
 
 
+NODE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    etcd: list[str] = _opt(
+        [], "str_list", "etcd v3 client endpoints, HOST:PORT or http://HOST:PORT (every member, "
+        "so that the loss of one does not stop the node); empty = a single node, no cluster "
+        "(the embedded default)")
+    node: str = _opt("", "str", "this node's name in the cluster: letters, digits, _ . -, "
+                     "unique among the live nodes; required with etcd")
+    name: str = _opt("mabeamd", "str", "the cluster's name: every key it keeps in etcd starts "
+                     "with /mabeamd/NAME/, so several clusters can share one etcd")
+    advertise: str = _opt(
+        "", "endpoint", "where the other nodes reach this one (tcp://HOST:PORT, kept in its "
+        "membership key); empty = its first agent endpoint")
+    lease_ttl: int = _opt(
+        10, "int", "seconds of the node's etcd lease: a node that dies is gone from the "
+        "cluster (membership, agents, locks) this long after its last keepalive", min=2,
+        max=3600)
+    request_timeout: float = _opt(
+        5.0, "float", "seconds an etcd request may take before the client gets unavailable",
+        min=0.1, max=600)
+
+
 @dataclass(frozen=True)
 class Config:
     daemon: DaemonSection = field(default_factory=DaemonSection)
@@ -291,6 +316,7 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     anomaly: AnomalySection = field(default_factory=AnomalySection)
     audit: AuditSection = field(default_factory=AuditSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
     managed: dict[str, ManagedSection] = field(default_factory=dict)
     # Where the values came from; not an option.
     source: str = field(default="<defaults>", compare=False)
@@ -318,6 +344,7 @@ SECTIONS: Final[dict[str, type]] = {
     "metrics": MetricsSection,
     "anomaly": AnomalySection,
     "audit": AuditSection,
+    "cluster": ClusterSection,
 }
 MANAGED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

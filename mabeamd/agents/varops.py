@@ -22,7 +22,7 @@ from mabeamd.agents.registry import Registry
 from mabeamd.net.shardcall import ShardCalls
 from mabeamd.net.wire import ErrorCode, WireError, check_fields
 from mabeamd.storage.sharding import shard_of
-from mabeamd.storage.variables import ADMIN, READ_OPS, WRITE_FIELDS
+from mabeamd.storage.variables import ADMIN, READ_OPS, WRITE_FIELDS, check_read
 
 MAX_LIST = 1000
 
@@ -67,7 +67,7 @@ class VariableService:
 
     def _read_handler(self, op: str) -> Callable[[Request, dict[str, Any]], Any]:
         def handler(req: Request, body: dict[str, Any]) -> Any:
-            check_fields(body, op, {"name"}, {"name"})
+            check_read(op, body)
             return self.forward(op, body, ADMIN)
         return handler
 

@@ -25,6 +25,7 @@ from mabeamd.client.errors import (
     ShuttingDown,
     Timeout,
     TooLarge,
+    Unavailable,
     UnknownOp,
     UnsupportedVersion,
     VersionMismatch,
@@ -37,6 +38,7 @@ __all__ = [
     "Agent", "AsyncClient", "BadRequest", "Busy", "Client", "Conflict", "ConnectionLost",
     "Exists", "Forbidden", "Internal", "Invitation", "MabeamError", "Message", "NotFound",
     "NotRegistered", "Push", "QuotaExceeded", "RateLimited", "Registration", "ShuttingDown",
-    "Timeout", "TooLarge", "UnknownOp", "UnsupportedVersion", "VersionMismatch", "WrongShard",
+    "Timeout", "TooLarge", "Unavailable", "UnknownOp", "UnsupportedVersion", "VersionMismatch",
+    "WrongShard",
     "error_for", "invitation", "topic",
 ]

@@ -443,9 +443,16 @@ class AsyncClient:
             body["constraints"] = constraints
         return body
 
-    async def get_var(self, name: str, *, local: bool = True) -> dict[str, Any]:
+    async def get_var(self, name: str, *, local: bool = True,
+                      consistent: bool = False) -> dict[str, Any]:
         """The variable (value, version and metadata). Same host: read from shared memory
-        with no round trip when the daemon's segments can be mapped; else over the wire."""
+        with no round trip when the daemon's segments can be mapped; else over the wire.
+        consistent=True: a linearizable read (cluster mode: through etcd, so it sees every
+        write acknowledged anywhere before it; never from shared memory)."""
+        if consistent:
+            reply: dict[str, Any] = await self._var("var.get", {"name": name,
+                                                                "consistent": True})
+            return reply
         if local and self.shards:
             found = self._local_get(name)
             if found is not None:

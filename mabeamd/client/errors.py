@@ -112,6 +112,19 @@ class RateLimited(MabeamError):
         self.limit = limit
 
 
+class Unavailable(MabeamError):
+    """Cluster mode: etcd did not answer in time (quorum lost, unreachable). `applied` is
+    False when nothing was changed, None when a write's outcome is unknown (etcd may still
+    commit it): read the variable back with consistent=True before sending it again."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, message: str, code: str | None = None,
+                 applied: bool | None = False) -> None:
+        super().__init__(message, code)
+        self.applied = applied
+
+
 class ConnectionLost(MabeamError):
     """The client is closed or gave up reconnecting."""
 
@@ -131,6 +144,9 @@ def error_for(code: str, message: str, body: dict[str, Any] | None = None) -> Ma
         shard, shards = body.get("shard"), body.get("shards")
         return WrongShard(message, code, shard if isinstance(shard, int) else None,
                           shards if isinstance(shards, int) else None)
+    if code == ErrorCode.UNAVAILABLE:
+        applied = (body or {}).get("applied")
+        return Unavailable(message, code, False if applied is False else None)
     if code == ErrorCode.RATE_LIMITED:
         body = body or {}
         after, limit = body.get("retry_after"), body.get("limit")

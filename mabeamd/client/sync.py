@@ -109,7 +109,11 @@ class Client:
             constraints=constraints), agent)
         return result
 
-    def get_var(self, name: str, *, local: bool = True) -> dict[str, Any]:
+    def get_var(self, name: str, *, local: bool = True,
+                consistent: bool = False) -> dict[str, Any]:
+        if consistent:  # AsyncClient.get_var says what it is
+            reply: dict[str, Any] = self._var("var.get", {"name": name, "consistent": True})
+            return reply
         if local and self.aio.shards:
             # Read shared memory in the caller's thread: a hop to the loop thread would cost
             # more than the read itself. One lock: a SegmentReader is not thread-safe.

@@ -10,14 +10,15 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from mabeamd.control import agents, daemon, managed, sessions, variables, workers
+from mabeamd.control import agents, cluster, daemon, managed, sessions, variables, workers
 from mabeamd.control.command import Command
 
 if TYPE_CHECKING:
     from mabeamd.control.host import ControlHost
     from mabeamd.control.server import Handler
 
-GROUPS: tuple[ModuleType, ...] = (daemon, workers, agents, managed, variables, sessions)
+GROUPS: tuple[ModuleType, ...] = (daemon, workers, agents, managed, variables, sessions,
+                                  cluster)
 
 
 def _collect(groups: tuple[ModuleType, ...]) -> dict[str, Command]:

@@ -61,6 +61,13 @@ class ControlHost(Protocol):
         """True once every worker has exited; False if `timeout` seconds passed first."""
         ...
 
+    # --- the cluster (cluster mode) -----------------------------------------------------
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """The cluster's nodes, etcd members and health, this node's lease and caches;
+        raises bad_request on a single node."""
+        ...
+
     # --- workers (and their shards: shard i lives on worker i) ------------------------------
 
     @property

@@ -172,6 +172,11 @@ def cmd_vars(c: ControlClient, args: argparse.Namespace) -> Result:
     raise UsageError(f"vars {act}: not a control command")  # watch: run() tails it
 
 
+def cmd_cluster(c: ControlClient, args: argparse.Namespace) -> Result:
+    out = c.call("cluster.status")
+    return out, views.show_cluster(out)
+
+
 def cmd_backup(c: ControlClient, args: argparse.Namespace) -> Result:
     out = c.call("backup", {"dir": os.path.abspath(args.dir)}, on_progress=_progress)
     lines = [f"shard {f['shard']}: {f['variables']} variables at WAL seq {f['seq']}, "
@@ -180,7 +185,7 @@ def cmd_backup(c: ControlClient, args: argparse.Namespace) -> Result:
 
 
 COMMANDS = {"backup": cmd_backup, "status": cmd_status, "ping": cmd_ping, "vars": cmd_vars,
-            "workers": cmd_workers, "agents": cmd_agents,
+            "workers": cmd_workers, "agents": cmd_agents, "cluster": cmd_cluster,
             "plugins": cmd_plugins, "reload": cmd_reload, "stop": cmd_stop,
             "version": cmd_version, "sessions": sessions.cmd_sessions,
             "protocols": sessions.cmd_protocols}

@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("count", nargs="?", type=int, help="process count (scale)")
     a.add_argument("--capability", help="list: only agents with this capability")
     a.add_argument("--status", choices=["healthy", "unhealthy"], help="list: only this status")
+    cl = add_op_parser(sub, "cluster", c, "cluster.status",
+                       help="The cluster this node is in: nodes, leases, etcd members and "
+                            "their health, this node's cache lag (`cluster status`).")
+    cl.add_argument("action", nargs="?", choices=["status"], default="status")
     _vars(sub, c)
     _events(sub, c)
     _top(sub, c)

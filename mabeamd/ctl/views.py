@@ -55,6 +55,38 @@ def show_workers(ws: list[dict[str, Any]]) -> str:
                          "CRASHES", "START_FAIL", "DIRECT", "LAST EXIT"], rows)
 
 
+def show_cluster(s: dict[str, Any]) -> str:
+    lease = s["lease"]
+    head = [f"cluster {s['cluster']}: node {s['node']}, {s['shards']} shards, etcd revision "
+            f"{s.get('revision', '?')}",
+            f"lease {lease['id'] or '-'}: {lease['state']} (TTL {lease['ttl']} s, last "
+            f"keepalive {render.duration(lease['since_keepalive'])} ago)"
+            if lease["since_keepalive"] is not None else f"lease: {lease['state']}"]
+    if s.get("error"):
+        head.append(f"etcd: {s['error']}")
+    nodes = render.table(["NODE", "HOST", "PID", "VERSION", "ADVERTISE", "LEASE"],
+                         [[n["node"], n["host"], n["pid"], n["version"], n["advertise"],
+                           n["lease"]] for n in s.get("nodes", [])])
+    members = render.table(
+        ["ETCD ENDPOINT", "HEALTHY", "LEADER", "VERSION", "DB", "RAFT INDEX", "MS/ERROR"],
+        [[e["endpoint"], "yes" if e["healthy"] else "NO",
+          ("*" if e.get("is_leader") else "") + (e.get("leader") or "-"),
+          e.get("version", "-"), render.size(e["db_size"]) if e.get("db_size") else "-",
+          e.get("raft_index", "-"), e.get("ms", e.get("error", ""))]
+         for e in s["endpoints"]])
+    caches = render.table(
+        ["SHARD", "STATE", "REVISION", "WATCH", "EVENTS", "LAG P50", "LAG MAX"],
+        [[c["shard"], c["state"], c.get("revision", "-"),
+          "open" if c.get("watch") else "CLOSED" if "watch" in c else "-",
+          c.get("watch_events", "-"), _secs(c.get("lag_p50")), _secs(c.get("lag_max"))]
+         for c in s["caches"]])
+    return "\n".join([*head, "", nodes, "", members, "", caches])
+
+
+def _secs(v: Any) -> str:
+    return "-" if v is None else f"{v * 1000:.1f} ms"
+
+
 def show_plugins(ps: list[dict[str, Any]]) -> str:
     if not ps:
         return "no plugins installed (entry-point group mabeamd.plugins)"

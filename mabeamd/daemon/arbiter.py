@@ -20,7 +20,7 @@ import secrets
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
@@ -81,6 +81,10 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         await task
 
 
+if TYPE_CHECKING:
+    from mabeamd.cluster.membership import Membership
+
+
 class StartupError(Exception):
     """The daemon cannot start; str() is the operator's message, `code` the exit status."""
 
@@ -124,6 +128,7 @@ class Arbiter(WorkerSide):
         # workers get it in their environment. Per run: a restart voids every credential.
         self.write_key = secrets.token_bytes(32)
         self.revoked: dict[str, int] = {}  # agent -> highest revoked epoch, for new workers
+        self.cluster: Membership | None = None  # cluster mode (cluster/membership.py)
         self.loop_lag = self.loop_lag_max = 0.0  # seconds late, the liveness tick's
         self.stalls = 0
 
@@ -209,6 +214,12 @@ class Arbiter(WorkerSide):
             self._close_sockets()
             raise StartupError(f"cannot bind sockets: {exc}") from exc
 
+        if self.config.cluster.etcd:
+            try:
+                self.cluster = await self._join_cluster()
+            except StartupError:
+                self._close_sockets()
+                raise
         for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
             loop.add_signal_handler(sig, self.request_stop, name)
         loop.add_signal_handler(signal.SIGHUP, self._background, self.reload, "SIGHUP")
@@ -256,6 +267,25 @@ class Arbiter(WorkerSide):
         self.audit.close()  # the sessions ended by the shutdown are in it
         log.info("stopped (%s)", self.stop_reason)
         return 0
+
+    async def _join_cluster(self) -> Membership:
+        """Cluster mode: join before any worker starts (they need the cluster's shard
+        count to be ours)."""
+        try:
+            from mabeamd.cluster.membership import ClusterError, Membership
+        except ImportError as exc:
+            raise StartupError(f"[cluster] etcd is set but the etcd client is missing ({exc}): "
+                               "pip install 'mabeamd[cluster]'", EX_CONFIG) from None
+        c = self.config.cluster
+        member = Membership(c, shards=self.meta.shards,
+                            advertise=c.advertise or self.config.agents.endpoints[0],
+                            agent_endpoints=list(self.config.agents.endpoints))
+        try:
+            await member.start()
+        except ClusterError as exc:
+            await member.stop()
+            raise StartupError(str(exc), EX_CONFIG) from None
+        return member
 
     def _setup_agents(self) -> None:
         """The agent endpoint, the event publisher and, for curve+ endpoints, CURVE/ZAP."""
@@ -377,6 +407,8 @@ class Arbiter(WorkerSide):
             await asyncio.gather(*(w.wait_exited() for w in self.watchers))
             stops.cancel()
         self.workers_stopped.set()
+        if self.cluster is not None:
+            await self.cluster.stop()  # out of the cluster now, not a lease TTL from now
         removed = remove_segments(Path(self.config.variables.shm_dir), self.meta.shm_prefix)
         log.debug("removed %d shared-memory segment files", removed)
         await self.control.drain(timeout=2.0)

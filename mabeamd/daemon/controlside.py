@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from mabeamd import __version__
 from mabeamd.daemon.watcher import State
+from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.observe.opstats import BUCKETS, Histograms, OpStats
 from mabeamd.storage.variables import ADMIN
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from mabeamd.agents.events import EventPublisher
     from mabeamd.agents.registry import Registry
     from mabeamd.agents.varops import VariableService
+    from mabeamd.cluster.membership import Membership
     from mabeamd.config import Config
     from mabeamd.control.server import ControlServer, Progress
     from mabeamd.daemon.managed import ManagedProgram, ManagedSupervisor
@@ -70,6 +72,7 @@ class ControlSide:
     registry: Registry
     agents: AgentService
     variables: VariableService
+    cluster: Membership | None
     shard_calls: ShardCalls
     sessions: SessionService
     managed: ManagedSupervisor
@@ -205,6 +208,25 @@ class ControlSide:
         except asyncio.TimeoutError:
             return False
         return True
+
+    # --- the cluster ---------------------------------------------------------------------
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """The cluster as etcd sees it, and this node's caches of it (per shard: the
+        revision its watch has reached, whether it is open, the lag of the last changes)."""
+        if self.cluster is None:
+            raise WireError(ErrorCode.BAD_REQUEST, "this daemon is a single node, not in a "
+                            "cluster ([cluster] etcd is empty; docs/cluster.md)")
+        out = await self.cluster.status()
+        caches: list[dict[str, Any]] = []
+        for w in self.watchers:
+            c = (self.beats.get(w.index, {}).get("shard") or {}).get("cluster")
+            if not isinstance(c, dict):
+                caches.append({"shard": w.index, "state": w.state.value})
+                continue
+            caches.append({"shard": w.index, "state": w.state.value, **c})
+        out["caches"] = caches
+        return out
 
     # --- workers ---------------------------------------------------------------------------
 

@@ -51,6 +51,11 @@ class WorkerSide(ControlSide):
         if self.config.agents.shard_endpoint:
             shard_args += ["--shard-endpoint",
                            shard_address(self.config.agents.shard_endpoint, index)]
+        c = self.config.cluster
+        if c.etcd:  # the shard lives in etcd (cluster/shard.py)
+            shard_args += ["--cluster", json.dumps({"etcd": c.etcd, "name": c.name,
+                                                    "node": c.node,
+                                                    "timeout": c.request_timeout})]
         return worker_argv(index, generation, link=self.paths.endpoint(self.paths.worker_link),
                            heartbeat=w.heartbeat_interval, log_level=self.config.daemon.log_level,
                            wrapper=w.wrapper, shard_args=shard_args)

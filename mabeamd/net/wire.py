@@ -51,6 +51,9 @@ class ErrorCode:
     QUOTA_EXCEEDED: Final = "quota_exceeded"  # a shard's variable count or bytes limit
     STORAGE_ERROR: Final = "storage_error"  # the shard's disk refused (full...): with "errno"
     RATE_LIMITED: Final = "rate_limited"  # [limits]: with "retry_after" (seconds) and "limit"
+    # Cluster mode: etcd did not answer in time (no quorum, unreachable). With "applied":
+    # false (nothing changed) or "unknown" (a write etcd may still commit: read it back).
+    UNAVAILABLE: Final = "unavailable"
 
 
 class WireError(Exception):

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mabeamd.net import wire
-from mabeamd.net.wire import ErrorCode, WireError
+from mabeamd.net.wire import ErrorCode, WireError, check_fields
+from mabeamd.storage.sharding import shard_of
 
 TYPES = ("any", "null", "bool", "int", "float", "str", "bytes", "list", "map")
 ACCESS = ("public", "restricted", "owner_only", "coordinated")
@@ -47,6 +48,26 @@ ADMIN = "@admin"  # the actor of mabeamctl's writes and of a session's writes in
 # (agents/varops.py) and the worker's shard endpoint check requests against these.
 READ_OPS = frozenset({"var.get", "var.history"})
 NAMED_OPS = READ_OPS | {"var.create", "var.set", "var.delete"}
+
+
+def check_shard(name: Any, index: int, shards: int) -> None:
+    """Refuse a name another shard owns (`wrong_shard`, with the owner and the count):
+    served here, it would live in two shards at once, and a client with a stale shard
+    count or a wrong hash would split the state without anyone noticing."""
+    if isinstance(name, str):
+        owner = shard_of(name, shards)
+        if owner != index:
+            raise WireError(ErrorCode.WRONG_SHARD, f"{name!r} belongs to shard {owner} of "
+                            f"{shards}, not to shard {index}",
+                            details={"shard": owner, "shards": shards})
+
+
+def check_read(op: str, body: dict[str, Any]) -> None:
+    """A read's fields: a name, and for var.get an optional `consistent` (true: through etcd
+    in cluster mode; on one node every read is already the single writer's)."""
+    check_fields(body, op, {"name", "consistent"} if op == "var.get" else {"name"}, {"name"})
+    if not isinstance(body.get("consistent", False), bool):
+        raise Refused(ErrorCode.BAD_REQUEST, "consistent must be true or false")
 WRITE_FIELDS = {
     "var.create": frozenset({"agent", "name", "value", "type", "access", "writers", "policy",
                              "constraints"}),
@@ -228,6 +249,18 @@ class ShardStore:
         if var is None:
             raise Refused(ErrorCode.NOT_FOUND, f"no variable {name!r}")
         return var
+
+    def history_reply(self, name: Any) -> dict[str, Any]:
+        """var.history's answer: the earlier versions, oldest first."""
+        var = self.get(name)
+        past = [{"version": v, "value": val, "modified_by": by, "updated_at": t}
+                for v, val, by, t in var.history]
+        return {"name": var.name, "version": var.version, "history": past}
+
+    def list_reply(self, body: dict[str, Any]) -> dict[str, Any]:
+        """var.list's answer for one shard (fields checked by the agent endpoint)."""
+        page, cursor = self.list_page(body["prefix"], body["after"], body["limit"])
+        return {"vars": [v.public() for v in page], "next": cursor}
 
     def list_page(self, prefix: str = "", after: str = "", limit: int = 100,
              ) -> tuple[list[Variable], str | None]:

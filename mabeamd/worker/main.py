@@ -21,11 +21,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from mabeamd.agents.credentials import WRITE_KEY_ENV, Verifier
+from mabeamd.cluster.pending import Pending
 from mabeamd.logsetup import setup_child_logging
 from mabeamd.malloc import return_big_frees
 from mabeamd.net import wire
@@ -38,6 +39,9 @@ from mabeamd.storage.snapshot import SnapshotCorrupt
 from mabeamd.storage.wal import WalCorrupt
 from mabeamd.worker.shard import Shard, ShardInUse
 from mabeamd.worker.shard_endpoint import ShardEndpoint
+
+if TYPE_CHECKING:
+    from mabeamd.cluster.shard import ClusterShard
 
 log = logging.getLogger("mabeamd.worker")
 
@@ -65,7 +69,8 @@ def die_with_parent(parent: int) -> None:
 
 class Worker:
     def __init__(self, index: int, generation: int, link: str, heartbeat: float,
-                 shard: Shard | None = None, *, plugins: PluginHost | None = None) -> None:
+                 shard: Shard | ClusterShard | None = None, *,
+                 plugins: PluginHost | None = None) -> None:
         self.index = index
         self.plugins = plugins or PluginHost()
         self.sessions: SessionEngine | None = None
@@ -84,6 +89,8 @@ class Worker:
         self._direct: Drain[list[bytes]] | None = None
         self.var_events = False  # someone subscribes to var.* (the arbiter says)
         self._refused: list[dict[str, Any]] = []  # forbidden writes from the link, for audit
+        self._later: set[asyncio.Task[None]] = set()  # cluster writes awaiting etcd
+        self.cluster: ClusterShard | None = None  # cluster mode: the shard, which is in etcd
 
     def _send(self, op: str, body: dict[str, Any]) -> None:
         self._seq += 1
@@ -125,7 +132,9 @@ class Worker:
             self.connect()
         sock, ctx = self._sock, self._ctx
         try:
-            if self.shard is not None:
+            if self.cluster is not None:
+                await self._load_cluster(self.cluster)
+            elif isinstance(self.shard, Shard):
                 self.sessions = SessionEngine(self.shard, self.plugins, self._out)
             direct = self.direct
             if direct is not None and (self.shard is None or not direct.bind()):
@@ -151,16 +160,76 @@ class Worker:
             self._link.close()
             if self._direct is not None:
                 self._direct.close()
+            if self._later:  # cluster writes in flight: their answers, then bye
+                await asyncio.wait(self._later, timeout=self.heartbeat * 4)
             self._send("bye", {"generation": self.generation})
         finally:
             if self.direct is not None:
                 self.direct.close()
             sock.close()
             ctx.term()
+            if self.cluster is not None:
+                await self.cluster.aclose()
             if self.shard is not None:
                 self.shard.close()
         log.info("stopped")
         return 0
+
+    async def _load_cluster(self, shard: ClusterShard) -> None:
+        """List the shard from etcd before hello (as a WAL is replayed before it); while
+        etcd does not answer, keep trying and keep telling the arbiter we are loading."""
+        from mabeamd.cluster.etcd import DOWN
+
+        shard.emit = self._cluster_events
+        while True:
+            try:
+                await shard.load()
+                return
+            except DOWN as exc:
+                log.warning("shard %d: etcd does not answer (%s); retrying", self.index, exc)
+                for _ in range(4):
+                    self.progress()
+                    await asyncio.sleep(self.heartbeat / 2)
+
+    def _cluster_events(self, events: list[dict[str, Any]]) -> None:
+        """Changes the etcd watch brought (other nodes' writes): published like ours."""
+        if self.var_events and events:
+            self._send("events", {"events": events})
+            self._link.wake()
+
+    def _defer(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def _link_later(self, fwd: Any, op: str, body: dict[str, Any],
+                          pending: Pending) -> None:
+        """A cluster write that came over the link: its result once etcd has answered."""
+        try:
+            result, event = await pending.result
+            reply = self._reply(fwd, result, event)
+        except wire.WireError as exc:
+            reply = self._refusal(fwd, op, body, exc)
+        except Exception as exc:
+            reply = {"fwd": fwd, "error": wire.incident(
+                log, f"shard {self.index}: request failed", exc).body()}
+        self._send("results", {"results": [reply]})
+        self._link.wake()
+        self._send_refused()
+
+    async def _direct_later(self, reply: Any) -> None:
+        """A cluster write from the shard endpoint: its reply once etcd has answered."""
+        direct = self.direct
+        assert direct is not None
+        frames, event = await reply
+        direct.send(frames)
+        direct.sent()
+        if event is not None and self.var_events:
+            self._send("events", {"events": [event]})
+            self._link.wake()
+        if direct.refused:
+            self._send_refused()
+            self._link.wake()
 
     def _out(self, op: str, body: dict[str, Any]) -> None:
         """A message from the session engine (push, event, ended), sent outside a drain."""
@@ -197,7 +266,13 @@ class Worker:
         replies, then the writes' events to the arbiter (it publishes them) in one message."""
         direct, shard = self.direct, self.shard
         assert direct is not None and shard is not None  # bound only for a loaded shard
-        served = [direct.serve(frames, self._handle_var) for frames in batch]
+        served = []
+        for frames in batch:
+            answer = direct.serve(frames, self._handle_var)
+            if isinstance(answer, tuple):
+                served.append(answer)
+            else:
+                self._defer(self._direct_later(answer))
         events = [event for _, event in served if event is not None]
         if events:
             shard.commit()  # durable (per policy) before any reply leaves
@@ -276,22 +351,37 @@ class Worker:
             op = str(body.get("op"))
             if op.startswith("session.") and self.sessions is not None:
                 return {"fwd": fwd, "result": self.sessions.handle(op, body.get("args") or {})}
+            if op.startswith("session."):
+                raise wire.WireError(wire.ErrorCode.BAD_REQUEST, "coordination sessions are "
+                                     "not served in cluster mode yet (docs/cluster.md, "
+                                     "\"Not yet\"); run them on a single node")
             result, event = self.shard.handle(op, body.get("args") or {},
                                               str(body.get("actor")), time.time())
         except wire.WireError as exc:
-            if exc.code == wire.ErrorCode.FORBIDDEN and op.startswith("var."):
-                args = body.get("args")
-                self._refused.append({"op": op, "agent": body.get("actor"),
-                                      "name": args.get("name") if isinstance(args, dict)
-                                      else None, "reason": exc.message,
-                                      "via": "agent_endpoint"})
-            return {"fwd": fwd, "error": exc.body()}
+            return self._refusal(fwd, op, body, exc)
         except Exception as exc:
             err = wire.incident(log, f"shard {self.index}: request failed", exc)
             return {"fwd": fwd, "error": err.body()}
+        if type(result) is Pending:
+            self._defer(self._link_later(fwd, op, body, result))
+            return None
+        return self._reply(fwd, result, event)
+
+    @staticmethod
+    def _reply(fwd: Any, result: Any, event: dict[str, Any] | None) -> dict[str, Any]:
         if type(result) is wire.Packed:  # relayed as is: the arbiter need not repack it
             return {"fwd": fwd, "packed": bytes(result), "event": event}
         return {"fwd": fwd, "result": result, "event": event}
+
+    def _refusal(self, fwd: Any, op: str, body: dict[str, Any],
+                 exc: wire.WireError) -> dict[str, Any]:
+        if exc.code == wire.ErrorCode.FORBIDDEN and op.startswith("var."):
+            args = body.get("args")
+            self._refused.append({"op": op, "agent": body.get("actor"),
+                                  "name": args.get("name") if isinstance(args, dict)
+                                  else None, "reason": exc.message,
+                                  "via": "agent_endpoint"})
+        return {"fwd": fwd, "error": exc.body()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-message", type=int, default=wire.DEFAULT_MAX_MESSAGE)
     parser.add_argument("--limits", type=json.loads, default={},
                         help="[limits] as JSON, in force from the first request")
+    parser.add_argument("--cluster", type=json.loads, default=None,
+                        help="cluster mode: {etcd, name, node, timeout} as JSON; the shard "
+                             "lives in etcd (cluster/shard.py), not in --state-dir")
     args = parser.parse_args(argv)
     setup_child_logging(args.log_level, f"worker[{args.index}]")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -344,7 +437,16 @@ def main(argv: list[str] | None = None) -> int:
             worker.direct.configure_limits(args.limits)
     worker.progress()  # "loading": start_timeout now bounds silence, not start-up work
     plugins.load([n for n in args.disabled_plugins.split(",") if n])
-    if args.state_dir is not None:
+    if args.cluster is not None:
+        from mabeamd.cluster.shard import ClusterShard
+
+        c = args.cluster
+        worker.shard = worker.cluster = ClusterShard(
+            args.index, args.shards, args.shm_dir, args.shm_prefix, etcd=c["etcd"],
+            cluster=c["name"], node=c["node"], timeout=c["timeout"], history=args.history,
+            max_value=args.max_value, max_variables=args.max_variables,
+            max_bytes=args.max_bytes, progress=worker.progress, shm_group=args.shm_group)
+    elif args.state_dir is not None:
         # Loaded before hello: the arbiter counts the worker as running only once its shard
         # serves. A big shard takes seconds; worker.progress keeps the arbiter informed.
         try:

@@ -24,7 +24,6 @@ import msgpack
 from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, Packed, WireError
 from mabeamd.storage import backup, snapshot
-from mabeamd.storage.sharding import shard_of
 from mabeamd.storage.shm import PROGRESS_EVERY, SegmentWriter
 from mabeamd.storage.statedir import lock_dir
 from mabeamd.storage.variables import (
@@ -33,6 +32,7 @@ from mabeamd.storage.variables import (
     ShardStore,
     Variable,
     check_name,
+    check_shard,
 )
 from mabeamd.storage.wal import WriteAheadLog
 
@@ -125,13 +125,9 @@ class Shard:
             return Packed(self.segment.payload(var.name) or wire.pack(
                 var.public())), None
         if op == "var.history":
-            var = self.store.get(body.get("name"))
-            past = [{"version": v, "value": val, "modified_by": by, "updated_at": t}
-                    for v, val, by, t in var.history]
-            return {"name": var.name, "version": var.version, "history": past}, None
+            return self.store.history_reply(body.get("name")), None
         if op == "var.list":
-            page, cursor = self.store.list_page(body["prefix"], body["after"], body["limit"])
-            return {"vars": [v.public() for v in page], "next": cursor}, None
+            return self.store.list_reply(body), None
         if op == "var.snapshot":
             with self._storage():
                 return self.take_snapshot(), None
@@ -177,16 +173,7 @@ class Shard:
                             details={"limit": self.max_bytes})
 
     def check_owner(self, name: Any) -> None:
-        """Refuse a name another shard owns (`wrong_shard`, with the owner and the count):
-        served here, it would live in two shards at once, and a client with a stale shard
-        count or a wrong hash would split the state without anyone noticing."""
-        if isinstance(name, str):
-            owner = shard_of(name, self.shards)
-            if owner != self.index:
-                raise WireError(ErrorCode.WRONG_SHARD,
-                                f"{name!r} belongs to shard {owner} of {self.shards}, not to "
-                                f"shard {self.index}", details={"shard": owner,
-                                                                 "shards": self.shards})
+        check_shard(name, self.index, self.shards)
 
     def _write(self, effect: dict[str, Any], actor: str) -> tuple[Any, dict[str, Any]]:
         if effect["op"] == "put":

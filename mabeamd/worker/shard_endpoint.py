@@ -28,26 +28,40 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, NamedTuple
 
 import zmq
 
 from mabeamd.addresses import parse_endpoint
 from mabeamd.agents.admission import Authorize, WriteAdmission
 from mabeamd.agents.credentials import Verifier
+from mabeamd.cluster.pending import Pending
 from mabeamd.net import wire
 from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.net.ratelimit import Limits, build
-from mabeamd.net.wire import ErrorCode, WireError, check_fields
+from mabeamd.net.wire import ErrorCode, WireError
 from mabeamd.net.zmqutil import agent_router, bind_endpoint, unlink_endpoint
 from mabeamd.observe.opstats import OK, OpStats
-from mabeamd.storage.variables import ADMIN, READ_OPS, WRITE_FIELDS
+from mabeamd.storage.variables import ADMIN, READ_OPS, WRITE_FIELDS, check_read
 
 log = logging.getLogger(__name__)
 
 # (op, args, actor) -> (result, event or None); raises WireError: the shard's handle().
 Serve = Callable[[str, dict[str, Any], str], tuple[Any, dict[str, Any] | None]]
+Reply = tuple[list[bytes], dict[str, Any] | None]  # frames with envelope, the write's event
+Served = Reply | Coroutine[Any, Any, Reply]
+
+
+class _Call(NamedTuple):
+    """A request being answered: what its reply and its statistics need."""
+
+    envelope: list[bytes]
+    rid: int | str | None
+    op: str
+    agent: str | None
+    body: dict[str, Any]
+    t0: float
 
 
 class ShardEndpoint:
@@ -84,10 +98,10 @@ class ShardEndpoint:
             return False
         return True
 
-    def serve(self, frames: list[bytes], handle: Serve,
-              ) -> tuple[list[bytes], dict[str, Any] | None]:
-        """(reply frames with envelope, the write's event or None) for one message. Nothing
-        from outside raises out of here."""
+    def serve(self, frames: list[bytes], handle: Serve) -> Served:
+        """(reply frames with envelope, the write's event or None) for one message; in
+        cluster mode a write's comes later (an awaitable of the same pair). Nothing from
+        outside raises out of here."""
         t0 = time.perf_counter()
         self.stats["requests"] += 1
         envelope = frames[:1]
@@ -100,7 +114,7 @@ class ShardEndpoint:
             if op in READ_OPS:
                 if self.limits is not None:
                     self._limit(frames, None)
-                check_fields(body, op, {"name"}, {"name"})
+                check_read(op, body)
                 result, event = handle(op, body, ADMIN)
             elif op in WRITE_FIELDS:
                 try:
@@ -117,22 +131,36 @@ class ShardEndpoint:
                     self._limit(frames, None)
                 raise WireError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not served on shard "
                                 "endpoints; send it to the agent endpoint")
+            if type(result) is Pending:
+                return self._later(result, _Call(envelope, rid, op, agent, body, t0))
             self._served.append((op, OK, t0))
             return envelope + wire.reply_ok(rid, result), event
-        except WireError as exc:
-            self.stats["errors"] += 1
-            self._served.append((op, exc.code, t0))
-            if exc.code == ErrorCode.FORBIDDEN:
-                self.refused.append({"op": op, "agent": agent, "name": body.get("name"),
-                                     "reason": exc.message, "via": "shard_endpoint"})
-            if exc.code == ErrorCode.RATE_LIMITED:
-                self.stats["rate_limited"] += 1
-            return envelope + wire.refusal(rid, exc), None
         except Exception as exc:
-            self.stats["errors"] += 1
-            self._served.append((op, ErrorCode.INTERNAL, t0))
-            return envelope + wire.reply_incident(
-                rid, log, f"shard endpoint: request {rid!r} failed", exc), None
+            return self._failed(exc, _Call(envelope, rid, op, agent, body, t0)), None
+
+    async def _later(self, pending: Pending, call: _Call) -> Reply:
+        try:
+            result, event = await pending.result
+        except Exception as exc:
+            return self._failed(exc, call), None
+        self._served.append((call.op, OK, call.t0))
+        assert call.rid is not None  # parsed: a request without one was refused at once
+        return call.envelope + wire.reply_ok(call.rid, result), event
+
+    def _failed(self, error: Exception, call: _Call) -> list[bytes]:
+        self.stats["errors"] += 1
+        if isinstance(error, WireError):
+            self._served.append((call.op, error.code, call.t0))
+            if error.code == ErrorCode.FORBIDDEN:
+                self.refused.append({"op": call.op, "agent": call.agent,
+                                     "name": call.body.get("name"), "reason": error.message,
+                                     "via": "shard_endpoint"})
+            if error.code == ErrorCode.RATE_LIMITED:
+                self.stats["rate_limited"] += 1
+            return call.envelope + wire.refusal(call.rid, error)
+        self._served.append((call.op, ErrorCode.INTERNAL, call.t0))
+        return call.envelope + wire.reply_incident(
+            call.rid, log, f"shard endpoint: request {call.rid!r} failed", error)
 
     def sent(self) -> None:
         """The replies of the requests served since the last call have left: count them

@@ -1,0 +1,407 @@
+"""Cluster mode on real etcd: three etcd members and up to three mabeamd nodes on loopback.
+
+Every test runs real processes (etcd from Debian's etcd-server, real daemons) and kills them
+with real signals. Tests that kill or pause etcd members get an etcd cluster of their own;
+the others share one per module, each under a cluster name of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from mabeamd.client import Client, Unavailable, VersionMismatch
+from mabeamd.client.errors import MabeamError
+from mabeamd.cluster.local import LocalEtcd, etcd_binary
+from mabeamd.testing import Daemon, short_tmpdir
+from tests.e2e.test_agents import Events
+from tests.support.linearizability import Op, check
+
+pytestmark = [
+    pytest.mark.skipif(etcd_binary() is None, reason="etcd not installed (Debian: etcd-server)"),
+    pytest.mark.timeout(300),
+]
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def shared_etcd() -> Iterator[LocalEtcd]:
+    etcd = LocalEtcd(short_tmpdir() / "etcd").start()
+    yield etcd
+    etcd.stop()
+
+
+@pytest.fixture
+def own_etcd() -> Iterator[LocalEtcd]:
+    etcd = LocalEtcd(short_tmpdir() / "etcd").start()
+    yield etcd
+    etcd.stop()
+
+
+class Cluster:
+    """Nodes of one cluster (its own name) on an etcd cluster."""
+
+    def __init__(self, etcd: LocalEtcd, make: Callable[..., Daemon]) -> None:
+        self.etcd = etcd
+        self.name = f"t{next(_names)}-{time.monotonic_ns() % 10**6}"
+        self.make = make
+        self.nodes: dict[str, Daemon] = {}
+        self.clients: list[Client] = []
+
+    def config(self, node: str, *, etcd: list[str] | None = None, ttl: int = 3,
+               timeout: float = 2.0) -> str:
+        return (f'\n[cluster]\netcd = {json.dumps(etcd or self.etcd.endpoints)}\n'
+                f'node = "{node}"\nname = "{self.name}"\nlease_ttl = {ttl}\n'
+                f'request_timeout = {timeout}\n')
+
+    def start(self, *names: str, workers: int = 2, **kw: Any) -> list[Daemon]:
+        made = [self.make(self.config(n, **kw), workers=workers) for n in names]
+        for n, d in zip(names, made, strict=True):
+            d.start(timeout=60)
+            self.nodes[n] = d
+        return made
+
+    def client(self, node: str, **kw: Any) -> Client:
+        c = Client(self.nodes[node].agent_endpoint, timeout=10, **kw)
+        self.clients.append(c)
+        return c
+
+    def status(self, node: str) -> dict[str, Any]:
+        out: dict[str, Any] = self.nodes[node].call("cluster.status")
+        return out
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+
+@pytest.fixture
+def cluster(shared_etcd: LocalEtcd, make_daemon: Callable[..., Daemon]) -> Iterator[Cluster]:
+    c = Cluster(shared_etcd, make_daemon)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def lonely_cluster(own_etcd: LocalEtcd, make_daemon: Callable[..., Daemon]) -> Iterator[Cluster]:
+    c = Cluster(own_etcd, make_daemon)
+    yield c
+    c.close()
+
+
+def wait(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = pred()
+            if got:
+                return got
+        except MabeamError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_variables_behave_as_one_cluster_wide(cluster: Cluster) -> None:
+    cluster.start("a", "b", "c")
+    a, b, c = (cluster.client(n) for n in "abc")
+    for cl, agent in ((a, "alice"), (b, "bob"), (c, "carol")):
+        cl.register(agent)
+    events = Events(cluster.nodes["c"].event_endpoint, "var.")
+    try:
+        names = [f"v{i}" for i in range(8)]  # over both shards
+        for i, name in enumerate(names):
+            a.create_var("alice", name, i)
+        # Linearizable reads on another node see every acknowledged write at once.
+        for i, name in enumerate(names):
+            assert c.get_var(name, consistent=True)["value"] == i
+        # The cached read (shared memory on node c) catches up.
+        wait(lambda: all(c.get_var(n)["value"] == i for i, n in enumerate(names)),
+             what="c's cache")
+        assert b.set_var("bob", "v0", "b", expect_version=1)["version"] == 2
+        with pytest.raises(VersionMismatch):
+            c.set_var("carol", "v0", "c", expect_version=1)
+        assert c.set_var("carol", "v0", "c", expect_version=2)["version"] == 3
+        hist = wait(lambda: (h := a.var_history("v0")) and h["version"] == 3 and h,
+                    what="a's history of v0")
+        assert [(p["version"], p["value"], p["modified_by"]) for p in hist["history"]] == \
+            [(1, 0, "alice"), (2, "b", "bob")]
+        listed = c.list_vars(prefix="v")
+        assert sorted(v["name"] for v in listed["vars"]) == names
+        a.delete_var("alice", "v1")
+        wait(lambda: not any(v["name"] == "v1" for v in c.list_vars(prefix="v")["vars"]),
+             what="the delete on c")
+        with pytest.raises(MabeamError, match="no variable"):
+            c.get_var("v1", consistent=True)
+        # Node c's event endpoint publishes the other nodes' writes, with the writer node.
+        ev = wait(lambda: next((body for topic, body in list(events.items)
+                                if topic == "var.v0" and body.get("version") == 2), None),
+                  what="b's set of v0 published on c")
+        assert ev["node"] == "b" and ev["value"] == "b" and ev["op"] == "set"
+        assert wait(lambda: next((body for topic, body in list(events.items)
+                                  if topic == "var.v1" and body.get("op") == "delete"), None),
+                    what="a's delete of v1 published on c")
+    finally:
+        events.close()
+
+
+def test_concurrent_compare_and_set_has_one_winner_per_version(cluster: Cluster) -> None:
+    cluster.start("a", "b", "c", workers=1)
+    clients = [cluster.client(n) for n in "abc"]
+    for i, cl in enumerate(clients):
+        cl.register(f"w{i}")
+    clients[0].create_var("w0", "counter", 0)
+    wins: list[list[int]] = [[] for _ in clients]
+    errors: list[BaseException] = []
+
+    def bump(i: int) -> None:
+        cl = clients[i]
+        try:
+            while len(wins[i]) < 15:
+                cur = cl.get_var("counter", consistent=True)
+                try:
+                    got = cl.set_var(f"w{i}", "counter", cur["value"] + 1,
+                                     expect_version=cur["version"])
+                except VersionMismatch:
+                    continue
+                wins[i].append(got["version"])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    versions = sorted(v for w in wins for v in w)
+    assert versions == list(range(2, 2 + 45))  # every version won exactly once
+    final = clients[2].get_var("counter", consistent=True)
+    assert final["value"] == 45 and final["version"] == 46
+
+
+def test_node_refuses_a_taken_name_and_another_shard_count(cluster: Cluster) -> None:
+    cluster.start("a")
+    twin = cluster.make(cluster.config("a"), workers=2)
+    twin.start(wait_ready=False)
+    assert twin.wait(60) != 0
+    assert "node name 'a' is taken" in twin.log()
+    other = cluster.make(cluster.config("z"), workers=3)
+    other.start(wait_ready=False)
+    assert other.wait(60) != 0
+    assert "runs 2 shards and this node 3" in other.log()
+    assert "[workers] count = 2" in other.log()
+
+
+def test_mabeamctl_cluster_status(cluster: Cluster, daemon: Daemon) -> None:
+    cluster.start("a", "b", workers=1)
+    out = cluster.nodes["a"].ctl("--socket", str(cluster.nodes["a"].socket), "cluster",
+                                 "status", "--json")
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout)
+    assert [n["node"] for n in st["nodes"]] == ["a", "b"]
+    assert st["lease"]["state"] == "ok" and st["shards"] == 1
+    assert len(st["members"]) == 3 and all(e["healthy"] for e in st["endpoints"])
+    assert sum(e["is_leader"] for e in st["endpoints"]) == 1
+    assert st["caches"][0]["watch"] is True
+    text = cluster.nodes["b"].ctl("--socket", str(cluster.nodes["b"].socket), "cluster")
+    assert text.returncode == 0, text.stderr
+    assert "node b" in text.stdout and "ETCD ENDPOINT" in text.stdout
+    # A single node says so, without a traceback.
+    single = daemon.ctl("--socket", str(daemon.socket), "cluster", "status")
+    assert single.returncode != 0
+    assert "single node" in single.stderr and "Traceback" not in single.stderr
+
+
+def test_a_killed_node_leaves_the_cluster_within_its_lease(cluster: Cluster) -> None:
+    cluster.start("a", "b", workers=1, ttl=2)
+    b = cluster.client("b")
+    b.register("bob")
+    acked = [b.create_var("bob", f"k{i}", i)["version"] for i in range(20)]
+    assert acked == [1] * 20
+    cluster.nodes["b"].signal(signal.SIGKILL)
+    t0 = time.monotonic()
+    wait(lambda: [n["node"] for n in cluster.status("a")["nodes"]] == ["a"], timeout=15,
+         what="b gone from a's view")
+    gone_after = time.monotonic() - t0
+    assert gone_after <= 2 + 1.5, gone_after  # TTL + 1 s (and the poll's slack)
+    a = cluster.client("a")
+    for i in range(20):  # nothing b acknowledged is lost
+        assert a.get_var(f"k{i}", consistent=True)["value"] == i
+
+
+def test_etcd_member_losses_one_is_survived_two_refuse_writes_then_resume(
+        lonely_cluster: Cluster) -> None:
+    cl = lonely_cluster
+    cl.start("a", workers=1, timeout=1.5)
+    a = cl.client("a")
+    a.register("alice")
+    a.create_var("alice", "x", 0)
+    etcd = cl.etcd
+    follower = next(i for i in range(3) if i != etcd.leader())
+    etcd.kill(follower)
+    for i in range(1, 21):  # one member down: the cluster keeps its quorum
+        assert a.set_var("alice", "x", i)["version"] == i + 1
+    second = next(i for i in range(3) if i != follower)
+    etcd.kill(second)
+    t0 = time.monotonic()
+    with pytest.raises(Unavailable) as refused:
+        a.set_var("alice", "x", "lost?")
+    took = time.monotonic() - t0
+    assert took < 1.5 + 3.0, took  # the request timeout, not a hang
+    assert refused.value.applied is None  # a timed-out write may still be committed later
+    # Cached reads keep answering from this node's shared memory.
+    assert a.get_var("x")["value"] == 20
+    with pytest.raises(Unavailable):
+        a.get_var("x", consistent=True)
+    etcd.start_member(follower)
+    etcd.start_member(second)
+    etcd.wait_healthy(60)
+    got = wait(lambda: a.set_var("alice", "x", "back"), timeout=30, what="writes resume")
+    assert got["value"] == "back"
+    final = a.get_var("x", consistent=True)
+    assert final["value"] == "back" and final["version"] in (22, 23)  # "lost?" maybe applied
+
+
+def test_a_partitioned_node_acknowledges_no_write_and_rejoins(
+        lonely_cluster: Cluster) -> None:
+    """Node b talks to one etcd member only; pausing that member cuts b off (it is there but
+    answers nothing, as behind a partition) while a goes on with the other two."""
+    cl = lonely_cluster
+    etcd = cl.etcd
+    cut = next(i for i in range(3) if i != etcd.leader())
+    cl.start("a", workers=1, ttl=2, timeout=1.0)
+    cl.start("b", workers=1, ttl=2, timeout=1.0, etcd=[etcd.members[cut].endpoint])
+    a, b = cl.client("a"), cl.client("b")
+    a.register("alice")
+    b.register("bob")
+    a.create_var("alice", "p", 0)
+    etcd.pause(cut)
+    try:
+        with pytest.raises(Unavailable):
+            b.set_var("bob", "p", "from b")
+        assert a.set_var("alice", "p", "from a")["version"] == 2
+        wait(lambda: [n["node"] for n in cl.status("a")["nodes"]] == ["a"], timeout=15,
+             what="b's lease expiring")
+        assert cl.status("b")["lease"]["state"] in ("uncertain", "lost")
+    finally:
+        etcd.resume(cut)
+    wait(lambda: [n["node"] for n in cl.status("a")["nodes"]] == ["a", "b"], timeout=30,
+         what="b rejoining")
+    assert cl.status("b")["lease"]["state"] == "ok"
+    assert b.get_var("p", consistent=True)["value"] == "from a"
+    assert b.set_var("bob", "p", "b again")["version"] == 3
+
+
+def test_histories_under_member_and_node_kills_are_linearizable(
+        lonely_cluster: Cluster) -> None:
+    cl = lonely_cluster
+    cl.start("a", "b", workers=1, timeout=1.5, ttl=3)
+    keys = ["h0", "h1", "h2"]
+    seed = cl.client("a")
+    seed.register("seed")
+    for k in keys:
+        seed.create_var("seed", k, 0)
+    history: list[Op] = [Op(client="seed", key=k, kind="set", call=0.0, ret=0.0, arg=0,
+                            expect=None, ok=True, value=None, version=1) for k in keys]
+    lock = threading.Lock()
+    stop = threading.Event()
+    t_base = time.monotonic()
+
+    def run(node: str, n: int) -> None:
+        cl_ = Client(cl.nodes[node].agent_endpoint, timeout=5)
+        agent = f"{node}{n}"
+        cl_.register(agent)
+        ops = 0
+        try:
+            while not stop.is_set() and ops < 400:
+                ops += 1
+                key = keys[(ops * 7 + n) % len(keys)]
+                kind: Literal["get", "set", "cas"] = ("get", "set", "cas")[(ops + n) % 3]
+                t0 = time.monotonic() - t_base
+                op: Op
+                try:
+                    if kind == "get":
+                        got = cl_.get_var(key, consistent=True)
+                        op = Op(agent, key, "get", t0, time.monotonic() - t_base, None, None,
+                                True, got["value"], got["version"])
+                    elif kind == "set":
+                        val = f"{agent}-{ops}"
+                        got = cl_.set_var(agent, key, val)
+                        op = Op(agent, key, "set", t0, time.monotonic() - t_base, val, None,
+                                True, None, got["version"])
+                    else:
+                        cur = cl_.get_var(key, consistent=True)
+                        val = f"{agent}-{ops}"
+                        t0 = time.monotonic() - t_base
+                        try:
+                            got = cl_.set_var(agent, key, val, expect_version=cur["version"])
+                            op = Op(agent, key, "cas", t0, time.monotonic() - t_base, val,
+                                    cur["version"], True, None, got["version"])
+                        except VersionMismatch:
+                            op = Op(agent, key, "cas", t0, time.monotonic() - t_base, val,
+                                    cur["version"], False, None, None)
+                except MabeamError:
+                    # No answer we can trust: a write may or may not have taken effect.
+                    if kind == "get":
+                        continue
+                    op = Op(agent, key, kind, t0, None, f"{agent}-{ops}",
+                            None if kind == "set" else -1, None, None, None)
+                    if kind == "cas":
+                        continue  # its expected version was never read: nothing to record
+                with lock:
+                    history.append(op)
+        finally:
+            cl_.close()
+
+    threads = [threading.Thread(target=run, args=(node, n)) for node in "ab" for n in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    cl.etcd.kill(cl.etcd.leader() or 0)  # a leader change under load
+    time.sleep(2.0)
+    cl.nodes["b"].signal(signal.SIGKILL)  # and a node: its clients' writes go unanswered
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    done = [o for o in history if o.ret is not None]
+    assert len(done) > 100, len(done)
+    result = check(history)
+    assert result.ok, result.explanation
+
+
+def test_cluster_config_is_checked(tmp_path: Path) -> None:
+    from mabeamd import config
+
+    def load(text: str) -> None:
+        p = tmp_path / "m.toml"
+        p.write_text(text)
+        config.load(p)
+
+    with pytest.raises(config.ConfigError, match=r"node.*required with"):
+        load('[cluster]\netcd = ["127.0.0.1:2379"]\n')
+    with pytest.raises(config.ConfigError, match="HOST:PORT"):
+        load('[cluster]\netcd = ["127.0.0.1"]\nnode = "a"\n')
+    with pytest.raises(config.ConfigError, match="TLS"):
+        load('[cluster]\netcd = ["https://127.0.0.1:2379"]\nnode = "a"\n')
+    with pytest.raises(config.ConfigError, match="not on loopback"):
+        load('[cluster]\netcd = ["10.1.2.3:2379"]\nnode = "a"\n')
+    with pytest.raises(config.ConfigError, match="without \\[cluster\\] etcd"):
+        load('[cluster]\nnode = "a"\n')
+    with pytest.raises(config.ConfigError, match="node"):
+        load('[cluster]\netcd = ["127.0.0.1:2379"]\nnode = "a b"\n')
+    with pytest.raises(config.ConfigError, match="max_value"):
+        load('[cluster]\netcd = ["127.0.0.1:2379"]\nnode = "a"\n'
+             '[variables]\nmax_value = 2000000\n[agents]\nmax_message = 4000000\n')
+    load('[cluster]\netcd = ["127.0.0.1:2379", "http://localhost:22379"]\nnode = "a"\n')
