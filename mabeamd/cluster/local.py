@@ -102,7 +102,11 @@ class LocalEtcd:
         m = self.members[i]
         m.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log = open(m.log_path, "ab")  # noqa: SIM115 (the child keeps it)
-        m.proc = subprocess.Popen(self._argv(m, binary), stdout=log, stderr=log,
+        # setpriv (util-linux) sets PR_SET_PDEATHSIG before exec: the member is killed when
+        # the process that started it goes, however it goes (a test run killed mid-way must
+        # not leave etcd members behind). No preexec_fn: the tests run threads.
+        wrap = [setpriv, "--pdeathsig", "KILL"] if (setpriv := shutil.which("setpriv")) else []
+        m.proc = subprocess.Popen([*wrap, *self._argv(m, binary)], stdout=log, stderr=log,
                                   stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 
