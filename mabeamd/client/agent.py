@@ -28,7 +28,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -99,7 +99,7 @@ class Agent:
     weight: float = 1.0
     priority: int = 0
 
-    def __init__(self, agent_id: str | None = None, endpoint: str | None = None, *,
+    def __init__(self, agent_id: str | None = None, endpoint: str | Sequence[str] | None = None, *,
                  client: AsyncClient | None = None, **client_options: Any) -> None:
         agent_id = agent_id or os.environ.get("MABEAM_AGENT_ID")
         if not agent_id:

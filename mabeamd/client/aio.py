@@ -13,10 +13,11 @@ Reliability comes in three layers:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ from mabeamd.storage.sharding import shard_of
 
 log = logging.getLogger("mabeamd.client")
 BYE_WAIT = 1.0  # seconds close() gives the byes of its agents
+FAILOVER_AFTER = 2  # heartbeats in a row without an answer before the next endpoint is tried
 
 
 @dataclass
@@ -100,12 +102,22 @@ def write_body(agent: str, name: str, expect_version: int | None = None,
 class AsyncClient:
     """Connect with `async with AsyncClient(endpoint) as c:` or `await c.connect()`."""
 
-    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
+    def __init__(self, endpoint: str | Sequence[str] | None = None, *, timeout: float = 10.0,
                  server_key: bytes | None = None,
                  client_keys: tuple[bytes, bytes] | None = None,
                  heartbeat: bool = True, push_queue: int = 10000, direct: bool = True,
                  prefault: bool = False) -> None:
-        self.endpoint = endpoint or os.environ.get("MABEAM_ENDPOINT", "tcp://127.0.0.1:7700")
+        """`endpoint`: one agent endpoint, or several (a list, or one string with commas;
+        also $MABEAM_ENDPOINT): the nodes of a cluster. The client talks to one at a time
+        and fails over to the next when FAILOVER_AFTER heartbeats in a row get no answer,
+        registering its agents there again (see `failover`)."""
+        given = endpoint or os.environ.get("MABEAM_ENDPOINT", "tcp://127.0.0.1:7700")
+        self.endpoints = [e.strip() for e in given.split(",") if e.strip()] \
+            if isinstance(given, str) else list(given)
+        if not self.endpoints:
+            raise MabeamError("no endpoint given")
+        self.endpoint = self.endpoints[0]
+        self.failovers = 0
         self.direct = direct  # variable requests to shard endpoints when offered
         self.timeout = timeout
         self.server_key = server_key
@@ -359,18 +371,19 @@ class AsyncClient:
         self.registrations[agent] = reg
         self._registered(reg, reply)
         self.heartbeat_interval = float(reply.get("heartbeat_interval", 5.0))
-        self.shards = int(reply.get("shards") or 0)
-        self._local.hello(reply.get("shm"), self.shards)
-        self.events_endpoint = reply.get("events")
         self._wake.set()
         return reply
 
     def _registered(self, reg: Registration, reply: dict[str, Any]) -> None:
-        """Take what a hello reply hands this registration: token, credential, routes."""
+        """Take what a hello reply hands this registration (token, credential) and this
+        connection (routes, shards, segments, events: perhaps of another node now)."""
         reg.token = reply["token"]
         reg.credential = reply.get("credential")
         if self._routes is not None:
             self._routes.update(reply.get("shard_endpoints"))
+        self.shards = int(reply.get("shards") or 0)
+        self._local.hello(reply.get("shm"), self.shards)
+        self.events_endpoint = reply.get("events")
 
     async def bye(self, agent: str) -> None:
         self.registrations.pop(agent, None)
@@ -557,8 +570,9 @@ class AsyncClient:
 
     async def heartbeat(self) -> dict[str, Any]:
         """Beat for all our agents; re-register any the daemon no longer knows here."""
-        reply: dict[str, Any] = await self.request("heartbeat",
-                                                   {"agents": list(self.registrations)})
+        reply: dict[str, Any] = await self.request(
+            "heartbeat", {"agents": list(self.registrations)},
+            timeout=min(self.timeout, max(1.0, self.heartbeat_interval)))
         self.heartbeat_interval = float(reply.get("heartbeat_interval", self.heartbeat_interval))
         for agent in reply.get("unknown", []):
             reg = self.registrations.get(agent)
@@ -573,8 +587,31 @@ class AsyncClient:
                 log.warning("agent %s: re-registration failed: %s", agent, exc)
         return reply
 
+    async def failover(self) -> str:
+        """Move the connection to the next endpoint (round the list) and register every
+        agent there again; returns the new endpoint. Requests in flight on the old one end
+        with Timeout. What lives in the cluster (variables) carries on; what lived on the old
+        node alone (its sessions, its pushes not yet delivered) does not."""
+        assert self._sock is not None and self._ctx is not None and self._loop is not None
+        old = self.endpoint
+        self.endpoint = self.endpoints[(self.endpoints.index(old) + 1) % len(self.endpoints)]
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.disconnect(old)
+        self._sock.connect(self.endpoint)
+        if self._routes is not None:
+            self._routes.close()
+            self._routes = Routes(self._ctx, self._loop, self.endpoint, self._handle)
+        self._local.hello(None, 0)  # no same-host reads of the old node's segments
+        self.shards = 0
+        self.failovers += 1
+        log.warning("no answer from %s: failing over to %s", old, self.endpoint)
+        with contextlib.suppress(MabeamError):
+            await self.heartbeat()  # the new node knows none of our agents: they re-register
+        return self.endpoint
+
     async def _beat(self) -> None:
         pause = None
+        silent = 0  # heartbeats in a row that got no answer
         while not self._closing:
             # asyncio.wait, not wait_for: cancelled, wait_for waits for its inner task's
             # cancellation, and on Python 3.11 an Event.wait() inner task could leave it
@@ -592,6 +629,13 @@ class AsyncClient:
             pause = None
             try:
                 await self.heartbeat()
+                silent = 0
+            except (ConnectionLost, Timeout) as exc:
+                silent += 1
+                log.debug("heartbeat got no answer (%s)", exc)
+                if silent >= FAILOVER_AFTER and len(self.endpoints) > 1 and not self._closing:
+                    silent = 0
+                    await self.failover()
             except RateLimited as exc:  # the one retry the SDK makes itself: a beat put
                 # off by whole intervals could cost the agents their liveness ([limits])
                 pause = max(0.001, min(exc.retry_after, self.heartbeat_interval))

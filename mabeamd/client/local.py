@@ -36,6 +36,10 @@ class LocalReads:
     def hello(self, shm_info: dict[str, Any] | None, shards: int) -> None:
         """What a hello reply says; it also ends a pause (perhaps another daemon now, or
         its group changed)."""
+        if shm_info != self.shm or shards != self.shards:  # another daemon: not its segments
+            for reader in self._readers.values():
+                reader.close()
+            self._readers.clear()
         self.shm, self.shards = shm_info, shards
         self._retry_at = 0.0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import zmq
@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 
 class Client:
-    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
+    def __init__(self, endpoint: str | Sequence[str] | None = None, *, timeout: float = 10.0,
                  server_key: bytes | None = None,
                  client_keys: tuple[bytes, bytes] | None = None, heartbeat: bool = True,
                  direct: bool = True, prefault: bool = False) -> None:
@@ -160,6 +160,10 @@ class Client:
 
     def heartbeat(self) -> dict[str, Any]:
         return self._run(self.aio.heartbeat())
+
+    def failover(self) -> str:
+        """Move to the next endpoint now (AsyncClient.failover); returns it."""
+        return self._run(self.aio.failover())
 
     def next_push(self, timeout: float | None = None) -> Push:
         try:

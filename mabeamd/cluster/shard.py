@@ -379,9 +379,11 @@ class ClusterShard:
     async def _settle(self, name: str, key: bytes, value: bytes, expect: int) -> int | None:
         """After a transaction whose answer was lost: the revision it was committed at, 0 if
         it certainly was not (the key is still at `expect`), None if that cannot be told (etcd
-        does not answer, or the key moved on: ours or another node's write)."""
+        does not answer, or the key moved on: ours or another node's write). One try: a write
+        refused this way takes at most two request timeouts (round_robin sends this read to
+        another member than the transaction's)."""
         try:
-            found = await idempotent(lambda: self.etcd.get(key), self.attempts)
+            found = await self.etcd.get(key)
         except DOWN:
             return None
         if found is None:

@@ -98,6 +98,11 @@ def lonely_cluster(own_etcd: LocalEtcd, make_daemon: Callable[..., Daemon]) -> I
     c.close()
 
 
+def live(status: dict[str, Any]) -> list[str] | None:
+    """The live nodes a cluster status lists; None when etcd did not answer that status."""
+    return [n["node"] for n in status["nodes"]] if "nodes" in status else None
+
+
 def wait(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -223,6 +228,25 @@ def test_mabeamctl_cluster_status(cluster: Cluster, daemon: Daemon) -> None:
     assert "single node" in single.stderr and "Traceback" not in single.stderr
 
 
+def test_a_client_fails_over_to_another_node_and_carries_on(cluster: Cluster) -> None:
+    cluster.start("a", "b", workers=1)
+    a, b = (cluster.nodes[n] for n in "ab")
+    c = Client([a.agent_endpoint, b.agent_endpoint], timeout=3)
+    cluster.clients.append(c)
+    c.register("roamer", ["mobile"])
+    c.create_var("roamer", "trip", 0)
+    assert c.get_var("trip")["value"] == 0  # a's shared memory
+    a.signal(signal.SIGKILL)
+    # Heartbeats (0.2 s here) go unanswered; after two the client moves to b and registers
+    # its agent there again; writes and reads carry on, the cache now b's.
+    wait(lambda: c.aio.endpoint == b.agent_endpoint and c.aio.failovers == 1, timeout=20,
+         what="the failover to b")
+    got = wait(lambda: c.set_var("roamer", "trip", 1), timeout=20, what="a write through b")
+    assert got["version"] == 2
+    assert wait(lambda: c.get_var("trip")["value"] == 1, what="b's cache")
+    assert [x["id"] for x in cluster.client("b").list_agents()["agents"]] == ["roamer"]
+
+
 def test_a_killed_node_leaves_the_cluster_within_its_lease(cluster: Cluster) -> None:
     cluster.start("a", "b", workers=1, ttl=2)
     b = cluster.client("b")
@@ -231,7 +255,7 @@ def test_a_killed_node_leaves_the_cluster_within_its_lease(cluster: Cluster) -> 
     assert acked == [1] * 20
     cluster.nodes["b"].signal(signal.SIGKILL)
     t0 = time.monotonic()
-    wait(lambda: [n["node"] for n in cluster.status("a")["nodes"]] == ["a"], timeout=15,
+    wait(lambda: live(cluster.status("a")) == ["a"], timeout=15,
          what="b gone from a's view")
     gone_after = time.monotonic() - t0
     assert gone_after <= 2 + 1.5, gone_after  # TTL + 1 s (and the poll's slack)
@@ -258,7 +282,7 @@ def test_etcd_member_losses_one_is_survived_two_refuse_writes_then_resume(
     with pytest.raises(Unavailable) as refused:
         a.set_var("alice", "x", "lost?")
     took = time.monotonic() - t0
-    assert took < 1.5 + 3.0, took  # the request timeout, not a hang
+    assert took < 2 * 1.5 + 2.0, took  # two request timeouts at most (and slack): no hang
     assert refused.value.applied is None  # a timed-out write may still be committed later
     # Cached reads keep answering from this node's shared memory.
     assert a.get_var("x")["value"] == 20
@@ -280,8 +304,8 @@ def test_a_partitioned_node_acknowledges_no_write_and_rejoins(
     cl = lonely_cluster
     etcd = cl.etcd
     cut = next(i for i in range(3) if i != etcd.leader())
-    cl.start("a", workers=1, ttl=2, timeout=1.0)
-    cl.start("b", workers=1, ttl=2, timeout=1.0, etcd=[etcd.members[cut].endpoint])
+    cl.start("a", workers=1, ttl=2, timeout=2.0)
+    cl.start("b", workers=1, ttl=2, timeout=2.0, etcd=[etcd.members[cut].endpoint])
     a, b = cl.client("a"), cl.client("b")
     a.register("alice")
     b.register("bob")
@@ -291,12 +315,12 @@ def test_a_partitioned_node_acknowledges_no_write_and_rejoins(
         with pytest.raises(Unavailable):
             b.set_var("bob", "p", "from b")
         assert a.set_var("alice", "p", "from a")["version"] == 2
-        wait(lambda: [n["node"] for n in cl.status("a")["nodes"]] == ["a"], timeout=15,
+        wait(lambda: live(cl.status("a")) == ["a"], timeout=15,
              what="b's lease expiring")
         assert cl.status("b")["lease"]["state"] in ("uncertain", "lost")
     finally:
         etcd.resume(cut)
-    wait(lambda: [n["node"] for n in cl.status("a")["nodes"]] == ["a", "b"], timeout=30,
+    wait(lambda: live(cl.status("a")) == ["a", "b"], timeout=30,
          what="b rejoining")
     assert cl.status("b")["lease"]["state"] == "ok"
     assert b.get_var("p", consistent=True)["value"] == "from a"
@@ -330,6 +354,7 @@ def test_histories_under_member_and_node_kills_are_linearizable(
                 kind: Literal["get", "set", "cas"] = ("get", "set", "cas")[(ops + n) % 3]
                 t0 = time.monotonic() - t_base
                 op: Op
+                sent: int | None = None
                 try:
                     if kind == "get":
                         got = cl_.get_var(key, consistent=True)
@@ -344,6 +369,7 @@ def test_histories_under_member_and_node_kills_are_linearizable(
                         cur = cl_.get_var(key, consistent=True)
                         val = f"{agent}-{ops}"
                         t0 = time.monotonic() - t_base
+                        sent = cur["version"]  # the cas goes out now: record it either way
                         try:
                             got = cl_.set_var(agent, key, val, expect_version=cur["version"])
                             op = Op(agent, key, "cas", t0, time.monotonic() - t_base, val,
@@ -353,12 +379,10 @@ def test_histories_under_member_and_node_kills_are_linearizable(
                                     cur["version"], False, None, None)
                 except MabeamError:
                     # No answer we can trust: a write may or may not have taken effect.
-                    if kind == "get":
-                        continue
+                    if kind == "get" or (kind == "cas" and sent is None):
+                        continue  # a read, or a cas whose version read failed: never sent
                     op = Op(agent, key, kind, t0, None, f"{agent}-{ops}",
-                            None if kind == "set" else -1, None, None, None)
-                    if kind == "cas":
-                        continue  # its expected version was never read: nothing to record
+                            sent if kind == "cas" else None, None, None, None)
                 with lock:
                     history.append(op)
         finally:
@@ -405,3 +429,38 @@ def test_cluster_config_is_checked(tmp_path: Path) -> None:
         load('[cluster]\netcd = ["127.0.0.1:2379"]\nnode = "a"\n'
              '[variables]\nmax_value = 2000000\n[agents]\nmax_message = 4000000\n')
     load('[cluster]\netcd = ["127.0.0.1:2379", "http://localhost:22379"]\nnode = "a"\n')
+
+
+def test_scripts_cluster_starts_a_cluster_and_stops_it_all(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from mabeamd.testing import ROOT, run_ctl
+
+    d = short_tmpdir() / "cl"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "cluster.py"), "--nodes",
+                             "2", "--workers", "1", "--dir", str(d)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env={k: v for k, v in os.environ.items() if k != "MABEAM_SOCKET"})
+    try:
+        assert proc.stdout is not None
+        out = []
+        for line in proc.stdout:
+            out.append(line)
+            if "Ctrl-C stops the cluster" in line:
+                break
+        text = "".join(out)
+        assert "cluster 'loopback' is up" in text, text
+        st = run_ctl("--socket", str(d / "b" / "run" / "control.sock"), "cluster", "status",
+                     "--json")
+        assert st.returncode == 0, st.stderr
+        assert [n["node"] for n in json.loads(st.stdout)["nodes"]] == ["a", "b"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    import psutil
+
+    left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+            if any(str(d) in a for a in (p.info["cmdline"] or []))]
+    assert left == []
