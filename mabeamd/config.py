@@ -379,6 +379,12 @@ def _check_cluster(cfg: Config, origin: str) -> None:
                               f"'_', '.' or '-' (starting with a letter or digit), got "
                               f"{value!r}" + (" (required with [cluster] etcd)"
                                               if not value else ""))
+    advertise = c.advertise or cfg.agents.endpoints[0]
+    if advertise.startswith("curve+"):
+        raise ConfigError(f"{origin}: [cluster] advertise: the other nodes reach this one "
+                          f"at {advertise}, a CURVE endpoint, and node links do not speak "
+                          "CURVE yet: give a plain agent endpoint of this node (on a network "
+                          "you trust) as [cluster] advertise")
     if cfg.variables.max_value > CLUSTER_MAX_VALUE:
         raise ConfigError(f"{origin}: [variables] max_value: a cluster keeps each variable in "
                           f"one etcd key, so at most {CLUSTER_MAX_VALUE}; got "

@@ -19,7 +19,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mabeamd import __version__
 from mabeamd.agents import credentials
@@ -29,6 +29,9 @@ from mabeamd.agents.registry import HEALTHY, UNHEALTHY, AgentRecord, Registry, c
 from mabeamd.config import AgentsSection
 from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, WireError, check_fields
+
+if TYPE_CHECKING:
+    from mabeamd.cluster.directory import Directory
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,8 @@ class AgentService:
         self._on_down = on_down
         # (agent, principal or None): an id taken over by another connection (audit log).
         self.on_takeover = on_takeover
+        # Cluster mode: the cluster's directory and node links (cluster/directory.py).
+        self.directory: Directory | None = None
         endpoint.handlers.update({
             "hello": self.hello, "heartbeat": self.heartbeat, "bye": self.bye,
             "agent.get": self.get_agent, "agent.list": self.list_agents,
@@ -110,6 +115,8 @@ class AgentService:
         for rec in gone:
             log.info("agent %s gone", rec.id)
             self.events.publish("agent.gone", {"agent": rec.id, "reason": "silent"})
+            if self.directory is not None:
+                self.directory.release(rec.id)
         for rec in (*unhealthy, *gone):
             self._down(rec.id)
         if unhealthy or gone:
@@ -138,7 +145,37 @@ class AgentService:
         check_fields(body, "ping")
         return {"pong": True, "time": time.time()}
 
+    def attach_directory(self, directory: Directory) -> None:
+        """Cluster mode: hellos claim their ids in the cluster's directory, discovery and
+        messages reach the other nodes' agents, and node.deliver is served."""
+        self.directory = directory
+        directory.on_change = self._pulse
+        self.endpoint.handlers["node.deliver"] = self.deliver
+
     def hello(self, req: Request, body: dict[str, Any]) -> Any:
+        reply = self._hello(req, body)
+        if self.directory is None:
+            return reply
+        return self._claimed(reply)
+
+    async def _claimed(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """Cluster mode: the hello is answered once the id is ours in the directory; one a
+        live agent holds on another node is refused (and undone here)."""
+        assert self.directory is not None
+        agent_id = reply["agent"]
+        rec = self.registry.agents.get(agent_id)
+        if rec is None:  # gone meanwhile (a bye raced the hello)
+            raise WireError(ErrorCode.NOT_FOUND, f"agent {agent_id!r} left during its hello")
+        try:
+            await self.directory.claim({**rec.public(time.monotonic()), "last_seen_age": None})
+        except WireError:
+            if reply["created"] and self.registry.agents.get(agent_id) is rec:
+                self.registry.deregister(agent_id)
+                self._pulse()
+            raise
+        return reply
+
+    def _hello(self, req: Request, body: dict[str, Any]) -> dict[str, Any]:
         check_fields(body, "hello", {"agent", "capabilities", "metadata", "weight", "priority",
                                  "token"})
         agent_id = check_agent_id(body.get("agent"))
@@ -196,6 +233,8 @@ class AgentService:
         agent_id = check_agent_id(body.get("agent"))
         self.registry.owned(agent_id, req.conn)
         self.registry.deregister(agent_id)
+        if self.directory is not None:
+            self.directory.release(agent_id)
         self.events.publish("agent.bye", {"agent": agent_id})
         self._down(agent_id)
         self._pulse()
@@ -206,8 +245,32 @@ class AgentService:
         agent_id = check_agent_id(body.get("agent"))
         rec = self.registry.agents.get(agent_id)
         if rec is None:
-            raise WireError(ErrorCode.NOT_FOUND, f"no agent {agent_id!r}")
-        return rec.public(time.monotonic())
+            remote = self.directory.remote(agent_id) if self.directory is not None else None
+            if remote is None:
+                raise WireError(ErrorCode.NOT_FOUND, f"no agent {agent_id!r}")
+            return self.directory.public(remote)  # type: ignore[union-attr]
+        return self._public(rec, time.monotonic())
+
+    def _public(self, rec: AgentRecord, now: float) -> dict[str, Any]:
+        d = rec.public(now)
+        if self.directory is not None:
+            d["node"] = self.directory.node
+        return d
+
+    def _merged(self, page: list[AgentRecord], cursor: str | None, q: dict[str, Any],
+                after: str, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        """This node's page and the other nodes' matching agents, as one page by id."""
+        now = time.monotonic()
+        mine = [self._public(r, now) for r in page]
+        if self.directory is None:
+            return mine, cursor
+        theirs = [self.directory.public(r) for r in self.directory.remote_matching(q, after)]
+        if cursor is not None:  # this node has more past its page: stop where it stopped
+            theirs = [r for r in theirs if r["id"] <= cursor]
+        merged = sorted(mine + theirs, key=lambda r: r["id"])
+        if len(merged) > limit:
+            return merged[:limit], merged[limit - 1]["id"]
+        return merged, cursor
 
     def list_agents(self, req: Request, body: dict[str, Any]) -> Any:
         check_fields(body, "agent.list", {"capabilities", "status", "metadata", "prefix", "after",
@@ -221,8 +284,8 @@ class AgentService:
                 not 1 <= limit <= MAX_LIST_LIMIT:
             raise WireError(ErrorCode.BAD_REQUEST, f"limit must be 1..{MAX_LIST_LIMIT}")
         page, cursor = self.registry.discover(after=after, limit=limit, **q)
-        now = time.monotonic()
-        return {"agents": [r.public(now) for r in page], "next": cursor}
+        agents, cursor = self._merged(page, cursor, q, after, limit)
+        return {"agents": agents, "next": cursor}
 
     async def wait_agents(self, req: Request, body: dict[str, Any]) -> Any:
         check_fields(body, "agent.wait", {"capabilities", "status", "metadata", "prefix", "count",
@@ -237,13 +300,13 @@ class AgentService:
             raise WireError(ErrorCode.BAD_REQUEST, f"timeout must be 0..{MAX_WAIT:g} seconds")
         deadline = time.monotonic() + timeout
         while True:
-            page, _ = self.registry.discover(limit=count, **q)
-            if len(page) >= count:
-                now = time.monotonic()
-                return {"agents": [r.public(now) for r in page]}
+            page, more = self.registry.discover(limit=count, **q)
+            found, _ = self._merged(page, more, q, "", count)
+            if len(found) >= count:
+                return {"agents": found}
             left = deadline - time.monotonic()
             if left <= 0:
-                raise WireError(ErrorCode.TIMEOUT, f"{len(page)} of {count} matching agents "
+                raise WireError(ErrorCode.TIMEOUT, f"{len(found)} of {count} matching agents "
                                 f"after {timeout:g}s")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
@@ -259,10 +322,39 @@ class AgentService:
         self._alive(sender)
         rec = self.registry.agents.get(target)
         if rec is None:
-            raise WireError(ErrorCode.NOT_FOUND, f"no agent {target!r}")
+            remote = self.directory.remote(target) if self.directory is not None else None
+            if remote is None:
+                raise WireError(ErrorCode.NOT_FOUND, f"no agent {target!r}")
+            assert self.directory is not None
+            return self.directory.send(remote, {"from": sender, "to": target, "topic": topic,
+                                                "body": body.get("body")})
+        return self._push_message(sender, target, topic, body.get("body"))
+
+    def deliver(self, req: Request, body: dict[str, Any]) -> Any:
+        """node.deliver: a message another node of the cluster hands over for one of our
+        agents (cluster/directory.py); only with the cluster's token."""
+        if self.directory is None:
+            raise WireError(ErrorCode.UNKNOWN_OP, "node.deliver: this daemon is not in a "
+                            "cluster")
+        self.directory.check_token(body)
+        check_fields(body, "node.deliver", {"token", "node", "from", "to", "topic", "body"},
+                     {"token", "from", "to"})
+        target = check_agent_id(body.get("to"), "to")
+        sender = check_agent_id(body.get("from"), "from")
+        topic = body.get("topic", "")
+        if not isinstance(topic, str) or len(topic) > 256:
+            raise WireError(ErrorCode.BAD_REQUEST, "topic must be a string of <= 256 chars")
+        if target not in self.registry.agents:
+            raise WireError(ErrorCode.NOT_FOUND, f"no agent {target!r} on this node")
+        self.directory.stats["delivered"] += 1
+        return self._push_message(sender, target, topic, body.get("body"))
+
+    def _push_message(self, sender: str, target: str, topic: str, payload: Any,
+                      ) -> dict[str, Any]:
+        rec = self.registry.agents[target]
         push_id = next(self._push_ids)
         ok = self.endpoint.push(rec.conn, push_id, "message", {
-            "to": target, "from": sender, "topic": topic, "body": body.get("body")})
+            "to": target, "from": sender, "topic": topic, "body": payload})
         if not ok:
             raise WireError(ErrorCode.BUSY, f"agent {target!r} is not reading its messages "
                             "(or its connection is gone)")

@@ -22,8 +22,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -53,6 +55,10 @@ class Membership:
         self.state = "starting"  # then "ok", "uncertain" (keepalives failing), "lost"
         self.last_keepalive = 0.0  # monotonic time of the last one etcd confirmed
         self.leases_granted = 0
+        # The cluster's shared secret (in its config key): node-to-node requests carry it.
+        # Whoever may read etcd may act as a node; over plain TCP it is as safe as the wire.
+        self.token = ""
+        self.on_rejoin: list[Callable[[], None]] = []  # told of each new lease after a loss
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -81,14 +87,16 @@ class Membership:
         a name to the same shard, or two would serve it."""
         tx = self.etcd.transactions
         mine = msgpack.packb({"shards": self.shards, "created": time.time(),
-                              "by": self.cfg.node})
+                              "by": self.cfg.node, "token": secrets.token_hex(16)})
         created, answers = await self.etcd.transaction(
             compare=[tx.version(self.keys.config) == 0],
             success=[tx.put(self.keys.config, mine)], failure=[tx.get(self.keys.config)])
         if created:
             log.info("cluster %r: created with %d shards", self.cfg.name, self.shards)
+            self.token = msgpack.unpackb(mine)["token"]
             return
         settings = msgpack.unpackb(answers[0][0][0])
+        self.token = str(settings.get("token") or "")
         if settings.get("shards") != self.shards:
             raise ClusterError(
                 f"cluster {self.cfg.name!r} runs {settings.get('shards')} shards and this node "
@@ -129,6 +137,7 @@ class Membership:
                     self.state = "ok"
                     log.warning("cluster: etcd answers again; node %r rejoined with a new "
                                 "lease", self.cfg.node)
+                    self._rejoined()
                     continue
                 assert self.lease_id is not None
                 reply = await self.etcd.refresh_lease(self.lease_id)
@@ -138,6 +147,7 @@ class Membership:
                               "by etcd. Taking a new one", self.cfg.node)
                     await self._join()
                     self.state = "ok"
+                    self._rejoined()
                     continue
                 self.last_keepalive = time.monotonic()
                 if self.state != "ok":
@@ -154,6 +164,10 @@ class Membership:
                 self.state = new
             except Exception:
                 log.exception("cluster: lease keepalive failed")
+
+    def _rejoined(self) -> None:
+        for callback in self.on_rejoin:
+            callback()
 
     async def stop(self) -> None:
         """Leave at once (revoke the lease: the membership goes now, not after the TTL)."""

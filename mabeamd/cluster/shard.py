@@ -114,11 +114,12 @@ class ClusterShard:
                  len(self.store.vars), self.revision, (time.monotonic() - t0) * 1000)
 
     async def aclose(self) -> None:
-        """Stop the watch and close the client, in at most about two seconds (aetcd's watch
-        cancel and close can wait on a member that does not answer)."""
+        """Stop the watch and close the client, in at most about three seconds (aetcd's watch
+        cancel and close can wait on a member that does not answer; the watch gives its
+        cancel one second)."""
         if self._watcher is not None:
             self._watcher.cancel()
-            await asyncio.wait([self._watcher], timeout=1.0)
+            await asyncio.wait([self._watcher], timeout=2.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.etcd.close(), 1.0)
 

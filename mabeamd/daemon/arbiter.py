@@ -82,6 +82,7 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
 
 
 if TYPE_CHECKING:
+    from mabeamd.cluster.directory import Directory
     from mabeamd.cluster.membership import Membership
 
 
@@ -129,6 +130,7 @@ class Arbiter(WorkerSide):
         self.write_key = secrets.token_bytes(32)
         self.revoked: dict[str, int] = {}  # agent -> highest revoked epoch, for new workers
         self.cluster: Membership | None = None  # cluster mode (cluster/membership.py)
+        self.directory: Directory | None = None  # and its agent directory (directory.py)
         self.loop_lag = self.loop_lag_max = 0.0  # seconds late, the liveness tick's
         self.stalls = 0
 
@@ -285,6 +287,17 @@ class Arbiter(WorkerSide):
         except ClusterError as exc:
             await member.stop()
             raise StartupError(str(exc), EX_CONFIG) from None
+        from mabeamd.cluster.directory import Directory
+
+        self.directory = Directory(member, timeout=c.request_timeout)
+        try:
+            await self.directory.start()
+        except Exception as exc:
+            await self.directory.stop()
+            await member.stop()
+            raise StartupError(f"cannot read the cluster's directory from etcd: {exc!r}") \
+                from None
+        self.agents.attach_directory(self.directory)
         return member
 
     def _setup_agents(self) -> None:
@@ -407,6 +420,8 @@ class Arbiter(WorkerSide):
             await asyncio.gather(*(w.wait_exited() for w in self.watchers))
             stops.cancel()
         self.workers_stopped.set()
+        if self.directory is not None:
+            await self.directory.stop()
         if self.cluster is not None:
             await self.cluster.stop()  # out of the cluster now, not a lease TTL from now
         removed = remove_segments(Path(self.config.variables.shm_dir), self.meta.shm_prefix)

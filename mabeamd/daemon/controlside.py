@@ -218,6 +218,8 @@ class ControlSide:
             raise WireError(ErrorCode.BAD_REQUEST, "this daemon is a single node, not in a "
                             "cluster ([cluster] etcd is empty; docs/cluster.md)")
         out = await self.cluster.status()
+        if self.agents.directory is not None:
+            out["directory"] = self.agents.directory.status()
         caches: list[dict[str, Any]] = []
         for w in self.watchers:
             c = (self.beats.get(w.index, {}).get("shard") or {}).get("cluster")

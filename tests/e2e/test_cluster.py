@@ -7,6 +7,7 @@ the others share one per module, each under a cluster name of its own.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import signal
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 import pytest
 
-from mabeamd.client import Client, Unavailable, VersionMismatch
+from mabeamd.client import Client, Exists, Unavailable, VersionMismatch
 from mabeamd.client.errors import MabeamError
 from mabeamd.cluster.local import LocalEtcd, etcd_binary
 from mabeamd.testing import Daemon, short_tmpdir
@@ -160,6 +161,45 @@ def test_variables_behave_as_one_cluster_wide(cluster: Cluster) -> None:
         events.close()
 
 
+def test_agents_are_discovered_and_reached_across_nodes(cluster: Cluster) -> None:
+    cluster.start("a", "b", "c", workers=1)
+    a, b, c = (cluster.client(n) for n in "abc")
+    a.register("seller", ["sell", "fruit"], metadata={"site": "north"})
+    b.register("buyer", ["buy"])
+    c.register("watcher", ["sell"])
+    # Discovery on any node sees every node's agents (by id, one page), with their node.
+    listed = wait(lambda: (r := c.list_agents(status="any")) and len(r["agents"]) == 3 and r,
+                  what="three agents listed on c")
+    assert [(x["id"], x["node"]) for x in listed["agents"]] == \
+        [("buyer", "b"), ("seller", "a"), ("watcher", "c")]
+    sellers = c.discover(capabilities=["sell"])
+    assert [x["id"] for x in sellers] == ["seller", "watcher"]
+    assert [x["id"] for x in c.discover(capabilities=["sell"], metadata={"site": "north"})] \
+        == ["seller"]
+    page = c.list_agents(status="any", limit=2)
+    assert [x["id"] for x in page["agents"]] == ["buyer", "seller"] and page["next"]
+    rest = c.list_agents(status="any", limit=2, after=page["next"])
+    assert [x["id"] for x in rest["agents"]] == ["watcher"] and rest["next"] is None
+    assert b.get_agent("seller")["node"] == "a"
+    assert len(b.wait_for(2, capabilities=["sell"], timeout=5)) == 2
+    # agent.send from c reaches the agent on a, through the node link.
+    sent = c.send("watcher", "seller", {"price": 3}, topic="offer")
+    assert sent["delivered"] is True and sent["node"] == "a"
+    push = a.next_push(timeout=10)
+    assert push.op == "message" and push.body["from"] == "watcher" and \
+        push.body["body"] == {"price": 3} and push.body["topic"] == "offer"
+    # An id is the cluster's: a live agent's id cannot be taken on another node.
+    with pytest.raises(Exists, match="registered on node 'a'"):
+        b.register("seller")
+    # A bye removes the entry everywhere.
+    b.bye("buyer")
+    wait(lambda: [x["id"] for x in c.list_agents(status="any")["agents"]] ==
+         ["seller", "watcher"], what="buyer gone from c's view")
+    # node.deliver takes only the cluster's token.
+    with pytest.raises(MabeamError, match="token"):
+        c.request("node.deliver", {"token": "guess", "from": "x", "to": "seller"})
+
+
 def test_concurrent_compare_and_set_has_one_winner_per_version(cluster: Cluster) -> None:
     cluster.start("a", "b", "c", workers=1)
     clients = [cluster.client(n) for n in "abc"]
@@ -253,15 +293,53 @@ def test_a_killed_node_leaves_the_cluster_within_its_lease(cluster: Cluster) -> 
     b.register("bob")
     acked = [b.create_var("bob", f"k{i}", i)["version"] for i in range(20)]
     assert acked == [1] * 20
+    a = cluster.client("a")
+    wait(lambda: a.list_agents()["agents"], what="bob listed on a")
     cluster.nodes["b"].signal(signal.SIGKILL)
     t0 = time.monotonic()
-    wait(lambda: live(cluster.status("a")) == ["a"], timeout=15,
-         what="b gone from a's view")
+    wait(lambda: live(cluster.status("a")) == ["a"] and not a.list_agents()["agents"],
+         timeout=15, what="b and its agents gone from a's view")
     gone_after = time.monotonic() - t0
     assert gone_after <= 2 + 1.5, gone_after  # TTL + 1 s (and the poll's slack)
-    a = cluster.client("a")
     for i in range(20):  # nothing b acknowledged is lost
         assert a.get_var(f"k{i}", consistent=True)["value"] == i
+
+
+def test_a_leader_change_delays_noticing_a_dead_node_by_at_most_one_ttl(
+        lonely_cluster: Cluster) -> None:
+    """etcd's new leader gives every lease its full TTL again: a node that died just before
+    the change is noticed up to one TTL later than otherwise (docs/cluster.md)."""
+    cl = lonely_cluster
+    ttl = 2
+    cl.start("a", "b", workers=1, ttl=ttl, timeout=1.5)
+    a = cl.client("a")
+    a.register("alice")
+    a.create_var("alice", "load", 0)
+    stop = threading.Event()
+
+    def load() -> None:  # writes under way through the leader change
+        n = 0
+        while not stop.is_set():
+            n += 1
+            with contextlib.suppress(MabeamError):
+                a.set_var("alice", "load", n)
+
+    writer = threading.Thread(target=load)
+    writer.start()
+    try:
+        time.sleep(ttl / 2)
+        cl.nodes["b"].signal(signal.SIGKILL)
+        t0 = time.monotonic()
+        cl.etcd.kill(cl.etcd.leader() or 0)
+        wait(lambda: live(cl.status("a")) == ["a"], timeout=30, what="b gone after the change")
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        writer.join(30)
+    # At most the TTL left when the new leader took over (a full one) plus the election
+    # (~1 s here) plus the TTL b had left before: 2 x TTL + election, and slack for the poll.
+    assert took <= 2 * ttl + 3, took
+    assert a.set_var("alice", "load", "after")["value"] == "after"  # writes go on
 
 
 def test_etcd_member_losses_one_is_survived_two_refuse_writes_then_resume(
@@ -428,6 +506,9 @@ def test_cluster_config_is_checked(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="max_value"):
         load('[cluster]\netcd = ["127.0.0.1:2379"]\nnode = "a"\n'
              '[variables]\nmax_value = 2000000\n[agents]\nmax_message = 4000000\n')
+    with pytest.raises(config.ConfigError, match="do not speak CURVE"):
+        load('[cluster]\netcd = ["127.0.0.1:2379"]\nnode = "a"\n'
+             'advertise = "curve+tcp://127.0.0.1:7700"\n')
     load('[cluster]\netcd = ["127.0.0.1:2379", "http://localhost:22379"]\nnode = "a"\n')
 
 
