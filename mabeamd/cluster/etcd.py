@@ -13,6 +13,8 @@ The keyspace, under /mabeamd/NAME/ (NAME: `[cluster] name`):
     config              the cluster's fixed settings (the shard count), created by its first node
     nodes/NODE          a live node's membership record, on the node's lease
     vars/SHARD/NAME     one variable: its whole state (value, metadata, history) as msgpack
+    locks/SHARD/NAME    the coordination session holding the variable, on its worker's lease
+    agents/ID           an agent's directory entry, on its node's lease (cluster/directory.py)
 """
 
 from __future__ import annotations
@@ -114,6 +116,9 @@ class Keys:
 
     def var(self, index: int, name: str) -> bytes:
         return self.shard(index) + name.encode()
+
+    def lock(self, index: int, name: str) -> bytes:
+        return self.root + b"locks/%d/" % index + name.encode()
 
 
 def prefix_end(prefix: bytes) -> bytes:

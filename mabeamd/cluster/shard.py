@@ -19,6 +19,17 @@ the SDK's same-host reads work unchanged; what a cached read may miss is the oth
 writes of the last moments (docs/cluster.md measures the lag). `var.get` with
 `consistent: true` reads through etcd instead (linearizable).
 
+Coordination sessions run in the worker of their variables' shard, as on one node, and lock
+their variables cluster-wide: keys locks/SHARD/NAME, created together by one create-only
+transaction on this worker's own lease (so a worker or node that dies frees its sessions'
+locks when the lease runs out). Every write's transaction also requires the name's lock key to
+be absent, so another node's write to a locked variable is refused `conflict`. The outcome is
+one transaction that compares every lock (still this session's) and every written variable's
+mod_revision, then puts them all and deletes the locks: applied whole, or not at all -- even
+if the node dies half-way, since etcd applies a transaction atomically. A session may lock at
+most MAX_SESSION_VARIABLES variables (etcd's default --max-txn-ops is 128: a put and a delete
+per variable), and its outcome must fit in etcd's request limit.
+
 The etcd value is the variable's whole state (value, metadata, the history of past versions,
 and the node that wrote it), msgpack. History is kept in the value rather than in etcd's own
 MVCC history, which compaction removes; it keeps as many of the last `[variables] history`
@@ -55,6 +66,8 @@ from mabeamd.storage.variables import (
 log = logging.getLogger(__name__)
 
 ATTEMPTS: Final = 16  # transactions one write may lose to other nodes' writes before conflict
+MAX_SESSION_VARIABLES: Final = 64  # a put and a lock delete each: etcd's 128 ops a transaction
+MAX_OUTCOME_BYTES: Final = 1_400_000  # an outcome's transaction, under etcd's 1.5 MiB
 HISTORY_BYTES: Final = 256 << 10  # past versions kept in a variable's etcd value, at most
 RETRY_PAUSE: Final = 0.5  # seconds between attempts to re-open a broken watch
 
@@ -62,6 +75,7 @@ RETRY_PAUSE: Final = 0.5  # seconds between attempts to re-open a broken watch
 class ClusterShard:
     def __init__(self, index: int, shards: int, shm_dir: Path, shm_prefix: str, *,
                  etcd: list[str], cluster: str, node: str, timeout: float, history: int,
+                 lease_ttl: int = 10,
                  max_value: int, max_variables: int = 1 << 62, max_bytes: int = 1 << 62,
                  progress: Callable[[], None] = lambda: None,
                  shm_group: int | None = None) -> None:
@@ -92,6 +106,13 @@ class ClusterShard:
         self._watcher: asyncio.Task[None] | None = None
         self.commits = 0
         self.retries = 0  # transactions lost to another node's write and run again
+        # This worker's lease, for its sessions' locks; kept alive every third of its TTL.
+        self.lease_ttl = lease_ttl
+        self.lease_id: int | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self.session_locks: dict[str, tuple[list[str], bytes]] = {}  # session -> names, value
+        self.max_session_variables = MAX_SESSION_VARIABLES
+        self._unlocking: set[asyncio.Task[None]] = set()
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -100,6 +121,8 @@ class ClusterShard:
         them. Raises what etcd raises (the worker exits and its watcher retries)."""
         t0 = time.monotonic()
         await self.etcd.connect()
+        if self.lease_id is None:
+            self.lease_id = (await self.etcd.lease(self.lease_ttl)).id
         listed = await self.etcd.get_prefix(self.prefix)
         for kv in listed.kvs:
             self._cache_put(kv.key[len(self.prefix):].decode(), kv.value, kv.mod_revision)
@@ -110,6 +133,7 @@ class ClusterShard:
             records=(v.public() for v in self.store.vars.values()), progress=self._progress,
             group=shm_group)
         self._watcher = asyncio.create_task(self._watch())
+        self._keeper = asyncio.create_task(self._keep_lease())
         log.info("shard %d: %d variables from etcd at revision %d in %.0f ms", self.index,
                  len(self.store.vars), self.revision, (time.monotonic() - t0) * 1000)
 
@@ -117,15 +141,33 @@ class ClusterShard:
         """Stop the watch and close the client, in at most about three seconds (aetcd's watch
         cancel and close can wait on a member that does not answer; the watch gives its
         cancel one second)."""
+        if self._keeper is not None:
+            self._keeper.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.wait([self._watcher], timeout=2.0)
+        if self.lease_id is not None:  # our sessions' locks go now, not a TTL from now
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.etcd.revoke_lease(self.lease_id), 1.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.etcd.close(), 1.0)
 
     def close(self) -> None:
         if hasattr(self, "segment"):
             self.segment.close()
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                assert self.lease_id is not None
+                reply = await self.etcd.refresh_lease(self.lease_id)
+                if reply.TTL <= 0:  # expired while etcd was out of reach: locks are gone
+                    log.error("shard %d: its lease expired; the locks of its running "
+                              "sessions are gone (they will fail, nothing applied)", self.index)
+                    self.lease_id = (await self.etcd.lease(self.lease_ttl)).id
+            except DOWN as exc:
+                log.warning("shard %d: lease keepalive failed: %s", self.index, exc)
 
     # --- the cache ---------------------------------------------------------------------------
 
@@ -257,6 +299,10 @@ class ClusterShard:
         if op not in ("var.create", "var.set", "var.delete"):
             raise WireError(ErrorCode.UNKNOWN_OP, f"shard: unknown op {op!r}")
         name = check_name(body.get("name"))
+        holder = self.locked.get(name)
+        if holder is not None:
+            raise WireError(ErrorCode.CONFLICT, f"{name!r} is locked by coordination session "
+                            f"{holder} until it ends")
         return Pending(self._ordered(name, op, body, actor, now)), None
 
     async def _get_consistent(self, name: str) -> tuple[Any, None]:
@@ -331,6 +377,7 @@ class ClusterShard:
     async def _write(self, name: str, op: str, body: dict[str, Any], actor: str,
                      now: float) -> tuple[Any, dict[str, Any] | None]:
         key = self.keys.var(self.index, name)
+        lock = self.keys.lock(self.index, name)
         tx = self.etcd.transactions
         for _ in range(ATTEMPTS):
             effect = self._effect(name, op, body, actor, now)  # refusals raise from here
@@ -351,7 +398,8 @@ class ClusterShard:
                 success = [tx.delete(key)]
             try:
                 won, answers = await self.etcd.transaction(
-                    compare=[tx.mod(key) == expect], success=success, failure=[tx.get(key)])
+                    compare=[tx.mod(key) == expect, tx.version(lock) == 0], success=success,
+                    failure=[tx.get(key), tx.get(lock)])
             except DOWN as exc:
                 settled = await self._settle(name, key, value, expect)
                 if settled is None:
@@ -365,6 +413,11 @@ class ClusterShard:
                 self.commits += 1
                 return self._committed(name, effect, value, head.revision, actor)
             self.retries += 1
+            if len(answers) > 1 and answers[1]:
+                held = msgpack.unpackb(answers[1][0][0], raw=False)
+                raise WireError(ErrorCode.CONFLICT, f"{name!r} is locked by coordination "
+                                f"session {held.get('session')} (node {held.get('node')}) "
+                                "until it ends")
             found = answers[0] if answers else []
             if found:
                 raw, meta = found[0]
@@ -415,6 +468,116 @@ class ClusterShard:
         return ({"name": name, "deleted": True, "version": effect["version"]},
                 {"name": name, "op": "delete", "version": effect["version"], "by": actor,
                  "node": self.node})
+
+    # --- coordination sessions (sessions/engine.py) ---------------------------------------
+
+    async def lock_session(self, session: str, names: list[str], *, wait: bool,
+                           deadline: float) -> None:
+        """Lock `names` cluster-wide for `session` (this node's engine has locked them here
+        already). Another node's session holding one: `conflict`, or with wait, try again
+        until `deadline` (monotonic; then asyncio.TimeoutError, as a queued session's)."""
+        if len(names) > self.max_session_variables:
+            raise WireError(ErrorCode.BAD_REQUEST, f"a session in cluster mode locks at most "
+                            f"{self.max_session_variables} variables (etcd's --max-txn-ops), "
+                            f"not {len(names)}")
+        value = msgpack.packb({"session": session, "node": self.node, "shard": self.index})
+        tx = self.etcd.transactions
+        locks = [self.keys.lock(self.index, n) for n in names]
+        while True:
+            try:
+                won, answers = await self.etcd.transaction(
+                    compare=[tx.version(k) == 0 for k in locks],
+                    success=[tx.put(k, value, lease=self.lease_id) for k in locks],
+                    failure=[tx.get(k) for k in locks])
+            except DOWN as exc:
+                raise unavailable(exc, f"locking {len(names)} variables") from None
+            if won:
+                self.session_locks[session] = (list(names), value)
+                return
+            held = [(n, msgpack.unpackb(a[0][0], raw=False))
+                    for n, a in zip(names, answers, strict=True) if a]
+            if not wait:
+                raise WireError(ErrorCode.CONFLICT, "variables locked by sessions on other "
+                                "nodes: " + ", ".join(f"{n} ({h.get('session')} on node "
+                                                      f"{h.get('node')})" for n, h in held))
+            if time.monotonic() >= deadline:
+                raise asyncio.TimeoutError
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def unlock_session(self, session: str) -> None:
+        """The session ended without an outcome applied: free its locks (in the background;
+        the lease frees them anyway should etcd not answer)."""
+        held = self.session_locks.pop(session, None)
+        if held is None:
+            return
+        names, value = held
+        tx = self.etcd.transactions
+
+        async def unlock() -> None:
+            with contextlib.suppress(*DOWN):
+                for n in names:
+                    k = self.keys.lock(self.index, n)
+                    await self.etcd.transaction(compare=[tx.value(k) == value],
+                                                success=[tx.delete(k)], failure=[])
+
+        task = asyncio.ensure_future(unlock())
+        self._unlocking.add(task)
+        task.add_done_callback(self._unlocking.discard)
+
+    async def apply_session(self, session: str, writes: dict[str, Any], now: float,
+                            ) -> list[dict[str, Any]]:
+        """The outcome, all or nothing: one transaction that requires every lock to be
+        still this session's and every written variable unchanged since, then writes them
+        all and frees the locks. Returns the `var.*` events; committed on return."""
+        actor = f"session:{session}"
+        names, lock_value = self.session_locks.get(session, ([], b""))
+        if not names:
+            raise WireError(ErrorCode.CONFLICT, f"session {session} holds no locks in etcd; "
+                            "nothing was applied")
+        for name in writes:
+            self.check_owner(name)
+        effects = [self.store.set(check_name(n), v, actor, now, via_session=True)
+                   for n, v in sorted(writes.items())]
+        states = [self._full_state(e) for e in effects]
+        values = [wire.pack(s) for s in states]
+        if sum(map(len, values)) > MAX_OUTCOME_BYTES:
+            raise WireError(ErrorCode.TOO_LARGE, f"the outcome's {sum(map(len, values))} "
+                            "bytes pass etcd's request limit; nothing was applied")
+        tx = self.etcd.transactions
+        keys = [self.keys.var(self.index, s["name"]) for s in states]
+        locks = [self.keys.lock(self.index, n) for n in names]
+        compare = [tx.value(k) == lock_value for k in locks] + \
+            [tx.mod(k) == self.revs.get(s["name"], 0) for k, s in zip(keys, states, strict=True)]
+        revision: int | None = 0
+        try:
+            won, answers = await self.etcd.transaction(
+                compare=compare,
+                success=[tx.put(k, v) for k, v in zip(keys, values, strict=True)] +
+                [tx.delete(k) for k in locks], failure=[])
+            if won and values:  # every key of one transaction has its revision
+                revision = answers[0].response_put.header.revision
+        except DOWN as exc:
+            revision = await self._settle(states[0]["name"], keys[0], values[0], -1) \
+                if values else None
+            if not revision:
+                raise unavailable(exc, f"applying session {session}'s outcome",
+                                  applied=None) from None
+            won = True
+        if not won:
+            raise WireError(ErrorCode.CONFLICT, f"session {session}: its locks were lost (its "
+                            "worker's lease expired) or a variable changed; nothing was "
+                            "applied")
+        self.session_locks.pop(session, None)
+        assert revision is not None
+        events = []
+        for state, value in zip(states, values, strict=True):
+            name = state["name"]
+            if self._newer(name, revision):
+                var, _ = self._cache_put(name, value, revision)
+                self.segment.put_packed(name, wire.pack(var.public()))
+            events.append({"name": name, "op": "set", "version": state["version"],
+                           "by": actor, "value": state["value"], "node": self.node})
+        return events
 
     # --- figures -----------------------------------------------------------------------------
 

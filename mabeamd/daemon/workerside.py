@@ -55,7 +55,8 @@ class WorkerSide(ControlSide):
         if c.etcd:  # the shard lives in etcd (cluster/shard.py)
             shard_args += ["--cluster", json.dumps({"etcd": c.etcd, "name": c.name,
                                                     "node": c.node,
-                                                    "timeout": c.request_timeout})]
+                                                    "timeout": c.request_timeout,
+                                                    "lease_ttl": c.lease_ttl})]
         return worker_argv(index, generation, link=self.paths.endpoint(self.paths.worker_link),
                            heartbeat=w.heartbeat_interval, log_level=self.config.daemon.log_level,
                            wrapper=w.wrapper, shard_args=shard_args)

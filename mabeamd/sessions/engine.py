@@ -27,7 +27,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, WireError
@@ -35,6 +35,9 @@ from mabeamd.plugins import PluginHost
 from mabeamd.protocol import Outcome, Participant, Protocol, ProtocolError, Response
 from mabeamd.sessions.terms import deadline_of, protocol_named
 from mabeamd.worker.shard import Shard
+
+if TYPE_CHECKING:
+    from mabeamd.cluster.shard import ClusterShard
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +259,9 @@ class LiveSession:
 
 
 class SessionEngine:
-    def __init__(self, shard: Shard, plugins: PluginHost, out: Out) -> None:
+    def __init__(self, shard: Shard | ClusterShard, plugins: PluginHost, out: Out) -> None:
+        """`shard`: this worker's; a ClusterShard (cluster mode) also locks the session's
+        variables in etcd and applies the outcome as one etcd transaction."""
         self.shard = shard
         self.plugins = plugins
         self.protocols = plugins.protocols()
@@ -303,6 +308,11 @@ class SessionEngine:
                         deadline_of(proto, spec.get("deadline"), float(spec["max_deadline"])))
         for name in s.names:
             self.shard.store.get(name)  # not_found now rather than at apply time
+        cap = getattr(self.shard, "max_session_variables", None)
+        if cap is not None and len(s.names) > cap:
+            raise WireError(ErrorCode.BAD_REQUEST, f"a session in cluster mode may lock at "
+                            f"most {cap} variables (one etcd transaction applies the outcome; "
+                            f"etcd's --max-txn-ops), not {len(s.names)}")
         busy = self._holders(s)
         if busy and s.on_conflict == "refuse":
             raise WireError(ErrorCode.CONFLICT, "variables locked by other sessions: " +
@@ -358,6 +368,10 @@ class SessionEngine:
         try:
             if s.state == "queued":
                 await self._acquire(s)
+            if not isinstance(self.shard, Shard):  # cluster mode: the locks in etcd too
+                await self.shard.lock_session(
+                    s.id, sorted(s.names), wait=s.on_conflict != "refuse",
+                    deadline=time.monotonic() + s.remaining())
             s.variables = {n: self.shard.store.get(n).public() for n in s.names}
             s.state = "collecting"
             self.plugins.call("mabeamd_session_started", session=s.record())
@@ -367,7 +381,11 @@ class SessionEngine:
             s.state = "deciding"
             s.result, s.writes = outcome.result, outcome.writes
             self._validate(s, outcome)
-            for event in self.shard.apply_session(s.id, outcome.writes, time.time()):
+            if isinstance(self.shard, Shard):
+                events = self.shard.apply_session(s.id, outcome.writes, time.time())
+            else:
+                events = await self.shard.apply_session(s.id, outcome.writes, time.time())
+            for event in events:
                 s.versions[event["name"]] = event["version"]
                 self.out("event", {"topic": f"var.{event['name']}", "body": event})
             s.state = "applied"
@@ -403,6 +421,8 @@ class SessionEngine:
         s.kind, s.waiting = None, set()
         self.live.pop(s.id, None)
         self._unlock(s)
+        if not isinstance(self.shard, Shard):
+            self.shard.unlock_session(s.id)  # if the outcome did not take the locks with it
         record = s.record()
         self.out("ended", {**record, "audit": self._audit(s)})
         s.event(s.state, {"reason": s.reason, "result": s.result})

@@ -134,7 +134,7 @@ class Worker:
         try:
             if self.cluster is not None:
                 await self._load_cluster(self.cluster)
-            elif isinstance(self.shard, Shard):
+            if self.shard is not None:
                 self.sessions = SessionEngine(self.shard, self.plugins, self._out)
             direct = self.direct
             if direct is not None and (self.shard is None or not direct.bind()):
@@ -351,10 +351,6 @@ class Worker:
             op = str(body.get("op"))
             if op.startswith("session.") and self.sessions is not None:
                 return {"fwd": fwd, "result": self.sessions.handle(op, body.get("args") or {})}
-            if op.startswith("session."):
-                raise wire.WireError(wire.ErrorCode.BAD_REQUEST, "coordination sessions are "
-                                     "not served in cluster mode yet (docs/cluster.md, "
-                                     "\"Not yet\"); run them on a single node")
             result, event = self.shard.handle(op, body.get("args") or {},
                                               str(body.get("actor")), time.time())
         except wire.WireError as exc:
@@ -444,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         worker.shard = worker.cluster = ClusterShard(
             args.index, args.shards, args.shm_dir, args.shm_prefix, etcd=c["etcd"],
             cluster=c["name"], node=c["node"], timeout=c["timeout"], history=args.history,
+            lease_ttl=int(c.get("lease_ttl", 10)),
             max_value=args.max_value, max_variables=args.max_variables,
             max_bytes=args.max_bytes, progress=worker.progress, shm_group=args.shm_group)
     elif args.state_dir is not None:

@@ -200,6 +200,101 @@ def test_agents_are_discovered_and_reached_across_nodes(cluster: Cluster) -> Non
         c.request("node.deliver", {"token": "guess", "from": "x", "to": "seller"})
 
 
+def test_a_session_locks_cluster_wide_and_applies_its_outcome_once(cluster: Cluster) -> None:
+    import asyncio
+
+    from mabeamd.client import AsyncClient, Conflict
+    from tests.e2e.test_sessions import Scripted, accept
+
+    cluster.start("a", "b", workers=1)
+    b = cluster.client("b")
+    b.register("other")
+
+    async def main() -> None:
+        ep = cluster.nodes["a"].agent_endpoint
+        voters = [Scripted(f"v{i}", ep, {"consensus": accept}) for i in range(3)]
+        tasks = [asyncio.create_task(v.run_async()) for v in voters]
+
+        async def slow(inv: Any) -> Any:
+            await asyncio.sleep(1.5)
+            return {"accept": True}
+
+        try:
+            async with AsyncClient(ep, timeout=15) as c:
+                await c.register("boss")
+                await c.wait_for(3, capabilities=["p"])
+                await c.create_var("boss", "{s}.plan", "old")
+                await c.create_var("boss", "{s}.budget", 1)
+                out = await c.start_session(
+                    "boss", "consensus", participants=["v0", "v1", "v2"],
+                    variables=["{s}.plan"], params={"proposal": "new"}, deadline=10)
+                assert out["state"] == "applied" and out["writes"] == {"{s}.plan": "new"}
+                got = await asyncio.to_thread(b.get_var, "{s}.plan", consistent=True)
+                assert got["value"] == "new" and got["modified_by"] == f"session:{out['session']}"
+                # While a session holds a variable, no node may write it.
+                voters[0].answers["consensus"] = slow
+                started = asyncio.ensure_future(c.start_session(
+                    "boss", "consensus", participants=["v0", "v1", "v2"],
+                    variables=["{s}.budget"], params={"proposal": 2}, deadline=10))
+                await asyncio.sleep(0.7)
+                with pytest.raises(Conflict, match="locked by coordination session"):
+                    await asyncio.to_thread(b.set_var, "other", "{s}.budget", 99)
+                done = await started
+                assert done["state"] == "applied"
+                # Its locks went with the outcome: writes pass again, from any node.
+                assert (await asyncio.to_thread(b.set_var, "other", "{s}.budget", 3))[
+                    "version"] == 3
+        finally:
+            for v in voters:
+                v.stop()
+            await asyncio.wait(tasks, timeout=30)
+
+    asyncio.run(main())
+
+
+def test_a_killed_node_s_session_applies_nothing_and_frees_its_locks(cluster: Cluster) -> None:
+    import asyncio
+
+    from mabeamd.client import AsyncClient, Conflict
+    from tests.e2e.test_sessions import Scripted
+
+    cluster.start("a", "b", workers=1, ttl=2)
+    b = cluster.client("b")
+    b.register("other")
+    a_ep = cluster.nodes["a"].agent_endpoint
+
+    async def main() -> None:
+        voter = Scripted("mute", a_ep, {})  # never answers: the session waits for it
+        task = asyncio.create_task(voter.run_async())
+        c = AsyncClient(a_ep, timeout=15, heartbeat=False)
+        await c.connect()
+        try:
+            await c.register("boss")
+            await c.wait_for(1, capabilities=["p"])
+            await c.create_var("boss", "held", "before")
+            await c.start_session("boss", "consensus", participants=["mute"],
+                                  variables=["held"], params={"proposal": "after"},
+                                  deadline=30, wait=False)
+            await asyncio.to_thread(wait, lambda: b.get_var("held", consistent=True))
+            with pytest.raises(Conflict, match="locked by coordination session"):
+                await asyncio.to_thread(b.set_var, "other", "held", "too soon")
+            cluster.nodes["a"].signal(signal.SIGKILL)
+            t0 = time.monotonic()
+            got = await asyncio.to_thread(wait, lambda: b.set_var("other", "held", "from b"),
+                                          20.0, "the lock freed by a's lease")
+            # The worker's lease (TTL 2 s) runs out; and the session applied nothing.
+            assert time.monotonic() - t0 <= 2 + 2.0
+            assert got["version"] == 2
+            final = await asyncio.to_thread(b.get_var, "held", consistent=True)
+            assert final["value"] == "from b"
+        finally:
+            voter.stop()
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+
+    asyncio.run(main())
+
+
 def test_concurrent_compare_and_set_has_one_winner_per_version(cluster: Cluster) -> None:
     cluster.start("a", "b", "c", workers=1)
     clients = [cluster.client(n) for n in "abc"]
