@@ -71,6 +71,7 @@ class Directory:
         self._links: dict[str, AsyncClient] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_change: Callable[[], None] = lambda: None
+        self.on_remote_gone: Callable[[str], None] = lambda agent_id: None
         self.stats = {"claims": 0, "releases": 0, "refused": 0, "sent": 0, "delivered": 0,
                       "failed": 0}
         membership.on_rejoin.append(self._rejoined)
@@ -92,6 +93,8 @@ class Directory:
 
     def _changed(self, key: str, old: Any, new: Any) -> None:
         self.on_change()  # agent.wait on this node may now be satisfied
+        if new is None and isinstance(old, dict) and old.get("node") != self.node:
+            self.on_remote_gone(key)  # sessions here count it absent
 
     # --- our agents' entries ------------------------------------------------------------------
 
@@ -203,28 +206,31 @@ class Directory:
 
     async def send(self, rec: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
         """Hand a message for an agent of another node to that node."""
-        node = rec.get("node")
-        info = self.nodes.items.get(str(node))
+        reply = await self.to_node(str(rec.get("node")), "node.deliver", message,
+                                   f"the message for {rec['id']!r}")
+        return {**reply, "node": rec.get("node")}
+
+    async def to_node(self, node: str, op: str, body: dict[str, Any], what: str) -> Any:
+        """One request to another node over its link (node.deliver, node.push,
+        node.respond), with the cluster's token; its refusal as the wire error."""
+        info = self.nodes.items.get(node)
         if not isinstance(info, dict) or not isinstance(info.get("advertise"), str):
-            raise WireError(ErrorCode.NOT_FOUND, f"agent {rec['id']!r} is on node {node!r}, "
-                            "which is not in the cluster any more")
-        link = await self._link(str(node), info["advertise"])
+            raise WireError(ErrorCode.NOT_FOUND, f"node {node!r} is not in the cluster any "
+                            f"more ({what})")
+        link = await self._link(node, info["advertise"])
         from mabeamd.client.errors import MabeamError
 
         self.stats["sent"] += 1
         try:
-            reply: dict[str, Any] = await link.request(
-                "node.deliver", {"token": self.membership.token, "node": self.node,
-                                 **message}, timeout=self.timeout)
+            return await link.request(op, {"token": self.membership.token, "node": self.node,
+                                           **body}, timeout=self.timeout)
         except MabeamError as exc:
             self.stats["failed"] += 1
-            raise WireError(exc.code if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.BUSY)
-                            else ErrorCode.UNAVAILABLE,
-                            f"node {node!r} ({info['advertise']}) did not take the message "
-                            f"for {rec['id']!r}: {exc}",
-                            details=None if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.BUSY)
-                            else {"applied": "unknown"}) from None
-        return {**reply, "node": node}
+            plain = exc.code in (ErrorCode.NOT_FOUND, ErrorCode.BUSY, ErrorCode.CONFLICT,
+                                 ErrorCode.BAD_REQUEST)
+            raise WireError(exc.code if plain and exc.code else ErrorCode.UNAVAILABLE,
+                            f"node {node!r} ({info['advertise']}) did not take {what}: {exc}",
+                            details=None if plain else {"applied": "unknown"}) from None
 
     async def _link(self, node: str, address: str) -> AsyncClient:
         link = self._links.get(node)

@@ -298,6 +298,13 @@ class Arbiter(WorkerSide):
             raise StartupError(f"cannot read the cluster's directory from etcd: {exc!r}") \
                 from None
         self.agents.attach_directory(self.directory)
+        from mabeamd.sessions.remote import RemoteSessions
+
+        self.sessions.remote = RemoteSessions(
+            self.sessions, self.directory,
+            lambda i, agents: self.link.send(i, self.watchers[i].generation, "agents_down",
+                                             {"agents": agents}))
+        self.directory.on_remote_gone = self._agent_down
         return member
 
     def _setup_agents(self) -> None:

@@ -27,7 +27,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mabeamd.agents.agentops import parse_query
 from mabeamd.agents.endpoint import AgentEndpoint, Request
@@ -48,6 +48,16 @@ log = logging.getLogger(__name__)
 START_FIELDS = {"agent", "protocol", "participants", "query", "variables", "params", "deadline",
                 "wait", "notify", "on_conflict", "key"}
 WAIT_GRACE = 5.0  # beyond the deadline, for the worker to report the end
+
+
+if TYPE_CHECKING:
+    from mabeamd.agents.registry import AgentRecord
+    from mabeamd.sessions.remote import RemoteSessions
+
+
+def _participant(rec: AgentRecord) -> dict[str, Any]:
+    return {"id": rec.id, "weight": rec.weight, "priority": rec.priority,
+            "metadata": rec.metadata}
 
 
 @dataclass
@@ -89,6 +99,8 @@ class SessionService:
         self.live: dict[str, Entry] = {}
         self.ended: OrderedDict[str, Entry] = OrderedDict()
         self._push_ids = itertools.count(1)
+        # Cluster mode: participants on other nodes (sessions/remote.py).
+        self.remote: RemoteSessions | None = None
         self._prefix = secrets.token_hex(2)
         self._ids = itertools.count(1)
         self.protocols = plugins.protocols()  # refreshed on reload
@@ -120,6 +132,9 @@ class SessionService:
         """A reload: the new [sessions] section and the protocols the plugins now offer."""
         self.settings = settings
         self.protocols = protocols
+
+    def next_push_id(self) -> int:
+        return next(self._push_ids)
 
     def install(self, endpoint: AgentEndpoint) -> None:
         endpoint.handlers.update({"session.start": self.start, "session.get": self.get,
@@ -158,25 +173,32 @@ class SessionService:
                                 f"{limit} agent ids")
             if len(set(map(str, ids))) != len(ids):
                 raise WireError(ErrorCode.BAD_REQUEST, "participants must be distinct")
-            recs = []
+            found: list[dict[str, Any]] = []
             for i in ids:
                 rec = self.registry.agents.get(check_agent_id(i, "participants[]"))
-                if rec is None:
+                if rec is not None:
+                    found.append(_participant(rec))
+                elif self.remote is not None and (far := self.remote.participant(i)):
+                    found.append(far)
+                else:
                     raise WireError(ErrorCode.NOT_FOUND, f"participant {i!r} is not registered")
-                recs.append(rec)
+            return found
         else:
             if not isinstance(query, dict):
                 raise WireError(ErrorCode.BAD_REQUEST, "query must be a map (capabilities, "
                                 "status, metadata, prefix)")
             check_fields(query, "query", {"capabilities", "status", "metadata", "prefix"})
-            recs, more = self.registry.discover(limit=limit, **parse_query(query))
-            if more:
-                raise WireError(ErrorCode.BAD_REQUEST, f"more than {limit} agents match the "
-                                "query ([sessions] max_participants)")
-            if not recs:
-                raise WireError(ErrorCode.NOT_FOUND, "no agent matches the query")
-        return [{"id": r.id, "weight": r.weight, "priority": r.priority,
-                 "metadata": r.metadata} for r in recs]
+        q = parse_query(query)
+        recs, more = self.registry.discover(limit=limit, **q)
+        matched = [_participant(r) for r in recs]
+        if self.remote is not None:
+            matched = sorted(matched + self.remote.matching(q), key=lambda p: p["id"])
+        if more or len(matched) > limit:
+            raise WireError(ErrorCode.BAD_REQUEST, f"more than {limit} agents match the "
+                            "query ([sessions] max_participants)")
+        if not matched:
+            raise WireError(ErrorCode.NOT_FOUND, "no agent matches the query")
+        return matched
 
     def _shard(self, body: dict[str, Any], sid: str) -> tuple[int, list[str]]:
         names = body.get("variables", [])
@@ -256,6 +278,10 @@ class SessionService:
             raise WireError(ErrorCode.BAD_REQUEST, "round must be an integer: the round "
                             "number of the invitation being answered")
         agent = self._actor(req, body, "session.respond")
+        if self.remote is not None and body["session"] not in self.live and \
+                body["session"] not in self.ended and \
+                (node := self.remote.node_of(body["session"])) is not None:
+            return await self.remote.respond(node, agent, body)  # a session of another node
         e = self.entry(body["session"])
         if e.record is not None:
             raise WireError(ErrorCode.CONFLICT, f"session {e.id} has ended ({e.state})")
@@ -308,6 +334,9 @@ class SessionService:
         return await self._to_worker(e, "session.decide", {"session": e.id,
                                                            "decision": decision})
 
+    async def to_worker(self, e: Entry, op: str, args: dict[str, Any]) -> Any:
+        return await self._to_worker(e, op, args)
+
     async def _to_worker(self, e: Entry, op: str, args: dict[str, Any]) -> Any:
         """Forward to the session's worker. A session that ends while the request is on its
         way is answered `conflict` (its final record arrives just before the reply)."""
@@ -327,8 +356,12 @@ class SessionService:
         op, payload = str(body.get("op")), body.get("body") or {}
         for agent in body.get("agents") or []:
             rec = self.registry.agents.get(agent)
-            if rec is None or not self.endpoint.push(rec.conn, next(self._push_ids), op,
-                                                     {**payload, "to": agent}):
+            if rec is None:
+                if self.remote is None or not self.remote.push(index, agent, op,
+                                                               {**payload, "to": agent}):
+                    unreachable.append(agent)
+            elif not self.endpoint.push(rec.conn, next(self._push_ids), op,
+                                        {**payload, "to": agent}):
                 unreachable.append(agent)
         return unreachable
 

@@ -252,6 +252,49 @@ def test_a_session_locks_cluster_wide_and_applies_its_outcome_once(cluster: Clus
     asyncio.run(main())
 
 
+def test_a_session_on_one_node_invites_agents_on_the_others(cluster: Cluster) -> None:
+    import asyncio
+
+    from mabeamd.client import AsyncClient
+    from tests.e2e.test_sessions import Scripted, accept, vote
+
+    cluster.start("a", "b", "c", workers=1)
+    eps = {n: cluster.nodes[n].agent_endpoint for n in "abc"}
+
+    async def main() -> None:
+        agents = [Scripted("va", eps["a"], {"consensus": accept, "vote": vote("x")}),
+                  Scripted("vc", eps["c"], {"consensus": accept, "vote": vote("x")}),
+                  Scripted("vb", eps["b"], {"consensus": accept, "vote": vote("y")})]
+        tasks = [asyncio.create_task(x.run_async()) for x in agents]
+        try:
+            async with AsyncClient(eps["b"], timeout=20) as c:
+                await c.register("boss")
+                await c.wait_for(3, capabilities=["p"])  # every node's agents, from b
+                await c.create_var("boss", "plan", "old")
+                out = await c.start_session("boss", "consensus",
+                                            participants=["va", "vb", "vc"],
+                                            variables=["plan"], params={"proposal": "new"},
+                                            deadline=15)
+                assert out["state"] == "applied", out
+                assert out["result"]["passed"] and out["writes"] == {"plan": "new"}
+                await c.create_var("boss", "choice", None)
+                polled = await c.start_session("boss", "vote", query={"capabilities": ["p"]},
+                                               variables=["choice"],
+                                               params={"options": ["x", "y"]}, deadline=15)
+                assert polled["state"] == "applied", polled
+                # va and vc (on the other nodes) outvote vb
+                assert polled["result"]["decision"] == "x" and polled["result"]["votes"] == 3
+            async with AsyncClient(eps["c"], timeout=10) as far:
+                got = await far.get_var("plan", consistent=True)
+                assert got["value"] == "new" and got["version"] == 2  # applied once
+        finally:
+            for x in agents:
+                x.stop()
+            await asyncio.wait(tasks, timeout=30)
+
+    asyncio.run(main())
+
+
 def test_a_killed_node_s_session_applies_nothing_and_frees_its_locks(cluster: Cluster) -> None:
     import asyncio
 
