@@ -31,9 +31,14 @@ from mabeamd.net.wire import ErrorCode, WireError
 
 T = TypeVar("T")
 
-# The failures that mean "etcd did not answer" (as opposed to a refusal of the request).
+# The failures that mean "etcd did not answer" (as opposed to a refusal of the request). The
+# last, aetcd's base class, is what it raises for gRPC codes it does not map (UNKNOWN,
+# CANCELLED, ...: seen with a quorum lost mid-request); a refusal of the request itself
+# (INVALID_ARGUMENT, e.g. too large) is its subclass INVALID, caught before DOWN where it can
+# happen.
+INVALID: Final = aetcd.exceptions.InvalidArgumentError
 DOWN: Final = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError,
-               aetcd.exceptions.InternalError, TimeoutError)
+               aetcd.exceptions.InternalError, TimeoutError, aetcd.exceptions.ClientError)
 
 
 def target(endpoints: Sequence[str]) -> tuple[str, int]:
@@ -84,6 +89,11 @@ async def idempotent(call: Callable[[], Awaitable[T]], attempts: int) -> T:
             if i + 1 >= attempts:
                 raise
     raise AssertionError("attempts must be at least 1")
+
+
+def refused(exc: BaseException, what: str) -> WireError:
+    """etcd refused the request itself (INVALID_ARGUMENT: too large, too many operations)."""
+    return WireError(ErrorCode.TOO_LARGE, f"etcd refused {what}: {exc}; nothing was changed")
 
 
 def unavailable(exc: BaseException, what: str, *, applied: bool | None = False) -> WireError:

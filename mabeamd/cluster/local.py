@@ -25,8 +25,12 @@ ETCD_ENV = "MABEAM_ETCD"
 
 
 def etcd_binary() -> str | None:
-    """The etcd to run: $MABEAM_ETCD, else `etcd` on PATH (/usr/bin/etcd from etcd-server)."""
-    return os.environ.get(ETCD_ENV) or shutil.which("etcd")
+    """The etcd to run: $MABEAM_ETCD (if it is an executable), else `etcd` on PATH
+    (/usr/bin/etcd from etcd-server); None if neither."""
+    given = os.environ.get(ETCD_ENV)
+    if given:
+        return given if os.access(given, os.X_OK) and os.path.isfile(given) else None
+    return shutil.which("etcd")
 
 
 def free_ports(n: int) -> list[int]:
@@ -92,6 +96,9 @@ class LocalEtcd:
                 # Loopback: shorter Raft timers than the WAN defaults (100 ms / 1000 ms)
                 # would make a loaded 2-core machine flap leaders; keep the defaults.
                 "--heartbeat-interval", "100", "--election-timeout", "1000",
+                # Every write rewrites a variable's whole value and etcd keeps each revision
+                # until compacted: keep the last 10,000 (docs/cluster.md, Operations).
+                "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10000",
                 "--log-level", "warn", "--logger", "zap"]
 
     def start_member(self, i: int) -> None:

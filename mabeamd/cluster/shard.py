@@ -49,7 +49,15 @@ from typing import Any, Final
 import aetcd.exceptions
 import msgpack
 
-from mabeamd.cluster.etcd import DOWN, Keys, client, idempotent, unavailable
+from mabeamd.cluster.etcd import (
+    DOWN,
+    INVALID,
+    Keys,
+    client,
+    idempotent,
+    refused,
+    unavailable,
+)
 from mabeamd.cluster.pending import Pending
 from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, Packed, WireError
@@ -400,6 +408,8 @@ class ClusterShard:
                 won, answers = await self.etcd.transaction(
                     compare=[tx.mod(key) == expect, tx.version(lock) == 0], success=success,
                     failure=[tx.get(key), tx.get(lock)])
+            except INVALID as exc:
+                raise refused(exc, f"the write of {name!r}") from None
             except DOWN as exc:
                 settled = await self._settle(name, key, value, expect)
                 if settled is None:
@@ -556,6 +566,8 @@ class ClusterShard:
                 [tx.delete(k) for k in locks], failure=[])
             if won and values:  # every key of one transaction has its revision
                 revision = answers[0].response_put.header.revision
+        except INVALID as exc:
+            raise refused(exc, f"session {session}'s outcome") from None
         except DOWN as exc:
             revision = await self._settle(states[0]["name"], keys[0], values[0], -1) \
                 if values else None

@@ -228,8 +228,16 @@ class WorkerWatcher:
                                    {"pid": self.pid, "generation": self.generation})
         elif self.state is State.STARTING and \
                 now - max(self.spawned_at, self.last_seen) > self.settings.start_timeout:
-            self._kill_reason = (f"no hello (or loading progress) within "
-                                 f"{self.settings.start_timeout:g}s")
+            # Which silence it was tells the operator what to change: a process that never
+            # spoke (a loaded host starting Python, a wrapper that hangs) or a load that
+            # stopped reporting progress (a stuck disk, a wedged worker).
+            if self.last_seen <= self.spawned_at:
+                self._kill_reason = (f"no sign of life within {self.settings.start_timeout:g}s "
+                                     "of its start (start_timeout)")
+            else:
+                self._kill_reason = (f"loading progress stopped: silent for "
+                                     f"{now - self.last_seen:.1f}s (start_timeout "
+                                     f"{self.settings.start_timeout:g}s)")
         else:
             return
         log.error("worker %d (pid %d): %s; killing it", self.index, self.pid, self._kill_reason)

@@ -224,6 +224,8 @@ class Worker:
         frames, event = await reply
         direct.send(frames)
         direct.sent()
+        if self._direct is not None:  # a send outside a drain can eat its wake-up edge
+            self._direct.wake()
         if event is not None and self.var_events:
             self._send("events", {"events": [event]})
             self._link.wake()

@@ -198,10 +198,11 @@ def test_a_shard_loading_longer_than_start_timeout_is_not_killed(
     """Loading a big shard takes seconds; the worker reports progress while it loads, so
     start_timeout bounds silence, not size.
 
-    The timeouts are generous enough for a loaded machine to start a worker process well
-    within them (0.3 s was not: in a full run a worker was killed before its first progress
-    report), and the shard is big enough that loading it outlasts them; that is measured
-    from the worker's own log line, not assumed."""
+    The shard is big enough that loading it outlasts the timeout; that is measured from the
+    worker's own log line, not assumed. What is tested is the loading: a worker process that
+    a loaded machine could not even start within the timeout (0.3 s, then 1.5 s, were not
+    enough in full runs with benchmarks alongside) is killed before its first word, says so
+    in the log, and is restarted; that kill is allowed, a kill during the loading is not."""
     import re
 
     from mabeamd.storage import snapshot
@@ -209,7 +210,7 @@ def test_a_shard_loading_longer_than_start_timeout_is_not_killed(
     timeout = 1.5
     d = make_daemon(f"[workers]\ncount = 1\nheartbeat_interval = 0.1\n"
                     f"heartbeat_timeout = {timeout}\nstart_timeout = {timeout}\n"
-                    "backoff_initial = 0.05\nmax_restarts = 1\n", raw_config=True)
+                    "backoff_initial = 0.05\nmax_restarts = 5\n", raw_config=True)
     d.start()
     assert d.stop() == 0
     count = 400_000
@@ -222,7 +223,9 @@ def test_a_shard_loading_longer_than_start_timeout_is_not_killed(
     d.start(timeout=90)
     w = d.workers()[0]
     assert w["state"] == "running", w
-    assert w["start_failures"] == 0 and w["hung_kills"] == 0, (w, d.log())
+    kills = re.findall(r"worker 0 \(pid \d+\): (.*); killing it", d.log())
+    assert all(k.startswith("no sign of life within") for k in kills), (kills, d.log())
+    assert w["start_failures"] == len(kills) and w["hung_kills"] == 0, (w, d.log())
     loaded = re.search(rf"shard 0: {count} variables .* in (\d+) ms", d.log())
     assert loaded, d.log()
     # Silence that long would have killed it: the progress reports kept it alive.

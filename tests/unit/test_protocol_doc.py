@@ -41,9 +41,23 @@ def test_agent_op_table_matches_the_service() -> None:
             self.handlers = {}
 
     stub = Stub()
-    AgentService(stub, None, None, None)  # type: ignore[arg-type]
+    service = AgentService(stub, None, None, None)  # type: ignore[arg-type]
     table = DOC.split("### Agent ops", 1)[1].split("###", 1)[0]
     documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
+    # The node ops between the nodes of a cluster come with the directory and the remote
+    # sessions (cluster mode only): attached here as the arbiter attaches them.
+    assert documented - set(stub.handlers) == {"node.deliver", "node.push", "node.respond"}
+    from mabeamd.sessions.remote import RemoteSessions
+
+    class Directory:
+        node = "n"
+        on_change = on_remote_gone = None
+
+    class Sessions:
+        endpoint = stub
+
+    service.attach_directory(Directory())  # type: ignore[arg-type]
+    RemoteSessions(Sessions(), Directory(), lambda i, a: None)  # type: ignore[arg-type]
     assert documented == set(stub.handlers)
 
 
