@@ -27,7 +27,16 @@ import msgpack
 import uvloop
 import zmq
 
-from benchkit import Row, agent_rows, core_rows, econ_rows, scale_rows, session_rows, var_rows
+from benchkit import (
+    Row,
+    agent_rows,
+    cluster_rows,
+    core_rows,
+    econ_rows,
+    scale_rows,
+    session_rows,
+    var_rows,
+)
 from benchkit.stats import fmt
 from mabeamd import __version__
 from mabeamd.testing import Daemon
@@ -117,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         ("economic mechanisms", lambda: econ_rows.mechanisms(30 if q else 1000,
                                                              1 if q else reps,
                                                              fisher=2 if q else 20)),
+        # 3 etcd members + 3 nodes x 1 worker (skipped with a note without etcd or aetcd).
+        ("cluster mode",
+         lambda: cluster_rows.cluster(300 if q else 1000, reps,
+                                      cas_seconds=1.0 if q else 3.0,
+                                      lag_writes=50 if q else 200,
+                                      variables=200 if q else 1000,
+                                      warmup=100 if q else 200)),
     ]
     if args.list:
         print("\n".join(name for name, _ in plan))
