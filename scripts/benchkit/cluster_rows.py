@@ -277,8 +277,11 @@ def lag_client(endpoints: list[str], writes: int, warmup: int, out: Any) -> None
     a.register(agent)
     name = f"lag/{os.getpid()}"
     a.create_var(agent, name, 0)
-    for c in others:
+    for k, c in enumerate(others):
+        c.register(f"{agent}-reader{k}")  # its hello maps the segments: reads are local
         _wait_var(c, name)
+        if c.aio._local.shm is None:
+            raise RuntimeError("the reader's node offers no shared-memory reads")
     labels = NODES[1:len(endpoints)]
     after_ack: dict[str, list[float]] = {k: [] for k in labels}
     after_send: dict[str, list[float]] = {k: [] for k in labels}
@@ -307,6 +310,51 @@ def lag_client(endpoints: list[str], writes: int, warmup: int, out: Any) -> None
     for c in (a, *others):
         c.close()
     out.put({"after_ack": after_ack, "after_send": after_send, "ack": ack})
+
+
+def etcd_lag_client(role: str, endpoints: list[str], job: tuple[bytes, int], barrier: Any,
+                    out: Any) -> None:
+    """The watch-lag peer, straight on etcd: role "write" puts 0 .. count-1 to the key with
+    aetcd, one at a time, 10 ms apart, and puts (role, {i: ns after its reply}); role
+    "watch" watches the key with an aetcd client of its own and puts (role, {i: ns when
+    the event for i came}). Times are perf_counter_ns: CLOCK_MONOTONIC, one clock for all
+    the processes of this host."""
+    import uvloop
+
+    key, count = job
+
+    async def run() -> dict[int, int]:
+        etcd = _etcd(endpoints)
+        await etcd.connect()
+        times: dict[int, int] = {}
+        if role == "write":
+            await etcd.put(key, wire.pack(-1))
+            barrier.wait(60)
+            for i in range(count):
+                await etcd.put(key, wire.pack(i))
+                times[i] = time.perf_counter_ns()
+                await asyncio.sleep(0.01)
+        else:
+            watch = await etcd.watch(key)
+            barrier.wait(60)
+
+            async def follow() -> None:
+                async for event in watch:
+                    if event.kind == "PUT":
+                        i = wire.unpack(event.kv.value)
+                        if i >= 0:
+                            times[i] = time.perf_counter_ns()
+                        if i >= count - 1:
+                            return
+
+            try:
+                await asyncio.wait_for(follow(), 30 + count * 0.1)
+            finally:
+                await watch.cancel()
+        await etcd.close()
+        return times
+
+    out.put((role, uvloop.run(run())))
 
 
 def fill_client(endpoint: str, count: int, refill: int, out: Any) -> None:
@@ -543,11 +591,27 @@ async def _sum_all(etcd: Any, keys: list[bytes]) -> int:
 
 def _lag_rows(cb: ClusterBench, writes: int, warmup: int) -> list[Row]:
     got = run_clients(lag_client, [([cb.endpoint(n) for n in NODES], writes, warmup)])[0]
+    # The peer: two aetcd watchers (processes of their own, as nodes B and C) of a key an
+    # aetcd writer puts.
+    barrier = CTX.Barrier(3)
+    job = (RAW + b"lag/%d" % os.getpid(), warmup + writes)
+    raw = run_clients(etcd_lag_client, [("write", cb.etcd.endpoints, job, barrier),
+                                        ("watch", cb.etcd.endpoints, job, barrier),
+                                        ("watch", cb.etcd.endpoints, job, barrier)])
+    acks = next(t for role, t in raw if role == "write")
+    watchers = [t for role, t in raw if role == "watch"]
     rows = []
-    for node, metric in (("b", LAG_B), ("c", LAG_C)):
+    for k, (node, metric) in enumerate((("b", LAG_B), ("c", LAG_C))):
         ms = got["after_ack"][node]
         p50, p95, p99 = summary(ms)
+        seen = watchers[k]
+        peer = [(seen[i] - acks[i]) / 1e6 for i in range(warmup, warmup + writes) if i in seen]
+        if len(peer) < writes:
+            raise RuntimeError(f"the raw watcher saw {len(peer)} of {writes} puts")
+        peer95 = percentile(peer, 95)
         rows.append(Row(metric, "ms", p50=p50, p95=p95, p99=p99, samples=len(ms), reps=1,
+                        peer="raw etcd watch (aetcd watcher process, aetcd puts)",
+                        peer_value=peer95, ratio=p95 / peer95 if peer95 > 0 else None,
                         note=f"{len(ms)} writes one at a time; from A's reply to the first "
                              f"read on {node.upper()} showing the version (one client process "
                              "with an SDK Client on each of B and C reads both nodes' shared "
@@ -555,7 +619,9 @@ def _lag_rows(cb: ClusterBench, writes: int, warmup: int) -> list[Row]:
                              "worker, its cache and segment. From before the set "
                              "(p50/p95/p99): "
                              f"{_p(got['after_send'][node])} ms; the set itself: "
-                             f"{_p(got['ack'])} ms",
+                             f"{_p(got['ack'])} ms. Peer: from the put's reply to the "
+                             f"event in a watcher process, p50/p95/p99 {_p(peer)} ms (it can "
+                             "be below 0: the event may come before the reply)",
                         extra={"after_send_p95": percentile(got["after_send"][node], 95)}))
     return rows
 
