@@ -81,7 +81,8 @@ def _etcd(endpoints: list[str]) -> Any:
 
 def sdk_client(endpoint: str, mode: str, n: int, warmup: int, out: Any) -> None:
     """Sequential latencies (us) through the SDK on one node: set_var (mode "set") or
-    get_var(consistent=True) (mode "consistent"), over NAMES variables it creates first."""
+    get_var(consistent=True) (mode "consistent") or get_var(local=False) (mode "wire"),
+    over NAMES variables it creates first."""
     from mabeamd.client import Client
 
     agent = f"cbench-{os.getpid()}"
@@ -96,6 +97,8 @@ def sdk_client(endpoint: str, mode: str, n: int, warmup: int, out: Any) -> None:
             t0 = time.perf_counter_ns()
             if mode == "set":
                 c.set_var(agent, name, VALUE)
+            elif mode == "wire":
+                c.get_var(name, local=False)
             else:
                 c.get_var(name, consistent=True)
             if i >= warmup:
@@ -436,9 +439,12 @@ def _lat_row(metric: str, ours: list[list[float]], theirs: list[list[float]], pe
     i, spr = pick_median_rep(ours)
     j, _ = pick_median_rep(theirs)
     p50, p95, p99 = summary(ours[i])
-    peer95 = summary(theirs[j])[1]
+    peer50, peer95, peer99 = summary(theirs[j])
+    extra = {"peer_p50": peer50, "peer_p95": peer95, "peer_p99": peer99,
+             **kw.pop("extra", {})}
     return Row(metric, unit, p50=p50, p95=p95, p99=p99, spread=spr, samples=len(ours[i]),
-               reps=len(ours), peer=peer, peer_value=peer95, ratio=p95 / peer95, **kw)
+               reps=len(ours), peer=peer, peer_value=peer95, ratio=p95 / peer95,
+               extra=extra, **kw)
 
 
 def _p95(reps: list[list[float]]) -> float:
@@ -462,7 +468,7 @@ def cluster(n: int, reps: int, *, cas_seconds: float, lag_writes: int, variables
         eps = cb.etcd.endpoints
         lat: dict[str, list[list[float]]] = {k: [] for k in
                                              ("set", "txn", "put", "cget", "get", "shm",
-                                              "single")}
+                                              "single", "hop")}
         assert cb.single is not None
         for _ in range(reps):  # ours, then the peers, each repetition
             lat["set"].append(run_clients(sdk_client, [(a, "set", n, warmup)])[0])
@@ -473,8 +479,12 @@ def cluster(n: int, reps: int, *, cas_seconds: float, lag_writes: int, variables
             lat["shm"].append(run_clients(mabeam_client, [(a, "shm", n, warmup)])[0])
             lat["single"].append(run_clients(
                 mabeam_client, [(cb.single.agent_endpoint, "shm", n, warmup)])[0])
+            # The hop alone: var.get over the wire on the single node (one worker).
+            lat["hop"].append(run_clients(
+                sdk_client, [(cb.single.agent_endpoint, "wire", n, warmup)])[0])
         record = cb.run(_record_size)
-        rows = _latency_rows(lat, record, (n + warmup) // NAMES)
+        version = cb.run(_etcd_version)
+        rows = _latency_rows(lat, record, (n + warmup) // NAMES, version)
         rows.append(_cas_row(cb, reps, cas_seconds))
         rows += _lag_rows(cb, lag_writes, min(warmup, 20))
         rows += _cost_rows(cb, variables)
@@ -490,9 +500,17 @@ async def _record_size(etcd: Any) -> int:
     return max(sizes) if sizes else 0
 
 
-def _latency_rows(lat: dict[str, list[list[float]]], record: int, sets: int) -> list[Row]:
-    setup = ("3 etcd 3.4 members + 3 nodes x 1 worker on loopback, one client process, "
-             "sequential")
+async def _etcd_version(etcd: Any) -> str:
+    from importlib.metadata import version
+
+    return f"etcd {(await etcd.status()).version}, aetcd {version('aetcd')}"
+
+
+def _latency_rows(lat: dict[str, list[list[float]]], record: int, sets: int,
+                  version: str) -> list[Row]:
+    setup = (f"3 etcd members + 3 nodes x 1 worker on loopback ({version}), one client "
+             "process, sequential")
+    hop = summary(lat["hop"][pick_median_rep(lat["hop"])[0]])
     rows = [
         _lat_row(SET, lat["set"], lat["txn"], "raw etcd txn (compare+put), aetcd",
                  goal="p95 <= 1.3x raw txn",
@@ -512,7 +530,10 @@ def _latency_rows(lat: dict[str, list[list[float]]], record: int, sets: int) -> 
                  "daemon without [cluster]"),
         _lat_row(CONSISTENT, lat["cget"], lat["get"], "raw etcd get (aetcd, linearizable)",
                  note="var.get consistent=True: client -> worker -> etcd range (linearizable: "
-                      "the member confirms its leader's commit index) -> reply"),
+                      "the member confirms its leader's commit index) -> reply. The hop to "
+                      "the worker alone (get_var(local=False) on the single node, same run): "
+                      f"{hop[0]:,.0f} / {hop[1]:,.0f} / {hop[2]:,.0f} us",
+                 extra={"hop_p50": hop[0], "hop_p95": hop[1], "hop_p99": hop[2]}),
     ]
     return rows
 
