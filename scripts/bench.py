@@ -5,6 +5,9 @@ measures peers in the same run, prints one table and writes bench-results.json.
     scripts/bench --quick    the same rows, smaller and one repetition each, in under a
                              minute (the tests run it to prove the harness works; they check
                              no thresholds)
+    scripts/bench --only variables [--only control ...]
+                             only the row groups whose name starts with one of the prefixes
+                             (the names `bench: NAME ...` prints; --list shows them)
 """
 
 from __future__ import annotations
@@ -24,7 +27,16 @@ import msgpack
 import uvloop
 import zmq
 
-from benchkit import Row, agent_rows, core_rows, econ_rows, scale_rows, session_rows, var_rows
+from benchkit import (
+    Row,
+    agent_rows,
+    cluster_rows,
+    core_rows,
+    econ_rows,
+    scale_rows,
+    session_rows,
+    var_rows,
+)
 from benchkit.stats import fmt
 from mabeamd import __version__
 from mabeamd.testing import Daemon
@@ -81,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small run, under a minute")
     p.add_argument("--out", default="bench-results.json", help="JSON output file")
+    p.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                   help="run only the row groups whose name starts with PREFIX (repeatable; "
+                        "case-insensitive)")
+    p.add_argument("--list", action="store_true", help="print the row groups' names and exit")
     args = p.parse_args(argv)
 
     q = args.quick
@@ -110,11 +126,30 @@ def main(argv: list[str] | None = None) -> int:
         ("economic mechanisms", lambda: econ_rows.mechanisms(30 if q else 1000,
                                                              1 if q else reps,
                                                              fisher=2 if q else 20)),
+        # 3 etcd members + 3 nodes x 1 worker (skipped with a note without etcd or aetcd).
+        ("cluster mode",
+         lambda: cluster_rows.cluster(300 if q else 1000, reps,
+                                      cas_seconds=1.0 if q else 3.0,
+                                      lag_writes=50 if q else 200,
+                                      variables=200 if q else 1000,
+                                      warmup=100 if q else 200)),
     ]
+    if args.list:
+        print("\n".join(name for name, _ in plan))
+        return 0
+    if args.only:
+        wanted = [w.lower() for w in args.only]
+        plan = [(name, fn) for name, fn in plan if name.lower().startswith(tuple(wanted))]
+        if not plan:
+            p.error(f"--only {' '.join(args.only)}: no row group starts with that "
+                    "(--list shows them)")
+    # The shared daemon serves the control rows only: not started when they are not run.
+    needs_daemon = any(name.startswith("control ") for name, _ in plan)
     started = time.monotonic()
     rows: list[Row] = []
     try:
-        daemon.start()
+        if needs_daemon:
+            daemon.start()
         for name, fn in plan:
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
             t0 = time.monotonic()
@@ -132,13 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "quick": q,
+        "only": args.only,
         "seconds": round(time.monotonic() - started, 1),
         "machine": machine_info(),
         "rows": [r.to_dict() for r in rows],
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     m = result["machine"]
-    print(f"mabeamd {__version__} benchmark{' (quick)' if q else ''}, {result['date']}: "
+    only = f" (only {', '.join(args.only)})" if args.only else ""
+    print(f"mabeamd {__version__} benchmark{' (quick)' if q else ''}{only}, {result['date']}: "
           f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, pyzmq {m['pyzmq']} / "
           f"libzmq {m['libzmq']}, msgpack {m['msgpack']}\n")
     print(render(rows))

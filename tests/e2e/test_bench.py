@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from mabeamd.cluster.local import etcd_binary
 from mabeamd.testing import ROOT, short_tmpdir
 
 
@@ -40,4 +41,12 @@ def test_bench_quick_runs_and_writes_json() -> None:
     assert memory["status"] == "ok" and memory["rate"] > 0
     scaled = next(v for m, v in rows.items() if m.startswith("variable read at"))
     assert scaled["status"] == "ok" and scaled["samples"] >= 1000
+    # Cluster mode's rows: run on a real 3-member etcd where Debian's etcd is installed (CI
+    # installs it), else each says why not.
+    cluster = [v for m, v in rows.items() if m.startswith("cluster ")]
+    assert len(cluster) == 10
+    if etcd_binary() is not None:
+        assert all(v["status"] == "ok" for v in cluster), cluster
+        cas = next(v for m, v in rows.items() if m.startswith("cluster CAS/s"))
+        assert cas["rate"] > 0 and cas["peer_value"] > 0 and "CHECK FAILED" not in cas["note"]
     assert "metric" in r.stdout.splitlines()[2]

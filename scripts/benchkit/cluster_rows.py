@@ -1,0 +1,708 @@
+"""Rows for cluster mode: three etcd members on loopback (`cluster/local.py` LocalEtcd, from
+Debian's etcd) and three mabeamd nodes on them with one worker each (this machine has two
+cores), measured against peers in the same run:
+
+- aetcd straight to the same etcd cluster, through the same client set-up the nodes use
+  (`cluster/etcd.py` client(): every member in one round-robin gRPC target), one sequential
+  client process as on our side: a transaction comparing mod_revision then putting (what a
+  cluster write is), a plain put, a linearizable get, and the same compare-and-set loop;
+- a single-node daemon (no [cluster]) for the shared-memory read.
+
+Every client runs in its own process (`load.run_clients`); repetitions of ours and of the
+peer alternate, so that a drifting machine moves both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from benchkit import Row
+from benchkit.load import CTX, run_clients
+from benchkit.stats import percentile, pick_median_rep, spread, summary
+from benchkit.var_rows import VALUE, mabeam_client
+from mabeamd.net import wire
+from mabeamd.testing import Daemon, short_tmpdir
+
+NODES = ("a", "b", "c")
+NAMES = 100  # variables (keys) each latency client cycles over
+CLUSTER = "bench"  # [cluster] name: the nodes' keys are under /mabeamd/bench/
+RAW = b"/bench-raw/"  # the peers' keys
+BLOB = wire.pack(VALUE)  # the value both sides write: the SDK's msgpack of VALUE
+HISTORY = 16  # [variables] history default: past versions kept in a variable's etcd value
+
+# Every row this module makes, for the "not run" rows when etcd or aetcd is missing.
+SET = "cluster var set, acknowledged (SDK on node A)"
+SET_PUT = "cluster var set vs a plain etcd put"
+CAS = "cluster CAS/s"
+CACHED = "cluster cached read (SDK, shared memory, node A)"
+CONSISTENT = "cluster consistent read (get_var consistent=True, node A)"
+LAG_B = "cluster watch lag, write on A -> cached read on B"
+LAG_C = "cluster watch lag, write on A -> cached read on C"
+KEYS = "cluster etcd keys per variable"
+BYTES = "cluster etcd bytes per variable, just created"
+BYTES_FULL = f"cluster etcd bytes per variable, {HISTORY} past versions"
+METRICS = (SET, SET_PUT, CAS, CACHED, CONSISTENT, LAG_B, LAG_C, KEYS, BYTES, BYTES_FULL)
+
+
+def why_not() -> str:
+    """Why the cluster rows cannot run here ("" when they can)."""
+    from mabeamd.cluster.local import etcd_binary
+
+    if etcd_binary() is None:
+        return "etcd not installed (Debian: apt-get install etcd-server; or set $MABEAM_ETCD)"
+    try:
+        import aetcd  # noqa: F401
+    except ImportError:
+        return "aetcd not installed (scripts/setup installs the cluster extra)"
+    return ""
+
+
+def not_run(why: str) -> list[Row]:
+    return [Row(m, "-", status="not run", note=why) for m in METRICS]
+
+
+def _etcd(endpoints: list[str]) -> Any:
+    from mabeamd.cluster.etcd import client
+
+    return client(endpoints, 10.0)
+
+
+# --- clients (run in their own processes) --------------------------------------------------
+
+
+def sdk_client(endpoint: str, mode: str, n: int, warmup: int, out: Any) -> None:
+    """Sequential latencies (us) through the SDK on one node: set_var (mode "set") or
+    get_var(consistent=True) (mode "consistent") or get_var(local=False) (mode "wire"),
+    over NAMES variables it creates first."""
+    from mabeamd.client import Client
+
+    agent = f"cbench-{os.getpid()}"
+    names = [f"cbench/{os.getpid()}/{i}" for i in range(NAMES)]
+    lat: list[float] = []
+    with Client(endpoint) as c:
+        c.register(agent)
+        for name in names:
+            c.create_var(agent, name, VALUE)
+        for i in range(warmup + n):
+            name = names[i % NAMES]
+            t0 = time.perf_counter_ns()
+            if mode == "set":
+                c.set_var(agent, name, VALUE)
+            elif mode == "wire":
+                c.get_var(name, local=False)
+            else:
+                c.get_var(name, consistent=True)
+            if i >= warmup:
+                lat.append((time.perf_counter_ns() - t0) / 1000)
+    out.put(lat)
+
+
+def etcd_client(endpoints: list[str], mode: str, n: int, warmup: int, out: Any) -> None:
+    """The peer: sequential latencies (us) of aetcd requests straight to etcd, over NAMES keys
+    holding BLOB: "txn" (compare mod_revision, put; read in the failure branch: a cluster
+    write's transaction), "put" (a plain put) or "get" (a linearizable get)."""
+    import uvloop
+
+    async def run() -> list[float]:
+        etcd = _etcd(endpoints)
+        await etcd.connect()
+        tx = etcd.transactions
+        keys = [RAW + b"%d/%d" % (os.getpid(), i) for i in range(NAMES)]
+        revs = {k: (await etcd.put(k, BLOB)).header.revision for k in keys}
+        lost = 0
+        lat: list[float] = []
+        for i in range(warmup + n):
+            k = keys[i % NAMES]
+            t0 = time.perf_counter_ns()
+            if mode == "txn":
+                won, answers = await etcd.transaction(
+                    compare=[tx.mod(k) == revs[k]], success=[tx.put(k, BLOB)],
+                    failure=[tx.get(k)])
+                if won:
+                    revs[k] = answers[0].response_put.header.revision
+                else:
+                    lost += 1
+                    revs[k] = answers[0][0][1].mod_revision
+            elif mode == "put":
+                await etcd.put(k, BLOB)
+            else:
+                await etcd.get(k)
+            if i >= warmup:
+                lat.append((time.perf_counter_ns() - t0) / 1000)
+        await etcd.close()
+        if lost:
+            raise RuntimeError(f"{lost} raw transactions lost their compare: keys shared?")
+        return lat
+
+    out.put(uvloop.run(run()))
+
+
+@dataclass(frozen=True)
+class CasJob:
+    """One CAS client process's part: `loops` loops over `names` (or `keys`) for `seconds`."""
+
+    names: list[str]
+    keys: list[bytes]
+    loops: int
+    seconds: float
+    seed: int
+
+
+def sdk_cas_client(endpoint: str, job: CasJob, barrier: Any, out: Any) -> None:
+    """`job.loops` threads, each with its own SDK Client on this node, incrementing random
+    names of `job.names` by compare-and-set (a cached read, then set_var with
+    expect_version) for `job.seconds` after every process passed `barrier`; puts (won,
+    conflicts, errors)."""
+    from mabeamd.client import Client, VersionMismatch
+    from mabeamd.client.errors import MabeamError
+
+    names, threads, seconds, seed = job.names, job.loops, job.seconds, job.seed
+
+    clients = [Client(endpoint) for _ in range(threads)]
+    agents = [f"cas-{os.getpid()}-{t}" for t in range(threads)]
+    for c, agent in zip(clients, agents, strict=True):
+        c.register(agent)
+        for name in names:  # the coordinator made them: wait for this node's cache
+            _wait_var(c, name)
+    totals = [0, 0, 0]
+    lock = threading.Lock()
+    barrier.wait(60)
+    deadline = time.monotonic() + seconds
+
+    def loop(t: int) -> None:
+        c, agent, rng = clients[t], agents[t], random.Random(seed * 1000 + t)
+        won = conflicts = errors = 0
+        while time.monotonic() < deadline:
+            name = rng.choice(names)
+            cur = c.get_var(name)
+            try:
+                c.set_var(agent, name, cur["value"] + 1, expect_version=cur["version"])
+                won += 1
+            except VersionMismatch:
+                conflicts += 1
+            except MabeamError:  # the shard's own retries ran out (CONFLICT), say
+                errors += 1
+        with lock:
+            for i, x in enumerate((won, conflicts, errors)):
+                totals[i] += x
+
+    workers = [threading.Thread(target=loop, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(seconds + 60)
+    for c in clients:
+        c.close()
+    out.put(tuple(totals))
+
+
+def etcd_cas_client(endpoints: list[str], job: CasJob, barrier: Any, out: Any) -> None:
+    """The peer of sdk_cas_client: `job.loops` asyncio tasks sharing one aetcd client (as a
+    node's worker shares its one), each incrementing random keys of `job.keys` by a
+    transaction comparing the mod_revision of the process's cached copy; a lost compare
+    takes the current value from the failure branch (as a node's cache does). Puts (won,
+    conflicts, 0)."""
+    import uvloop
+
+    keys, loops, seconds, seed = job.keys, job.loops, job.seconds, job.seed
+
+    async def run() -> tuple[int, int, int]:
+        etcd = _etcd(endpoints)
+        await etcd.connect()
+        tx = etcd.transactions
+        cache: dict[bytes, tuple[int, int]] = {}
+        for k in keys:
+            got = await etcd.get(k)
+            cache[k] = (wire.unpack(got.value), got.mod_revision)
+        barrier.wait(60)
+        deadline = time.monotonic() + seconds
+
+        async def loop(t: int) -> tuple[int, int]:
+            rng = random.Random(seed * 1000 + t)
+            won = conflicts = 0
+            while time.monotonic() < deadline:
+                k = rng.choice(keys)
+                value, rev = cache[k]
+                ok, answers = await etcd.transaction(
+                    compare=[tx.mod(k) == rev], success=[tx.put(k, wire.pack(value + 1))],
+                    failure=[tx.get(k)])
+                if ok:
+                    new = (value + 1, answers[0].response_put.header.revision)
+                    won += 1
+                else:
+                    raw, meta = answers[0][0]
+                    new = (wire.unpack(raw), meta.mod_revision)
+                    conflicts += 1
+                if new[1] > cache[k][1]:
+                    cache[k] = new
+            return won, conflicts
+
+        got = await asyncio.gather(*(loop(t) for t in range(loops)))
+        await etcd.close()
+        return sum(w for w, _ in got), sum(c for _, c in got), 0
+
+    out.put(uvloop.run(run()))
+
+
+def _wait_var(c: Any, name: str, timeout: float = 20.0) -> dict[str, Any]:
+    from mabeamd.client.errors import MabeamError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got: dict[str, Any] = c.get_var(name)
+            return got
+        except MabeamError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def lag_client(endpoints: list[str], writes: int, warmup: int, out: Any) -> None:
+    """One variable set `writes` times on node A (endpoints[0]), one write at a time; after
+    each acknowledgment, read it from node B's and node C's shared memory (an SDK Client on
+    each) in a tight loop until each shows the new version. Puts, per node, the ms from A's
+    acknowledgment to the first read that showed it (and from before the set), and the
+    set's own latency."""
+    from mabeamd.client import Client
+
+    a, *others = (Client(e) for e in endpoints)
+    agent = f"lag-{os.getpid()}"
+    a.register(agent)
+    name = f"lag/{os.getpid()}"
+    a.create_var(agent, name, 0)
+    for k, c in enumerate(others):
+        c.register(f"{agent}-reader{k}")  # its hello maps the segments: reads are local
+        _wait_var(c, name)
+        if c.aio._local.shm is None:
+            raise RuntimeError("the reader's node offers no shared-memory reads")
+    labels = NODES[1:len(endpoints)]
+    after_ack: dict[str, list[float]] = {k: [] for k in labels}
+    after_send: dict[str, list[float]] = {k: [] for k in labels}
+    ack: list[float] = []
+    for i in range(warmup + writes):
+        t0 = time.perf_counter_ns()
+        version = a.set_var(agent, name, i)["version"]
+        t1 = time.perf_counter_ns()
+        seen: dict[str, int] = {}
+        order = list(zip(labels, others, strict=True))
+        if i % 2:  # neither node is always read first
+            order.reverse()
+        while len(seen) < len(order):
+            for label, c in order:
+                if label not in seen and c.get_var(name)["version"] >= version:
+                    seen[label] = time.perf_counter_ns()
+            if time.perf_counter_ns() - t1 > 10e9:
+                raise RuntimeError(f"write {i} (version {version}) not seen on "
+                                   f"{sorted(set(labels) - set(seen))} after 10 s")
+        if i >= warmup:
+            ack.append((t1 - t0) / 1e6)
+            for label, t in seen.items():
+                after_ack[label].append((t - t1) / 1e6)
+                after_send[label].append((t - t0) / 1e6)
+        time.sleep(0.002)  # let the cluster go idle: each write's lag is its own
+    for c in (a, *others):
+        c.close()
+    out.put({"after_ack": after_ack, "after_send": after_send, "ack": ack})
+
+
+def etcd_lag_client(role: str, endpoints: list[str], job: tuple[bytes, int], barrier: Any,
+                    out: Any) -> None:
+    """The watch-lag peer, straight on etcd: role "write" puts 0 .. count-1 to the key with
+    aetcd, one at a time, 10 ms apart, and puts (role, {i: ns after its reply}); role
+    "watch" watches the key with an aetcd client of its own and puts (role, {i: ns when
+    the event for i came}). Times are perf_counter_ns: CLOCK_MONOTONIC, one clock for all
+    the processes of this host."""
+    import uvloop
+
+    key, count = job
+
+    async def run() -> dict[int, int]:
+        etcd = _etcd(endpoints)
+        await etcd.connect()
+        times: dict[int, int] = {}
+        if role == "write":
+            await etcd.put(key, wire.pack(-1))
+            barrier.wait(60)
+            for i in range(count):
+                await etcd.put(key, wire.pack(i))
+                times[i] = time.perf_counter_ns()
+                await asyncio.sleep(0.01)
+        else:
+            watch = await etcd.watch(key)
+            barrier.wait(60)
+
+            async def follow() -> None:
+                async for event in watch:
+                    if event.kind == "PUT":
+                        i = wire.unpack(event.kv.value)
+                        if i >= 0:
+                            times[i] = time.perf_counter_ns()
+                        if i >= count - 1:
+                            return
+
+            try:
+                await asyncio.wait_for(follow(), 30 + count * 0.1)
+            finally:
+                await watch.cancel()
+        await etcd.close()
+        return times
+
+    out.put((role, uvloop.run(run())))
+
+
+def fill_client(endpoint: str, count: int, refill: int, out: Any) -> None:
+    """Create cost/0 .. cost/count-1 holding VALUE, one at a time, then set each of
+    full/0 .. full/refill-1 HISTORY + 1 times, so each carries HISTORY past versions."""
+    from mabeamd.client import Client
+
+    agent = f"fill-{os.getpid()}"
+    with Client(endpoint) as c:
+        c.register(agent)
+        for i in range(count):
+            c.create_var(agent, f"cost/{i}", VALUE)
+        for i in range(refill):
+            c.create_var(agent, f"full/{i}", VALUE)
+            for _ in range(HISTORY + 1):
+                c.set_var(agent, f"full/{i}", VALUE)
+    out.put(count)
+
+
+# --- the set-up ----------------------------------------------------------------------------
+
+
+class ClusterBench:
+    """LocalEtcd (3 members), nodes a, b, c with one worker each, and a single-node daemon
+    with one worker: started in __enter__, stopped in __exit__."""
+
+    def __init__(self) -> None:
+        from mabeamd.cluster.local import LocalEtcd
+
+        self.etcd = LocalEtcd(short_tmpdir() / "etcd", size=3)
+        self.nodes: dict[str, Daemon] = {}
+        self.single: Daemon | None = None
+
+    def config(self, node: str) -> str:
+        etcd = ", ".join(f'"{e}"' for e in self.etcd.endpoints)
+        return (f'[daemon]\nlog_level = "warning"\n[cluster]\netcd = [{etcd}]\n'
+                f'node = "{node}"\nname = "{CLUSTER}"\n')
+
+    def __enter__(self) -> ClusterBench:
+        try:
+            self.etcd.start()
+            for n in NODES:
+                self.nodes[n] = Daemon(self.config(n), workers=1).start(timeout=60)
+            self.single = Daemon('[daemon]\nlog_level = "warning"\n', workers=1).start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for d in [*self.nodes.values(), *([self.single] if self.single else [])]:
+            with contextlib.suppress(Exception):  # cleanup() kills what did not stop
+                d.stop()
+            d.cleanup()
+        self.etcd.stop()
+
+    def endpoint(self, node: str) -> str:
+        return self.nodes[node].agent_endpoint
+
+    def run(self, coro: Callable[[Any], Any]) -> Any:
+        """Run coro(etcd client) in this process, on a fresh client of the whole cluster."""
+
+        async def go() -> Any:
+            etcd = _etcd(self.etcd.endpoints)
+            await etcd.connect()
+            try:
+                return await coro(etcd)
+            finally:
+                await etcd.close()
+
+        return asyncio.run(go())
+
+
+# --- rows ----------------------------------------------------------------------------------
+
+
+def _lat_row(metric: str, ours: list[list[float]], theirs: list[list[float]], peer: str,
+             unit: str = "us", **kw: Any) -> Row:
+    i, spr = pick_median_rep(ours)
+    j, _ = pick_median_rep(theirs)
+    p50, p95, p99 = summary(ours[i])
+    peer50, peer95, peer99 = summary(theirs[j])
+    extra = {"peer_p50": peer50, "peer_p95": peer95, "peer_p99": peer99,
+             **kw.pop("extra", {})}
+    return Row(metric, unit, p50=p50, p95=p95, p99=p99, spread=spr, samples=len(ours[i]),
+               reps=len(ours), peer=peer, peer_value=peer95, ratio=p95 / peer95,
+               extra=extra, **kw)
+
+
+def _p95(reps: list[list[float]]) -> float:
+    """The p95 of the repetition with the median p95 (the figure a row shows)."""
+    return summary(reps[pick_median_rep(reps)[0]])[1]
+
+
+def _p(values: list[float]) -> str:
+    p50, p95, p99 = summary(values)
+    return f"{p50:.3g} / {p95:.3g} / {p99:.3g}"
+
+
+def cluster(n: int, reps: int, *, cas_seconds: float, lag_writes: int, variables: int,
+            warmup: int = 200) -> list[Row]:
+    """Every cluster row, on one etcd cluster and one set of nodes."""
+    why = why_not()
+    if why:
+        return not_run(why)
+    with ClusterBench() as cb:
+        a = cb.endpoint("a")
+        eps = cb.etcd.endpoints
+        lat: dict[str, list[list[float]]] = {k: [] for k in
+                                             ("set", "txn", "put", "cget", "get", "shm",
+                                              "single", "hop")}
+        assert cb.single is not None
+        for _ in range(reps):  # ours, then the peers, each repetition
+            lat["set"].append(run_clients(sdk_client, [(a, "set", n, warmup)])[0])
+            lat["txn"].append(run_clients(etcd_client, [(eps, "txn", n, warmup)])[0])
+            lat["put"].append(run_clients(etcd_client, [(eps, "put", n, warmup)])[0])
+            lat["cget"].append(run_clients(sdk_client, [(a, "consistent", n, warmup)])[0])
+            lat["get"].append(run_clients(etcd_client, [(eps, "get", n, warmup)])[0])
+            lat["shm"].append(run_clients(mabeam_client, [(a, "shm", n, warmup)])[0])
+            lat["single"].append(run_clients(
+                mabeam_client, [(cb.single.agent_endpoint, "shm", n, warmup)])[0])
+            # The hop alone: var.get over the wire on the single node (one worker).
+            lat["hop"].append(run_clients(
+                sdk_client, [(cb.single.agent_endpoint, "wire", n, warmup)])[0])
+        record = cb.run(_record_size)
+        version = cb.run(_etcd_version)
+        rows = _latency_rows(lat, record, (n + warmup) // NAMES, version)
+        rows.append(_cas_row(cb, reps, cas_seconds))
+        rows += _lag_rows(cb, lag_writes, min(warmup, 20))
+        rows += _cost_rows(cb, variables)
+    return rows
+
+
+async def _record_size(etcd: Any) -> int:
+    """The etcd value of one variable the set rows wrote (its history full by now)."""
+    from mabeamd.cluster.etcd import Keys
+
+    got = await etcd.get_prefix(Keys(CLUSTER).root + b"vars/")
+    sizes = [len(kv.value) for kv in got.kvs if b"/cbench/" in kv.key]
+    return max(sizes) if sizes else 0
+
+
+async def _etcd_version(etcd: Any) -> str:
+    from importlib.metadata import version
+
+    return f"etcd {(await etcd.status()).version}, aetcd {version('aetcd')}"
+
+
+def _latency_rows(lat: dict[str, list[list[float]]], record: int, sets: int,
+                  version: str) -> list[Row]:
+    setup = (f"3 etcd members + 3 nodes x 1 worker on loopback ({version}), one client "
+             "process, sequential")
+    hop = summary(lat["hop"][pick_median_rep(lat["hop"])[0]])
+    rows = [
+        _lat_row(SET, lat["set"], lat["txn"], "raw etcd txn (compare+put), aetcd",
+                 goal="p95 <= 1.3x raw txn",
+                 note=f"Client.set_var over the shard endpoint (ipc) -> worker -> one etcd "
+                      f"txn (compare mod_revision, put) -> reply; {setup}. Same "
+                      f"{len(BLOB)}-byte msgpack value both sides, but the cluster's etcd "
+                      "value is the variable's whole state, which grows with each set to "
+                      f"{HISTORY} past versions: {record:,} bytes after the {sets} sets of "
+                      "each variable here (the peer puts the bare value)"),
+        _lat_row(SET_PUT, lat["set"], lat["put"], "raw etcd put (aetcd, no compare)",
+                 note="the samples of the row above, against a plain put of the same value; "
+                      f"the raw txn's p95 is {_p95(lat['txn']) / _p95(lat['put']):.2f}x the "
+                      "put's"),
+        _lat_row(CACHED, lat["shm"], lat["single"], "single-node shm read (same run, 1 worker)",
+                 goal="p95 = single node", note="Client.get_var: the node's list-then-watch "
+                 "cache in its shared-memory segment; peer: the same client code on a "
+                 "daemon without [cluster]"),
+        _lat_row(CONSISTENT, lat["cget"], lat["get"], "raw etcd get (aetcd, linearizable)",
+                 note="var.get consistent=True: client -> worker -> etcd range (linearizable: "
+                      "the member confirms its leader's commit index) -> reply. The hop to "
+                      "the worker alone (get_var(local=False) on the single node, same run): "
+                      f"{hop[0]:,.0f} / {hop[1]:,.0f} / {hop[2]:,.0f} us",
+                 extra={"hop_p50": hop[0], "hop_p95": hop[1], "hop_p99": hop[2]}),
+    ]
+    return rows
+
+
+def _cas_row(cb: ClusterBench, reps: int, seconds: float, threads: int = 2,
+             nkeys: int = 4) -> Row:
+    from mabeamd.client import Client
+
+    loops = threads * len(NODES)
+    ours: list[tuple[int, int, int]] = []
+    theirs: list[tuple[int, int, int]] = []
+    checks: list[str] = []
+    with Client(cb.endpoint("a")) as c:
+        c.register("cas-setup")
+        for rep in range(reps):
+            names = [f"cas/{rep}/{k}" for k in range(nkeys)]
+            for name in names:
+                c.create_var("cas-setup", name, 0)
+            barrier = CTX.Barrier(len(NODES))
+            got = run_clients(sdk_cas_client, [
+                (cb.endpoint(node), CasJob(names, [], threads, seconds, rep * 10 + i), barrier)
+                for i, node in enumerate(NODES)])
+            ours.append(_sum(got))
+            total = sum(c.get_var(name, consistent=True)["value"] for name in names)
+            if total != ours[-1][0]:
+                checks.append(f"rep {rep}: {ours[-1][0]} won but the counters add up to "
+                              f"{total}")
+            keys = [RAW + b"cas/%d/%d" % (rep, k) for k in range(nkeys)]
+            cb.run(partial(_put_all, keys=keys, value=wire.pack(0)))
+            barrier = CTX.Barrier(len(NODES))
+            got = run_clients(etcd_cas_client, [
+                (cb.etcd.endpoints, CasJob([], keys, threads, seconds, rep * 10 + i), barrier)
+                for i in range(len(NODES))])
+            theirs.append(_sum(got))
+            total = cb.run(partial(_sum_all, keys=keys))
+            if total != theirs[-1][0]:
+                checks.append(f"peer rep {rep}: {theirs[-1][0]} won but the counters add up "
+                              f"to {total}")
+    rates = [w / seconds for w, _, _ in ours]
+    peer_rates = [w / seconds for w, _, _ in theirs]
+    mid = sorted(range(reps), key=lambda i: rates[i])[reps // 2]
+    pmid = sorted(range(reps), key=lambda i: peer_rates[i])[reps // 2]
+    won, lost, errors = ours[mid]
+    pwon, plost, _ = theirs[pmid]
+    check = "; CHECK FAILED: " + ", ".join(checks) if checks else \
+        "; every counter's final value (consistent read) = the CAS won on it"
+    return Row(f"{CAS} ({loops} client threads on {len(NODES)} nodes, {nkeys} keys)",
+               "CAS/s", rate=rates[mid], spread=spread(rates), reps=reps,
+               peer="raw etcd CAS loop (aetcd txns, same loops)",
+               peer_value=peer_rates[mid], ratio=rates[mid] / peer_rates[mid],
+               note=f"{seconds:g} s per repetition; a loop: cached read, set_var with "
+                    f"expect_version; conflicts {lost / seconds:,.0f}/s "
+                    f"({lost / max(1, won + lost):.0%} of tries), {errors} other errors; "
+                    f"peer: {threads} tasks x {len(NODES)} procs, one aetcd client each, "
+                    f"compare on a cached mod_revision: conflicts {plost / seconds:,.0f}/s "
+                    f"({plost / max(1, pwon + plost):.0%}){check}",
+               extra={"ours": ours, "peer": theirs, "checks": checks})
+
+
+def _sum(results: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+    return (sum(r[0] for r in results), sum(r[1] for r in results),
+            sum(r[2] for r in results))
+
+
+async def _put_all(etcd: Any, keys: list[bytes], value: bytes) -> None:
+    for k in keys:
+        await etcd.put(k, value)
+
+
+async def _sum_all(etcd: Any, keys: list[bytes]) -> int:
+    total = 0
+    for k in keys:
+        total += wire.unpack((await etcd.get(k)).value)
+    return total
+
+
+def _lag_rows(cb: ClusterBench, writes: int, warmup: int) -> list[Row]:
+    got = run_clients(lag_client, [([cb.endpoint(n) for n in NODES], writes, warmup)])[0]
+    # The peer: two aetcd watchers (processes of their own, as nodes B and C) of a key an
+    # aetcd writer puts.
+    barrier = CTX.Barrier(3)
+    job = (RAW + b"lag/%d" % os.getpid(), warmup + writes)
+    raw = run_clients(etcd_lag_client, [("write", cb.etcd.endpoints, job, barrier),
+                                        ("watch", cb.etcd.endpoints, job, barrier),
+                                        ("watch", cb.etcd.endpoints, job, barrier)])
+    acks = next(t for role, t in raw if role == "write")
+    watchers = [t for role, t in raw if role == "watch"]
+    rows = []
+    for k, (node, metric) in enumerate((("b", LAG_B), ("c", LAG_C))):
+        ms = got["after_ack"][node]
+        p50, p95, p99 = summary(ms)
+        seen = watchers[k]
+        peer = [(seen[i] - acks[i]) / 1e6 for i in range(warmup, warmup + writes) if i in seen]
+        if len(peer) < writes:
+            raise RuntimeError(f"the raw watcher saw {len(peer)} of {writes} puts")
+        peer95 = percentile(peer, 95)
+        rows.append(Row(metric, "ms", p50=p50, p95=p95, p99=p99, samples=len(ms), reps=1,
+                        peer="raw etcd watch (aetcd watcher process, aetcd puts)",
+                        peer_value=peer95, ratio=p95 / peer95 if peer95 > 0 else None,
+                        note=f"{len(ms)} writes one at a time; from A's reply to the first "
+                             f"read on {node.upper()} showing the version (one client process "
+                             "with an SDK Client on each of B and C reads both nodes' shared "
+                             "memory in turn, in a tight loop): etcd's watch to the node's "
+                             "worker, its cache and segment. From before the set "
+                             "(p50/p95/p99): "
+                             f"{_p(got['after_send'][node])} ms; the set itself: "
+                             f"{_p(got['ack'])} ms. Peer: from the put's reply to the "
+                             f"event in a watcher process, p50/p95/p99 {_p(peer)} ms (it can "
+                             "be below 0: the event may come before the reply)",
+                        extra={"after_send_p95": percentile(got["after_send"][node], 95)}))
+    return rows
+
+
+def _cost_rows(cb: ClusterBench, count: int, refill: int = 10) -> list[Row]:
+    from mabeamd.cluster.etcd import Keys
+
+    keys = Keys(CLUSTER)
+
+    async def db_size(etcd: Any) -> list[int]:
+        sizes = []
+        for e in cb.etcd.endpoints:  # each member's own file
+            one = _etcd([e])
+            await one.connect()
+            sizes.append(int((await one.status()).db_size))
+            await one.close()
+        return sizes
+
+    async def usage(etcd: Any) -> dict[str, list[tuple[int, int]]]:
+        got = await etcd.get_prefix(keys.root + b"vars/")
+        out: dict[str, list[tuple[int, int]]] = {"cost": [], "full": []}
+        for kv in got.kvs:
+            name = kv.key.rsplit(b"/", 2)
+            kind = name[-2].decode() if len(name) == 3 else ""
+            if kind in out:
+                out[kind].append((len(kv.key), len(kv.value)))
+        return out
+
+    before = cb.run(db_size)
+    t0 = time.monotonic()
+    run_clients(fill_client, [(cb.endpoint("a"), count, 0)], timeout=600)
+    took = time.monotonic() - t0
+    after = cb.run(db_size)
+    run_clients(fill_client, [(cb.endpoint("a"), 0, refill)], timeout=600)
+    found = cb.run(usage)
+    cost, full = found["cost"], found["full"]
+    if len(cost) != count or len(full) != refill:
+        raise RuntimeError(f"etcd holds {len(cost)} of the {count} variables created and "
+                           f"{len(full)} of {refill}")
+    bare = len(keys.var(0, f"cost/{count // 2}")) + len(BLOB)  # the same key and value, raw
+    per = sum(k + v for k, v in cost) / count
+    per_full = sum(k + v for k, v in full) / refill
+    grown = [(b - a) / count for a, b in zip(before, after, strict=True)]
+    return [
+        Row(f"{KEYS} ({count:,} variables)", "keys", rate=len(cost) / count, samples=1,
+            reps=1, note=f"keys under /mabeamd/{CLUSTER}/vars/ (aetcd get_prefix) after "
+                         f"{count:,} SDK creates on node A ({count / took:,.0f} creates/s, "
+                         "one at a time); plus 1 config key per cluster and 1 membership "
+                         "key per node"),
+        Row(f"{BYTES} ({count:,} variables)", "B", rate=per, samples=1, reps=1,
+            peer="the same key + the bare value", peer_value=bare, ratio=per / bare,
+            note=f"key + value bytes as etcd returns them; the value is the variable's whole "
+                 f"state (value {len(BLOB)} B, metadata, writer node) in msgpack. etcd's "
+                 f"db file grew {min(grown):,.0f}-{max(grown):,.0f} B per variable on the 3 "
+                 "members over the creates (bbolt pages and MVCC revisions, uncompacted; "
+                 "coarse)"),
+        Row(f"{BYTES_FULL} ({refill} variables, {HISTORY + 1} sets each)", "B",
+            rate=per_full, samples=1, reps=1, peer="the same key + the bare value",
+            peer_value=bare, ratio=per_full / bare,
+            note=f"[variables] history = {HISTORY} (the default): each write puts the value "
+                 "and its past versions again, so each etcd write and each revision etcd keeps "
+                 "until compaction carries them all"),
+    ]
