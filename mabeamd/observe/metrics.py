@@ -56,6 +56,16 @@ def _field(key: str, section: str | None = None) -> Value:
     return value
 
 
+def _cluster(key: str) -> Value:
+    """A number from a cluster shard's figures (cluster/shard.py gauges: "cluster"); None on
+    a single node, so the family stays empty there."""
+    def value(row: dict[str, Any]) -> float | None:
+        c = (row.get("shard") or {}).get("cluster")
+        v = c.get(key) if isinstance(c, dict) else None
+        return float(v) if isinstance(v, (int, float)) else None
+    return value
+
+
 # Per worker (label "worker") and per shard (label "shard": shard i is worker i's), from
 # the worker rows: (type, name without _total, help, label, the row's value or None).
 PER_WORKER: list[tuple[str, str, str, str, Value]] = [
@@ -93,6 +103,20 @@ PER_WORKER: list[tuple[str, str, str, str, Value]] = [
      "shard", _field("errors", "shard_traffic")),
     ("counter", "mabeamd_shard_endpoint_rate_limited", "requests refused rate_limited on "
      "the shard's own endpoint ([limits])", "shard", _field("rate_limited", "shard_traffic")),
+    ("counter", "mabeamd_cluster_commits", "writes this node's shard committed to etcd "
+     "(cluster mode)", "shard", _cluster("commits")),
+    ("counter", "mabeamd_cluster_lost_transactions", "write transactions that lost their "
+     "compare to another node's write and ran again (cluster mode)", "shard",
+     _cluster("retries")),
+    ("gauge", "mabeamd_cluster_watch_open", "1 while the shard's etcd watch is open (0: its "
+     "cache misses the other nodes' writes; cluster mode)", "shard", _cluster("watch")),
+    ("counter", "mabeamd_cluster_watch_events", "changes the shard's etcd watch delivered "
+     "(cluster mode)", "shard", _cluster("watch_events")),
+    ("gauge", "mabeamd_cluster_cache_revision", "the etcd revision the shard's cache has "
+     "every change of its shard up to (cluster mode)", "shard", _cluster("revision")),
+    ("gauge", "mabeamd_cluster_watch_lag_max_seconds", "largest of the last 256 delays from "
+     "another node's write to this cache (writer's clock; cluster mode)", "shard",
+     _cluster("lag_max")),
 ]
 
 

@@ -386,6 +386,31 @@ def test_node_refuses_a_taken_name_and_another_shard_count(cluster: Cluster) -> 
     assert "[workers] count = 2" in other.log()
 
 
+def test_cluster_figures_are_in_metrics(cluster: Cluster) -> None:
+    import urllib.request
+
+    from mabeamd.testing import free_port
+
+    port = free_port()
+    node = cluster.make(cluster.config("m") + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
+                        workers=1)
+    node.start(timeout=60)
+    cluster.nodes["m"] = node
+    c = cluster.client("m")
+    c.register("meter")
+    for i in range(3):
+        c.create_var("meter", f"m{i}", i)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    text = wait(lambda: (t := scrape()) and 'mabeamd_cluster_commits_total{shard="0"} 3.0' in t
+                and t, what="3 commits in /metrics")
+    assert 'mabeamd_cluster_watch_open{shard="0"} 1.0' in text
+    assert "mabeamd_cluster_cache_revision" in text
+
+
 def test_mabeamctl_cluster_status(cluster: Cluster, daemon: Daemon) -> None:
     cluster.start("a", "b", workers=1)
     out = cluster.nodes["a"].ctl("--socket", str(cluster.nodes["a"].socket), "cluster",
