@@ -380,11 +380,15 @@ def _check_cluster(cfg: Config, origin: str) -> None:
                               f"{value!r}" + (" (required with [cluster] etcd)"
                                               if not value else ""))
     advertise = c.advertise or cfg.agents.endpoints[0]
-    if advertise.startswith("curve+"):
-        raise ConfigError(f"{origin}: [cluster] advertise: the other nodes reach this one "
-                          f"at {advertise}, a CURVE endpoint, and node links do not speak "
-                          "CURVE yet: give a plain agent endpoint of this node (on a network "
-                          "you trust) as [cluster] advertise")
+    if advertise.startswith("curve+") and not (cfg.security.server_key
+                                               and cfg.security.authorized_keys):
+        raise ConfigError(f"{origin}: [cluster] advertise: {advertise} is a CURVE endpoint: "
+                          "node links then authenticate with each node's server key, so set "
+                          "[security] server_key and authorized_keys (holding every node's "
+                          "public key)")
+    if advertise.startswith("curve+") and advertise not in cfg.agents.endpoints:
+        raise ConfigError(f"{origin}: [cluster] advertise: {advertise} is CURVE but not one "
+                          "of this node's [agents] endpoints; advertise one it serves")
     if cfg.variables.max_value > CLUSTER_MAX_VALUE:
         raise ConfigError(f"{origin}: [variables] max_value: a cluster keeps each variable in "
                           f"one etcd key, so at most {CLUSTER_MAX_VALUE}; got "

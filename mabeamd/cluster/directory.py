@@ -57,7 +57,11 @@ def matches(rec: dict[str, Any], q: dict[str, Any], after: str = "") -> bool:
 
 
 class Directory:
-    def __init__(self, membership: Membership, *, timeout: float) -> None:
+    def __init__(self, membership: Membership, *, timeout: float,
+                 curve_keys: tuple[bytes, bytes] | None = None) -> None:
+        """`curve_keys`: this node's server key pair, its client keys on links to nodes that
+        advertise a curve+ endpoint (their authorized_keys must hold its public key)."""
+        self.curve_keys = curve_keys
         self.membership = membership
         self.etcd = membership.etcd
         self.node = membership.cfg.node
@@ -233,14 +237,26 @@ class Directory:
                             details=None if plain else {"applied": "unknown"}) from None
 
     async def _link(self, node: str, address: str) -> AsyncClient:
+        plain = address.removeprefix("curve+")
         link = self._links.get(node)
-        if link is not None and link.endpoint == address:
+        if link is not None and link.endpoint == plain:
             return link
         if link is not None:
             await link.close()
         from mabeamd.client.aio import AsyncClient
 
-        link = AsyncClient(address, timeout=self.timeout, heartbeat=False, direct=False)
+        server_key: bytes | None = None
+        if address.startswith("curve+"):
+            info = self.nodes.items.get(node) or {}
+            if self.curve_keys is None or not isinstance(info.get("curve_key"), str):
+                raise WireError(ErrorCode.UNAVAILABLE, f"node {node!r} is reached over CURVE "
+                                f"({address}) and this node has no server key pair to "
+                                "authenticate with ([security] server_key), or that node "
+                                "published no public key", details={"applied": False})
+            server_key = info["curve_key"].encode()
+        link = AsyncClient(plain, timeout=self.timeout, heartbeat=False, direct=False,
+                           server_key=server_key,
+                           client_keys=self.curve_keys if server_key else None)
         await link.connect()
         self._links[node] = link
         return link

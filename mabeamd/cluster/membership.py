@@ -43,14 +43,17 @@ class ClusterError(Exception):
 
 class Membership:
     def __init__(self, cfg: ClusterSection, *, shards: int, advertise: str,
-                 agent_endpoints: list[str]) -> None:
+                 agent_endpoints: list[str], curve_key: str | None = None) -> None:
+        """`curve_key`: this node's CURVE public key (z85), for a curve+ advertise address:
+        the other nodes' links check the server they reach is this one."""
         self.cfg = cfg
         self.keys = Keys(cfg.name)
         self.shards = shards
         self.etcd = client(cfg.etcd, cfg.request_timeout)
         self.record = {"node": cfg.node, "advertise": advertise, "agents": agent_endpoints,
                        "host": socket.gethostname(), "pid": os.getpid(),
-                       "version": __version__, "started": time.time(), "shards": shards}
+                       "version": __version__, "started": time.time(), "shards": shards,
+                       "curve_key": curve_key}
         self.lease_id: int | None = None
         self.state = "starting"  # then "ok", "uncertain" (keepalives failing), "lost"
         self.last_keepalive = 0.0  # monotonic time of the last one etcd confirmed

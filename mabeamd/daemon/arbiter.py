@@ -279,9 +279,19 @@ class Arbiter(WorkerSide):
             raise StartupError(f"[cluster] etcd is set but the etcd client is missing ({exc}): "
                                "pip install 'mabeamd[cluster]'", EX_CONFIG) from None
         c = self.config.cluster
-        member = Membership(c, shards=self.meta.shards,
-                            advertise=c.advertise or self.config.agents.endpoints[0],
-                            agent_endpoints=list(self.config.agents.endpoints))
+        advertise = c.advertise or self.config.agents.endpoints[0]
+        # The server key pair (if any): its public half tells the other nodes who they reach
+        # at a curve+ advertise address; both halves are this node's client keys on links to
+        # nodes that advertise one.
+        try:
+            keys = load_server_keys(self.config.security.server_key) \
+                if self.config.security.server_key else None
+        except AuthError as exc:
+            raise StartupError(str(exc), EX_CONFIG) from None
+        member = Membership(c, shards=self.meta.shards, advertise=advertise,
+                            agent_endpoints=list(self.config.agents.endpoints),
+                            curve_key=keys[0].decode() if keys and advertise.startswith(
+                                "curve+") else None)
         try:
             await member.start()
         except ClusterError as exc:
@@ -289,7 +299,7 @@ class Arbiter(WorkerSide):
             raise StartupError(str(exc), EX_CONFIG) from None
         from mabeamd.cluster.directory import Directory
 
-        self.directory = Directory(member, timeout=c.request_timeout)
+        self.directory = Directory(member, timeout=c.request_timeout, curve_keys=keys)
         try:
             await self.directory.start()
         except Exception as exc:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import pytest
 
-from mabeamd.client import Client, Exists, Unavailable, VersionMismatch
+from mabeamd.client import Client, Exists, Timeout, Unavailable, VersionMismatch
 from mabeamd.client.errors import MabeamError
 from mabeamd.cluster.local import LocalEtcd, etcd_binary
 from mabeamd.testing import Daemon, short_tmpdir
@@ -336,6 +336,54 @@ def test_a_killed_node_s_session_applies_nothing_and_frees_its_locks(cluster: Cl
             await asyncio.wait([task], timeout=5)
 
     asyncio.run(main())
+
+
+def test_node_links_speak_curve_to_nodes_that_advertise_it(cluster: Cluster) -> None:
+    import shutil
+
+    from mabeamd.agents.auth import generate
+    from mabeamd.testing import free_port
+
+    keys = short_tmpdir()
+    trusted, others = keys / "trusted", keys / "others"
+    for d in (trusted, others):
+        d.mkdir()
+    for name in ("node-a", "node-b", "node-c"):
+        public, _ = generate(keys, name)
+        if name != "node-c":  # a and b trust each other; nobody trusts c
+            shutil.copy(public, trusted)
+        shutil.copy(public, others)
+
+    def curve_node(node: str, authorized: Path) -> Daemon:
+        port = free_port()
+        cfg = (f'[agents]\nendpoints = ["ipc://{{run}}/agents.sock", '
+               f'"curve+tcp://127.0.0.1:{port}"]\nshard_endpoint = "ipc://{{run}}/shard"\n'
+               'heartbeat_interval = 0.2\ngone_after = 0.5\n'
+               '[events]\nendpoint = "ipc://{run}/events.sock"\n'
+               f'[security]\nserver_key = "{keys}/node-{node}.key_secret"\n'
+               f'authorized_keys = "{authorized}"\n' + cluster.config(node)
+               + f'advertise = "curve+tcp://127.0.0.1:{port}"\n')
+        d = cluster.make(cfg, workers=1)
+        d.start(timeout=60)
+        cluster.nodes[node] = d
+        return d
+
+    curve_node("a", trusted)
+    curve_node("b", others)
+    curve_node("c", others)
+    a, b, c = (cluster.client(n) for n in "abc")
+    a.register("alice")
+    b.register("bob")
+    c.register("carol")
+    wait(lambda: len(b.list_agents()["agents"]) == 3, what="every agent listed on b")
+    assert b.send("bob", "alice", "over curve")["node"] == "a"  # b's key is a's trusted
+    assert a.next_push(timeout=10).body["body"] == "over curve"
+    assert a.send("alice", "carol", "to c")["node"] == "c"  # c trusts a's key
+    # a does not trust c's key: the handshake is refused, nothing is delivered.
+    with pytest.raises(MabeamError, match="did not take"):
+        c.send("carol", "alice", "not over curve")
+    with pytest.raises(Timeout):
+        a.next_push(timeout=1)
 
 
 def test_concurrent_compare_and_set_has_one_winner_per_version(cluster: Cluster) -> None:
@@ -669,7 +717,7 @@ def test_cluster_config_is_checked(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="max_value"):
         load('[cluster]\netcd = ["127.0.0.1:2379"]\nnode = "a"\n'
              '[variables]\nmax_value = 2000000\n[agents]\nmax_message = 4000000\n')
-    with pytest.raises(config.ConfigError, match="do not speak CURVE"):
+    with pytest.raises(config.ConfigError, match="server_key and authorized_keys"):
         load('[cluster]\netcd = ["127.0.0.1:2379"]\nnode = "a"\n'
              'advertise = "curve+tcp://127.0.0.1:7700"\n')
     load('[cluster]\netcd = ["127.0.0.1:2379", "http://localhost:22379"]\nnode = "a"\n')
