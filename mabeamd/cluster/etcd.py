@@ -19,6 +19,7 @@ The keyspace, under /mabeamd/NAME/ (NAME: `[cluster] name`):
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +27,7 @@ from typing import Any, Final, TypeVar
 
 import aetcd
 import aetcd.exceptions
+import grpc.aio
 
 from mabeamd.net.wire import ErrorCode, WireError
 
@@ -38,7 +40,9 @@ T = TypeVar("T")
 # happen.
 INVALID: Final = aetcd.exceptions.InvalidArgumentError
 DOWN: Final = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError,
-               aetcd.exceptions.InternalError, TimeoutError, aetcd.exceptions.ClientError)
+               aetcd.exceptions.InternalError, TimeoutError, aetcd.exceptions.ClientError,
+               # raw, from the calls aetcd does not wrap (members(): seen with a member paused)
+               grpc.aio.AioRpcError)
 
 
 def target(endpoints: Sequence[str]) -> tuple[str, int]:
@@ -76,6 +80,21 @@ def client(endpoints: Sequence[str], timeout: float) -> aetcd.Client:
                                  "grpc.keepalive_time_ms": 5_000,
                                  "grpc.keepalive_timeout_ms": 2_000,
                                  "grpc.keepalive_permit_without_calls": 1})
+
+
+async def keepalive(etcd: aetcd.Client, lease_id: int, ttl: float) -> int:
+    """Refresh a lease; its remaining TTL (<= 0: expired). A try waits at most a quarter of
+    the TTL and a failed one is tried again at once on the next member (round_robin), up to
+    three times: a member that holds its connections but does not answer must not cost a
+    node its lease while the other members answer."""
+    for i in range(3):
+        try:
+            reply = await asyncio.wait_for(etcd.refresh_lease(lease_id), max(0.2, ttl / 4))
+            return int(reply.TTL)
+        except DOWN:
+            if i == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def idempotent(call: Callable[[], Awaitable[T]], attempts: int) -> T:

@@ -31,7 +31,7 @@ from typing import Any
 import msgpack
 
 from mabeamd import __version__
-from mabeamd.cluster.etcd import DOWN, Keys, client, idempotent
+from mabeamd.cluster.etcd import DOWN, Keys, client, idempotent, keepalive
 from mabeamd.schema import ClusterSection
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,8 @@ class Membership:
                     self._rejoined()
                     continue
                 assert self.lease_id is not None
-                reply = await self.etcd.refresh_lease(self.lease_id)
-                if reply.TTL <= 0:  # expired while we could not reach etcd
+                if await keepalive(self.etcd, self.lease_id, self.cfg.lease_ttl) <= 0:
+                    # expired while we could not reach etcd
                     self.state = "lost"
                     log.error("cluster: node %r's lease expired; its membership was deleted "
                               "by etcd. Taking a new one", self.cfg.node)
@@ -208,7 +208,7 @@ class Membership:
                                "peer_urls": list(m.peer_urls)}
                               for m in await idempotent(self._members, tries)]
         except DOWN as exc:
-            out["error"] = f"etcd does not answer: {exc}"
+            out["error"] = f"etcd does not answer: {str(exc).strip() or type(exc).__name__}"
         out["endpoints"] = await asyncio.gather(*(self._health(e) for e in self.cfg.etcd))
         return out
 

@@ -55,6 +55,7 @@ from mabeamd.cluster.etcd import (
     Keys,
     client,
     idempotent,
+    keepalive,
     refused,
     unavailable,
 )
@@ -169,8 +170,8 @@ class ClusterShard:
             await asyncio.sleep(self.lease_ttl / 3)
             try:
                 assert self.lease_id is not None
-                reply = await self.etcd.refresh_lease(self.lease_id)
-                if reply.TTL <= 0:  # expired while etcd was out of reach: locks are gone
+                if await keepalive(self.etcd, self.lease_id, self.lease_ttl) <= 0:
+                    # expired while etcd was out of reach: the locks are gone
                     log.error("shard %d: its lease expired; the locks of its running "
                               "sessions are gone (they will fail, nothing applied)", self.index)
                     self.lease_id = (await self.etcd.lease(self.lease_ttl)).id
