@@ -7,7 +7,8 @@ measures peers in the same run, prints one table and writes bench-results.json.
                              no thresholds)
     scripts/bench --only variables [--only control ...]
                              only the row groups whose name starts with one of the prefixes
-                             (the names `bench: NAME ...` prints; --list shows them)
+                             (the names `bench: NAME ...` prints; --list shows them; '-' and
+                             ' ' are the same: --only start-to-ready)
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench-results.json", help="JSON output file")
     p.add_argument("--only", action="append", default=[], metavar="PREFIX",
                    help="run only the row groups whose name starts with PREFIX (repeatable; "
-                        "case-insensitive)")
+                        "case-insensitive; '-' and ' ' match each other)")
     p.add_argument("--list", action="store_true", help="print the row groups' names and exit")
     args = p.parse_args(argv)
 
@@ -138,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(name for name, _ in plan))
         return 0
     if args.only:
-        wanted = [w.lower() for w in args.only]
-        plan = [(name, fn) for name, fn in plan if name.lower().startswith(tuple(wanted))]
+        def norm(text: str) -> str:
+            return text.lower().replace("-", " ")
+
+        wanted = tuple(norm(w) for w in args.only)
+        plan = [(name, fn) for name, fn in plan if norm(name).startswith(wanted)]
         if not plan:
             p.error(f"--only {' '.join(args.only)}: no row group starts with that "
                     "(--list shows them)")
