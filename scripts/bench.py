@@ -8,7 +8,7 @@ measures peers in the same run, prints one table and writes bench-results.json.
     scripts/bench --only variables [--only control ...]
                              only the row groups whose name starts with one of the prefixes
                              (the names `bench: NAME ...` prints; --list shows them; '-' and
-                             ' ' are the same: --only start-to-ready)
+                             ' ' are the same: --only cluster-sim)
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from benchkit import (
     Row,
     agent_rows,
     cluster_rows,
+    cluster_sim,
     core_rows,
     econ_rows,
     scale_rows,
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                                       lag_writes=50 if q else 200,
                                       variables=200 if q else 1000,
                                       warmup=100 if q else 200)),
+        # docs/cluster.md's capacity model against 3 etcd members: simulated nodes and
+        # agents (aetcd clients, no daemons), N x A cells under a fixed write load.
+        ("cluster simulation",
+         lambda: cluster_sim.simulate(cluster_sim.QUICK if q else cluster_sim.SimPlan())),
     ]
     if args.list:
         print("\n".join(name for name, _ in plan))
