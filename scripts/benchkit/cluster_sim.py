@@ -717,7 +717,9 @@ def slope_rows(plan: SimPlan, cells: list[dict[str, Any]],
                    f"{slope_se(nodes, leader):.2f}; the three members together: "
                    f"{cpu_all[0]:+.2f}% per node (standard error "
                    f"{slope_se(nodes, members):.2f}) from {fmt(cpu_all[1])}%, i.e. "
-                   f"{cpu_all[0] / 100 / plan.rate * 1e6:.1f} us of etcd CPU per event",
+                   f"{cpu_all[0] / 100 / plan.rate * 1e6:.0f} +- "
+                   f"{slope_se(nodes, members) / 100 / plan.rate * 1e6:.0f} us of etcd CPU "
+                   "per event delivered",
                    cells=k, se=slope_se(nodes, leader)),
         _slope_row("cluster sim: simulated nodes' CPU per node", "% of a core",
                    fit(nodes, client), (None, "model: none"),
