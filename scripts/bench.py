@@ -7,7 +7,8 @@ measures peers in the same run, prints one table and writes bench-results.json.
                              no thresholds)
     scripts/bench --only variables [--only control ...]
                              only the row groups whose name starts with one of the prefixes
-                             (the names `bench: NAME ...` prints; --list shows them)
+                             (the names `bench: NAME ...` prints; --list shows them; '-' and
+                             ' ' are the same: --only cluster-sim)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from benchkit import (
     Row,
     agent_rows,
     cluster_rows,
+    cluster_sim,
     core_rows,
     econ_rows,
     scale_rows,
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench-results.json", help="JSON output file")
     p.add_argument("--only", action="append", default=[], metavar="PREFIX",
                    help="run only the row groups whose name starts with PREFIX (repeatable; "
-                        "case-insensitive)")
+                        "case-insensitive; '-' and ' ' match each other)")
     p.add_argument("--list", action="store_true", help="print the row groups' names and exit")
     args = p.parse_args(argv)
 
@@ -133,13 +135,20 @@ def main(argv: list[str] | None = None) -> int:
                                       lag_writes=50 if q else 200,
                                       variables=200 if q else 1000,
                                       warmup=100 if q else 200)),
+        # docs/cluster.md's capacity model against 3 etcd members: simulated nodes and
+        # agents (aetcd clients, no daemons), N x A cells under a fixed write load.
+        ("cluster simulation",
+         lambda: cluster_sim.simulate(cluster_sim.QUICK if q else cluster_sim.SimPlan())),
     ]
     if args.list:
         print("\n".join(name for name, _ in plan))
         return 0
     if args.only:
-        wanted = [w.lower() for w in args.only]
-        plan = [(name, fn) for name, fn in plan if name.lower().startswith(tuple(wanted))]
+        def norm(text: str) -> str:
+            return text.lower().replace("-", " ")
+
+        wanted = tuple(norm(w) for w in args.only)
+        plan = [(name, fn) for name, fn in plan if norm(name).startswith(wanted)]
         if not plan:
             p.error(f"--only {' '.join(args.only)}: no row group starts with that "
                     "(--list shows them)")

@@ -43,10 +43,26 @@ def test_bench_quick_runs_and_writes_json() -> None:
     assert scaled["status"] == "ok" and scaled["samples"] >= 1000
     # Cluster mode's rows: run on a real 3-member etcd where Debian's etcd is installed (CI
     # installs it), else each says why not.
-    cluster = [v for m, v in rows.items() if m.startswith("cluster ")]
+    cluster = [v for m, v in rows.items()
+               if m.startswith("cluster ") and not m.startswith("cluster sim")]
     assert len(cluster) == 10
+    # The capacity simulation (cluster_sim.py): 3 nodes x 2 agent counts, then the slopes.
+    sim = {m: v for m, v in rows.items() if m.startswith("cluster sim")}
     if etcd_binary() is not None:
         assert all(v["status"] == "ok" for v in cluster), cluster
         cas = next(v for m, v in rows.items() if m.startswith("cluster CAS/s"))
         assert cas["rate"] > 0 and cas["peer_value"] > 0 and "CHECK FAILED" not in cas["note"]
+        assert all(v["status"] == "ok" for v in sim.values()), sim
+        assert len([m for m in sim if m.startswith("cluster sim, ")]) == 6
+        # Counts, not speeds: every write reached every node, every key is where it should be.
+        events = sim["cluster sim: watch events/s per node"]
+        assert events["extra"]["slope"] > 0
+        for m, v in sim.items():
+            if m.startswith("cluster sim, "):
+                x = v["extra"]
+                assert x["events"] == x["write"]["acked"] * x["nodes"] or x["write"]["errors"], \
+                    (m, x)
+                assert v["extra"]["keys"] == v["extra"]["model"]["keys"], (m, v)
+    else:
+        assert [v["status"] for v in sim.values()] == ["not run"]
     assert "metric" in r.stdout.splitlines()[2]
