@@ -31,6 +31,7 @@ from benchkit import (
     Row,
     agent_rows,
     cluster_rows,
+    cluster_send_rows,
     core_rows,
     econ_rows,
     scale_rows,
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                                       lag_writes=50 if q else 200,
                                       variables=200 if q else 1000,
                                       warmup=100 if q else 200)),
+        # The same set-up again: agent.send across nodes, on one node, and on a single node.
+        ("cluster agent.send",
+         lambda: cluster_send_rows.send_rows(100 if q else 500, reps, warmup=20 if q else 50)),
     ]
     if args.list:
         print("\n".join(name for name, _ in plan))

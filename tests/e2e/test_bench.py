@@ -44,7 +44,7 @@ def test_bench_quick_runs_and_writes_json() -> None:
     # Cluster mode's rows: run on a real 3-member etcd where Debian's etcd is installed (CI
     # installs it), else each says why not.
     cluster = [v for m, v in rows.items() if m.startswith("cluster ")]
-    assert len(cluster) == 10
+    assert len(cluster) == 12  # cluster_rows (10) and cluster_send_rows (2)
     if etcd_binary() is not None:
         assert all(v["status"] == "ok" for v in cluster), cluster
         cas = next(v for m, v in rows.items() if m.startswith("cluster CAS/s"))
