@@ -32,6 +32,7 @@ from benchkit import (
     Row,
     agent_rows,
     cluster_rows,
+    cluster_send_rows,
     cluster_sim,
     core_rows,
     econ_rows,
@@ -139,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         # agents (aetcd clients, no daemons), N x A cells under a fixed write load.
         ("cluster simulation",
          lambda: cluster_sim.simulate(cluster_sim.QUICK if q else cluster_sim.SimPlan())),
+        # The same set-up again: agent.send across nodes, on one node, and on a single node.
+        ("cluster agent.send",
+         lambda: cluster_send_rows.send_rows(100 if q else 500, reps, warmup=20 if q else 50)),
     ]
     if args.list:
         print("\n".join(name for name, _ in plan))

@@ -434,7 +434,7 @@ class ClusterBench:
 # --- rows ----------------------------------------------------------------------------------
 
 
-def _lat_row(metric: str, ours: list[list[float]], theirs: list[list[float]], peer: str,
+def lat_row(metric: str, ours: list[list[float]], theirs: list[list[float]], peer: str,
              unit: str = "us", **kw: Any) -> Row:
     i, spr = pick_median_rep(ours)
     j, _ = pick_median_rep(theirs)
@@ -512,7 +512,7 @@ def _latency_rows(lat: dict[str, list[list[float]]], record: int, sets: int,
              "process, sequential")
     hop = summary(lat["hop"][pick_median_rep(lat["hop"])[0]])
     rows = [
-        _lat_row(SET, lat["set"], lat["txn"], "raw etcd txn (compare+put), aetcd",
+        lat_row(SET, lat["set"], lat["txn"], "raw etcd txn (compare+put), aetcd",
                  goal="p95 <= 1.3x raw txn",
                  note=f"Client.set_var over the shard endpoint (ipc) -> worker -> one etcd "
                       f"txn (compare mod_revision, put) -> reply; {setup}. Same "
@@ -520,15 +520,15 @@ def _latency_rows(lat: dict[str, list[list[float]]], record: int, sets: int,
                       "value is the variable's whole state, which grows with each set to "
                       f"{HISTORY} past versions: {record:,} bytes after the {sets} sets of "
                       "each variable here (the peer puts the bare value)"),
-        _lat_row(SET_PUT, lat["set"], lat["put"], "raw etcd put (aetcd, no compare)",
+        lat_row(SET_PUT, lat["set"], lat["put"], "raw etcd put (aetcd, no compare)",
                  note="the samples of the row above, against a plain put of the same value; "
                       f"the raw txn's p95 is {_p95(lat['txn']) / _p95(lat['put']):.2f}x the "
                       "put's"),
-        _lat_row(CACHED, lat["shm"], lat["single"], "single-node shm read (same run, 1 worker)",
+        lat_row(CACHED, lat["shm"], lat["single"], "single-node shm read (same run, 1 worker)",
                  goal="p95 = single node", note="Client.get_var: the node's list-then-watch "
                  "cache in its shared-memory segment; peer: the same client code on a "
                  "daemon without [cluster]"),
-        _lat_row(CONSISTENT, lat["cget"], lat["get"], "raw etcd get (aetcd, linearizable)",
+        lat_row(CONSISTENT, lat["cget"], lat["get"], "raw etcd get (aetcd, linearizable)",
                  note="var.get consistent=True: client -> worker -> etcd range (linearizable: "
                       "the member confirms its leader's commit index) -> reply. The hop to "
                       "the worker alone (get_var(local=False) on the single node, same run): "
