@@ -85,6 +85,7 @@ class AgentService:
         self.on_takeover = on_takeover
         # Cluster mode: the cluster's directory and node links (cluster/directory.py).
         self.directory: Directory | None = None
+        self._hellos: dict[str, int] = {}  # agent -> its hellos waiting on a claim (cluster)
         endpoint.handlers.update({
             "hello": self.hello, "heartbeat": self.heartbeat, "bye": self.bye,
             "agent.get": self.get_agent, "agent.list": self.list_agents,
@@ -166,13 +167,21 @@ class AgentService:
         rec = self.registry.agents.get(agent_id)
         if rec is None:  # gone meanwhile (a bye raced the hello)
             raise WireError(ErrorCode.NOT_FOUND, f"agent {agent_id!r} left during its hello")
+        # A newer hello for the id may come while this claim waits on etcd (a client that
+        # re-registers every heartbeat while another node still holds the id): only the
+        # newest one's refusal undoes the registration.
+        seq = self._hellos[agent_id] = self._hellos.get(agent_id, 0) + 1
         try:
             await self.directory.claim({**rec.public(time.monotonic()), "last_seen_age": None})
         except WireError:
-            if reply["created"] and self.registry.agents.get(agent_id) is rec:
+            if reply["created"] and self.registry.agents.get(agent_id) is rec and \
+                    self._hellos.get(agent_id) == seq:
                 self.registry.deregister(agent_id)
                 self._pulse()
             raise
+        finally:
+            if self._hellos.get(agent_id) == seq:
+                del self._hellos[agent_id]
         return reply
 
     def _hello(self, req: Request, body: dict[str, Any]) -> dict[str, Any]:

@@ -495,7 +495,9 @@ def test_a_client_fails_over_to_another_node_and_carries_on(cluster: Cluster) ->
     got = wait(lambda: c.set_var("roamer", "trip", 1), timeout=20, what="a write through b")
     assert got["version"] == 2
     assert wait(lambda: c.get_var("trip")["value"] == 1, what="b's cache")
-    assert [x["id"] for x in cluster.client("b").list_agents()["agents"]] == ["roamer"]
+    other = cluster.client("b")
+    assert wait(lambda: [x["id"] for x in other.list_agents()["agents"]] == ["roamer"],
+                what="roamer listed on b")
 
 
 def test_a_killed_node_leaves_the_cluster_within_its_lease(cluster: Cluster) -> None:
