@@ -40,6 +40,9 @@ class RemoteSessions:
         self.directory = directory
         self.agents_down = agents_down
         self.known: OrderedDict[str, str] = OrderedDict()  # session -> the node running it
+        # Session ids name their node in a cluster (s<node>.<random>-<n>): two nodes' random
+        # prefixes alone could meet.
+        service.id_prefix(f"{directory.node}.")
         self._tasks: set[asyncio.Task[None]] = set()
         service.endpoint.handlers.update({"node.push": self.node_push,
                                           "node.respond": self.node_respond})

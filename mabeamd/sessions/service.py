@@ -133,6 +133,10 @@ class SessionService:
         self.settings = settings
         self.protocols = protocols
 
+    def id_prefix(self, head: str) -> None:
+        """Put `head` before the random part of the session ids made from now on."""
+        self._prefix = head + self._prefix
+
     def next_push_id(self) -> int:
         return next(self._push_ids)
 

@@ -56,6 +56,9 @@ def test_agent_op_table_matches_the_service() -> None:
     class Sessions:
         endpoint = stub
 
+        def id_prefix(self, head: str) -> None:
+            pass
+
     service.attach_directory(Directory())  # type: ignore[arg-type]
     RemoteSessions(Sessions(), Directory(), lambda i, a: None)  # type: ignore[arg-type]
     assert documented == set(stub.handlers)
