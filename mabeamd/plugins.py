@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import logging
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,8 +52,11 @@ class PluginHost:
     def discover(self) -> list[md.EntryPoint]:
         return sorted(md.entry_points(group=self.group), key=lambda ep: ep.name)
 
-    def load(self, disabled: Iterable[str] = ()) -> None:
+    def load(self, disabled: Iterable[str] = (),
+             progress: Callable[[], None] = lambda: None) -> None:
         """(Re)load every plugin of the entry-point group; unregisters what was loaded before.
+        `progress` is called before each plugin's import (a worker's sign of life: imports
+        can take seconds on a loaded host, and start_timeout bounds its silence).
 
         Already imported modules are not re-imported: a changed plugin's code takes a restart.
         New plugins, removed plugins, the disabled list and plugins that failed before are all
@@ -77,6 +80,7 @@ class PluginHost:
                 rec.state = "disabled"
                 log.info("plugin %s disabled by configuration", ep.name)
                 continue
+            progress()
             try:
                 self.register(ep.name, ep.load())
             except Exception as exc:

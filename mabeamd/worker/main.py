@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.limits:
             worker.direct.configure_limits(args.limits)
     worker.progress()  # "loading": start_timeout now bounds silence, not start-up work
-    plugins.load([n for n in args.disabled_plugins.split(",") if n])
+    plugins.load([n for n in args.disabled_plugins.split(",") if n], progress=worker.progress)
     if args.cluster is not None:
         from mabeamd.cluster.shard import ClusterShard
 
