@@ -32,6 +32,7 @@ import msgpack
 
 from mabeamd.cluster.etcd import DOWN, unavailable
 from mabeamd.cluster.informer import Informer
+from mabeamd.cluster.inorder import InOrder
 from mabeamd.net.wire import ErrorCode, WireError
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class Directory:
         self.agents = Informer(self.etcd, self.prefix, self._changed)
         self.nodes = Informer(self.etcd, self.keys.nodes)
         self.mine: dict[str, bytes] = {}  # our agents' entries, as put (for the deletes)
-        self._order: dict[str, asyncio.Future[None]] = {}  # per agent: claims/releases in order
+        self._order = InOrder()  # per agent: claims and releases in order
         self._links: dict[str, AsyncClient] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_change: Callable[[], None] = lambda: None
@@ -103,17 +104,7 @@ class Directory:
     # --- our agents' entries ------------------------------------------------------------------
 
     async def _in_order(self, agent_id: str, work: Callable[[], Any]) -> Any:
-        before = self._order.get(agent_id)
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._order[agent_id] = mine
-        try:
-            if before is not None:
-                await before
-            return await work()
-        finally:
-            mine.set_result(None)
-            if self._order.get(agent_id) is mine:
-                del self._order[agent_id]
+        return await self._order.run(agent_id, work)
 
     async def claim(self, record: dict[str, Any]) -> None:
         """Put our agent's entry on the lease; refuse (`exists`) an id a live agent holds

@@ -59,6 +59,7 @@ from mabeamd.cluster.etcd import (
     refused,
     unavailable,
 )
+from mabeamd.cluster.inorder import InOrder
 from mabeamd.cluster.pending import Pending
 from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, Packed, WireError
@@ -111,7 +112,7 @@ class ClusterShard:
         self.last_event = 0.0  # time.time() of the last change the watch delivered
         self.lag_samples: list[float] = []  # seconds from a remote write to the cache, recent
         self.emit: Callable[[list[dict[str, Any]]], None] = lambda events: None
-        self._order: dict[str, asyncio.Future[None]] = {}  # the last write queued per name
+        self._order = InOrder()  # writes of one name, one after another
         self._watcher: asyncio.Task[None] | None = None
         self.commits = 0
         self.retries = 0  # transactions lost to another node's write and run again
@@ -333,17 +334,7 @@ class ClusterShard:
         """Writes of one name run one after another, in arrival order (a client that sends
         two sets without waiting gets them applied in the order sent); other names' writes
         run alongside."""
-        before = self._order.get(name)
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._order[name] = mine
-        try:
-            if before is not None:
-                await before
-            return await self._write(name, op, body, actor, now)
-        finally:
-            mine.set_result(None)
-            if self._order.get(name) is mine:
-                del self._order[name]
+        return await self._order.run(name, lambda: self._write(name, op, body, actor, now))
 
     def _effect(self, name: str, op: str, body: dict[str, Any], actor: str,
                 now: float) -> dict[str, Any]:
