@@ -365,6 +365,8 @@ class Arbiter(WorkerSide):
         # "shard_ops" (its shard endpoint's counters) and "shard" (the shard's gauges), the
         # latest sent; "storage", the disk's refusal as of the latest heartbeat (None: fine).
         self.beats: dict[int, dict[str, Any]] = {}
+        # Per worker: (pid, shard endpoint) from its hello, until it says "open".
+        self._hellos: dict[int, tuple[int, str | None]] = {}
         self.anomaly = AnomalyWatch(self, cfg.anomaly, self.events.publish)
 
     def _monitor(self) -> MonitorServer | None:

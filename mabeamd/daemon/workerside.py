@@ -33,6 +33,7 @@ class WorkerSide(ControlSide):
     revoked: dict[str, int]
     var_events: bool
     reports: AuditReports
+    _hellos: dict[int, tuple[int, str | None]]
 
     def worker_argv(self, index: int, generation: int) -> list[str]:
         w, v = self.config.workers, self.config.variables
@@ -75,6 +76,7 @@ class WorkerSide(ControlSide):
             self.sessions.worker_down(index)
             self.agents.set_shard_endpoint(index, None)
             self.beats.pop(index, None)
+            self._hellos.pop(index, None)
         if self.state == "running" and event in ("running", "exited", "failed"):
             self.notifier.status(self.status_line())
 
@@ -99,9 +101,11 @@ class WorkerSide(ControlSide):
                 if isinstance(result, dict):
                     self.shard_calls.on_result(result)
         elif op == "hello":
-            pid = body.get("pid")
-            w.on_hello(generation, pid if isinstance(pid, int) else -1)
             if generation == w.generation:
+                pid = body.get("pid")
+                address = body.get("shard_endpoint")
+                self._hellos[index] = (pid if isinstance(pid, int) else -1,
+                                       address if isinstance(address, str) else None)
                 # Revocations so far first: its shard endpoint takes writes only after them.
                 self.link.send(index, generation, "revoke", {"agents": self.revoked,
                                                              "full": True})
@@ -109,9 +113,11 @@ class WorkerSide(ControlSide):
                 # Also in its argv; again here for a reload between its spawn and now.
                 self.link.send(index, generation, "limits",
                                dataclasses.asdict(self.config.limits))
-                address = body.get("shard_endpoint")
-                self.agents.set_shard_endpoint(index, address if isinstance(address, str)
-                                               else None)
+        elif op == "open":  # the worker has the revocations: it serves every path now
+            said = self._hellos.pop(index, None)
+            if said is not None and generation == w.generation:
+                w.on_hello(generation, said[0])
+                self.agents.set_shard_endpoint(index, said[1])
         elif op == "audit":  # forbidden writes a worker refused
             self.reports.worker_refusals(index, body)
         elif op == "events":  # writes served on a worker's shard endpoint

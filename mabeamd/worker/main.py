@@ -333,6 +333,10 @@ class Worker:
                                                  if isinstance(e, int)})
                 if body.get("full"):
                     self.direct.writes_open = True
+            if body.get("full"):
+                # The arbiter counts this worker running (and advertises its shard
+                # endpoint) only now, so no agent is sent to an endpoint that answers busy.
+                self._send("open", {})
             return None
         if op == "var_events":
             self.var_events = bool(body.get("wanted"))

@@ -29,10 +29,10 @@ def checkout(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(tree: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run(tree: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(tree / "scripts" / "setup"), *args], cwd=tree,
                           capture_output=True, text=True, timeout=30, check=False,
-                          env={**os.environ, "PYTHON": "python3"})
+                          env={**os.environ, "PYTHON": "python3", **env})
 
 
 def test_fresh_clone_says_it_installs_and_prints_no_error(tmp_path: Path) -> None:
@@ -55,3 +55,16 @@ def test_second_run_is_silent_and_skips_pip(tmp_path: Path) -> None:
     assert r.returncode == 0
     assert "installing" not in r.stderr and "updating" not in r.stderr
     assert len((tree / ".venv" / "calls").read_text().splitlines()) == 1
+
+
+def test_a_host_without_libsystemd_is_told_once_and_the_second_run_is_silent(
+        tmp_path: Path) -> None:
+    # PKG_CONFIG_LIBDIR pointing nowhere: pkg-config finds no libsystemd, as on a bare host
+    # (a full run on one failed here: the note was printed on every run).
+    tree = checkout(tmp_path)
+    nowhere = {"PKG_CONFIG_LIBDIR": str(tmp_path / "none"), "PKG_CONFIG_PATH": ""}
+    first = run(tree, "--test", **nowhere)
+    assert first.returncode == 0 and "systemd-python left out" in first.stderr, first.stderr
+    assert ",systemd" not in (tree / ".venv" / ".mabeamd-setup").read_text()
+    again = run(tree, **nowhere)
+    assert again.returncode == 0 and again.stderr == "", again.stderr
