@@ -88,7 +88,7 @@ def _local(args: argparse.Namespace) -> int | None:
               else manual.manpage(build_parser()), end="")
         return 0
     if args.command == "protocols" and args.protocols_action == "eval":
-        out = sessions.protocols_eval(args.name, args.file)
+        out = sessions.protocols_eval(args.name, args.file, args.params)
         print(json.dumps(out, indent=2, sort_keys=True, default=repr))
         return 0
     if args.command == "protocols" and args.local:

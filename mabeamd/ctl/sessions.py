@@ -59,12 +59,19 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     pe.add_argument("-h", "--help", action=_EvalHelp, help="show this help message and exit")
     pe.add_argument("name", metavar="PROTOCOL")
     pe.add_argument("file", metavar="FILE", help="JSON input file, - for stdin")
+    pe.add_argument("--params", metavar="JSON", type=params_arg,
+                    help="a JSON object of params laid over the input's own (a key given "
+                    "here replaces the file's), e.g. '{\"payment\": \"pay_as_bid\", "
+                    "\"time_limit\": 30}' for a CATS file")
 
 
 EVAL_HELP = """Run PROTOCOL's pure mechanism here, offline, on the JSON input in FILE, and
 print the JSON outcome. No daemon needed: the plugins installed next to mabeamctl are used.
 Exit 65 when the mechanism refuses the input, 2 for an unknown protocol, 66 when FILE
 cannot be read.
+
+--params JSON lays params over the input's own, key by key, so a file in another
+format (a CATS file for combinatorial) or a saved input runs with other params.
 
 Each protocol's input (its "inputs" map) is documented in docs/protocols.md, in the
 section named after it (## PROTOCOL), with an example; "Common shapes" there describes
@@ -143,7 +150,20 @@ def protocols_local_list() -> list[dict[str, Any]]:
             for n, p in sorted(found["protocols"].items())]
 
 
-def protocols_eval(name: str, file: str) -> dict[str, Any]:
+def params_arg(text: str) -> dict[str, Any]:
+    """--params: a JSON object, or argparse's usage error (exit 2) saying what it got."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object of params, e.g. "
+                                         "'{\"solver\": \"bnb\"}'")
+    return value
+
+
+def protocols_eval(name: str, file: str,
+                   params: dict[str, Any] | None = None) -> dict[str, Any]:
     from mabeamd.protocol import ProtocolError
 
     protos = local_protocols()["protocols"]
@@ -163,6 +183,11 @@ def protocols_eval(name: str, file: str) -> dict[str, Any]:
         raise EvalError(f"{file}: {exc}") from None
     if not isinstance(inputs, dict):
         raise EvalError(f"{file}: the input must be a JSON object")
+    if params:
+        given = inputs.get("params", {})
+        if not isinstance(given, dict):
+            raise EvalError(f"{file}: params must be a JSON object")
+        inputs = {**inputs, "params": {**given, **params}}
     try:
         result: dict[str, Any] = proto.decide(inputs)
     except ProtocolError as exc:

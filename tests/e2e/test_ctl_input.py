@@ -74,7 +74,29 @@ def test_protocols_eval_exit_statuses(tmp_path: Path) -> None:
     assert r.returncode == 65, r  # refused input stays 65
     r = run_ctl("protocols", "eval", "--help")
     assert r.returncode == 0 and "docs/protocols.md" in r.stdout, r
+    assert "--params JSON" in r.stdout
     assert re.search(r"^  vote +\S", r.stdout, re.M) and "sealed_bid" in r.stdout, r.stdout
+
+
+def test_protocols_eval_params_lay_over_the_file_key_by_key(tmp_path: Path) -> None:
+    f = tmp_path / "tie.json"
+    f.write_text(json.dumps({
+        "params": {"options": ["x", "y"], "rule": "plurality"},
+        "participants": [{"id": "a"}, {"id": "b"}],
+        "responses": [{"agent": "a", "value": {"vote": "y"}},
+                      {"agent": "b", "value": {"vote": "x"}}]}))
+    r = run_ctl("protocols", "eval", "vote", str(f))
+    assert r.returncode == 0 and json.loads(r.stdout)["reason"] == "tie", r
+    r = run_ctl("protocols", "eval", "vote", str(f), "--params", '{"tie_break": "option_order"}')
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and (out["decision"], out["reason"]) == ("x", "decided"), r
+    # the file's rule stays: plurality, not the default majority (which nobody reaches here)
+    for bad, says in (("[1]", "must be a JSON object"), ("{nope", "not JSON")):
+        r = run_ctl("protocols", "eval", "vote", str(f), "--params", bad)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r
+    r = run_ctl("protocols", "eval", "vote", str(f), "--params", '{"bogus": 1}')
+    assert r.returncode == 65 and "unknown key(s) 'bogus'" in r.stderr, r
+    assert json.loads(f.read_text())["params"] == {"options": ["x", "y"], "rule": "plurality"}
 
 
 def test_big_values_are_cut_in_human_output_only(daemon: Daemon, tmp_path: Path) -> None:

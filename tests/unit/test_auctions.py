@@ -269,6 +269,13 @@ def test_cats_files_through_protocols_eval(tmp_path: Path) -> None:
     assert r["surplus"] == brute_force(COMBI.parse_input(CATS), {}) == 13
     assert {w["agent"] for w in r["winners"]} == {"d3", "b2"}
     verify_allocation(r)
+    # --params: a CATS file carries no params beyond its items; the payment rule comes here.
+    out = run_ctl("protocols", "eval", "combinatorial", str(f), "--params",
+                  '{"payment": "pay_as_bid"}')
+    assert out.returncode == 0, out.stderr
+    paid = json.loads(out.stdout)
+    assert paid["payment"] == "pay_as_bid" and paid["surplus"] == 13
+    assert sorted(w["payment"] for w in paid["winners"]) == [6, 7]
     bad = tmp_path / "bad.cats"
     bad.write_text("goods 2\n0 5 7 #\n")
     out = run_ctl("protocols", "eval", "combinatorial", str(bad))
