@@ -19,6 +19,15 @@ Dutch. Tick k offers the item at start - k * decrement to every participant: ans
 {"accept": true|false}. The first acceptance wins (earliest arrival, then agent id) and pays
 that tick's price. A tick lasts at most `tick` seconds (it ends early once everyone has
 answered). The clock stops without a sale below the reserve.
+
+Offline (`protocols eval`) the clock replays either a log of answers (`rounds`) or runs on
+proxy bidders (`values`: AGENT -> value), so "who wins at what price" needs no log. A proxy
+answers every round it is asked, in agent-id order (so among proxies the earliest answer is
+the lowest id's), and says yes exactly when the announced price is at most its value: it
+stays in the English clock up to its value, and takes the Dutch item at the first tick at or
+below it. Those are the truthful strategies; a bidder that would shade its Dutch bid (the
+first-price equivalent) is modelled by giving the shaded value. The outcome is the one the
+same answers given as `rounds` produce (tested).
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from mabeamd.protocol import (
     participants_of,
 )
 
-INPUTS = {"params", "participants", "rounds"}
+INPUTS = {"params", "participants", "rounds", "values"}
 
 
 def _answer(value: Any, key: str) -> bool:
@@ -67,6 +76,34 @@ def _rounds(inputs: dict[str, Any], ids: set[str]) -> list[list[Response]]:
             rs.append(r)
         out.append(rs)
     return out
+
+
+def _values(inputs: dict[str, Any], ids: set[str]) -> dict[str, float]:
+    values = inputs["values"]
+    if "rounds" in inputs:
+        raise ProtocolError("give rounds (a log of answers) or values (proxy bidders), not both")
+    if not isinstance(values, dict):
+        raise ProtocolError("inputs.values must map participant ids to their values")
+    strangers = sorted(str(a) for a in values if a not in ids)
+    if strangers:
+        raise ProtocolError(f"values for {', '.join(strangers)}, who are not participants")
+    return {a: money(values, a, None) for a in sorted(values)}
+
+
+def proxy_rounds(clock: Any, values: dict[str, float], key: str) -> list[list[Response]]:
+    """Run `clock` to its end on proxy bidders (module docstring); the answers, by round."""
+    played: list[list[Response]] = []
+    seq = 0
+    while not clock.done:
+        price = clock.announce()["price"]
+        answers = []
+        for agent in sorted(clock.asked()):
+            if agent in values:
+                answers.append(Response(agent, {key: price <= values[agent]}, seq))
+                seq += 1
+        played.append(answers)
+        clock.step(answers)
+    return played
 
 
 class EnglishClock:
@@ -189,6 +226,9 @@ class _Clocked(Protocol):
         params = self.check_params(dict(inputs.get("params") or {}))
         ps = participants_of(inputs)
         clock = self.clock(params, [p.id for p in ps])
+        if "values" in inputs:
+            proxy_rounds(clock, _values(inputs, {p.id for p in ps}), self.answer_key)
+            return dict(clock.result())
         for rnd in _rounds(inputs, {p.id for p in ps}):
             if clock.done:
                 raise ProtocolError("more rounds than the clock ran: it had already stopped")
