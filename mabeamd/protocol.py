@@ -273,6 +273,21 @@ def by_arrival(latest: Mapping[str, Response]) -> list[Response]:
     return sorted(latest.values(), key=_SEQ)
 
 
+def terms(allocation: Mapping[str, Any], payments: Mapping[str, float], price: float | None,
+          welfare: float | None) -> dict[str, Any]:
+    """The outcome vocabulary every economic mechanism shares (docs/protocols.md, "Outcome
+    vocabulary"): `allocation` what each agent ends up with, by agent; `payments` the money
+    each agent pays, by agent (negative: it is paid, as a seller is); `revenue` their sum,
+    what the auctioneer or market maker keeps; `price` the one per-unit price every trade
+    cleared at, or None when there is none; `welfare` the total value of the allocation by
+    the participants' own reports (bids, limits), None when the mechanism does not learn it.
+    One function so that revenue is always the rounded sum of the payments shown."""
+    paid = {a: cents(v) for a, v in sorted(payments.items())}
+    return {"allocation": dict(sorted(allocation.items())), "payments": paid,
+            "revenue": cents(sum(paid.values())), "price": price,
+            "welfare": None if welfare is None else cents(welfare)}
+
+
 def write_all(names: Iterable[str], value: Any) -> dict[str, Any]:
     """The same new value for each of `names` (an outcome's writes)."""
     return {n: value for n in names}

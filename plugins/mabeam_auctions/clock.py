@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mabeam_auctions.common import sale_trade, sale_writes
+from mabeam_auctions.common import sale_terms, sale_trade, sale_writes
 from mabeamd.protocol import (
     Outcome,
     Participant,
@@ -166,7 +166,9 @@ class EnglishClock:
             self.winner, self.paid = agent, cents(price)
 
     def result(self) -> dict[str, Any]:
-        return {"item": self.p["item"], "winner": self.winner, "price": self.paid,
+        # welfare: a clock learns only that the winner's value reaches the price, not the value
+        return {"item": self.p["item"], **sale_terms(self.p["item"], self.winner, self.paid, None),
+                "winner": self.winner, "price": self.paid,
                 "rounds": self.round, "stopped": self.done, "history": self.history}
 
 
@@ -205,7 +207,8 @@ class DutchClock:
             self.done = True
 
     def result(self) -> dict[str, Any]:
-        return {"item": self.p["item"], "winner": self.winner, "price": self.paid,
+        return {"item": self.p["item"], **sale_terms(self.p["item"], self.winner, self.paid, None),
+                "winner": self.winner, "price": self.paid,
                 "ticks": self.tick + (1 if self.winner else 0), "stopped": self.done,
                 "accepted_same_tick": self.accepted}
 

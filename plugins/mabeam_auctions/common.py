@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mabeamd.protocol import ProtocolError, Session, Trade, write_all
+from mabeamd.protocol import ProtocolError, Session, Trade, cents, terms, write_all
 
 
 def flag(d: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -14,6 +14,17 @@ def flag(d: Mapping[str, Any], key: str, default: bool) -> bool:
     if not isinstance(v, bool):
         raise ProtocolError(f"{key} must be true or false")
     return v
+
+
+def sale_terms(item: Any, winner: str | None, price: float | None,
+               welfare: float | None) -> dict[str, Any]:
+    """The shared outcome vocabulary (mabeamd.protocol.terms) of a one-item sale: the winner
+    gets the item (as a bundle of one, like a combinatorial winner; "item" when params.item
+    names none) and pays the price; no sale, nothing."""
+    if winner is None or price is None:
+        return terms({}, {}, None, None)
+    return terms({winner: ["item" if item is None else item]}, {winner: price}, cents(price),
+                 welfare)
 
 
 def sale_writes(session: Session, result: dict[str, Any]) -> dict[str, Any]:

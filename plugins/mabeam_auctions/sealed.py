@@ -15,7 +15,7 @@ import math
 from operator import itemgetter
 from typing import Any
 
-from mabeam_auctions.common import flag, sale_trade, sale_writes
+from mabeam_auctions.common import flag, sale_terms, sale_trade, sale_writes
 from mabeamd.protocol import (
     OneRound,
     Outcome,
@@ -96,6 +96,7 @@ class SealedBid(OneRound):
             above -= 1
         answered = {r.agent for r in responses}
         return {"item": params["item"], "rule": params["rule"], "reserve": reserve,
+                **sale_terms(params["item"], winner, price, bids[0][0] if winner else None),
                 "winner": winner, "price": None if price is None else cents(price),
                 "bids": [{"agent": a, "bid": b} for b, _, a in bids],
                 "below_reserve": [a for _, _, a in bids[above:]],

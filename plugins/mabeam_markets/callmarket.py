@@ -44,6 +44,7 @@ from mabeamd.protocol import (
     only,
     participants_of,
     responses_of,
+    terms,
     write_all,
 )
 
@@ -128,6 +129,28 @@ def clear(buys: list[Order], sells: list[Order], rule: str = "k_double",
             "surplus": cents(traded * (buy_price - sell_price))}
 
 
+def vocabulary(result: dict[str, Any]) -> dict[str, Any]:
+    """The shared outcome terms (mabeamd.protocol.terms) from the fills: each trader's net
+    units (bought positive) and net payment (a seller's receipt negative); revenue is what
+    the market keeps (0 for k-double, McAfee's reduced trade its surplus: the old `surplus`
+    key); welfare the gains from trade by the traders' limits. `buy_price` and `sell_price`
+    are always given: both the price under k-double (None without a trade), McAfee's two
+    prices under mcafee (set even when the reduction leaves no trade)."""
+    units: dict[str, int] = {}
+    paid: dict[str, float] = {}
+    welfare = 0.0
+    for f in result["fills"]:
+        sign = 1 if f["side"] == "buy" else -1
+        units[f["agent"]] = units.get(f["agent"], 0) + sign * f["quantity"]
+        paid[f["agent"]] = paid.get(f["agent"], 0.0) + sign * f["quantity"] * f["price"]
+        welfare += sign * f["quantity"] * f["limit"]
+    # No trade, no price: McAfee's reduction can leave none although its rule set two prices.
+    out = terms(units, paid, result["price"] if result["fills"] else None, welfare)
+    out.setdefault("buy_price", result.get("buy_price", result["price"]))
+    out.setdefault("sell_price", result.get("sell_price", result["price"]))
+    return out
+
+
 def _fill(book: list[Order], cum: list[int], q: int, what: str, price: float,
           ) -> list[dict[str, Any]]:
     """The first q units of a ranked side: whole orders, the last one perhaps in part."""
@@ -177,7 +200,7 @@ class CallMarket(OneRound):
         result = clear(buys, sells, params["rule"], params["kappa"])
         result["good"] = params["good"]
         result["orders"] = n
-        return result
+        return {**result, **vocabulary(result)}
 
     def trade(self, result: dict[str, Any]) -> Trade | None:
         """What the buyers pay; the clearing price when there is one (k-double, or McAfee

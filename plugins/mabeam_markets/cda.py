@@ -115,7 +115,13 @@ class Market:
                 "resting": left}, trades
 
     def result(self) -> dict[str, Any]:
-        return {"trades": self.trades, "trade_count": self.count, "volume": self.volume,
+        # The shared terms: net units and net payments by agent (revenue 0: every trade is
+        # between two traders); no one price (trades clear at many), and no welfare (a
+        # market order carries no limit, so the gains from trade are not known).
+        held = {a: p[0] for a, p in self.positions.items()}
+        paid = {a: -p[1] for a, p in self.positions.items()}
+        return {**protocol.terms(held, paid, None, None), "trades": self.trades,
+                "trade_count": self.count, "volume": self.volume,
                 "turnover": cents(self.turnover),
                 "last_price": self.last, "orders": self.book.next_id - 1,
                 "positions": {a: {"quantity": p[0], "cash": cents(p[1])}
