@@ -207,7 +207,8 @@ class Directory:
 
     async def to_node(self, node: str, op: str, body: dict[str, Any], what: str) -> Any:
         """One request to another node over its link (node.deliver, node.push,
-        node.respond), with the cluster's token; its refusal as the wire error."""
+        node.respond, node.get_session, node.cancel_session), with the cluster's token; its
+        refusal as the wire error."""
         info = self.nodes.items.get(node)
         if not isinstance(info, dict) or not isinstance(info.get("advertise"), str):
             raise WireError(ErrorCode.NOT_FOUND, f"node {node!r} is not in the cluster any "
@@ -222,7 +223,7 @@ class Directory:
         except MabeamError as exc:
             self.stats["failed"] += 1
             plain = exc.code in (ErrorCode.NOT_FOUND, ErrorCode.BUSY, ErrorCode.CONFLICT,
-                                 ErrorCode.BAD_REQUEST)
+                                 ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN)
             raise WireError(exc.code if plain and exc.code else ErrorCode.UNAVAILABLE,
                             f"node {node!r} ({info['advertise']}) did not take {what}: {exc}",
                             details=None if plain else {"applied": "unknown"}) from None

@@ -7,14 +7,17 @@ registry; the invitations for agents of another node go to that node as `node.pu
 pushes them to its agent and remembers which node the session runs on; that agent's
 `session.respond`, sent to its own node as always, is handed on to the session's node as
 `node.respond`. An agent of another node that leaves the directory (bye, gone, its node
-dead) is told to the session's workers like a local one: absent. Both node ops carry the
-cluster's token and are refused without it.
+dead) is told to the session's workers like a local one: absent. `session.get` and
+`session.cancel` of a session this node does not hold go to the node its id names (ids are
+s<node>.<random>-<n>) as `node.get_session` / `node.cancel_session`, so any node answers for
+any session. Every node op carries the cluster's token and is refused without it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 KNOWN = 10_000  # sessions of other nodes remembered here (their invitations' sessions)
+# A cluster session id: the node's name, then the random part and the counter (service.py).
+SESSION_ID = re.compile(r"s(?P<node>.+)\.[0-9a-f]{4}-[0-9]+")
 
 
 class RemoteSessions:
@@ -45,7 +50,9 @@ class RemoteSessions:
         service.id_prefix(f"{directory.node}.")
         self._tasks: set[asyncio.Task[None]] = set()
         service.endpoint.handlers.update({"node.push": self.node_push,
-                                          "node.respond": self.node_respond})
+                                          "node.respond": self.node_respond,
+                                          "node.get_session": self.node_get_session,
+                                          "node.cancel_session": self.node_cancel_session})
 
     # --- the sessions of this node ------------------------------------------------------------
 
@@ -85,7 +92,25 @@ class RemoteSessions:
     # --- the sessions of other nodes ----------------------------------------------------------
 
     def node_of(self, session: Any) -> str | None:
-        return self.known.get(session) if isinstance(session, str) else None
+        """The node running `session`, when it is another one: remembered from its
+        invitations, else read from the id."""
+        if not isinstance(session, str):
+            return None
+        node = self.known.get(session)
+        if node is None and (m := SESSION_ID.fullmatch(session)) is not None:
+            node = m["node"]
+        return node if node != self.directory.node else None
+
+    async def get(self, node: str, session: str) -> Any:
+        return await self.directory.to_node(node, "node.get_session", {"session": session},
+                                            f"session.get of {session}")
+
+    async def cancel(self, node: str, agent: str, session: str, reason: Any) -> Any:
+        body = {"agent": agent, "session": session}
+        if reason is not None:
+            body["reason"] = reason
+        return await self.directory.to_node(node, "node.cancel_session", body,
+                                            f"{agent}'s session.cancel of {session}")
 
     async def respond(self, node: str, agent: str, body: dict[str, Any]) -> Any:
         """An answer of our agent to a session of another node: to that node."""
@@ -118,6 +143,22 @@ class RemoteSessions:
                                           {**payload, "to": agent}):
             raise WireError(ErrorCode.BUSY, f"agent {agent!r} is not reading its pushes")
         return {"pushed": True}
+
+    async def node_get_session(self, req: Request, body: dict[str, Any]) -> Any:
+        """node.get_session: session.get, asked on another node, of a session of ours."""
+        self.directory.check_token(body)
+        check_fields(body, "node.get_session", {"token", "node", "session"},
+                     {"token", "session"})
+        return await self.service.show(body["session"])
+
+    async def node_cancel_session(self, req: Request, body: dict[str, Any]) -> Any:
+        """node.cancel_session: an agent of another node (checked there) cancels a session
+        of ours; as here, only its initiator may."""
+        self.directory.check_token(body)
+        check_fields(body, "node.cancel_session", {"token", "node", "agent", "session",
+                                                   "reason"}, {"token", "agent", "session"})
+        return await self.service.cancel_by(check_agent_id(body["agent"]), body["session"],
+                                            body.get("reason"))
 
     async def node_respond(self, req: Request, body: dict[str, Any]) -> Any:
         """node.respond: an answer to one of our sessions from an agent of another node

@@ -271,8 +271,16 @@ class SessionService:
             raise WireError(ErrorCode.TIMEOUT, f"session {sid} did not end in time; ask "
                             "session.get") from None
 
+    def _elsewhere(self, session: Any) -> str | None:
+        """The node holding `session` when it is not this one (cluster mode)."""
+        if self.remote is None or session in self.live or session in self.ended:
+            return None
+        return self.remote.node_of(session)
+
     async def get(self, req: Request, body: dict[str, Any]) -> Any:
         check_fields(body, "session.get", {"session"}, {"session"})
+        if self.remote is not None and (node := self._elsewhere(body["session"])):
+            return await self.remote.get(node, body["session"])
         return await self.show(body["session"])
 
     async def respond(self, req: Request, body: dict[str, Any]) -> Any:
@@ -282,9 +290,7 @@ class SessionService:
             raise WireError(ErrorCode.BAD_REQUEST, "round must be an integer: the round "
                             "number of the invitation being answered")
         agent = self._actor(req, body, "session.respond")
-        if self.remote is not None and body["session"] not in self.live and \
-                body["session"] not in self.ended and \
-                (node := self.remote.node_of(body["session"])) is not None:
+        if self.remote is not None and (node := self._elsewhere(body["session"])):
             return await self.remote.respond(node, agent, body)  # a session of another node
         e = self.entry(body["session"])
         if e.record is not None:
@@ -297,11 +303,16 @@ class SessionService:
         check_fields(body, "session.cancel", {"agent", "session", "reason"},
                      {"agent", "session"})
         agent = self._actor(req, body, "session.cancel")
-        e = self.entry(body["session"])
+        if self.remote is not None and (node := self._elsewhere(body["session"])):
+            return await self.remote.cancel(node, agent, body["session"], body.get("reason"))
+        return await self.cancel_by(agent, body["session"], body.get("reason"))
+
+    async def cancel_by(self, agent: str, session: Any, reason: Any) -> Any:
+        e = self.entry(session)
         if e.initiator != agent:
             raise WireError(ErrorCode.FORBIDDEN, f"only the initiator {e.initiator!r} (or an "
                             "operator) may cancel session " + e.id)
-        return await self.cancel_as(e.id, agent, body.get("reason"))
+        return await self.cancel_as(e.id, agent, reason)
 
     # --- for mabeamctl ---------------------------------------------------------------------
 

@@ -19,7 +19,15 @@ from typing import Any, Literal
 
 import pytest
 
-from mabeamd.client import Client, Exists, Timeout, Unavailable, VersionMismatch
+from mabeamd.client import (
+    Client,
+    Exists,
+    Forbidden,
+    NotFound,
+    Timeout,
+    Unavailable,
+    VersionMismatch,
+)
 from mabeamd.client.errors import MabeamError
 from mabeamd.cluster.local import LocalEtcd, etcd_binary
 from mabeamd.testing import Daemon, short_tmpdir
@@ -287,6 +295,18 @@ def test_a_session_on_one_node_invites_agents_on_the_others(cluster: Cluster) ->
             async with AsyncClient(eps["c"], timeout=10) as far:
                 got = await far.get_var("plan", consistent=True)
                 assert got["value"] == "new" and got["version"] == 2  # applied once
+                # Any node answers for any session: c asks b (named in the id) for b's.
+                sid = polled["session"]
+                assert sid.startswith("sb.")
+                seen = await far.get_session(sid)
+                assert (seen["state"], seen["result"]) == ("applied", polled["result"])
+                await far.register("meddler")
+                with pytest.raises(Forbidden, match="only the initiator 'boss'"):
+                    await far.cancel_session("meddler", sid)
+                with pytest.raises(NotFound, match="no session"):
+                    await far.get_session(sid.replace("-", "-9", 1))
+                with pytest.raises(NotFound, match="not in the cluster"):
+                    await far.get_session("snowhere.abcd-1")
         finally:
             for x in agents:
                 x.stop()

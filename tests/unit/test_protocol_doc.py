@@ -46,7 +46,8 @@ def test_agent_op_table_matches_the_service() -> None:
     documented = set(re.findall(r"^\| `([\w.]+)` \|", table, re.M))
     # The node ops between the nodes of a cluster come with the directory and the remote
     # sessions (cluster mode only): attached here as the arbiter attaches them.
-    assert documented - set(stub.handlers) == {"node.deliver", "node.push", "node.respond"}
+    assert documented - set(stub.handlers) == {"node.deliver", "node.push", "node.respond",
+                                                    "node.get_session", "node.cancel_session"}
     from mabeamd.sessions.remote import RemoteSessions
 
     class Directory:
