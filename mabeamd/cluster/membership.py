@@ -35,6 +35,7 @@ from mabeamd.cluster.etcd import DOWN, Keys, client, idempotent, keepalive
 from mabeamd.schema import ClusterSection
 
 log = logging.getLogger(__name__)
+PROBE_EVERY = 5.0  # seconds between status probes of each etcd endpoint (for /metrics)
 
 
 class ClusterError(Exception):
@@ -63,6 +64,10 @@ class Membership:
         self.token = ""
         self.on_rejoin: list[Callable[[], None]] = []  # told of each new lease after a loss
         self._task: asyncio.Task[None] | None = None
+        # Each etcd endpoint's latest answer to a status probe (every PROBE_EVERY s), for
+        # /metrics: a scrape must not wait on etcd, so it reads these.
+        self.health: dict[str, dict[str, Any]] = {}
+        self._probe_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Join: check the cluster's settings (or set them, as its first node), take the
@@ -82,6 +87,7 @@ class Membership:
                 await asyncio.sleep(1.0)
         self.state = "ok"
         self._task = asyncio.create_task(self._keepalive())
+        self._probe_task = asyncio.create_task(self._probe())
         log.info("cluster %r: node %r joined (lease %x, TTL %d s)", self.cfg.name,
                  self.cfg.node, self.lease_id or 0, self.cfg.lease_ttl)
 
@@ -168,16 +174,23 @@ class Membership:
             except Exception:
                 log.exception("cluster: lease keepalive failed")
 
+    async def _probe(self) -> None:
+        while True:
+            rows = await asyncio.gather(*(self._health(e) for e in self.cfg.etcd))
+            self.health = {r["endpoint"]: {**r, "at": time.time()} for r in rows}
+            await asyncio.sleep(PROBE_EVERY)
+
     def _rejoined(self) -> None:
         for callback in self.on_rejoin:
             callback()
 
     async def stop(self) -> None:
         """Leave at once (revoke the lease: the membership goes now, not after the TTL)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.lease_id is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.etcd.revoke_lease(self.lease_id),

@@ -147,6 +147,15 @@ class ControlSide:
     def session_trades(self) -> dict[str, list[float]]:
         return self.sessions.trades
 
+    def cluster_figures(self) -> dict[str, Any] | None:
+        """Cluster mode: the lease, the etcd endpoints' latest probes and the directory's
+        counters, all already in memory (a scrape never waits on etcd); None on one node."""
+        if self.cluster is None:
+            return None
+        d = self.agents.directory
+        return {"lease": self.cluster.lease(), "etcd": dict(self.cluster.health),
+                "directory": d.status() if d is not None else None}
+
     def status(self) -> dict[str, Any]:
         extensions = dict(self.plugins.call("mabeamd_status"))
         ready, reasons, _ = self.readiness()

@@ -145,6 +145,10 @@ class MetricsSource(Protocol):
         """protocol -> [revenue, clearing prices seen, their sum, the last (NaN: none)]
         over applied sessions."""
 
+    def cluster_figures(self) -> dict[str, Any] | None:
+        """Cluster mode: {"lease": Membership.lease(), "etcd": {endpoint: its latest status
+        probe}, "directory": Directory.status() or None}; None on a single node."""
+
 
 def _counter(name: str, doc: str, value: Any) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=float(value or 0))
@@ -154,9 +158,66 @@ def _gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=float(value or 0))
 
 
+LEASE_STATES = ("starting", "ok", "uncertain", "lost")
+
+
+def _cluster_families(c: dict[str, Any]) -> Iterator[Metric]:
+    """The node's lease, each etcd endpoint's health and the directory (cluster mode).
+    Endpoint labels are the configured [cluster] etcd list: bounded."""
+    lease = c["lease"]
+    state = GaugeMetricFamily("mabeamd_cluster_lease_state", "this node's etcd lease (1 for "
+                              "the current state: ok, uncertain = keepalives failing, lost = "
+                              "expired, a new one being taken)", labels=["state"])
+    for s in LEASE_STATES:
+        state.add_metric([s], 1.0 if lease["state"] == s else 0.0)
+    yield state
+    yield _gauge("mabeamd_cluster_lease_ttl_seconds", "the lease's TTL ([cluster] lease_ttl)",
+                 lease["ttl"])
+    if lease["since_keepalive"] is not None:
+        yield _gauge("mabeamd_cluster_lease_keepalive_age_seconds", "seconds since etcd last "
+                     "confirmed a keepalive (past the TTL: the node's membership and agents "
+                     "are gone from the cluster)", lease["since_keepalive"])
+    yield _counter("mabeamd_cluster_leases_granted", "leases this node took (more than 1: "
+                   "it lost one and rejoined)", lease["granted"])
+    up = GaugeMetricFamily("mabeamd_cluster_etcd_up", "1 when the endpoint answered its last "
+                           "status probe", labels=["endpoint"])
+    leader = GaugeMetricFamily("mabeamd_cluster_etcd_leader", "1 when the endpoint is the "
+                               "Raft leader (its own answer)", labels=["endpoint"])
+    size = GaugeMetricFamily("mabeamd_cluster_etcd_db_size_bytes", "the member's backend "
+                             "size (compact and defragment before the quota)",
+                             labels=["endpoint"])
+    took = GaugeMetricFamily("mabeamd_cluster_etcd_probe_seconds", "how long the last "
+                             "status probe took", labels=["endpoint"])
+    for endpoint, h in sorted(c["etcd"].items()):
+        up.add_metric([endpoint], 1.0 if h.get("healthy") else 0.0)
+        if h.get("healthy"):
+            leader.add_metric([endpoint], 1.0 if h.get("is_leader") else 0.0)
+            size.add_metric([endpoint], float(h.get("db_size") or 0))
+            took.add_metric([endpoint], float(h.get("ms") or 0) / 1000)
+    yield from (up, leader, size, took)
+    d = c.get("directory")
+    if isinstance(d, dict):
+        agents = GaugeMetricFamily("mabeamd_cluster_agents", "agents in the cluster's "
+                                   "directory, on this node or on the others",
+                                   labels=["where"])
+        agents.add_metric(["here"], float(d.get("agents_here") or 0))
+        agents.add_metric(["elsewhere"], float(d.get("agents_elsewhere") or 0))
+        yield agents
+        yield _gauge("mabeamd_cluster_node_links", "open links to other nodes",
+                     len(d.get("links") or ()))
+        for key in ("sent", "failed"):
+            if isinstance(d.get(key), (int, float)):
+                yield _counter(f"mabeamd_cluster_node_requests_{key}", f"requests to other "
+                               f"nodes over their links ({key})", d[key])
+
+
 class DaemonCollector(Collector):
     def __init__(self, source: MetricsSource) -> None:
         self.source = source
+
+    def _cluster(self, figures: dict[str, Any] | None) -> Iterator[Metric]:
+        if figures is not None:
+            yield from _cluster_families(figures)
 
     def describe(self) -> list[Metric]:
         return []  # no fixed set to describe without collecting (families vary by state)
@@ -179,6 +240,7 @@ class DaemonCollector(Collector):
         yield from self._sessions(st)
         yield from self._traffic(st)
         yield from self._requests(rows)
+        yield from self._cluster(self.source.cluster_figures())
         lag = st["loop_lag"]
         yield _gauge("mabeamd_loop_lag_seconds", "the arbiter's event loop lag, last tick",
                      lag["last"])

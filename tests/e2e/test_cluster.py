@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import signal
 import threading
 import time
@@ -477,6 +478,16 @@ def test_cluster_figures_are_in_metrics(cluster: Cluster) -> None:
                 and t, what="3 commits in /metrics")
     assert 'mabeamd_cluster_watch_open{shard="0"} 1.0' in text
     assert "mabeamd_cluster_cache_revision" in text
+    assert 'mabeamd_cluster_lease_state{state="ok"} 1.0' in text
+    assert 'mabeamd_cluster_lease_state{state="lost"} 0.0' in text
+    assert 'mabeamd_cluster_agents{where="here"} 1.0' in text
+    # every etcd endpoint probed and up, exactly one of them the leader
+    members = cluster.etcd.endpoints
+    text = wait(lambda: (t := scrape()) and all(
+        f'mabeamd_cluster_etcd_up{{endpoint="{e}"}} 1.0' in t for e in members) and t,
+        what="every etcd endpoint up in /metrics")
+    leaders = re.findall(r'mabeamd_cluster_etcd_leader\{endpoint="[^"]+"\} 1\.0', text)
+    assert len(leaders) == 1, text
 
 
 def test_mabeamctl_cluster_status(cluster: Cluster, daemon: Daemon) -> None:
