@@ -41,6 +41,7 @@ from mabeamd.protocol import (
     only,
     participants_of,
     responses_of,
+    terms,
     write_all,
 )
 
@@ -85,9 +86,10 @@ class Combinatorial(OneRound):
         reserve = params.get("reserve", {})
         if not isinstance(reserve, dict) or set(reserve) - set(items):
             raise ProtocolError("reserve must map item names (from items) to amounts")
-        solver = choice(params, "solver", "bnb", ("bnb", "milp"))
+        solver = choice(params, "solver", "auto", ("auto", "bnb", "milp"))
         if solver == "milp" and not milp_available():
-            raise ProtocolError("solver milp needs scipy (pip install scipy); use bnb")
+            raise ProtocolError("solver milp needs scipy (pip install mabeamd[milp]); use bnb "
+                                "(or auto: milp when scipy is there)")
         return {"items": list(items),
                 "reserve": {i: money(reserve, i, None) for i in sorted(reserve)},
                 "payment": choice(params, "payment", "vcg", ("vcg", "pay_as_bid")),
@@ -143,7 +145,10 @@ class Combinatorial(OneRound):
                             "payment": cents(pay)})
         winners.sort(key=lambda w: w["agent"])
         sold = {i for w in winners for i in w["items"]}
+        welfare = sum(w["bid"] for w in winners)
         return {"items": items, "reserve": params["reserve"], "payment": params["payment"],
+                **terms({w["agent"]: w["items"] for w in winners},
+                        {w["agent"]: w["payment"] for w in winners}, None, welfare),
                 "winners": winners, "unsold": [i for i in items if i not in sold],
                 "value": cents(sum(w["bid"] for w in winners)),
                 "revenue": cents(sum(w["payment"] for w in winners)),

@@ -231,6 +231,21 @@ def test_winner_determination_matches_scipy_milp(seed: int) -> None:
     theirs = solve(bids, 20, time_limit=30, solver="milp")
     assert ours.optimal and theirs.optimal
     assert ours.value == pytest.approx(theirs.value, rel=1e-9)
+    assert theirs.gap == 0 and theirs.bound == theirs.value
+
+
+@pytest.mark.skipif(not milp_available(), reason="scipy is not installed")
+def test_milp_says_optimal_only_when_it_proved_it() -> None:
+    """This instance (found by search) stops HiGHS at its default 0.01% relative gap with
+    status "optimal" and a dual bound 543 above the allocation: reported as `optimal: true`
+    beside a gap of 543 until the relative gap was set to 0."""
+    rng = random.Random(2)
+    bids = [Bid(k, sum(1 << j for j in rng.sample(range(60), rng.randint(4, 12))),
+                rng.uniform(1e5, 1e6)) for k in range(400)]
+    s = solve(bids, 60, time_limit=120, solver="milp")
+    assert s.optimal and s.gap == 0 and s.bound == s.value, (s.value, s.bound)
+    cut = solve(bids, 60, time_limit=0.05, solver="milp")  # no time to prove anything
+    assert not cut.optimal and cut.bound >= cut.value and cut.gap == cut.bound - cut.value
 
 
 def test_time_limit_returns_best_found_with_a_proven_gap() -> None:

@@ -40,12 +40,12 @@ def test_fresh_clone_says_it_installs_and_prints_no_error(tmp_path: Path) -> Non
     r = run(tree, "--test")
     assert r.returncode == 0, r.stderr
     assert "No such file" not in r.stderr, r.stderr
-    assert "installing mabeamd[markets,cluster,test" in r.stderr
+    assert "installing mabeamd[markets,milp,cluster,test" in r.stderr
     assert "(first time: about a minute)" in r.stderr
     calls = (tree / ".venv" / "calls").read_text().splitlines()
     assert len(calls) == 1 and calls[0].startswith("-m pip install")
     extras = (tree / ".venv" / ".mabeamd-setup").read_text().split()[1]
-    assert extras.startswith("markets,cluster,test")
+    assert extras.startswith("markets,milp,cluster,test")
 
 
 def test_second_run_is_silent_and_skips_pip(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from tests.unit.test_typed_decide import CASES, ORDER, a_round
 
 TERMS = ("allocation", "payments", "revenue", "price", "welfare")
 # The one-round economic protocols whose rounds test_typed_decide's CASES generate.
-ONE_ROUND = ("sealed_bid", "call_market")
+ONE_ROUND = ("sealed_bid", "call_market", "combinatorial")
 
 
 def check_terms(name: str, r: dict[str, Any]) -> None:
@@ -54,6 +54,12 @@ def test_one_round_outcomes_speak_the_vocabulary(name: str, data: st.DataObject)
         assert r["revenue"] == (r["price"] if sold else 0)
         # welfare: the winner's own bid, the highest
         assert r["welfare"] == (max(b["bid"] for b in r["bids"]) if sold else None)
+    elif name == "combinatorial":
+        assert r["price"] is None  # bundles are priced one by one
+        assert r["allocation"] == {w["agent"]: w["items"] for w in r["winners"]}
+        assert r["payments"] == {w["agent"]: w["payment"] for w in r["winners"]}
+        assert r["welfare"] == pytest.approx(sum(w["bid"] for w in r["winners"]))
+        assert r["welfare"] == r["value"] and r["revenue"] <= r["welfare"] + 1e-9
     else:  # call market: units balance, buyers pay what sellers get plus the market's take
         assert sum(r["allocation"].values()) == 0
         assert r["revenue"] >= -1e-9 and r["revenue"] == pytest.approx(r["surplus"])
