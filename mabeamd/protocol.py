@@ -22,6 +22,7 @@ so a session never turns its answers into maps only to parse them again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -221,6 +222,11 @@ class OneRound(Protocol):
     round body, wait for the answers (or the deadline), decide, write."""
 
     kind: str = "request"
+    # A mechanism whose decision can take long (a solver: winner determination, market
+    # equilibria) is decided in a thread: the worker's event loop keeps sending heartbeats
+    # and serving its shard meanwhile. Decided on the loop, a 5 s solve outlived the
+    # heartbeat timeout and the worker was killed as hung, the session with it.
+    heavy: bool = False
 
     def round_body(self, params: dict[str, Any]) -> Any:
         return params
@@ -250,7 +256,11 @@ class OneRound(Protocol):
                                     self.round_body(session.params))
         responses = list(answers.values())  # ask() returns them in arrival order
         if type(self).participants_for is OneRound.participants_for:
-            result = self.decide_typed(session.params, session.participants, responses)
+            if self.heavy:
+                result = await asyncio.to_thread(self.decide_typed, session.params,
+                                                 session.participants, responses)
+            else:
+                result = self.decide_typed(session.params, session.participants, responses)
         else:
             result = self.decide(round_inputs(session.params, self.participants_for(session),
                                               responses))

@@ -76,6 +76,7 @@ class Combinatorial(OneRound):
                "determination, VCG payments, per-item reserve prices")
     kind = "bids"
     default_deadline = 30.0
+    heavy = True  # winner determination and VCG: up to time_limit per solve
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         only(params, PARAMS)

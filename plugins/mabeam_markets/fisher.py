@@ -385,6 +385,7 @@ class FisherMarket(OneRound):
     summary = ("Fisher market equilibrium (linear, Cobb-Douglas or CES utilities), certified by "
                "its residuals")
     kind = "preferences"
+    heavy = True  # an equilibrium solve: up to time_limit
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         only(params, {"goods", "utility", "rho", "tolerance", "max_iterations", "time_limit"})

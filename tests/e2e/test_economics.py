@@ -92,7 +92,7 @@ def test_combinatorial_vcg_with_reserves_end_to_end(daemon: Daemon) -> None:
         r = await c.start_session("boss", "combinatorial", participants=["a1", "a2", "a3"],
                                   variables=["{spectrum}.allocation"], deadline=5,
                                   params={"items": ["x", "y"], "reserve": {"x": 1}})
-        assert r["state"] == "applied", r
+        assert r["state"] == "applied", (r["state"], r.get("reason"))
         res = r["result"]
         assert [(w["agent"], w["items"], w["payment"]) for w in res["winners"]] == \
             [("a2", ["x"], 5.0), ("a3", ["y"], 4.0)]
