@@ -120,6 +120,8 @@ class ExchangeMarket(OneRound):
                                 "(nobody with anything to trade values it): name another")
         scale = 1.0 / (unit[num] if num is not None else sum(unit.values()))
         prices = {g: unit[g] * scale for g in goods}
+        if num is not None:
+            prices[num] = 1.0  # exactly, not to rounding
         alloc: dict[str, dict[str, float]] = {a: {} for a in agents}
         unsold = [g for g in goods if q[g] <= 0]
         for a in agents:  # goods priced 0 stay with their owners
