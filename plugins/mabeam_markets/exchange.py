@@ -7,13 +7,16 @@ and only relative prices matter (every budget scales with them), so a numeraire 
 
 - Cobb-Douglas: agent i spends the share a_ij / sum_k a_ik of B_i on good j, so clearing is
   q = M q with M_jk = sum_i a_ij f_ik, a column-stochastic matrix: the prices are its Perron
-  eigenvector and an equilibrium always exists. Solved by the lazy power iteration
-  q <- (q + M q) / 2 (aperiodic, so it converges from any start) to 1/1000 of the tolerance.
+  eigenvector and an equilibrium always exists. Solved exactly (Gaussian elimination) on
+  each closed class of M; goods outside every closed class get price 0 (their value only
+  flows away); several closed classes are separate economies, each priced on its own.
 - Linear: an equilibrium exists when the economy graph (i -> k when i values a good k brings)
   is strongly connected (Gale); without that it may not, so such an economy is refused.
-  Where the money goes comes from proportional response dynamics for exchange (each agent
-  re-splits the value of its endowment in proportion to the utility each good gave it);
-  then the exact step of the Fisher market (fisher.py), with budgets that are themselves
+  Where the money goes comes from the Fisher market's Newton stages (newton.py) with
+  budgets that follow the prices (each stage's budgets := the endowments' value at the last
+  stage's prices), or, without numpy or if those do not certify, from whole Fisher markets
+  solved in rounds the same way (fisher.solve; proportional response without numpy). Then
+  the exact step of the Fisher market (fisher.py), with budgets that are themselves
   prices: guess the spending forest, take its utility ratios, and solve the small linear
   system that makes each connected group's goods worth what its agents bring (again a
   column-stochastic matrix, now one entry per group). Accepted only if every forest edge is
@@ -163,8 +166,16 @@ def _exact(f: list[list[float]], ws: list[list[float]], order: list[tuple[int, i
 
 def linear(f: list[list[float]], w: list[list[float]], supply: list[float], *,
                      tolerance: float, max_iterations: int, deadline: float) -> dict[str, Any]:
-    """Fisher markets with budgets := the value of the endowments at the last prices."""
+    """Newton stages with moving budgets (numpy), then, if they do not certify, Fisher
+    markets with budgets := the value of the endowments at the last prices."""
+    from mabeam_markets.fisher import numpy_available
     from mabeam_markets.fisher import solve as fisher_solve
+
+    if numpy_available():
+        rep = linear_stages(f, w, supply, tolerance=tolerance, max_iterations=max_iterations,
+                            deadline=deadline)
+        if rep is not None:
+            return rep
 
     n, m = len(f), len(supply)
     ws = [[w[i][j] * supply[j] for j in range(m)] for i in range(n)]
@@ -200,3 +211,43 @@ def linear(f: list[list[float]], w: list[list[float]], supply: list[float], *,
             best["rounds"] = rounds
             return best
         q = qn
+
+
+def linear_stages(f: list[list[float]], w: list[list[float]], supply: list[float], *,
+                  tolerance: float, max_iterations: int, deadline: float,
+                  ) -> dict[str, Any] | None:
+    """Newton stages of the smoothed Fisher potential (newton.py) whose budgets follow the
+    prices: before each stage every budget := the value of its endowment at the last stage's
+    prices; after each, the exact step. None if no stage certifies (the caller goes on)."""
+    import numpy as np
+
+    from mabeam_markets import newton
+
+    n, m = len(f), len(supply)
+    ws = [[w[i][j] * supply[j] for j in range(m)] for i in range(n)]
+    F = np.asarray(f, dtype=float)
+    q = np.full(m, 1.0 / m)
+    budgets = (F @ q).tolist()
+    logq = newton.start_prices(budgets, ws)
+    tau, total = 0.02, 0
+    while tau >= 1e-7 and total < max_iterations and time.monotonic() < deadline:
+        q = np.exp(logq)
+        q /= q.sum()
+        budgets = (F @ q).tolist()
+        pot = newton.Potential(budgets, ws, 1.0 / tau, -1.0 / tau)
+        # Solved roughly, as in the Fisher market: only where the money goes matters.
+        logq, pi, it = pot.solve(np.log(q), rel_tol=1e-4,
+                                 max_iterations=max_iterations - total, deadline=deadline)
+        total += it
+        flat = np.argsort(-pi, axis=None, kind="stable")
+        flat = flat[pi.ravel()[flat] > 1e-12]
+        order = list(zip((flat // m).tolist(), (flat % m).tolist(), strict=True))
+        exact = _exact(f, ws, order)
+        if exact is not None:
+            rep = _report(exact[1], w, supply, exact[0], exact[2], utility="linear",
+                          tolerance=tolerance, iterations=total, method="exact")
+            if rep["certified"]:
+                rep["rounds"] = 0
+                return rep
+        tau /= 8.0
+    return None

@@ -181,3 +181,18 @@ def test_bad_answer_shape() -> None:
     with pytest.raises(ProtocolError, match="endowment"):
         EX.check_response("preferences", {"budget": 3, "utilities": {"x": 1}},
                           EX.check_params({"goods": ["x"]}))
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10**6), st.integers(2, 6), st.integers(2, 6))
+def test_linear_without_numpy_by_fisher_rounds(seed: int, n: int, m: int) -> None:
+    """The pure-Python path (Fisher rounds by proportional response, exact step) certifies an
+    equilibrium by the definition, at the Newton stages' prices (every utility > 0 here)."""
+    agents, goods = random_economy(random.Random(seed), n, m, 1.0)
+    staged = market(agents, goods)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("mabeam_markets.fisher.numpy_available", lambda: False)
+        rounds = market(agents, goods)
+    assert rounds["certified"] and rounds["rounds"] >= 1 and staged["rounds"] == 0
+    check_equilibrium(agents, goods, rounds, "linear")
+    assert rounds["prices"] == pytest.approx(staged["prices"], rel=1e-6, abs=1e-12)
