@@ -50,7 +50,15 @@ def cobb_douglas(f: list[list[float]], a: list[list[float]]) -> tuple[list[float
     share of the goods (documented, deterministic)."""
     n, m = len(f), len(f[0])
     share = [[x / sum(row) for x in row] for row in a]
-    mat = [[sum(share[i][j] * f[i][k] for i in range(n)) for k in range(m)] for j in range(m)]
+    solve = _stationary
+    try:
+        import numpy as np
+    except ImportError:
+        mat = [[sum(share[i][j] * f[i][k] for i in range(n)) for k in range(m)]
+               for j in range(m)]
+    else:
+        mat = (np.asarray(share).T @ np.asarray(f)).tolist()
+        solve = _stationary_np
     out = [{j for j in range(m) if mat[j][k] > 0} for k in range(m)]  # value of k flows to j
     reach = []
     for k in range(m):
@@ -65,7 +73,7 @@ def cobb_douglas(f: list[list[float]], a: list[list[float]]) -> tuple[list[float
     q = [0.0] * m
     for cls in sorted(closed, key=min):
         idx = sorted(cls)
-        v = _stationary([[mat[j][k] for k in idx] for j in idx])
+        v = solve([[mat[j][k] for k in idx] for j in idx])
         if v is None:  # cannot happen for an irreducible class; refuse rather than guess
             raise ValueError("singular Cobb-Douglas exchange system")
         for j, x in zip(idx, v, strict=True):
@@ -110,6 +118,25 @@ def _stationary(g: list[list[float]]) -> list[float] | None:
         return None
     total = sum(v)
     return [x / total for x in v]
+
+
+def _stationary_np(g: list[list[float]]) -> list[float] | None:
+    """_stationary by numpy's LU solve."""
+    import numpy as np
+
+    k = len(g)
+    a = np.asarray(g, dtype=float) - np.eye(k)
+    a[-1, :] = 1.0
+    rhs = np.zeros(k)
+    rhs[-1] = 1.0
+    try:
+        v = np.linalg.solve(a, rhs)
+    except np.linalg.LinAlgError:
+        return None
+    if v.min() <= 0:
+        return None
+    out: list[float] = (v / v.sum()).tolist()
+    return out
 
 
 def _exact(f: list[list[float]], ws: list[list[float]], order: list[tuple[int, int]],
