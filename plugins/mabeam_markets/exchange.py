@@ -140,8 +140,10 @@ def _stationary_np(g: list[list[float]]) -> list[float] | None:
 
 
 def _exact(f: list[list[float]], ws: list[list[float]], order: list[tuple[int, int]],
-           ) -> tuple[list[float], list[float], list[list[float]]] | None:
-    """(whole-supply prices, budgets, spending) of the equilibrium on the guessed forest."""
+           flow: bool = True) -> tuple[list[float], list[float], list[list[float]]] | None:
+    """(whole-supply prices, budgets, spending) of the equilibrium on the guessed forest.
+    Without `flow`, only a forest whose own spending is non-negative is accepted (the max
+    flow for degenerate equilibria costs ten times the rest; early guesses skip it)."""
     n, m = len(f), len(ws[0])
     forest = spanning_forest(order, n, m)
     r = _prices_from(forest, [1.0] * n, ws, m)  # utility ratios within each group
@@ -187,8 +189,9 @@ def _exact(f: list[list[float]], ws: list[list[float]], order: list[tuple[int, i
         best.append([j for j in range(m) if ws[i][j] > 0 and bpb[j] >= top * (1 - 1e-9)])
         if not set(forest[i]) <= set(best[i]):
             return None
-    flow = _tree_flow(forest, budgets, q) or _spend_by_flow(best, budgets, q)
-    return None if flow is None else (q, budgets, flow)
+    spend = _tree_flow(forest, budgets, q) or (
+        _spend_by_flow(best, budgets, q) if flow else None)
+    return None if spend is None else (q, budgets, spend)
 
 
 def linear(f: list[list[float]], w: list[list[float]], supply: list[float], *,
@@ -269,7 +272,7 @@ def linear_stages(f: list[list[float]], w: list[list[float]], supply: list[float
         flat = np.argsort(-pi, axis=None, kind="stable")
         flat = flat[pi.ravel()[flat] > 1e-12]
         order = list(zip((flat // m).tolist(), (flat % m).tolist(), strict=True))
-        exact = _exact(f, ws, order)
+        exact = _exact(f, ws, order, flow=tau < 1e-4)
         if exact is not None:
             rep = _report(exact[1], w, supply, exact[0], exact[2], utility="linear",
                           tolerance=tolerance, iterations=total, method="exact")
