@@ -10,11 +10,12 @@ Inputs are binary floats, so Fraction(x) is exact: the result is the exact inter
 the curves as given, reported as exact fractions too (`exact`).
 
 Aggregate demand D and supply S are then continuous, so the excess E = D - S is continuous,
-non-increasing and piecewise linear: its zeros form an interval [lo, hi] on which D = S = Q,
-the traded quantity (both curves flat there: a horizontal overlap), and the price is its
-midpoint, as for steps. If supply already covers demand at price 0, Q = D(0) and the prices
-are those where demand still is D(0); supply is then the long side and each seller is scaled
-pro rata (curves have no step limits to rank them by). Steps and curves are not mixed in
+non-increasing and piecewise linear. The traded quantity Q = max over prices of min(D, S):
+D at the zero of E (or D(0) if supply already covers demand at price 0). The prices trading
+Q are those where both sides would trade at least Q, an interval [lo, hi] (a horizontal
+overlap when lo < hi: a curve flat at Q); the price is its midpoint, as for steps. A side
+that would trade more than Q there (a vertical overlap) is scaled pro rata - curves have no
+step limits to rank buyers or sellers by. Steps and curves are not mixed in
 one market: a continuous curve has no limit to rank against a step's.
 """
 
@@ -109,17 +110,19 @@ def equilibrium(demand: list[tuple[str, Curve]], supply: list[tuple[str, Curve]]
     e = [D(x) - S(x) for x in xs]
     if e[0] <= 0:  # supply covers demand at price 0
         q = D(xs[0])
-        if q <= 0:
-            return none
-        lo = Fraction(0)
-        hi = max(x for x in xs if D(x) == q)  # D is flat up to a breakpoint
-    else:
-        k = next(k for k in range(len(xs)) if e[k] <= 0)  # e[-1] <= 0: demand ends at 0
-        lo = xs[k - 1] + e[k - 1] * (xs[k] - xs[k - 1]) / (e[k - 1] - e[k])
-        hi = max([x for x, ex in zip(xs, e, strict=True) if ex == 0 and x >= lo] + [lo])
-        q = D(lo)
-        if q <= 0:
-            return none
+    else:  # E is linear between breakpoints; e[-1] <= 0 (demand ends at 0)
+        k = next(k for k in range(len(xs)) if e[k] <= 0)
+        q = D(xs[k - 1] + e[k - 1] * (xs[k] - xs[k - 1]) / (e[k - 1] - e[k]))
+    if q <= 0:
+        return none
+    # The prices trading Q: where both sides would trade at least Q.
+    # Some breakpoint has S >= Q: the last demand breakpoint (D = 0 there) is past the
+    # crossing, and S does not fall.
+    k = next(k for k in range(len(xs)) if S(xs[k]) >= q)
+    lo = xs[0] if k == 0 else \
+        xs[k - 1] + (q - S(xs[k - 1])) * (xs[k] - xs[k - 1]) / (S(xs[k]) - S(xs[k - 1]))
+    k = max(k for k in range(len(xs)) if D(xs[k]) >= q)  # D(xs[-1]) = 0 < q
+    hi = xs[k] + (D(xs[k]) - q) * (xs[k + 1] - xs[k]) / (D(xs[k]) - D(xs[k + 1]))
     price = (lo + hi) / 2
     d_at, s_at = D(price), S(price)
     buys = _fill(demand, price, q / d_at)

@@ -1,6 +1,7 @@
 """exchange_market end to end: a real daemon, live SDK agents bringing endowments; the
 equilibrium is checked from the definition, written to a variable, and a refusal (a linear
-economy that is not strongly connected) fails the session with its reason."""
+economy that is not strongly connected) fails the session with its reason. Then
+supply_demand on live linear curves, exact."""
 
 from __future__ import annotations
 
@@ -50,8 +51,16 @@ def test_exchange_market_with_live_agents(daemon: Daemon) -> None:
             "boss", "exchange_market", participants=["ann", "dan"], deadline=5,
             params={"goods": ["apples", "nuts"]})
         assert bad["state"] == "failed" and "strongly connected" in bad["reason"], bad
-    run(daemon, {"ann": {"exchange_market": answer("ann")},
-                 "bob": {"exchange_market": answer("bob")},
+        sd = await c.start_session("boss", "supply_demand", participants=["ann", "bob"],
+                                   deadline=5)
+        assert sd["state"] == "applied", sd  # 10 - p = 2 (p - 1): p = 4, Q = 6
+        assert sd["result"]["exact"]["price"] == "4" and sd["result"]["quantity"] == 6
+    run(daemon, {"ann": {"exchange_market": answer("ann"),
+                         "supply_demand": lambda inv: {"demand": {"intercept": 10,
+                                                                  "slope": -1}}},
+                 "bob": {"exchange_market": answer("bob"),
+                         "supply_demand": lambda inv: {"supply": {"through": [[1, 0],
+                                                                              [2, 2]]}}},
                  "cy": {"exchange_market": answer("cy")},
                  "dan": {"exchange_market": lambda inv: {"endowment": {"nuts": 1},
                                                          "utilities": {"nuts": 1}}}},
