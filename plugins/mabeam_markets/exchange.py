@@ -170,23 +170,24 @@ def _exact(f: list[list[float]], ws: list[list[float]], order: list[tuple[int, i
     if min(worth) <= 0:
         return None
     # v_c (a group's value) = what its agents bring: sum over i in c, k of f_ik r_k v_c'/R_c'.
+    owns = [[(k, x) for k, x in enumerate(row) if x] for row in f]
     g = [[0.0] * len(groups) for _ in groups]
-    for i in range(n):
-        for k in range(m):
-            if f[i][k]:
-                g[of_agent[i]][of_good[k]] += f[i][k] * r[k] / worth[of_good[k]]
+    for i, row in enumerate(owns):
+        gi_row = g[of_agent[i]]
+        for k, x in row:
+            gi_row[of_good[k]] += x * r[k] / worth[of_good[k]]
     v = _stationary(g)
     if v is None:
         return None
     q = [v[of_good[j]] * r[j] / worth[of_good[j]] for j in range(m)]
-    budgets = [sum(f[i][k] * q[k] for k in range(m)) for i in range(n)]
+    budgets = [sum(x * q[k] for k, x in row) for row in owns]
     if min(budgets) <= 0:
         return None
     best = []
     for i in range(n):
-        bpb = [ws[i][j] / q[j] for j in range(m)]
-        top = max(bpb)
-        best.append([j for j in range(m) if ws[i][j] > 0 and bpb[j] >= top * (1 - 1e-9)])
+        bpb = [u / p for u, p in zip(ws[i], q, strict=True)]
+        cut = max(bpb) * (1 - 1e-9)
+        best.append([j for j, b in enumerate(bpb) if b > 0 and b >= cut])
         if not set(forest[i]) <= set(best[i]):
             return None
     spend = _tree_flow(forest, budgets, q) or (
