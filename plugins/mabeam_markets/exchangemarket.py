@@ -33,6 +33,7 @@ from mabeamd.protocol import (
     only,
     participants_of,
     responses_of,
+    terms,
     write_all,
 )
 
@@ -137,8 +138,12 @@ class ExchangeMarket(OneRound):
         spent = dict.fromkeys(agents, 0.0)
         for i, a in enumerate(live):
             spent[a] = sum(sol["spend"][i]) * scale  # whole-supply units, like q
+        # The shared terms: each agent pays for its bundle with its endowment's value, so its
+        # net payment is spent - value (0 at the equilibrium, to its tolerance) and nothing is
+        # kept; prices per good, utilities not money: no one price, no welfare.
         return {"utility": params["utility"], "numeraire": num, "prices": prices,
-                "allocation": alloc, "value": value, "spent": spent, "unsold": unsold,
+                **terms(alloc, {a: spent[a] - value[a] for a in agents}, None, None),
+                "value": value, "spent": spent, "unsold": unsold,
                 "priced_out": [a for a in agents if a not in live],
                 **{k: sol[k] for k in ("residuals", "tolerance", "certified", "method")},
                 "rounds": sol.get("rounds", 0), "economies": sol.get("economies", 1),

@@ -44,6 +44,7 @@ from mabeamd.protocol import (
     only,
     participants_of,
     responses_of,
+    terms,
     write_all,
 )
 
@@ -443,8 +444,13 @@ class FisherMarket(OneRound):
             for i, a in enumerate(buyers):
                 if sol["allocation"][i][k] > 0:
                     alloc[a][goods[j]] = sol["allocation"][i][k]
-        return {"utility": params["utility"], "prices": price, "allocation": alloc,
-                "spent": {a: sum(sol["spend"][i]) for i, a in enumerate(buyers)},
+        spent = {a: sum(sol["spend"][i]) for i, a in enumerate(buyers)}
+        # The shared terms: the buyers pay what they spend (the sellers' revenue); goods have
+        # prices of their own (`prices`), so no one price; utilities are not money, so no
+        # welfare.
+        return {"utility": params["utility"], "prices": price,
+                **terms(alloc, spent, None, None),
+                "spent": spent,
                 "unsold": [goods[j] for j in range(len(goods)) if j not in set(wanted)],
                 **{k: sol[k] for k in ("residuals", "tolerance", "certified", "iterations",
                                        "method")},

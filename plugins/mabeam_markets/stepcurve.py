@@ -37,6 +37,7 @@ from mabeamd.protocol import (
     only,
     participants_of,
     responses_of,
+    terms,
     write_all,
 )
 
@@ -107,6 +108,18 @@ def _ration(steps: list[Step], q: float, sign: int) -> list[dict[str, Any]]:
     return out
 
 
+def shared_terms(result: dict[str, Any], welfare: float | None) -> dict[str, Any]:
+    """The shared outcome terms (mabeamd.protocol.terms): net units by agent (bought
+    positive), each paying (or, selling, paid) the clearing price per unit."""
+    units: dict[str, float] = {}
+    for side, sign in (("buys", 1), ("sells", -1)):
+        for f in result[side]:
+            units[f["agent"]] = units.get(f["agent"], 0.0) + sign * f["quantity"]
+    price = result["price"] if result["quantity"] else None
+    paid = {a: q * price for a, q in units.items()} if price is not None else {}
+    return terms({a: cents(q) for a, q in units.items()}, paid, price, welfare)
+
+
 class SupplyDemand(OneRound):
     name = "supply_demand"
     summary = ("single-good market equilibrium from supply and demand step curves, with "
@@ -145,7 +158,8 @@ class SupplyDemand(OneRound):
             result["good"] = params["good"]
             result["residual"] = float(Fraction(result["exact"]["residual"])) \
                 if result["exact"] else 0.0
-            return result
+            # welfare (the area between the curves up to the quantity) is not computed yet
+            return {**result, **shared_terms(result, None)}
         for r, c in parsed:
             for k, (limit, q) in enumerate(c.get("demand", [])):
                 demand.append((-limit, r.seq, r.agent, k, q))
@@ -156,7 +170,9 @@ class SupplyDemand(OneRound):
         sold = sum(s["quantity"] for s in result["sells"])
         result["good"] = params["good"]
         result["residual"] = cents(abs(bought - sold))
-        return result
+        gains = sum(b["limit"] * b["quantity"] for b in result["buys"]) - \
+            sum(s["limit"] * s["quantity"] for s in result["sells"])
+        return {**result, **shared_terms(result, gains)}
 
     def trade(self, result: dict[str, Any]) -> Trade | None:
         if result.get("price") is None or not result.get("quantity"):
