@@ -36,6 +36,7 @@ from benchkit import (
     cluster_sim,
     core_rows,
     econ_rows,
+    market_rows,
     scale_rows,
     session_rows,
     var_rows,
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         ("economic mechanisms", lambda: econ_rows.mechanisms(30 if q else 1000,
                                                              1 if q else reps,
                                                              fisher=2 if q else 20)),
+        ("exchange market", lambda: market_rows.exchange(2 if q else 20, 1 if q else reps)),
         # 3 etcd members + 3 nodes x 1 worker (skipped with a note without etcd or aetcd).
         ("cluster mode",
          lambda: cluster_rows.cluster(300 if q else 1000, reps,

@@ -44,6 +44,7 @@ from mabeamd.protocol import (
     only,
     participants_of,
     responses_of,
+    terms,
     write_all,
 )
 
@@ -185,6 +186,27 @@ def _exact(budgets: list[float], ws: list[list[float]], spend: list[list[float]]
         order = [(i, j) for _, i, j in sorted(
             ((spend[i][j] / budgets[i], i, j) for i in range(n) for j in range(m)
              if spend[i][j] > 1e-12 * budgets[i]), reverse=True)]
+    forest = spanning_forest(order, n, m)
+    p = _prices_from(forest, budgets, ws, m)
+    if p is None:
+        return None
+    best = []
+    for i in range(n):
+        bpb = [ws[i][j] / p[j] if p[j] > 0 else 0.0 for j in range(m)]
+        top = max(bpb)
+        best.append([j for j in range(m) if ws[i][j] > 0 and bpb[j] >= top * (1 - 1e-9)])
+        if not set(forest[i]) <= set(best[i]):
+            return None  # the guess spends on a good that is not a best buy: wrong forest
+    # Generic case: the spending on a forest is unique (peel the leaves); only when that
+    # goes negative (a degenerate market, whose equilibrium spending is not a forest) does
+    # the max flow over all best-value edges decide.
+    flow = _tree_flow(forest, budgets, p) or _spend_by_flow(best, budgets, p)
+    return None if flow is None else (p, flow)
+
+
+def spanning_forest(order: list[tuple[int, int]], n: int, m: int) -> list[list[int]]:
+    """The edges (buyer i, good j) of `order` that join two trees, in that order (Kruskal):
+    forest[i] lists buyer i's goods. Shared with the exchange market (exchange.py)."""
     root = list(range(n + m))
 
     def find(a: int) -> int:
@@ -203,21 +225,7 @@ def _exact(budgets: list[float], ws: list[list[float]], spend: list[list[float]]
             edges += 1
             if edges == n + m - 1:
                 break  # spanning: no later edge can join anything
-    p = _prices_from(forest, budgets, ws, m)
-    if p is None:
-        return None
-    best = []
-    for i in range(n):
-        bpb = [ws[i][j] / p[j] if p[j] > 0 else 0.0 for j in range(m)]
-        top = max(bpb)
-        best.append([j for j in range(m) if ws[i][j] > 0 and bpb[j] >= top * (1 - 1e-9)])
-        if not set(forest[i]) <= set(best[i]):
-            return None  # the guess spends on a good that is not a best buy: wrong forest
-    # Generic case: the spending on a forest is unique (peel the leaves); only when that
-    # goes negative (a degenerate market, whose equilibrium spending is not a forest) does
-    # the max flow over all best-value edges decide.
-    flow = _tree_flow(forest, budgets, p) or _spend_by_flow(best, budgets, p)
-    return None if flow is None else (p, flow)
+    return forest
 
 
 def _tree_flow(forest: list[list[int]], budgets: list[float], p: list[float],
@@ -437,8 +445,13 @@ class FisherMarket(OneRound):
             for i, a in enumerate(buyers):
                 if sol["allocation"][i][k] > 0:
                     alloc[a][goods[j]] = sol["allocation"][i][k]
-        return {"utility": params["utility"], "prices": price, "allocation": alloc,
-                "spent": {a: sum(sol["spend"][i]) for i, a in enumerate(buyers)},
+        spent = {a: sum(sol["spend"][i]) for i, a in enumerate(buyers)}
+        # The shared terms: the buyers pay what they spend (the sellers' revenue); goods have
+        # prices of their own (`prices`), so no one price; utilities are not money, so no
+        # welfare.
+        return {"utility": params["utility"], "prices": price,
+                **terms(alloc, spent, None, None),
+                "spent": spent,
                 "unsold": [goods[j] for j in range(len(goods)) if j not in set(wanted)],
                 **{k: sol[k] for k in ("residuals", "tolerance", "certified", "iterations",
                                        "method")},

@@ -19,8 +19,11 @@ Flat segments:
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
+from mabeam_markets.linearcurve import curve_of
+from mabeam_markets.linearcurve import equilibrium as linear_equilibrium
 from mabeamd.protocol import (
     OneRound,
     Outcome,
@@ -34,18 +37,23 @@ from mabeamd.protocol import (
     only,
     participants_of,
     responses_of,
+    terms,
     write_all,
 )
 
 Step = tuple[float, int, str, int, float]  # (sort key, seq, agent, index, quantity)
 
 
-def steps_of(value: Any) -> dict[str, list[tuple[float, float]]]:
+def steps_of(value: Any) -> dict[str, Any]:
+    """Steps [(limit, qty)] per side, or a Curve (linearcurve.py) where the side is one."""
     if not isinstance(value, dict) or not value or set(value) - {"demand", "supply"}:
         raise ProtocolError('answer with {"demand": [[PRICE, QTY], ...]} and/or '
-                            '{"supply": [[PRICE, QTY], ...]}')
-    out = {}
+                            '{"supply": [[PRICE, QTY], ...]} (or a curve object for either)')
+    out: dict[str, Any] = {}
     for kind, steps in value.items():
+        if isinstance(steps, dict):  # a linear or piecewise-linear curve (linearcurve.py)
+            out[kind] = curve_of(kind, steps)
+            continue
         if not isinstance(steps, list) or len(steps) > 10_000:
             raise ProtocolError(f"{kind} must be a list of [PRICE, QTY] (at most 10,000)")
         parsed = []
@@ -100,6 +108,18 @@ def _ration(steps: list[Step], q: float, sign: int) -> list[dict[str, Any]]:
     return out
 
 
+def shared_terms(result: dict[str, Any], welfare: float | None) -> dict[str, Any]:
+    """The shared outcome terms (mabeamd.protocol.terms): net units by agent (bought
+    positive), each paying (or, selling, paid) the clearing price per unit."""
+    units: dict[str, float] = {}
+    for side, sign in (("buys", 1), ("sells", -1)):
+        for f in result[side]:
+            units[f["agent"]] = units.get(f["agent"], 0.0) + sign * f["quantity"]
+    price = result["price"] if result["quantity"] else None
+    paid = {a: q * price for a, q in units.items()} if price is not None else {}
+    return terms({a: cents(q) for a, q in units.items()}, paid, price, welfare)
+
+
 class SupplyDemand(OneRound):
     name = "supply_demand"
     summary = ("single-good market equilibrium from supply and demand step curves, with "
@@ -125,8 +145,22 @@ class SupplyDemand(OneRound):
                      responses: list[Response]) -> dict[str, Any]:
         demand: list[Step] = []
         supply: list[Step] = []
-        for r in responses:  # steps_of checked each at arrival; here it parses the steps
-            c = steps_of(r.value)
+        parsed = [(r, steps_of(r.value)) for r in responses]  # checked at arrival
+        curves = [(r.agent, kind, c) for r, cs in parsed for kind, c in cs.items()
+                  if isinstance(c, tuple)]
+        if curves:
+            if len(curves) != sum(len(cs) for _, cs in parsed):
+                raise ProtocolError("a market takes step curves or linear / piecewise-linear "
+                                    "curves, not both (a curve has no limit to rank a step "
+                                    "against)")
+            result = linear_equilibrium([(a, c) for a, k, c in curves if k == "demand"],
+                                        [(a, c) for a, k, c in curves if k == "supply"])
+            result["good"] = params["good"]
+            result["residual"] = float(Fraction(result["exact"]["residual"])) \
+                if result["exact"] else 0.0
+            # welfare (the area between the curves up to the quantity) is not computed yet
+            return {**result, **shared_terms(result, None)}
+        for r, c in parsed:
             for k, (limit, q) in enumerate(c.get("demand", [])):
                 demand.append((-limit, r.seq, r.agent, k, q))
             for k, (limit, q) in enumerate(c.get("supply", [])):
@@ -136,7 +170,9 @@ class SupplyDemand(OneRound):
         sold = sum(s["quantity"] for s in result["sells"])
         result["good"] = params["good"]
         result["residual"] = cents(abs(bought - sold))
-        return result
+        gains = sum(b["limit"] * b["quantity"] for b in result["buys"]) - \
+            sum(s["limit"] * s["quantity"] for s in result["sells"])
+        return {**result, **shared_terms(result, gains)}
 
     def trade(self, result: dict[str, Any]) -> Trade | None:
         if result.get("price") is None or not result.get("quantity"):
@@ -154,9 +190,9 @@ class SupplyDemand(OneRound):
         r = outcome.result
         if r["residual"] > 1e-6 * max(1.0, r["quantity"]):
             raise ProtocolError(f"the market does not clear: residual {r['residual']}")
-        for b in r["buys"]:
-            if b["limit"] < r["price"] - 1e-9:
+        for b in r["buys"]:  # curve fills (linearcurve.py) have no limit: on the curve
+            if b.get("limit", math.inf) < r["price"] - 1e-9:
                 raise ProtocolError(f"{b['agent']} buys above its limit")
         for s in r["sells"]:
-            if s["limit"] > r["price"] + 1e-9:
+            if s.get("limit", -math.inf) > r["price"] + 1e-9:
                 raise ProtocolError(f"{s['agent']} sells below its limit")

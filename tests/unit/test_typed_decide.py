@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from mabeam_auctions.combinatorial import Combinatorial
 from mabeam_auctions.sealed import SealedBid
 from mabeam_markets.callmarket import CallMarket
+from mabeam_markets.exchangemarket import ExchangeMarket
 from mabeam_markets.fisher import FisherMarket
 from mabeam_markets.stepcurve import SupplyDemand
 
@@ -109,6 +110,13 @@ CASES: dict[str, tuple[Any, st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
                                "utility": st.sampled_from(["linear", "cobb_douglas"])}),
         st.builds(lambda b, g, h: {"budget": b, "utilities": {"g": g, "h": h + 1}},
                   st.integers(1, 9), st.integers(0, 4), st.integers(0, 4))),
+    "exchange_market": (
+        ExchangeMarket(),
+        st.fixed_dictionaries({"goods": st.just(["g", "h"]),
+                               "utility": st.sampled_from(["linear", "cobb_douglas"])}),
+        st.builds(lambda e, f, g, h: {"endowment": {"g": e, "h": f},
+                                      "utilities": {"g": g, "h": h + 1}},
+                  st.integers(0, 5), st.integers(0, 5), st.integers(0, 4), st.integers(0, 4))),
 }
 
 

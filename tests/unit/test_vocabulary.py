@@ -20,7 +20,8 @@ from tests.unit.test_typed_decide import CASES, ORDER, a_round
 
 TERMS = ("allocation", "payments", "revenue", "price", "welfare")
 # The one-round economic protocols whose rounds test_typed_decide's CASES generate.
-ONE_ROUND = ("sealed_bid", "call_market", "combinatorial")
+ONE_ROUND = ("sealed_bid", "call_market", "combinatorial", "supply_demand", "fisher_market",
+             "exchange_market")
 
 
 def check_terms(name: str, r: dict[str, Any]) -> None:
@@ -60,6 +61,17 @@ def test_one_round_outcomes_speak_the_vocabulary(name: str, data: st.DataObject)
         assert r["payments"] == {w["agent"]: w["payment"] for w in r["winners"]}
         assert r["welfare"] == pytest.approx(sum(w["bid"] for w in r["winners"]))
         assert r["welfare"] == r["value"] and r["revenue"] <= r["welfare"] + 1e-9
+    elif name == "supply_demand":
+        assert sum(r["allocation"].values()) == pytest.approx(0, abs=1e-6)
+        if r["price"] is not None:
+            for a, q in r["allocation"].items():
+                assert r["payments"].get(a, 0) == pytest.approx(q * r["price"], abs=1e-6)
+    elif name in ("fisher_market", "exchange_market"):
+        assert r["price"] is None and r["welfare"] is None  # prices per good; utils not money
+        if name == "fisher_market":  # buyers pay what they spend
+            assert r["payments"] == pytest.approx(r["spent"])
+        else:  # each pays with its endowment's value: nothing changes hands net
+            assert all(abs(v) <= 1e-6 for v in r["payments"].values()), r["payments"]
     else:  # call market: units balance, buyers pay what sellers get plus the market's take
         assert sum(r["allocation"].values()) == 0
         assert r["revenue"] >= -1e-9 and r["revenue"] == pytest.approx(r["surplus"])
