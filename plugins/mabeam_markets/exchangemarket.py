@@ -66,6 +66,7 @@ class ExchangeMarket(OneRound):
     summary = ("exchange (Arrow-Debreu) equilibrium from endowments (linear or Cobb-Douglas "
                "utilities), certified by its residuals")
     kind = "preferences"
+    heavy = True  # an equilibrium solve: up to time_limit
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         only(params, {"goods", "utility", "numeraire", "tolerance", "max_iterations",

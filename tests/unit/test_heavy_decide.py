@@ -74,6 +74,7 @@ def test_the_check_can_fail_a_light_decision_blocks_the_loop() -> None:
 
 def test_the_solvers_are_heavy() -> None:
     from mabeam_auctions.combinatorial import Combinatorial
+    from mabeam_markets.exchangemarket import ExchangeMarket
     from mabeam_markets.fisher import FisherMarket
 
-    assert Combinatorial.heavy and FisherMarket.heavy
+    assert Combinatorial.heavy and FisherMarket.heavy and ExchangeMarket.heavy
