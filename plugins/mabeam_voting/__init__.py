@@ -1,4 +1,5 @@
-"""Built-in plugin `voting`: simple consensus, voting over options, weighted voting.
+"""Built-in plugin `voting`: simple consensus, voting over options, weighted voting, ranked
+voting (ranked.py).
 
 See docs/protocols.md for each protocol's params, inputs and outcome.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
+from mabeam_voting.ranked import RankedVote
 from mabeam_voting.tally import BASES, RULES, ballot, count, ratio
 from mabeamd.hookspecs import hookimpl
 from mabeamd.protocol import (
@@ -183,7 +185,7 @@ class WeightedVote(Vote):
     weighted = True
 
 
-PROTOCOLS: list[Protocol] = [Consensus(), Vote(), WeightedVote()]
+PROTOCOLS: list[Protocol] = [Consensus(), Vote(), WeightedVote(), RankedVote()]
 
 
 @hookimpl

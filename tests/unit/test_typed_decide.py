@@ -22,6 +22,7 @@ from mabeam_markets.stepcurve import SupplyDemand
 from mabeam_contractnet import ContractNet
 from mabeam_priority import Priority
 from mabeam_voting import Consensus, Vote, WeightedVote
+from mabeam_voting.ranked import RankedVote
 from mabeamd.protocol import OneRound, Participant, Response
 from mabeamd.testing import both_ways
 
@@ -64,6 +65,17 @@ CASES: dict[str, tuple[Any, st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
             "weights": st.dictionaries(AGENT, st.sampled_from([0, 0.5, 2, 3.5]), max_size=3),
             "weight_key": st.sampled_from([None, "w"])}),
         st.one_of(st.builds(lambda o: {"vote": o}, st.sampled_from(OPTIONS)),
+                  st.just({"abstain": True}))),
+    "ranked_vote": (
+        RankedVote(),
+        st.fixed_dictionaries({
+            "options": st.just(OPTIONS),
+            "method": st.sampled_from(["borda", "copeland", "schulze", "irv", "condorcet"]),
+            "completion": st.sampled_from(["copeland", "schulze"]),
+            "tie_break": st.sampled_from(["none", "option_order", "chair"]),
+            "weights": st.dictionaries(AGENT, st.sampled_from([0, 0.5, 2, 3.5]), max_size=3)}),
+        st.one_of(st.builds(lambda r: {"ranking": r},
+                            st.lists(st.sampled_from(OPTIONS), min_size=1, unique=True)),
                   st.just({"abstain": True}))),
     "contract_net": (
         ContractNet(),
