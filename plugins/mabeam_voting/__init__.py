@@ -1,5 +1,5 @@
 """Built-in plugin `voting`: simple consensus, voting over options, weighted voting, ranked
-voting (ranked.py).
+voting (ranked.py), approval voting for a winner or a committee (approval.py).
 
 See docs/protocols.md for each protocol's params, inputs and outcome.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
+from mabeam_voting.approval import ApprovalVote
 from mabeam_voting.ranked import RankedVote
 from mabeam_voting.tally import BASES, RULES, ballot, count, ratio
 from mabeamd.hookspecs import hookimpl
@@ -185,7 +186,8 @@ class WeightedVote(Vote):
     weighted = True
 
 
-PROTOCOLS: list[Protocol] = [Consensus(), Vote(), WeightedVote(), RankedVote()]
+PROTOCOLS: list[Protocol] = [Consensus(), Vote(), WeightedVote(), RankedVote(),
+                              ApprovalVote()]
 
 
 @hookimpl

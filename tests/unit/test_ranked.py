@@ -1,6 +1,7 @@
-"""ranked_vote (and approval_vote) against first-principles implementations written here:
+"""ranked_vote and approval_vote against first-principles implementations written here:
 the Condorcet winner by definition, Schulze by enumerating every simple path, IRV by a plain
-simulation, Borda and Copeland by direct counting; plus textbook profiles and refusals."""
+simulation, Borda and Copeland by direct counting, PAV / seq-PAV / approval committees by
+brute force; plus textbook profiles and refusals."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mabeam_voting.approval import ApprovalVote
 from mabeam_voting.ranked import RankedVote
 from mabeamd.protocol import ProtocolError
 
@@ -276,3 +278,126 @@ def test_bad_params_are_refused(params: dict[str, Any], message: str) -> None:
 def test_bad_ballots_are_refused(value: Any) -> None:
     with pytest.raises(ProtocolError):
         RV.check_response("ballot", value, {"options": OPTS})
+
+
+# ---- approval_vote ---------------------------------------------------------------------
+
+AV = ApprovalVote()
+
+
+def run_av(params: dict[str, Any], ballots: list[tuple[str, list[str] | None]]
+           ) -> dict[str, Any]:
+    ids = sorted({a for a, _ in ballots} | {"z0"})
+    return AV.decide({
+        "params": params, "participants": [{"id": i} for i in ids],
+        "responses": [{"agent": a, "value": {"abstain": True} if r is None else {"approve": r}}
+                      for a, r in ballots]})
+
+
+def ref_pav(opts: list[str], k: int, prof: list[tuple[Fraction, list[str]]]
+            ) -> tuple[list[list[str]], Fraction]:
+    def h(n: int) -> Fraction:
+        return sum((Fraction(1, i) for i in range(1, n + 1)), Fraction(0))
+
+    def score(c: tuple[str, ...]) -> Fraction:
+        return sum((w * h(len(set(a) & set(c))) for w, a in prof), Fraction(0))
+
+    allc = list(itertools.combinations(opts, k))
+    best = max(score(c) for c in allc)
+    return [list(c) for c in allc if score(c) == best], best
+
+
+def ref_approval(opts: list[str], k: int, prof: list[tuple[Fraction, list[str]]]
+                 ) -> list[list[str]]:
+    s = {o: sum((w for w, a in prof if o in a), Fraction(0)) for o in opts}
+    allc = list(itertools.combinations(opts, k))
+    best = max(sum(s[o] for o in c) for c in allc)
+    return [list(c) for c in allc if sum(s[o] for o in c) == best]
+
+
+def ref_seq_pav(opts: list[str], k: int, prof: list[tuple[Fraction, list[str]]]
+                ) -> list[list[str]]:
+    found: set[tuple[str, ...]] = set()
+
+    def grow(w: list[str]) -> None:
+        if len(w) == k:
+            found.add(tuple(sorted(w, key=opts.index)))
+            return
+        gain = {o: sum((wt / (len(set(a) & set(w)) + 1) for wt, a in prof if o in a),
+                       Fraction(0)) for o in opts if o not in w}
+        for o, g in gain.items():
+            if g == max(gain.values()):
+                grow([*w, o])
+
+    grow([])
+    return sorted((list(c) for c in found), key=lambda c: [opts.index(o) for o in c])
+
+
+APPROVALS = st.lists(st.tuples(st.sampled_from([0, 1, 1, 2, 0.5]),
+                               st.lists(st.sampled_from(OPTS), max_size=4, unique=True)),
+                     min_size=1, max_size=7)
+
+
+@settings(max_examples=150, deadline=None)
+@given(APPROVALS, st.integers(1, 4), st.sampled_from(["approval", "pav", "seq_pav"]))
+def test_approval_rules_match_brute_force(profile: Any, k: int, rule: str) -> None:
+    weights = {f"v{i}": w for i, (w, _) in enumerate(profile)}
+    ballots: list[tuple[str, list[str] | None]] = [(f"v{i}", a)
+                                                   for i, (_, a) in enumerate(profile)]
+    prof = [(Fraction(str(w)), a) for w, a in profile]
+    params = {"options": OPTS, "seats": k, "rule": rule, "weights": weights,
+              "resolute": False}
+    out = run_av(params, ballots)
+    assert out["scores"] == {o: float(sum((w for w, a in prof if o in a), Fraction(0)))
+                             for o in OPTS}
+    if not any(w > 0 and a for w, a in prof):
+        assert (out["reason"], out["committee"]) == ("no_votes", None)
+        return
+    ref = {"approval": lambda: ref_approval(OPTS, k, prof),
+           "pav": lambda: ref_pav(OPTS, k, prof)[0],
+           "seq_pav": lambda: ref_seq_pav(OPTS, k, prof)}[rule]()
+    assert out["committees"] == ref
+    assert out["decided"] == (len(ref) == 1)
+    resolute = run_av({**params, "resolute": True}, ballots)
+    assert resolute["committee"] == ref[0] and resolute["decided"]
+    if rule == "pav":
+        assert resolute["pav_score"] == float(ref_pav(OPTS, k, prof)[1])
+    assert run_av({**params, "resolute": True, "tie_break": "none"}, ballots)["decided"] == (
+        len(ref) == 1)
+
+
+def test_pav_is_proportional_where_approval_is_not() -> None:
+    ballots: list[tuple[str, list[str] | None]] = [
+        *[(f"v{i}", ["a", "b"]) for i in range(6)], *[(f"v{i}", ["c"]) for i in range(6, 10)]]
+    base = {"options": OPTS, "seats": 2}
+    assert run_av({**base, "rule": "approval"}, ballots)["committee"] == ["a", "b"]
+    assert run_av({**base, "rule": "pav"}, ballots)["committee"] == ["a", "c"]
+    assert run_av({**base, "rule": "seq_pav"}, ballots)["committee"] == ["a", "c"]
+
+
+def test_approval_chair_tie_break() -> None:
+    ballots: list[tuple[str, list[str] | None]] = [("v1", ["a"]), ("v2", ["b"])]
+    params = {"options": OPTS, "tie_break": "chair", "weights": {"v2": 2}}
+    assert run_av(params, ballots)["committee"] == ["b"]
+    params["weights"] = {}
+    assert run_av(params, ballots)["committee"] == ["a"]  # equal weights: lowest id v1
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"options": OPTS, "seats": 0}, "seats"),
+    ({"options": OPTS, "seats": 5}, "seats"),
+    ({"options": OPTS, "seats": True}, "seats"),
+    ({"options": OPTS, "rule": "stv"}, "rule"),
+    ({"options": OPTS, "resolute": "yes"}, "resolute"),
+    ({"options": [f"o{i}" for i in range(30)], "seats": 5, "rule": "pav"}, "seq_pav"),
+])
+def test_bad_approval_params_are_refused(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        AV.check_params(params)
+
+
+@pytest.mark.parametrize("value", [{"approve": ["a", "a"]}, {"approve": ["q"]},
+                                   {"approve": "a"}, {"ranking": ["a"]}, {"abstain": 1}])
+def test_bad_approval_ballots_are_refused(value: Any) -> None:
+    with pytest.raises(ProtocolError):
+        AV.check_response("ballot", value, {"options": OPTS})

@@ -22,6 +22,7 @@ from mabeam_markets.stepcurve import SupplyDemand
 from mabeam_contractnet import ContractNet
 from mabeam_priority import Priority
 from mabeam_voting import Consensus, Vote, WeightedVote
+from mabeam_voting.approval import ApprovalVote
 from mabeam_voting.ranked import RankedVote
 from mabeamd.protocol import OneRound, Participant, Response
 from mabeamd.testing import both_ways
@@ -76,6 +77,17 @@ CASES: dict[str, tuple[Any, st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
             "weights": st.dictionaries(AGENT, st.sampled_from([0, 0.5, 2, 3.5]), max_size=3)}),
         st.one_of(st.builds(lambda r: {"ranking": r},
                             st.lists(st.sampled_from(OPTIONS), min_size=1, unique=True)),
+                  st.just({"abstain": True}))),
+    "approval_vote": (
+        ApprovalVote(),
+        st.fixed_dictionaries({
+            "options": st.just(OPTIONS), "seats": st.integers(1, 3),
+            "rule": st.sampled_from(["approval", "pav", "seq_pav"]),
+            "resolute": st.booleans(),
+            "tie_break": st.sampled_from(["none", "option_order", "chair"]),
+            "weights": st.dictionaries(AGENT, st.sampled_from([0, 0.5, 2, 3.5]), max_size=3)}),
+        st.one_of(st.builds(lambda a: {"approve": a},
+                            st.lists(st.sampled_from(OPTIONS), unique=True)),
                   st.just({"abstain": True}))),
     "contract_net": (
         ContractNet(),
