@@ -121,7 +121,7 @@ class Vote(OneRound):
                                  ("strict", "at_least"))
         p["base"] = choice(params, "base", "votes", BASES)
         p["quorum_counts"] = choice(params, "quorum_counts", "present", ("present", "votes"))
-        p["tie_break"] = choice(params, "tie_break", "none", ("none", "option_order"))
+        p["tie_break"] = choice(params, "tie_break", "none", ("none", "option_order", "chair"))
         p.setdefault("fraction", "2/3")
         p.setdefault("quorum", 0)
         ratio(p["fraction"], "fraction")

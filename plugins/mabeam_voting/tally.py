@@ -16,8 +16,10 @@ reported as floats.
    same against `fraction` (default 2/3, at least); `unanimous` every unit of the base;
    `plurality` just the most votes. An option qualifies only with a weight above zero.
 3. Of the qualifying options the heaviest wins; several equally heavy ones are a tie,
-   settled by `tie_break`: `none` (no decision, reason `tie`, the default) or
-   `option_order` (the first in `options`).
+   settled by `tie_break`: `none` (no decision, reason `tie`, the default),
+   `option_order` (the first in `options`) or `chair` (of the voters who voted for one of
+   the tied options, the one with the highest weight, equal weights: the lowest agent id;
+   its option wins).
 """
 
 from __future__ import annotations
@@ -63,10 +65,12 @@ def count(params: dict[str, Any], weights: dict[str, Fraction],
     options: list[Any] = params["options"]
     tally: list[Fraction] = [Fraction(0)] * len(options)
     present = Fraction(0)
+    cast: list[tuple[str, Any]] = []
     for agent, choice in ballots:
         present += weights[agent]
         if choice is not None:
             tally[options.index(choice)] += weights[agent]
+            cast.append((agent, choice))
     eligible = sum(weights.values(), Fraction(0))
     votes = sum(tally, Fraction(0))
     base = {"votes": votes, "present": present, "eligible": eligible}[params["base"]]
@@ -95,6 +99,10 @@ def count(params: dict[str, Any], weights: dict[str, Fraction],
             reason = "threshold_not_met"
         elif len(best) == 1 or params["tie_break"] == "option_order":
             decision, reason = options[best[0]], "decided"
+        elif params["tie_break"] == "chair":
+            tied = [options[i] for i in best]
+            _, decision = min(((-weights[a], a), c) for a, c in cast if c in tied)
+            reason = "decided"
         else:
             reason = "tie"
     return {

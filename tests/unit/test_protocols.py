@@ -88,6 +88,11 @@ def reference_vote(params: dict[str, Any], weights: dict[str, int],
     best = [o for o in good if tally[o] == top]
     if len(best) > 1 and params.get("tie_break", "none") == "none":
         return None, "tie"
+    if len(best) > 1 and params["tie_break"] == "chair":
+        # the heaviest voter for a tied option (equal weights: lowest id) picks its option
+        chair = min((a for a, b in ballots.items() if b in best),
+                    key=lambda a: (-weights[a], a))
+        return ballots[chair], "decided"
     return best[0], "decided"
 
 
@@ -97,7 +102,7 @@ vote_params = st.fixed_dictionaries({"options": st.just(["x", "y", "z"])}, optio
     "base": st.sampled_from(["votes", "present", "eligible"]),
     "quorum": st.sampled_from([0, 0.25, 0.5, "2/3", 1]),
     "quorum_counts": st.sampled_from(["present", "votes"]),
-    "tie_break": st.sampled_from(["none", "option_order"]),
+    "tie_break": st.sampled_from(["none", "option_order", "chair"]),
     "fraction": st.sampled_from(["2/3", "3/4", 0.6]),
 })
 
@@ -250,6 +255,21 @@ def test_allocations_never_over_allocate(reqs: dict[str, int], capacity: int,
             for hi, lo in itertools.combinations(rank, 2):
                 if alloc[hi] < reqs[hi]:
                     assert alloc[lo] == 0, (hi, lo, alloc)
+
+
+def test_vote_chair_tie_break_is_the_heaviest_tied_voter_then_lowest_id() -> None:
+    ids = ["a1", "a2", "a3", "a4"]
+    both = {"a1": {"vote": "y"}, "a2": {"vote": "x"}, "a3": {"vote": "z"},
+            "a4": {"vote": "z"}}
+    p = {"options": ["x", "y", "z"], "rule": "plurality", "tie_break": "chair"}
+    # z leads outright: no tie, chair not consulted
+    assert Vote().decide(inputs(p, ids, both))["decision"] == "z"
+    tie = {"a2": {"vote": "x"}, "a1": {"vote": "y"}}
+    assert Vote().decide(inputs(p, ids, tie))["decision"] == "y"  # a1 < a2
+    tie_w = WeightedVote().decide(inputs({**p, "weights": {"a1": 3, "a2": 1, "a3": 2}},
+                                         ids, {"a1": {"vote": "x"}, "a2": {"vote": "y"},
+                                               "a3": {"vote": "y"}, "a4": {"abstain": True}}))
+    assert (tie_w["decision"], tie_w["reason"]) == ("x", "decided")  # x 3 = y 3, a1 heaviest
 
 
 def test_proportional_tie_break_is_priority_then_earliest() -> None:

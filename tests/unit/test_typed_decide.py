@@ -56,7 +56,7 @@ CASES: dict[str, tuple[Any, st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
             "base": st.sampled_from(["votes", "present", "eligible"]),
             "quorum": st.sampled_from([0, 0.5, "2/3", 1]),
             "quorum_counts": st.sampled_from(["present", "votes"]),
-            "tie_break": st.sampled_from(["none", "option_order"])}),
+            "tie_break": st.sampled_from(["none", "option_order", "chair"])}),
         st.one_of(st.builds(lambda o: {"vote": o}, st.sampled_from(OPTIONS)),
                   st.just({"abstain": True}))),
     "weighted_vote": (
