@@ -40,6 +40,7 @@ from benchkit import (
     scale_rows,
     session_rows,
     var_rows,
+    voting_rows,
 )
 from benchkit.stats import fmt
 from mabeamd import __version__
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                                                              1 if q else reps,
                                                              fisher=2 if q else 20)),
         ("exchange market", lambda: market_rows.exchange(2 if q else 20, 1 if q else reps)),
+        ("voting rules", lambda: voting_rows.rules(2 if q else 20, 1 if q else reps,
+                                                   voters=100 if q else 1000)),
         # 3 etcd members + 3 nodes x 1 worker (skipped with a note without etcd or aetcd).
         ("cluster mode",
          lambda: cluster_rows.cluster(300 if q else 1000, reps,

@@ -84,11 +84,15 @@ def optimal_committees(params: dict[str, Any], ballots: list[Ballot],
         pool = [o for o in options if scores[o] == t]
         return [frozenset(must) | frozenset(c) for c in combinations(pool, k - len(must))]
     if rule == "pav":
+        groups: dict[tuple[Fraction, frozenset[str]], int] = {}
+        for _, wt, a in ballots:
+            groups[wt, a] = groups.get((wt, a), 0) + 1
+        grouped: list[Ballot] = [("", wt * n, a) for (wt, a), n in groups.items()]
         best: list[frozenset[str]] = []
         top = Fraction(-1)
         for c in combinations(options, k):
             fc = frozenset(c)
-            s = pav_score(fc, ballots)
+            s = pav_score(fc, grouped)
             if s > top:
                 best, top = [fc], s
             elif s == top:

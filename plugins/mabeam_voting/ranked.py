@@ -85,23 +85,46 @@ def ranking(value: Any, options: list[str]) -> list[str] | None:
     return list(r)
 
 
-def pairwise(options: list[str], ballots: list[Ballot]) -> dict[str, dict[str, Fraction]]:
-    d = {x: {y: Fraction(0) for y in options if y != x} for x in options}
+def _by_weight(ballots: list[Ballot]) -> dict[Fraction, list[list[str]]]:
+    groups: dict[Fraction, list[list[str]]] = {}
     for _, w, r in ballots:
-        pos = {o: i for i, o in enumerate(r)}
-        for x in r:
-            for y in options:
-                if y != x and pos.get(y, len(options)) > pos[x]:
-                    d[x][y] += w
+        groups.setdefault(w, []).append(r)
+    return groups
+
+
+def pairwise(options: list[str], ballots: list[Ballot]) -> dict[str, dict[str, Fraction]]:
+    """Counted in integers per weight class, then scaled: exact, and fast."""
+    m = len(options)
+    idx = {o: i for i, o in enumerate(options)}
+    d = {x: {y: Fraction(0) for y in options if y != x} for x in options}
+    for w, rs in _by_weight(ballots).items():
+        c = [[0] * m for _ in range(m)]
+        for r in rs:
+            ranked = [idx[o] for o in r]
+            rest = [i for i in range(m) if i not in set(ranked)]
+            for a, i in enumerate(ranked):
+                row = c[i]
+                for j in ranked[a + 1:]:
+                    row[j] += 1
+                for j in rest:
+                    row[j] += 1
+        for i, ox in enumerate(options):
+            for j, oy in enumerate(options):
+                if c[i][j]:
+                    d[ox][oy] += w * c[i][j]
     return d
 
 
 def borda(options: list[str], ballots: list[Ballot]) -> dict[str, Fraction]:
     m = len(options)
     s = {o: Fraction(0) for o in options}
-    for _, w, r in ballots:
-        for i, o in enumerate(r):
-            s[o] += w * (m - 1 - i)
+    for w, rs in _by_weight(ballots).items():
+        points = dict.fromkeys(options, 0)
+        for r in rs:
+            for i, o in enumerate(r):
+                points[o] += m - 1 - i
+        for o, v in points.items():
+            s[o] += w * v
     return s
 
 
