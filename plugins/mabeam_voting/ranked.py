@@ -165,9 +165,10 @@ def condorcet_winner(options: list[str], d: dict[str, dict[str, Fraction]]) -> s
     return None
 
 
-def irv(options: list[str], ballots: list[Ballot]) -> tuple[list[str], list[dict[str, Any]],
-                                                             list[str]]:
-    """(winners: one, or the options tied in the deciding round; rounds; elimination order)."""
+def irv(options: list[str], ballots: list[Ballot]
+        ) -> tuple[list[str], list[dict[str, Any]], list[str], dict[str, Fraction]]:
+    """(winners: one, or the options tied in the deciding round; rounds; elimination order;
+    the last round's tallies)."""
     remaining = list(options)
     history: list[dict[str, Fraction]] = []
     rounds: list[dict[str, Any]] = []
@@ -185,9 +186,9 @@ def irv(options: list[str], ballots: list[Ballot]) -> tuple[list[str], list[dict
         rounds.append(entry)
         top = [o for o in remaining if t[o] * 2 > total]
         if top:
-            return top, rounds, eliminated
+            return top, rounds, eliminated, t
         if len(remaining) == 1 or len(set(t.values())) == 1:
-            return list(remaining), rounds, eliminated
+            return list(remaining), rounds, eliminated, t
 
         def key(o: str) -> tuple[Any, ...]:
             # fewest now, then fewest in the previous rounds back to round 1, then the later
@@ -225,11 +226,10 @@ def count(params: dict[str, Any], ballots: list[Ballot]) -> dict[str, Any]:
     elif method in ("schulze", "condorcet"):
         scores = schulze(options, d)
     if method == "irv":
-        top, rounds, gone = irv(options, ballots)
-        last = rounds[-1]["tallies"]
+        top, rounds, gone, last = irv(options, ballots)
         alive = sorted(last, key=lambda o: (-last[o], options.index(o)))
         order = alive + list(reversed(gone))
-        scores = {o: Fraction(str(last.get(o, 0))) for o in options}
+        scores = {o: last.get(o, Fraction(0)) for o in options}
     else:
         order = sorted(options, key=lambda o: (-scores[o], options.index(o)))
         if method == "schulze" or (method == "condorcet" and params["completion"] == "schulze"):

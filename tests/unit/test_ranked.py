@@ -184,6 +184,10 @@ def test_irv_matches_a_plain_simulation(profile: Any) -> None:
     if out["reason"] != "no_votes":
         assert out["rounds"][0]["tallies"] == {o: float(sum(
             (w for w, r in prof if r[0] == o), Fraction(0))) for o in OPTS}
+        last = out["rounds"][-1]["tallies"]
+        assert out["scores"] == {o: last.get(o, 0.0) for o in OPTS}
+        assert out["ranking"][:len(last)] == sorted(last, key=lambda o: (-last[o],
+                                                                         OPTS.index(o)))
 
 
 @settings(max_examples=100, deadline=None)
