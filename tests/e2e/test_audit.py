@@ -58,7 +58,11 @@ A1 = {"consensus": accept, "vote": vote("red"), "weighted_vote": vote("red"),
       "combinatorial": bundles((["x", "y"], 10)),
       "call_market": lambda inv: {"side": "buy", "price": 10, "quantity": 2},
       "supply_demand": lambda inv: {"demand": [[10, 2]]},
-      "fisher_market": lambda inv: {"budget": 4, "utilities": {"bread": 1, "milk": 2}}}
+      "fisher_market": lambda inv: {"budget": 4, "utilities": {"bread": 1, "milk": 2}},
+      "exchange_market": lambda inv: {"endowment": {"bread": 2},
+                                      "utilities": {"bread": 1, "milk": 2}},
+      "ranked_vote": lambda inv: {"ranking": ["red", "blue"]},
+      "approval_vote": lambda inv: {"approve": ["red"]}}
 A2 = {"consensus": accept, "vote": vote("blue"), "weighted_vote": vote("blue"),
       ("contract_net", "cfp"): propose(5), ("contract_net", "award"): accept,
       "priority": lambda inv: {"request": 2}, "sealed_bid": bid(20),
@@ -66,7 +70,11 @@ A2 = {"consensus": accept, "vote": vote("blue"), "weighted_vote": vote("blue"),
       "combinatorial": bundles((["x"], 6), (["y"], 3)),
       "call_market": lambda inv: {"side": "buy", "price": 8, "quantity": 1},
       "supply_demand": lambda inv: {"demand": [[8, 1]]},
-      "fisher_market": lambda inv: {"budget": 6, "utilities": {"bread": 3, "milk": 1}}}
+      "fisher_market": lambda inv: {"budget": 6, "utilities": {"bread": 3, "milk": 1}},
+      "exchange_market": lambda inv: {"endowment": {"milk": 3},
+                                      "utilities": {"bread": 3, "milk": 1}},
+      "ranked_vote": lambda inv: {"ranking": ["blue"]},
+      "approval_vote": lambda inv: {"approve": ["red", "blue"]}}
 S1 = {"call_market": lambda inv: {"orders": [{"side": "sell", "price": 5, "quantity": 1},
                                              {"side": "sell", "price": 9, "quantity": 3}]},
       "supply_demand": lambda inv: {"supply": [[5, 1], [9, 3]]}}
@@ -77,7 +85,11 @@ ONE_ROUND = {"consensus": {"proposal": "new"}, "vote": {"options": ["red", "blue
              "english": {"start": 0, "increment": 5, "round_timeout": 2},
              "dutch": {"start": 50, "decrement": 5, "tick": 1},
              "combinatorial": {"items": ["x", "y"]}, "call_market": {},
-             "supply_demand": {}, "fisher_market": {"goods": {"bread": 1, "milk": 1}}}
+             "supply_demand": {}, "fisher_market": {"goods": {"bread": 1, "milk": 1}},
+             "exchange_market": {"goods": ["bread", "milk"], "utility": "cobb_douglas"},
+             "ranked_vote": {"options": ["red", "blue"], "method": "borda",
+                             "tie_break": "option_order"},
+             "approval_vote": {"options": ["red", "blue"]}}
 MARKETS = {"call_market", "supply_demand"}
 
 
