@@ -215,10 +215,6 @@ class DaemonCollector(Collector):
     def __init__(self, source: MetricsSource) -> None:
         self.source = source
 
-    def _cluster(self, figures: dict[str, Any] | None) -> Iterator[Metric]:
-        if figures is not None:
-            yield from _cluster_families(figures)
-
     def describe(self) -> list[Metric]:
         return []  # no fixed set to describe without collecting (families vary by state)
 
@@ -240,7 +236,8 @@ class DaemonCollector(Collector):
         yield from self._sessions(st)
         yield from self._traffic(st)
         yield from self._requests(rows)
-        yield from self._cluster(self.source.cluster_figures())
+        if (cluster := self.source.cluster_figures()) is not None:
+            yield from _cluster_families(cluster)
         lag = st["loop_lag"]
         yield _gauge("mabeamd_loop_lag_seconds", "the arbiter's event loop lag, last tick",
                      lag["last"])

@@ -27,7 +27,7 @@ from itertools import accumulate
 from operator import itemgetter
 from typing import Any
 
-from mabeam_markets.common import side, units
+from mabeam_markets.common import side, trade_terms, units
 from mabeamd.protocol import (
     OneRound,
     Outcome,
@@ -44,7 +44,6 @@ from mabeamd.protocol import (
     only,
     participants_of,
     responses_of,
-    terms,
     write_all,
 )
 
@@ -136,16 +135,12 @@ def vocabulary(result: dict[str, Any]) -> dict[str, Any]:
     key); welfare the gains from trade by the traders' limits. `buy_price` and `sell_price`
     are always given: both the price under k-double (None without a trade), McAfee's two
     prices under mcafee (set even when the reduction leaves no trade)."""
-    units: dict[str, int] = {}
-    paid: dict[str, float] = {}
-    welfare = 0.0
-    for f in result["fills"]:
-        sign = 1 if f["side"] == "buy" else -1
-        units[f["agent"]] = units.get(f["agent"], 0) + sign * f["quantity"]
-        paid[f["agent"]] = paid.get(f["agent"], 0.0) + sign * f["quantity"] * f["price"]
-        welfare += sign * f["quantity"] * f["limit"]
+    fills = result["fills"]
+    signed = [(f, 1 if f["side"] == "buy" else -1) for f in fills]
+    welfare = sum(s * f["quantity"] * f["limit"] for f, s in signed)
     # No trade, no price: McAfee's reduction can leave none although its rule set two prices.
-    out = terms(units, paid, result["price"] if result["fills"] else None, welfare)
+    out = trade_terms(((f["agent"], s * f["quantity"], f["price"]) for f, s in signed),
+                      result["price"] if fills else None, welfare)
     out.setdefault("buy_price", result.get("buy_price", result["price"]))
     out.setdefault("sell_price", result.get("sell_price", result["price"]))
     return out

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from mabeam_markets import exchange
+from mabeam_markets.common import solve_limits
 from mabeam_markets.fisher import _report
 from mabeamd.protocol import (
     OneRound,
@@ -28,8 +29,6 @@ from mabeamd.protocol import (
     Trade,
     by_arrival,
     choice,
-    integer,
-    number,
     only,
     participants_of,
     responses_of,
@@ -80,11 +79,7 @@ class ExchangeMarket(OneRound):
             raise ProtocolError(f"numeraire {num!r} is not one of the goods")
         return {"goods": list(goods),
                 "utility": choice(params, "utility", "linear", ("linear", "cobb_douglas")),
-                "numeraire": num,
-                "tolerance": number(params, "tolerance", 1e-6, lo=1e-15, hi=1.0),
-                "max_iterations": integer(params, "max_iterations", 100_000, lo=1,
-                                          hi=10_000_000),
-                "time_limit": number(params, "time_limit", 5.0, lo=0.001, hi=3600)}
+                "numeraire": num, **solve_limits(params, 100_000)}
 
     def check_response(self, kind: str, value: Any, params: dict[str, Any]) -> None:
         prefs_of(value, params["goods"])

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from mabeam_markets.common import solve_limits
 from mabeamd.protocol import (
     OneRound,
     Outcome,
@@ -39,7 +40,6 @@ from mabeamd.protocol import (
     Trade,
     by_arrival,
     choice,
-    integer,
     number,
     only,
     participants_of,
@@ -408,10 +408,7 @@ class FisherMarket(OneRound):
                                 "(pip install 'mabeamd[markets]')")
         return {"goods": {str(g): float(s) for g, s in goods.items()},
                 "utility": utility, "rho": number(params, "rho", 0.5, lo=0.01, hi=0.99),
-                "tolerance": number(params, "tolerance", 1e-6, lo=1e-15, hi=1.0),
-                "max_iterations": integer(params, "max_iterations", 10_000, lo=1,
-                                          hi=10_000_000),
-                "time_limit": number(params, "time_limit", 5.0, lo=0.001, hi=3600)}
+                **solve_limits(params, 10_000)}
 
     def check_response(self, kind: str, value: Any, params: dict[str, Any]) -> None:
         prefs_of(value, params["goods"])

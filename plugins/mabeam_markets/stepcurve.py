@@ -22,6 +22,7 @@ import math
 from fractions import Fraction
 from typing import Any
 
+from mabeam_markets.common import trade_terms
 from mabeam_markets.linearcurve import curve_of
 from mabeam_markets.linearcurve import equilibrium as linear_equilibrium
 from mabeamd.protocol import (
@@ -37,7 +38,6 @@ from mabeamd.protocol import (
     only,
     participants_of,
     responses_of,
-    terms,
     write_all,
 )
 
@@ -109,15 +109,11 @@ def _ration(steps: list[Step], q: float, sign: int) -> list[dict[str, Any]]:
 
 
 def shared_terms(result: dict[str, Any], welfare: float | None) -> dict[str, Any]:
-    """The shared outcome terms (mabeamd.protocol.terms): net units by agent (bought
-    positive), each paying (or, selling, paid) the clearing price per unit."""
-    units: dict[str, float] = {}
-    for side, sign in (("buys", 1), ("sells", -1)):
-        for f in result[side]:
-            units[f["agent"]] = units.get(f["agent"], 0.0) + sign * f["quantity"]
+    """The shared outcome terms: every buy and sell at the clearing price."""
     price = result["price"] if result["quantity"] else None
-    paid = {a: q * price for a, q in units.items()} if price is not None else {}
-    return terms({a: cents(q) for a, q in units.items()}, paid, price, welfare)
+    return trade_terms(((f["agent"], sign * float(f["quantity"]), price or 0.0)
+                        for side, sign in (("buys", 1), ("sells", -1)) for f in result[side]),
+                       price, welfare)
 
 
 class SupplyDemand(OneRound):

@@ -11,7 +11,7 @@ from typing import Any
 
 from mabeam_voting.approval import ApprovalVote
 from mabeam_voting.ranked import RankedVote
-from mabeam_voting.tally import BASES, RULES, ballot, count, ratio
+from mabeam_voting.tally import BASES, RULES, ballot, count, ratio, vote_writes, write_mode
 from mabeamd.hookspecs import hookimpl
 from mabeamd.protocol import (
     OneRound,
@@ -126,7 +126,7 @@ class Vote(OneRound):
         p.setdefault("quorum", 0)
         ratio(p["fraction"], "fraction")
         ratio(p["quorum"], "quorum")
-        p["write"] = choice(params, "write", "decision", ("decision", "outcome", "none"))
+        p["write"] = write_mode(params)
         if self.weighted:
             ws = p.setdefault("weights", {})
             if not isinstance(ws, dict) or not all(
@@ -172,11 +172,7 @@ class Vote(OneRound):
         return self.decide_typed(params, ps, by_arrival(rs))
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
-        mode = session.params["write"]
-        if mode == "none" or (mode == "decision" and not result["decided"]):
-            return {}
-        value = result["decision"] if mode == "decision" else result
-        return {name: value for name in session.variables}
+        return vote_writes(session, result, "decision")
 
 
 class WeightedVote(Vote):

@@ -28,6 +28,7 @@ from itertools import combinations
 from typing import Any
 
 from mabeam_voting.ranked import check_options, check_weights
+from mabeam_voting.tally import vote_writes, write_mode
 from mabeamd.protocol import (
     OneRound,
     Participant,
@@ -173,7 +174,7 @@ class ApprovalVote(OneRound):
             raise ProtocolError("resolute must be true or false")
         p["tie_break"] = choice(params, "tie_break", "option_order",
                                 ("option_order", "chair", "none"))
-        p["write"] = choice(params, "write", "decision", ("decision", "outcome", "none"))
+        p["write"] = write_mode(params)
         p["weights"] = check_weights(params)
         if p["rule"] == "pav" and math.comb(len(opts), k) > MAX_COMMITTEES:
             raise ProtocolError(
@@ -210,11 +211,7 @@ class ApprovalVote(OneRound):
         return self.decide_typed(params, ps, by_arrival(rs))
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
-        mode = session.params["write"]
-        if mode == "none" or (mode == "decision" and not result["decided"]):
-            return {}
-        value = result["committee"] if mode == "decision" else result
-        return {name: value for name in session.variables}
+        return vote_writes(session, result, "committee")
 
 
 PROTOCOLS: list[Protocol] = [ApprovalVote()]

@@ -30,6 +30,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
+from mabeam_voting.tally import vote_writes, write_mode
 from mabeamd.protocol import (
     OneRound,
     Participant,
@@ -279,7 +280,7 @@ class RankedVote(OneRound):
         p["method"] = choice(params, "method", "borda", METHODS)
         p["completion"] = choice(params, "completion", "copeland", ("copeland", "schulze"))
         p["tie_break"] = choice(params, "tie_break", "none", TIE_BREAKS)
-        p["write"] = choice(params, "write", "decision", ("decision", "outcome", "none"))
+        p["write"] = write_mode(params)
         p["weights"] = check_weights(params)
         return p
 
@@ -312,11 +313,7 @@ class RankedVote(OneRound):
         return self.decide_typed(params, ps, by_arrival(rs))
 
     def writes(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
-        mode = session.params["write"]
-        if mode == "none" or (mode == "decision" and not result["decided"]):
-            return {}
-        value = result["decision"] if mode == "decision" else result
-        return {name: value for name in session.variables}
+        return vote_writes(session, result, "decision")
 
 
 PROTOCOLS: list[Protocol] = [RankedVote()]

@@ -28,7 +28,26 @@ from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
 
-from mabeamd.protocol import ProtocolError
+from mabeamd import protocol
+from mabeamd.protocol import ProtocolError, Session
+
+WRITES = ("decision", "outcome", "none")
+
+
+def write_mode(params: dict[str, Any]) -> str:
+    """The `write` param every voting protocol takes: what a decided vote writes."""
+    return protocol.choice(params, "write", "decision", WRITES)
+
+
+def vote_writes(session: Session, result: dict[str, Any], decision: str) -> dict[str, Any]:
+    """`write`: decision (the outcome's `decision` key -- the option, or the committee --
+    into every variable, only when decided), outcome (the whole outcome, decided or not) or
+    none."""
+    mode = session.params["write"]
+    if mode == "none" or (mode == "decision" and not result["decided"]):
+        return {}
+    value = result[decision] if mode == "decision" else result
+    return {name: value for name in session.variables}
 
 RULES = ("majority", "supermajority", "unanimous", "plurality")
 BASES = ("votes", "present", "eligible")
