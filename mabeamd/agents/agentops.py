@@ -109,6 +109,10 @@ class AgentService:
             self.sweep(time.monotonic())
 
     def sweep(self, now: float) -> None:
+        # An agent whose hello waits on its directory claim has not been answered yet: it
+        # cannot heartbeat, so it is not silent (the claim's own timeout bounds the wait).
+        for agent_id in self._hellos:
+            self.registry.touch(agent_id, now)
         unhealthy, gone = self.registry.sweep(now, self.unhealthy_after, self.settings.gone_after)
         for rec in unhealthy:
             log.info("agent %s unhealthy: silent for %.1fs", rec.id, now - rec.last_seen)
@@ -182,6 +186,14 @@ class AgentService:
         finally:
             if self._hellos.get(agent_id) == seq:
                 del self._hellos[agent_id]
+        if self.registry.agents.get(agent_id) is not rec:
+            # It left (bye) while the claim waited: the entry just put is nobody's, and the
+            # credential in the reply was revoked; a newer hello for the id keeps both.
+            if agent_id not in self.registry.agents:
+                self.directory.release(agent_id)
+            raise WireError(ErrorCode.NOT_FOUND, f"agent {agent_id!r} left during its hello")
+        # Liveness counts from the answer: the agent heartbeats once it has it.
+        self.registry.touch(agent_id, time.monotonic())
         return reply
 
     def _hello(self, req: Request, body: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,10 @@ class Conn:
         self.agent_sock = self._dealer(endpoint)
         hello = _call(self.agent_sock, 0, "hello", {"agent": agent})
         self.agent, self.credential = agent, hello.get("credential")
+        # Writes straight to a shard endpoint are no sign of life to the arbiter: beat as an
+        # agent must (docs/protocol.md), or a slow run outlives its registration.
+        self.beat_every = float(hello["heartbeat_interval"])
+        self.beat_at = time.monotonic()
         self.shards = int(hello["shards"])
         eps = hello.get("shard_endpoints") or []
         if via == "shard" and not (eps and all(eps) and self.credential):
@@ -77,6 +81,9 @@ class Conn:
         return self.socks[shard_of(name, self.shards)]
 
     def call(self, rid: int, op: str, name: str, value: Any = None) -> dict[str, Any]:
+        if time.monotonic() - self.beat_at >= self.beat_every:
+            _call(self.agent_sock, 10**9 + rid, "heartbeat", {"agents": [self.agent]})
+            self.beat_at = time.monotonic()
         return _call(self.sock(name), rid, op, self.body(op, name, value))
 
     def close(self) -> None:

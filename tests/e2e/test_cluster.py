@@ -620,6 +620,37 @@ def test_etcd_member_losses_one_is_survived_two_refuse_writes_then_resume(
     assert final["value"] == "back" and final["version"] in (22, 23)  # "lost?" maybe applied
 
 
+def test_a_hello_waiting_on_a_slow_directory_claim_is_not_reaped_as_silent(
+        lonely_cluster: Cluster) -> None:
+    """etcd paused for longer than the test agents' gone window (0.2 s x 3 + 0.5 s) while a
+    hello waits on its directory claim: the agent could not heartbeat before its answer, so
+    it must not be swept as gone (it was, and its hello was answered with a revoked
+    credential: bench clients then met not_registered on their first write)."""
+    cl = lonely_cluster
+    cl.start("a", workers=1, timeout=8.0)
+    events = Events(cl.nodes["a"].event_endpoint, "agent.")
+    a = cl.client("a")
+    done: list[Any] = []
+    for i in range(3):
+        cl.etcd.pause(i)
+    try:
+        t = threading.Thread(target=lambda: done.append(a.register("slowpoke")))
+        t.start()
+        time.sleep(2.0)  # the claim waits on etcd for the whole pause
+    finally:
+        for i in range(3):
+            cl.etcd.resume(i)
+    t.join(30)
+    assert done and done[0]["agent"] == "slowpoke"
+    a.create_var("slowpoke", "after-slow-claim", 1)  # its credential was not revoked
+    assert a.set_var("slowpoke", "after-slow-claim", 2)["version"] == 2
+    listed = cl.nodes["a"].call("agents.list")
+    assert "slowpoke" in [r["id"] for r in listed["agents"]], listed
+    events.close()
+    gone = [body for topic, body in events.items if topic == "agent.gone"]
+    assert not gone, gone
+
+
 def test_a_partitioned_node_acknowledges_no_write_and_rejoins(
         lonely_cluster: Cluster) -> None:
     """Node b talks to one etcd member only; pausing that member cuts b off (it is there but
