@@ -182,40 +182,50 @@ def solve_milp(bids: list[Bid], n_items: int, time_limit: float = 10.0,
                skip_bidder: int | None = None) -> Solution:
     """The same problem for scipy.optimize.milp (HiGHS): maximise sum(v x) subject to each
     item in at most one chosen bid and each bidder winning at most one, x binary."""
+    idx = [i for i, b in enumerate(bids) if b.value > 0 and b.bidder != skip_bidder and b.items]
+    row_of = {b: n_items + k for k, b in enumerate(sorted({bids[i].bidder for i in idx}))}
+    columns = [[*((j, 1) for j in range(n_items) if bids[i].items >> j & 1),
+                (row_of[bids[i].bidder], 1)] for i in idx]
+    chosen, value, proven, bound, nodes = milp_columns(
+        [bids[i].value for i in idx], columns, [1] * (n_items + len(row_of)), time_limit)
+    return Solution(value, sorted(idx[k] for k in chosen), proven, bound, nodes, "milp")
+
+
+def milp_columns(values: list[float], columns: list[list[tuple[int, int]]], rhs: list[int],
+                 time_limit: float) -> tuple[list[int], float, bool, float, int]:
+    """Maximise sum(values[k] x_k), x binary, subject to sum over k of the (row, coefficient)
+    entries of column k <= rhs[row]: the packing problem both winner determinations pose
+    (wdp_multi.py's rows hold item units). Returns (chosen columns, value, proven optimal,
+    proven upper bound, nodes)."""
+    if not values:
+        return [], 0.0, True, 0.0, 0
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
 
-    idx = [i for i, b in enumerate(bids) if b.value > 0 and b.bidder != skip_bidder and b.items]
-    if not idx:
-        return Solution(0.0, [], True, 0.0, 0, "milp")
-    bidders = sorted({bids[i].bidder for i in idx})
-    row_of = {b: n_items + k for k, b in enumerate(bidders)}
-    rows, cols = [], []
-    for col, i in enumerate(idx):
-        for j in range(n_items):
-            if bids[i].items >> j & 1:
-                rows.append(j)
-                cols.append(col)
-        rows.append(row_of[bids[i].bidder])
-        cols.append(col)
-    a = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_items + len(bidders), len(idx)))
-    c = -np.array([bids[i].value for i in idx])
+    rows, cols, coefs = [], [], []
+    for col, entries in enumerate(columns):
+        for row, coef in entries:
+            rows.append(row)
+            cols.append(col)
+            coefs.append(coef)
+    a = coo_matrix((np.array(coefs, dtype=float), (rows, cols)), shape=(len(rhs), len(values)))
+    c = -np.array(values, dtype=float)
     # mip_rel_gap 0: HiGHS stops on "optimal" only when its dual bound meets the incumbent
     # (to its absolute gap tolerance, MILP_ABS_GAP), not at its default 0.01% relative gap,
     # which let `optimal: true` stand beside a non-zero gap.
-    res = milp(c, constraints=LinearConstraint(a.tocsr(), -np.inf, 1),
-               integrality=np.ones(len(idx)), bounds=Bounds(0, 1),
+    res = milp(c, constraints=LinearConstraint(a.tocsr(), -np.inf, np.array(rhs, dtype=float)),
+               integrality=np.ones(len(values)), bounds=Bounds(0, 1),
                options={"time_limit": max(0.001, time_limit), "mip_rel_gap": 0.0})
     nodes = int(getattr(res, "mip_node_count", 0) or 0)
     if res.x is None:  # no feasible point found in time: "sell nothing" is, bound unknown
-        return Solution(0.0, [], False, float(-c.sum()), nodes, "milp")
-    chosen = sorted(idx[k] for k, x in enumerate(res.x) if x > 0.5)
-    value = float(sum(bids[i].value for i in chosen))
+        return [], 0.0, False, float(-c.sum()), nodes
+    chosen = [k for k, x in enumerate(res.x) if x > 0.5]
+    value = float(sum(values[k] for k in chosen))
     dual = getattr(res, "mip_dual_bound", None)
     bound = max(value, -float(dual)) if dual is not None and np.isfinite(dual) else \
         float(-c.sum())
     proven = res.status == 0 and bound - value <= MILP_ABS_GAP
     if proven:
         bound = value  # within the solver's tolerance: the allocation is optimal
-    return Solution(value, chosen, proven, bound, nodes, "milp")
+    return chosen, value, proven, bound, nodes

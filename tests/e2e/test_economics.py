@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from mabeamd.client import Agent, AsyncClient, Conflict, Invitation
+from mabeamd.client.errors import MabeamError
 from mabeamd.testing import Daemon
 from tests.e2e.test_sessions import Scripted, run
 
@@ -82,7 +83,7 @@ def test_english_and_dutch_clocks_with_live_bidders(daemon: Daemon) -> None:
                  "a3": {"english": stay_up_to(30), "dutch": accept_at(33)}}, scenario)
 
 
-def bundles(*bs: tuple[list[str], float]) -> Any:
+def bundles(*bs: tuple[list[str] | dict[str, int], float]) -> Any:
     return lambda inv: {"bids": [{"items": i, "price": p} for i, p in bs]}
 
 
@@ -102,6 +103,41 @@ def test_combinatorial_vcg_with_reserves_end_to_end(daemon: Daemon) -> None:
     run(daemon, {"a1": {"combinatorial": bundles((["x", "y"], 10))},
                  "a2": {"combinatorial": bundles((["x"], 6))},
                  "a3": {"combinatorial": bundles((["y"], 5), (["x"], 2))}}, scenario)
+
+
+def test_multiunit_combinatorial_with_live_bidders(daemon: Daemon) -> None:
+    """Two identical chairs and a table; a bid for more chairs than exist is refused at
+    once and changes nothing."""
+    async def scenario(c: AsyncClient, agents: dict[str, Scripted]) -> None:
+        await c.create_var("boss", "{furniture}.allocation", None)
+        await c.register("greedy", ["p"])
+        started = await c.start_session(
+            "boss", "combinatorial", participants=["a1", "a2", "a3", "greedy"],
+            variables=["{furniture}.allocation"], deadline=5, wait=False,
+            params={"items": {"chair": 2, "table": 1}, "reserve": {"chair": 1}})
+        sid = started["session"]
+        push = await c.next_push()
+        while push.op != "session.invite":
+            push = await c.next_push()
+        assert push.body["body"]["items"] == {"chair": 2, "table": 1}
+        with pytest.raises(MabeamError, match="more units than exist: 3 of 'chair'"):
+            await c.respond("greedy", sid, push.body["round"],
+                            {"bids": [{"items": {"chair": 3}, "price": 99}]})
+        await c.respond("greedy", sid, push.body["round"], {"pass": True})
+        end = await c.get_session(sid)
+        while end["state"] not in ("applied", "failed", "timed_out"):
+            await asyncio.sleep(0.02)
+            end = await c.get_session(sid)
+        assert end["state"] == "applied", end
+        res = end["result"]
+        assert res["allocation"] == {"a2": {"chair": 1}, "a3": {"chair": 1, "table": 1}}
+        assert res["payments"] == {"a2": 2.0, "a3": 6.0} and res["optimal"]
+        var = await c.get_var("{furniture}.allocation", local=False)
+        assert var["value"]["allocation"] == {"chair": {"a2": 1, "a3": 1},
+                                              "table": {"a3": 1}}
+    run(daemon, {"a1": {"combinatorial": bundles(({"chair": 2, "table": 1}, 10))},
+                 "a2": {"combinatorial": bundles((["chair"], 4))},
+                 "a3": {"combinatorial": bundles(({"chair": 1, "table": 1}, 8))}}, scenario)
 
 
 def test_call_market_supply_demand_and_fisher_with_live_agents(daemon: Daemon) -> None:
