@@ -265,7 +265,8 @@ class _Solver:
             got = solve_multi(self.multi_bids, self.capacity, self.time_limit, self.solver,
                               skip_bidder=skip, incumbent=incumbent)
         else:
-            got = solve(self.bids, self.n_items, self.time_limit, self.solver, skip)
+            got = solve(self.bids, self.n_items, self.time_limit, self.solver, skip,
+                        incumbent=incumbent)
         self.solves += 1
         self.nodes += got.nodes
         return got

@@ -54,14 +54,17 @@ class _Timeout(Exception):
 
 
 def solve(bids: list[Bid], n_items: int, time_limit: float = 10.0, solver: str = "bnb",
-          skip_bidder: int | None = None) -> Solution:
+          skip_bidder: int | None = None, *, incumbent: list[int] | None = None) -> Solution:
     """Solve over `bids`, leaving out every bid of `skip_bidder` (for VCG). `solver`: bnb,
-    milp, or auto (milp when scipy is installed, else bnb)."""
+    milp, or auto (milp when scipy is installed, else bnb). `incumbent`: indices of a
+    feasible set of bids (none of `skip_bidder`'s) the branch and bound starts from, in
+    place of its greedy one when it is worth more (VCG: the best allocation less the
+    winner's bid); it prunes without changing which allocation is kept."""
     if solver == "auto":
         solver = "milp" if milp_available() else "bnb"
     if solver == "milp":
         return solve_milp(bids, n_items, time_limit, skip_bidder)
-    return _BranchAndBound(bids, n_items, skip_bidder).run(time_limit)
+    return _BranchAndBound(bids, n_items, skip_bidder).run(time_limit, incumbent)
 
 
 class _BranchAndBound:
@@ -131,7 +134,7 @@ class _BranchAndBound:
                 chosen.append(i)
         return value, chosen
 
-    def run(self, time_limit: float) -> Solution:
+    def run(self, time_limit: float, incumbent: list[int] | None = None) -> Solution:
         self.deadline = time.monotonic() + time_limit
         root = self.bound(0, 0)
         optimal = True
@@ -139,6 +142,9 @@ class _BranchAndBound:
         # yet the search still finds (and keeps) the first best allocation in its own order,
         # so the tie rule above holds. Kept only if the search finds nothing better.
         g_value, g_set = self.greedy()
+        given = [i for i in incumbent or () if i in self.val]
+        if sum(self.val[i] for i in given) > g_value:
+            g_value, g_set = sum(self.val[i] for i in given), sorted(given)
         self.best = g_value - 1e-6 * max(1.0, g_value)
         self.best_set = g_set
         try:

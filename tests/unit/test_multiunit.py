@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mabeam_auctions.combinatorial import Combinatorial, verify_allocation
-from mabeam_auctions.wdp import milp_available
+from mabeam_auctions.wdp import Bid, milp_available, solve
 from mabeam_auctions.wdp_multi import MultiBid, solve_multi
 
 from mabeamd.protocol import ProtocolError
@@ -182,6 +182,20 @@ def test_the_warm_start_keeps_the_allocation_and_saves_nodes() -> None:
         seed = [i for i in best.chosen if bids[i].bidder != skip]
         cold = solve_multi(bids, capacity, skip_bidder=skip)
         warm = solve_multi(bids, capacity, skip_bidder=skip, incumbent=seed)
+        assert (warm.value, warm.chosen) == (cold.value, cold.chosen)
+        assert warm.optimal and warm.nodes <= cold.nodes
+
+
+def test_the_single_unit_search_takes_the_warm_start_too() -> None:
+    rng = random.Random(9)
+    bids = [Bid(k % 15, sum(1 << j for j in rng.sample(range(10), rng.randint(1, 4))),
+                float(rng.randint(5, 60))) for k in range(60)]
+    best = solve(bids, 10)
+    assert best.optimal
+    for skip in {bids[i].bidder for i in best.chosen}:
+        seed = [i for i in best.chosen if bids[i].bidder != skip]
+        cold = solve(bids, 10, skip_bidder=skip)
+        warm = solve(bids, 10, skip_bidder=skip, incumbent=seed)
         assert (warm.value, warm.chosen) == (cold.value, cold.chosen)
         assert warm.optimal and warm.nodes <= cold.nodes
 
