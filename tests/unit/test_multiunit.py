@@ -4,7 +4,9 @@ force over every XOR-feasible set of bids; input checks; ties; the VCG warm star
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 import random
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mabeam_auctions.combinatorial import Combinatorial, verify_allocation
-from mabeam_auctions.wdp import Bid, milp_available, solve
+from mabeam_auctions.wdp import Bid, milp_available, solve, undominated
 from mabeam_auctions.wdp_multi import MultiBid, solve_multi
 
 from mabeamd.protocol import ProtocolError
@@ -214,3 +216,50 @@ def test_a_time_limit_returns_a_feasible_allocation_with_a_proven_bound() -> Non
     assert all(u <= c for u, c in zip(used, capacity, strict=True))
     assert got.bound >= got.value - 1e-9
     assert got.optimal or got.gap > 0
+
+
+def test_dominated_bids_are_left_out_only_when_safe() -> None:
+    x, y, z = 1, 2, 4
+    bids = [Bid(0, x | y, 5.0),   # 0: dominated by its own bidder's bid 1 (x, worth more)
+            Bid(0, x, 6.0),       # 1
+            Bid(1, y | z, 3.0),   # 2: dominated by bid 3 of bidder 2, who bids nothing else
+            Bid(2, z, 4.0),       # 3
+            Bid(3, x | y, 2.0),   # 4: bid 1 (x, 6) is worth more, but bidder 0 bids twice
+            Bid(4, z, 9.0),       # 5
+            Bid(4, y, 1.0)]       # 6
+    assert undominated(bids) == [1, 3, 4, 5, 6]
+    # without bidder 2 nothing dominates bid 2 any more
+    assert undominated(bids, skip_bidder=2) == [1, 2, 4, 5, 6]
+    # worth the same is not strictly more: both kept (the tie rule decides between them)
+    assert undominated([Bid(0, x | y, 4.0), Bid(1, x, 4.0)]) == [0, 1]
+    assert solve(bids, 3).value == solve(bids, 3, solver="bnb").value == 15.0  # 1 + 5 (x, z)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 10**6))
+def test_the_reduction_keeps_every_optimal_value(seed: int) -> None:
+    rng = random.Random(seed)
+    bids = [Bid(rng.randrange(8), sum(1 << j for j in rng.sample(range(6), rng.randint(1, 3))),
+                float(rng.randint(1, 20))) for _ in range(rng.randint(1, 14))]
+    kept = undominated(bids)
+    for skip in [None, *range(8)]:
+        full = solve(bids, 6, skip_bidder=skip).value
+        mine = undominated(bids, skip)
+        assert set(mine) <= set(range(len(bids)))
+        # brute force over all bids and over the kept ones give the same optimum
+        assert brute(bids, skip) == pytest.approx(full) == pytest.approx(
+            brute([bids[i] for i in mine], skip))
+    assert len(kept) <= len(bids)
+
+
+def brute(bids: list[Bid], skip: int | None) -> float:
+    best = 0.0
+    live = [b for b in bids if b.bidder != skip]
+    for r in range(len(live) + 1):
+        for combo in itertools.combinations(live, r):
+            who = [b.bidder for b in combo]
+            items = [b.items for b in combo]
+            if len(set(who)) == len(who) and sum(items) == functools.reduce(
+                    operator.or_, items, 0):
+                best = max(best, sum(b.value for b in combo))
+    return best
