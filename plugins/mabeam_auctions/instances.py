@@ -248,7 +248,7 @@ def _xor_bundles(goods: int, n_bids: int, rng: random.Random, p: dict[str, Any],
                     w[x] += weight(g, x, pn)
 
         def value(b: list[int], private: list[float] = private) -> float:
-            return sum(common[g] + private[g] for g in b) + float(len(b)) ** s
+            return sum(common[g] + private[g] for g in b) + math.pow(len(b), s)
 
         first = [_pick(rng, pn)]
         grow(first, None)
