@@ -275,11 +275,16 @@ def _xor_bundles(goods: int, n_bids: int, rng: random.Random, p: dict[str, Any],
     return out
 
 
-def regions(goods: int, bids: int, rng: random.Random, **kw: Any) -> _Bids:
-    p = {**REGIONS, **kw}
+def regions_map(goods: int, rng: random.Random, p: dict[str, Any]) -> list[set[int]]:
     adj = grid(goods, rng, p["remove_neighbor"], p["additional_neighbor"])
     while goods > 1 and not all(adj):  # CATS draws the map again if a good is isolated
         adj = grid(goods, rng, p["remove_neighbor"], p["additional_neighbor"])
+    return adj
+
+
+def regions(goods: int, bids: int, rng: random.Random, **kw: Any) -> _Bids:
+    p = {**REGIONS, **kw}
+    adj = regions_map(goods, rng, p)
     return _xor_bundles(goods, bids, rng, p, weight=lambda a, g, pn: pn[g] if g in adj[a]
                         else 0.0, jump=p["jump_prob"])
 
@@ -498,15 +503,33 @@ def check(dist: str, goods: int, bids: int) -> None:
         raise ValueError("bids must be an integer in 1..1000000")
 
 
+def _rng(dist: str, goods: int, bids: int, seed: int) -> random.Random:
+    return random.Random(f"{dist}/{goods}/{bids}/{seed}")
+
+
 def generate(dist: str, goods: int, bids: int, seed: int, **params: Any) -> str:
     """CATS file text of `bids` bids on `goods` goods from `dist`, drawn from seed alone.
     `params` override the distribution's defaults (names as in the module docstring)."""
     check(dist, goods, bids)
-    rng = random.Random(f"{dist}/{goods}/{bids}/{seed}")
+    rng = _rng(dist, goods, bids, seed)
     made = GENERATORS[dist](goods, bids, rng, **params)
     extra = "".join(f", {k}={v}" for k, v in sorted(params.items()))
     return made.text(goods, f"mabeam_auctions.instances {dist} goods={goods} bids={bids} "
                             f"seed={seed}{extra}")
+
+
+def layout(dist: str, goods: int, bids: int, seed: int,
+           **params: Any) -> dict[int, set[int]]:
+    """The geometry behind an instance generate(...) gives, for checking it: regions' map
+    (good: its neighbouring goods) or paths' roads (good: the two cities it joins)."""
+    check(dist, goods, bids)
+    rng = _rng(dist, goods, bids, seed)
+    if dist == "regions":
+        return dict(enumerate(regions_map(goods, rng, {**REGIONS, **params})))
+    if dist == "paths":
+        return {good: set(ends) for ends, good in road_graph(goods, rng,
+                                                             {**PATHS, **params})[1].items()}
+    raise ValueError(f"{dist} has no layout (regions and paths do)")
 
 
 def generate_input(dist: str, goods: int, bids: int, seed: int,
