@@ -13,7 +13,8 @@ come out (the last bidder's substitutes are cut to fit).
 Common to the XOR bidders (regions, arbitrary, paths, matching, scheduling): a bid that
 another bid of the same bidder dominates (a subset of its goods at a price at least as high)
 is dropped, as CATS' `remove_dominated_bids` does; for single bids (legacy, one-bid bidders)
-the rule is applied against all single bids.
+the rule is applied against all single bids. paths, as CATS, skips this when bidders may
+bid on more than one path (max_bid_set_size > 1, the default).
 
 regions (real estate; paper 4.2): goods on a grid of rows = floor(sqrt(N)) and
     ceil(N / rows) columns (CATS cuts N down to floor(sqrt(N))^2 instead: we keep N and leave
@@ -41,11 +42,11 @@ paths (transport links; paper 4.1): cities = max(3, floor(1.2 N / edge_density 3
     costs its length and a new one building_penalty 1.7 x its length, adding the new roads
     on it. CATS goes on to edge_density x cities roads and then drops the roads no bid
     names; we stop at exactly N roads (some may stay unbid; a city count that stalls is
-    raised by one, as in CATS). A bidder picks two cities, draws d ~ U[1,
-    shipping_cost_factor 1.5], and bids on the max_bid_set_size 5 cheapest simple paths of
-    cost (sum of road lengths) below d x the straight-line distance; price = that limit
-    minus the path's cost. A bidder with no such path bids nothing. Prices are scaled x1000
-    (the unit square makes them small).
+    raised by one, and a map that is not connected drawn again, as in CATS). A bidder
+    picks two cities, draws d ~ U[1, shipping_cost_factor 1.5], and bids on the
+    max_bid_set_size 5 cheapest simple paths of cost (sum of road lengths) below d x the
+    straight-line distance; price = that limit minus the path's cost. A bidder with no
+    such path bids nothing. Prices are scaled x1000 (the unit square makes them small).
 matching (airport slots; paper 4.4, the FAA take-off and landing setting): 4 airports at
     CATS' coordinates (ORD, DCA, JFK, LGA; no JFK-LGA flights); goods are (time, airport)
     slots, good = (t - 1) * 4 + airport for t in 1..floor(N / 4) (with N % 4 != 0 the last
@@ -102,8 +103,9 @@ Bidder = list[tuple[list[int], float]]
 class _Bids:
     """The bid list being built: XOR bidders' sets, dominance removal, the exact count."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, dominance: bool = True) -> None:
         self.target = target
+        self.dominance = dominance
         self.bidders: list[Bidder] = []
         self.count = 0
 
@@ -111,6 +113,11 @@ class _Bids:
         return self.count >= self.target
 
     def add(self, bids: Bidder) -> None:
+        if not self.dominance:
+            if bids:
+                self.bidders.append(bids)
+                self.count += len(bids)
+            return
         kept: Bidder = []
         for goods, price in bids:  # within one bidder: drop dominated, keep first of equals
             g = set(goods)
@@ -215,7 +222,7 @@ def _xor_bundles(goods: int, n_bids: int, rng: random.Random, p: dict[str, Any],
     attempts = 0
     while not out.full():
         attempts += 1
-        if attempts > 1000 * n_bids:
+        if attempts > 200 * n_bids + 1000:
             raise ValueError("generation stalled: too few valid bundles")
         private = [rng.uniform(-dev * top, dev * top) for _ in range(goods)]
         pn = [x + dev * top for x in private]
@@ -350,9 +357,18 @@ def road_graph(goods: int, rng: random.Random, p: dict[str, Any]
         while len(roads) < goods and idle <= cities:
             a, b = rng.sample(range(cities), 2)
             idle = 0 if build(a, b) else idle + 1
-        if len(roads) == goods:
+        if len(roads) < goods:
+            cities += 1  # stalled (CATS: more cities and again)
+            continue
+        reach, todo = {0}, [0]
+        while todo:
+            u = todo.pop()
+            for v in range(cities):
+                if v not in reach and (min(u, v), max(u, v)) in roads:
+                    reach.add(v)
+                    todo.append(v)
+        if len(reach) == cities:  # CATS draws again when the map is not connected
             return pts, roads
-        cities += 1  # stalled (CATS: more cities and again)
 
 
 def paths(goods: int, n_bids: int, rng: random.Random, **kw: Any) -> _Bids:
@@ -362,11 +378,11 @@ def paths(goods: int, n_bids: int, rng: random.Random, **kw: Any) -> _Bids:
     for a, b in roads:
         adj.setdefault(a, []).append(b)
         adj.setdefault(b, []).append(a)
-    out = _Bids(n_bids)
+    out = _Bids(n_bids, dominance=p["max_bid_set_size"] == 1)  # as CATS
     attempts = 0
     while not out.full():
         attempts += 1
-        if attempts > 1000 * n_bids:
+        if attempts > 200 * n_bids + 1000:
             raise ValueError("generation stalled: no paths found")
         src, dst = rng.sample(range(len(pts)), 2)
         limit = rng.uniform(1, p["shipping_cost_factor"]) * math.dist(pts[src], pts[dst])
@@ -471,7 +487,7 @@ def legacy(goods: int, n_bids: int, rng: random.Random, size: Callable[[], int],
     attempts = 0
     while not out.full():
         attempts += 1
-        if attempts > 1000 * n_bids:
+        if attempts > 200 * n_bids + 1000:
             raise ValueError("generation stalled: too many dominated bids")
         n = size()
         out.add([(rng.sample(range(goods), n), _price(price(n)))])
@@ -501,6 +517,10 @@ def check(dist: str, goods: int, bids: int) -> None:
         raise ValueError(f"goods must be an integer in {low}..10000 for {dist}")
     if not isinstance(bids, int) or bids < 1 or bids > 1_000_000:
         raise ValueError("bids must be an integer in 1..1000000")
+    if dist == "L3" and bids > math.comb(goods, min(3, goods)):
+        # distinct non-dominated 3-good bids: at most one per 3-good set
+        raise ValueError(f"L3 on {goods} goods has at most {math.comb(goods, min(3, goods))} "
+                         "bids (one per 3-good set)")
 
 
 def _rng(dist: str, goods: int, bids: int, seed: int) -> random.Random:

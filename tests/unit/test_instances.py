@@ -224,7 +224,7 @@ def test_cli_prints_cats_or_json(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("argv", [
     ["nonsense"], ["regions", "--goods", "x"], ["regions", "--goods", "0"],
     ["paths", "--goods", "2"], ["matching", "--goods", "7"], ["L2", "--bids", "0"],
-    ["L2", "--seed", "1.5"], [], ["L2", "--frobnicate"]])
+    ["L2", "--seed", "1.5"], [], ["L2", "--frobnicate"], ["L3", "--goods", "8", "--bids", "57"]])
 def test_cli_errors_exit_2_with_one_line(argv: list[str],
                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
