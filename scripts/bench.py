@@ -42,6 +42,7 @@ from benchkit import (
     session_rows,
     var_rows,
     voting_rows,
+    wdp_rows,
 )
 from benchkit.stats import fmt
 from mabeamd import __version__
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         ("exchange market", lambda: market_rows.exchange(2 if q else 20, 1 if q else reps)),
         ("voting rules", lambda: voting_rows.rules(2 if q else 20, 1 if q else reps,
                                                    voters=100 if q else 1000)),
+        # generated CATS-style instances, one row per distribution, scipy milp as the peer
+        ("winner determination",
+         lambda: wdp_rows.rows(30 if q else 100, 100 if q else 500, 2 if q else 10)),
         # 3 etcd members + 3 nodes x 1 worker (skipped with a note without etcd or aetcd).
         ("cluster mode",
          lambda: cluster_rows.cluster(300 if q else 1000, reps,
