@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import subprocess
 import sys
 from collections import defaultdict
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from mabeam_auctions.cats import parse_cats
 from mabeam_auctions.combinatorial import Combinatorial
@@ -75,6 +76,8 @@ def test_deterministic_exact_and_valid(dist: str) -> None:
 @given(st.sampled_from(DISTRIBUTIONS), st.integers(8, 24), st.integers(1, 60),
        st.integers(0, 2**32))
 def test_any_small_instance_is_valid(dist: str, goods: int, n_bids: int, seed: int) -> None:
+    # L3 has one bid per 3-good set at most (and says so: test_l3_refuses_more_bids...)
+    assume(dist != "L3" or n_bids <= math.comb(goods, 3))
     check_valid(generate(dist, goods, n_bids, seed), goods, n_bids)
 
 
@@ -241,3 +244,9 @@ def test_cli_as_a_module() -> None:
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "unknown distribution" in bad.stderr
+
+
+def test_l3_refuses_more_bids_than_3_good_sets() -> None:
+    with pytest.raises(ValueError, match="L3 on 8 goods has at most 56 bids"):
+        generate("L3", 8, 57, 0)
+    check_valid(generate("L3", 8, 56, 0), 8, 56)
