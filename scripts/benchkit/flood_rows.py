@@ -7,16 +7,13 @@ does (the flood refused, the victim never), this row how much the flood still co
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import zmq
 
 from benchkit import Row
-from benchkit.flooder import PATH as FLOODER
+from benchkit.flooder import flooding
 from benchkit.var_rows import _call
 from mabeamd.testing import Daemon
 
@@ -55,24 +52,8 @@ def flood(rounds: int, samples: int) -> Row:
         quiet, flooded = [], []
         for r in range(rounds):
             quiet.append(p95())
-            flooder = subprocess.Popen([sys.executable, str(FLOODER), d.agent_endpoint,
-                                        f"flooder-{r}", str(FLOOD_RATE)],
-                                       stdout=subprocess.PIPE, text=True)
-            try:
-                # niced: what is measured is the daemon's isolation, not the kernel
-                # sharing two cores between the flooder and the victim
-                os.setpriority(os.PRIO_PROCESS, flooder.pid, 19)
-                assert flooder.stdout is not None and flooder.stdout.readline() == "flooding\n"
-                mark = _limited(d)
-
-                def refused(m: int = mark) -> bool:
-                    return _limited(d) > m + 100
-
-                d.wait_until(refused, what="the flood refused")
+            with flooding(d, f"flooder-{r}", FLOOD_RATE):
                 flooded.append(p95())
-            finally:
-                flooder.terminate()
-                flooder.wait(10)
     finally:
         s.close()
         ctx.term()
@@ -87,6 +68,3 @@ def flood(rounds: int, samples: int) -> Row:
                     "p99 columns = the worst round",
                extra={"ratios": ratios, "quiet_p95_s": quiet, "flooded_p95_s": flooded})
 
-
-def _limited(d: Daemon) -> int:
-    return int(d.call("status")["agent_traffic"]["rate_limited"])

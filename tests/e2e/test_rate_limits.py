@@ -6,9 +6,7 @@ agent refused while the others are served (how much slower they get: scripts/ben
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -26,7 +24,8 @@ from mabeamd.net import wire
 from mabeamd.storage.sharding import shard_of
 from mabeamd.testing import ENDPOINTS, ROOT, Daemon, free_port
 
-FLOODER = ROOT / "scripts" / "benchkit" / "flooder.py"
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchkit.flooder import flooding  # scripts/benchkit: the flooder the bench row uses too
 
 
 class Wire:
@@ -304,15 +303,7 @@ agent_requests_burst = {int(LIMIT)}
     shares: list[float] = []  # of the flood's requests, refused
     limited_before = d.call("status")["agent_traffic"]["rate_limited"]
     for r in range(ROUNDS):
-        flooder = subprocess.Popen([sys.executable, str(FLOODER), d.agent_endpoint,
-                                    f"flooder-{r}", str(FLOOD_RATE)],
-                                   stdout=subprocess.PIPE, text=True)
-        try:
-            os.setpriority(os.PRIO_PROCESS, flooder.pid, 19)
-            assert flooder.stdout is not None and flooder.stdout.readline() == "flooding\n"
-            mark = d.call("status")["agent_traffic"]["rate_limited"]
-            d.wait_until(lambda m=mark: d.call("status")["agent_traffic"]["rate_limited"]
-                         > m + 100, what="the flood being refused")
+        with flooding(d, f"flooder-{r}", FLOOD_RATE):
             before, t0 = d.call("status")["agent_traffic"], time.monotonic()
             for _ in range(SAMPLES):  # the victim's reads: every one answered ok
                 bare.ok(s, "var.get", {"name": "victim/v"})
@@ -323,9 +314,6 @@ agent_requests_burst = {int(LIMIT)}
             sent = after["requests"] - before["requests"] - SAMPLES
             rates.append(sent / (time.monotonic() - t0))
             shares.append((after["rate_limited"] - before["rate_limited"]) / sent)
-        finally:
-            flooder.terminate()
-            flooder.wait(10)
     refused = d.call("status")["agent_traffic"]["rate_limited"] - limited_before
     report = (f"{refused} refused, flood rates {[round(r) for r in rates]}/s, refused "
               f"{[round(x, 2) for x in shares]}")
