@@ -51,12 +51,9 @@ def solve_multi(bids: Sequence[MultiBid], capacity: Sequence[int], time_limit: f
     idx = [i for i, b in enumerate(bids) if b.value > 0 and b.bidder != skip_bidder
            and b.units and all(q <= capacity[j] for j, q in b.units)]
     if solver == "milp":
-        rows = {b: len(capacity) + k for k, b in
-                enumerate(sorted({bids[i].bidder for i in idx}))}
-        columns = [[*bids[i].units, (rows[bids[i].bidder], 1)] for i in idx]
-        rhs = [*capacity, *([1] * len(rows))]
         chosen, value, proven, bound, nodes = milp_columns(
-            [bids[i].value for i in idx], columns, rhs, time_limit)
+            [bids[i].value for i in idx], [list(bids[i].units) for i in idx],
+            [bids[i].bidder for i in idx], list(capacity), time_limit)
         return Solution(value, sorted(idx[k] for k in chosen), proven, bound, nodes, "milp")
     return _Search(bids, capacity, idx).run(time_limit, incumbent)
 

@@ -29,27 +29,15 @@ def solver_bids(inputs: dict[str, Any]) -> tuple[list[Any], int]:
 
 def peer_milp(bids: list[Any], n_items: int, time_limit: float) -> tuple[float, bool]:
     """scipy.optimize.milp, default options but the time limit, on the formulation
-    wdp.solve_milp builds. (value, status == 0)."""
+    wdp.solve_milp builds (wdp.packing). (value, status == 0)."""
     import numpy as np
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import coo_matrix
+    from mabeam_auctions.wdp import item_entries, packing
+    from scipy.optimize import Bounds, milp
 
-    bidders = sorted({b.bidder for b in bids})
-    row_of = {b: n_items + k for k, b in enumerate(bidders)}
-    rows, cols = [], []
-    for col, b in enumerate(bids):
-        for j in range(n_items):
-            if b.items >> j & 1:
-                rows.append(j)
-                cols.append(col)
-        rows.append(row_of[b.bidder])
-        cols.append(col)
-    a = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_items + len(bidders),
-                                                              len(bids)))
-    c = -np.array([b.value for b in bids])
-    res = milp(c, constraints=LinearConstraint(a.tocsr(), -np.inf, 1),
-               integrality=np.ones(len(bids)), bounds=Bounds(0, 1),
-               options={"time_limit": time_limit})
+    c, constraints = packing([b.value for b in bids], [item_entries(b, n_items) for b in bids],
+                             [b.bidder for b in bids], [1] * n_items)
+    res = milp(c, constraints=constraints, integrality=np.ones(len(bids)),
+               bounds=Bounds(0, 1), options={"time_limit": time_limit})
     value = float(-res.fun) if res.x is not None else 0.0
     return value, res.status == 0
 
