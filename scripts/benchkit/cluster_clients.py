@@ -6,10 +6,12 @@ client does, and how the rows are built and compared."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -333,3 +335,44 @@ def fill_client(endpoint: str, count: int, refill: int, out: Any) -> None:
 # --- the set-up ----------------------------------------------------------------------------
 
 
+
+
+def etcd_watch_client(endpoints: list[str], ready: Any) -> None:
+    """A stand-in for one node's cache on the peer's keys: an aetcd client of its own that
+    watches RAW and unpacks every value (what a node's watch does with each write), until
+    terminated."""
+    import uvloop
+
+    async def run() -> None:
+        etcd = open_etcd(endpoints)
+        await etcd.connect()
+        watch = await etcd.watch_prefix(RAW)
+        ready.set()
+        async for event in watch:
+            if event.kind == "PUT":
+                wire.unpack(event.kv.value)
+
+    uvloop.run(run())
+
+
+@contextlib.contextmanager
+def raw_watchers(endpoints: list[str], count: int) -> Iterator[None]:
+    """`count` etcd_watch_client processes following the peer's keys while the block runs:
+    the same watch fan-out the nodes' caches give every cluster write."""
+    from benchkit.load import CTX
+
+    procs = []
+    try:
+        for _ in range(count):
+            ready = CTX.Event()
+            proc = CTX.Process(target=etcd_watch_client, args=(endpoints, ready), daemon=True)
+            proc.start()
+            procs.append(proc)
+            if not ready.wait(60):
+                raise RuntimeError("an etcd watcher process did not start its watch in 60 s")
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(10)

@@ -36,6 +36,7 @@ from benchkit.cluster_clients import (
     fill_client,
     lag_client,
     open_etcd,
+    raw_watchers,
     sdk_cas_client,
     sdk_client,
 )
@@ -50,6 +51,7 @@ CLUSTER = "bench"  # [cluster] name: the nodes' keys are under /mabeamd/bench/
 # Every row this module makes, for the "not run" rows when etcd or aetcd is missing.
 SET = "cluster var set, acknowledged (SDK on node A)"
 SET_PUT = "cluster var set vs a plain etcd put"
+SET_WATCHED = "cluster var set vs raw etcd txn under the same watch fan-out"
 CAS = "cluster CAS/s"
 CACHED = "cluster cached read (SDK, shared memory, node A)"
 CONSISTENT = "cluster consistent read (get_var consistent=True, node A)"
@@ -58,7 +60,8 @@ LAG_C = "cluster watch lag, write on A -> cached read on C"
 KEYS = "cluster etcd keys per variable"
 BYTES = "cluster etcd bytes per variable, just created"
 BYTES_FULL = f"cluster etcd bytes per variable, {HISTORY} past versions"
-METRICS = (SET, SET_PUT, CAS, CACHED, CONSISTENT, LAG_B, LAG_C, KEYS, BYTES, BYTES_FULL)
+METRICS = (SET, SET_PUT, SET_WATCHED, CAS, CACHED, CONSISTENT, LAG_B, LAG_C, KEYS, BYTES,
+           BYTES_FULL)
 
 
 def why_not() -> str:
@@ -165,13 +168,15 @@ def cluster(n: int, reps: int, *, cas_seconds: float, lag_writes: int, variables
         a = cb.endpoint("a")
         eps = cb.etcd.endpoints
         lat: dict[str, list[list[float]]] = {k: [] for k in
-                                             ("set", "txn", "put", "cget", "get", "shm",
-                                              "single", "hop")}
+                                             ("set", "txn", "txnw", "put", "cget", "get",
+                                              "shm", "single", "hop")}
         assert cb.single is not None
         for _ in range(reps):  # ours, then the peers, each repetition
             lat["set"].append(run_clients(sdk_client, [(a, "set", n, warmup)])[0])
             lat["txn"].append(run_clients(etcd_client, [(eps, "txn", n, warmup)])[0])
             lat["put"].append(run_clients(etcd_client, [(eps, "put", n, warmup)])[0])
+            with raw_watchers(eps, len(NODES)):  # as the nodes' caches follow our keys
+                lat["txnw"].append(run_clients(etcd_client, [(eps, "txn", n, warmup)])[0])
             lat["cget"].append(run_clients(sdk_client, [(a, "consistent", n, warmup)])[0])
             lat["get"].append(run_clients(etcd_client, [(eps, "get", n, warmup)])[0])
             lat["shm"].append(run_clients(mabeam_client, [(a, "shm", n, warmup)])[0])
@@ -222,6 +227,17 @@ def _latency_rows(lat: dict[str, list[list[float]]], record: int, sets: int,
                  note="the samples of the row above, against a plain put of the same value; "
                       f"the raw txn's p95 is {_p95(lat['txn']) / _p95(lat['put']):.2f}x the "
                       "put's"),
+        lat_row(SET_WATCHED, lat["set"], lat["txnw"], "raw etcd txn while 3 aetcd watchers "
+                "follow its keys",
+                note="the samples of the first row, against the raw txn while three watcher "
+                     "processes (one aetcd client each, unpacking every value) follow the "
+                     "peer's keys: the watch fan-out every cluster write carries (each "
+                     "node's cache watches the whole keyspace, the writing node's too). On "
+                     "one 2-core host the three watchers' wake-ups compete for the CPU with "
+                     "the etcd members and the writer; on separate hosts they would not, so "
+                     "this row is what our own path adds (the hop to the worker, the "
+                     "variable's state with its history as the value) and the first row "
+                     "adds this machine's fan-out cost on top"),
         lat_row(CACHED, lat["shm"], lat["single"], "single-node shm read (same run, 1 worker)",
                  goal="p95 = single node", note="Client.get_var: the node's list-then-watch "
                  "cache in its shared-memory segment; peer: the same client code on a "

@@ -45,7 +45,7 @@ def test_bench_quick_runs_and_writes_json() -> None:
     # installs it), else each says why not.
     cluster = [v for m, v in rows.items()
                if m.startswith("cluster ") and not m.startswith("cluster sim")]
-    assert len(cluster) == 12  # cluster_rows (10) and cluster_send_rows (2)
+    assert len(cluster) == 13  # cluster_rows (11) and cluster_send_rows (2)
     # The capacity simulation (cluster_sim.py): 3 nodes x 2 agent counts, then the slopes.
     sim = {m: v for m, v in rows.items() if m.startswith("cluster sim")}
     if etcd_binary() is not None:
