@@ -8,7 +8,8 @@
 """
 
 from mabeamd.client.agent import Agent, Invitation, Message, invitation, topic
-from mabeamd.client.aio import AsyncClient, Push, Registration
+from mabeamd.client.aio import AsyncClient
+from mabeamd.client.bodies import Push, Registration
 from mabeamd.client.errors import (
     BadRequest,
     Busy,

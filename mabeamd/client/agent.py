@@ -32,7 +32,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from mabeamd.client.aio import AsyncClient, Push
+from mabeamd.client.aio import AsyncClient
+from mabeamd.client.bodies import Push
 from mabeamd.client.errors import MabeamError
 
 log = logging.getLogger("mabeamd.agent")

@@ -18,12 +18,12 @@ import itertools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
+from mabeamd.client.bodies import Push, Registration, write_body
 from mabeamd.client.errors import (
     Busy,
     ConnectionLost,
@@ -36,7 +36,7 @@ from mabeamd.client.errors import (
     error_for,
 )
 from mabeamd.client.local import LocalReads
-from mabeamd.client.routes import Lost, NoRoute, Routes
+from mabeamd.client.routes import Lost, NoRoute, Routes, direct_fallback
 from mabeamd.net import wire
 from mabeamd.net.drain import UNBOUNDED, Drain, each, recv_ready_batch
 from mabeamd.net.frames import NOBLOCK, send_frames
@@ -45,58 +45,6 @@ from mabeamd.storage.sharding import shard_of
 log = logging.getLogger("mabeamd.client")
 BYE_WAIT = 1.0  # seconds close() gives the byes of its agents
 FAILOVER_AFTER = 2  # heartbeats in a row without an answer before the next endpoint is tried
-
-
-@dataclass
-class Push:
-    """A message the daemon sent unasked: `op` says what it is (e.g. "message")."""
-
-    op: str
-    id: int
-    body: dict[str, Any]
-
-
-@dataclass
-class Registration:
-    agent: str
-    capabilities: list[str] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    weight: float = 1.0
-    priority: int = 0
-    token: str | None = None
-    credential: str | None = None  # for writes on shard endpoints (from hello)
-
-    def hello(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"agent": self.agent, "capabilities": self.capabilities,
-                                "metadata": self.metadata, "weight": self.weight,
-                                "priority": self.priority}
-        if self.token:
-            body["token"] = self.token
-        return body
-
-
-def direct_fallback(exc: Exception, op: str, body: dict[str, Any], agent: str | None,
-                    shards: int = 0) -> None:
-    """Whether a request a shard route could not serve goes to the agent endpoint (return)
-    or fails (raise): no route, a worker still starting (`busy`), a stale credential
-    (`not_registered`) or a name the worker does not own (`wrong_shard`: a stale shard
-    count) mean nothing was done, so ask the arbiter; a connection lost with the request in
-    flight means a read can be asked again, a write may or may not have been applied."""
-    if isinstance(exc, Lost) and agent is not None:
-        raise Busy(f"{op}: the worker of {body['name']!r} went away while serving it; it may "
-                   "or may not have been applied: read it back, then retry", "busy") from None
-    if isinstance(exc, WrongShard):  # refused, so nothing done: the arbiter routes it right
-        log.warning("%s %r: %s (this client counts %s shards); sent through the agent "
-                    "endpoint instead", op, body["name"], exc.message, shards)
-
-
-def write_body(agent: str, name: str, expect_version: int | None = None,
-               **fields: Any) -> dict[str, Any]:
-    """The body of var.set / var.delete."""
-    body: dict[str, Any] = {"agent": agent, "name": name, **fields}
-    if expect_version is not None:
-        body["expect_version"] = expect_version
-    return body
 
 
 class AsyncClient:

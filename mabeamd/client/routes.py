@@ -30,6 +30,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from mabeamd.client.errors import Busy, WrongShard
 from mabeamd.net import wire
 from mabeamd.net.drain import UNBOUNDED, Drain, each
 from mabeamd.net.frames import NOBLOCK, recv_batch, recv_frames, send_frames
@@ -274,3 +275,18 @@ def _monitor_events(monitor: zmq.Socket[Any]) -> list[int]:
             events.append(int(recv_monitor_message(monitor, NOBLOCK)["event"]))
         except zmq.ZMQError:
             return events
+
+
+def direct_fallback(exc: Exception, op: str, body: dict[str, Any], agent: str | None,
+                    shards: int = 0) -> None:
+    """Whether a request a shard route could not serve goes to the agent endpoint (return)
+    or fails (raise): no route, a worker still starting (`busy`), a stale credential
+    (`not_registered`) or a name the worker does not own (`wrong_shard`: a stale shard
+    count) mean nothing was done, so ask the arbiter; a connection lost with the request in
+    flight means a read can be asked again, a write may or may not have been applied."""
+    if isinstance(exc, Lost) and agent is not None:
+        raise Busy(f"{op}: the worker of {body['name']!r} went away while serving it; it may "
+                   "or may not have been applied: read it back, then retry", "busy") from None
+    if isinstance(exc, WrongShard):  # refused, so nothing done: the arbiter routes it right
+        log.warning("%s %r: %s (this client counts %s shards); sent through the agent "
+                    "endpoint instead", op, body["name"], exc.message, shards)

@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 
 import zmq
 
-from mabeamd.client.aio import AsyncClient, Push, direct_fallback, write_body
+from mabeamd.client.aio import AsyncClient
+from mabeamd.client.bodies import Push, write_body
 from mabeamd.client.errors import Busy, NotRegistered, Timeout, WrongShard, result_of
-from mabeamd.client.routes import Lost, NoRoute, ThreadRoutes
+from mabeamd.client.routes import Lost, NoRoute, ThreadRoutes, direct_fallback
 from mabeamd.net import wire
 
 T = TypeVar("T")

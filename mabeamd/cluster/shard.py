@@ -19,16 +19,8 @@ the SDK's same-host reads work unchanged; what a cached read may miss is the oth
 writes of the last moments (docs/cluster.md measures the lag). `var.get` with
 `consistent: true` reads through etcd instead (linearizable).
 
-Coordination sessions run in the worker of their variables' shard, as on one node, and lock
-their variables cluster-wide: keys locks/SHARD/NAME, created together by one create-only
-transaction on this worker's own lease (so a worker or node that dies frees its sessions'
-locks when the lease runs out). Every write's transaction also requires the name's lock key to
-be absent, so another node's write to a locked variable is refused `conflict`. The outcome is
-one transaction that compares every lock (still this session's) and every written variable's
-mod_revision, then puts them all and deletes the locks: applied whole, or not at all -- even
-if the node dies half-way, since etcd applies a transaction atomically. A session may lock at
-most MAX_SESSION_VARIABLES variables (etcd's default --max-txn-ops is 128: a put and a delete
-per variable), and its outcome must fit in etcd's request limit.
+Coordination sessions lock their variables cluster-wide and apply their outcomes as one
+transaction: the session half of this class, in `cluster/locks.py`.
 
 The etcd value is the variable's whole state (value, metadata, the history of past versions,
 and the node that wrote it), msgpack. History is kept in the value rather than in etcd's own
@@ -60,6 +52,7 @@ from mabeamd.cluster.etcd import (
     unavailable,
 )
 from mabeamd.cluster.inorder import InOrder
+from mabeamd.cluster.locks import SessionLocks
 from mabeamd.cluster.pending import Pending
 from mabeamd.net import wire
 from mabeamd.net.wire import ErrorCode, Packed, WireError
@@ -76,13 +69,11 @@ from mabeamd.storage.variables import (
 log = logging.getLogger(__name__)
 
 ATTEMPTS: Final = 16  # transactions one write may lose to other nodes' writes before conflict
-MAX_SESSION_VARIABLES: Final = 64  # a put and a lock delete each: etcd's 128 ops a transaction
-MAX_OUTCOME_BYTES: Final = 1_400_000  # an outcome's transaction, under etcd's 1.5 MiB
 HISTORY_BYTES: Final = 256 << 10  # past versions kept in a variable's etcd value, at most
 RETRY_PAUSE: Final = 0.5  # seconds between attempts to re-open a broken watch
 
 
-class ClusterShard:
+class ClusterShard(SessionLocks):
     def __init__(self, index: int, shards: int, shm_dir: Path, shm_prefix: str, *,
                  etcd: list[str], cluster: str, node: str, timeout: float, history: int,
                  lease_ttl: int = 10,
@@ -120,9 +111,7 @@ class ClusterShard:
         self.lease_ttl = lease_ttl
         self.lease_id: int | None = None
         self._keeper: asyncio.Task[None] | None = None
-        self.session_locks: dict[str, tuple[list[str], bytes]] = {}  # session -> names, value
-        self.max_session_variables = MAX_SESSION_VARIABLES
-        self._unlocking: set[asyncio.Task[None]] = set()
+        self.init_locks()
 
     # --- start and stop ----------------------------------------------------------------------
 
@@ -470,118 +459,6 @@ class ClusterShard:
         return ({"name": name, "deleted": True, "version": effect["version"]},
                 {"name": name, "op": "delete", "version": effect["version"], "by": actor,
                  "node": self.node})
-
-    # --- coordination sessions (sessions/engine.py) ---------------------------------------
-
-    async def lock_session(self, session: str, names: list[str], *, wait: bool,
-                           deadline: float) -> None:
-        """Lock `names` cluster-wide for `session` (this node's engine has locked them here
-        already). Another node's session holding one: `conflict`, or with wait, try again
-        until `deadline` (monotonic; then asyncio.TimeoutError, as a queued session's)."""
-        if len(names) > self.max_session_variables:
-            raise WireError(ErrorCode.BAD_REQUEST, f"a session in cluster mode locks at most "
-                            f"{self.max_session_variables} variables (etcd's --max-txn-ops), "
-                            f"not {len(names)}")
-        value = msgpack.packb({"session": session, "node": self.node, "shard": self.index})
-        tx = self.etcd.transactions
-        locks = [self.keys.lock(self.index, n) for n in names]
-        while True:
-            try:
-                won, answers = await self.etcd.transaction(
-                    compare=[tx.version(k) == 0 for k in locks],
-                    success=[tx.put(k, value, lease=self.lease_id) for k in locks],
-                    failure=[tx.get(k) for k in locks])
-            except DOWN as exc:
-                raise unavailable(exc, f"locking {len(names)} variables") from None
-            if won:
-                self.session_locks[session] = (list(names), value)
-                return
-            held = [(n, msgpack.unpackb(a[0][0], raw=False))
-                    for n, a in zip(names, answers, strict=True) if a]
-            if not wait:
-                raise WireError(ErrorCode.CONFLICT, "variables locked by sessions on other "
-                                "nodes: " + ", ".join(f"{n} ({h.get('session')} on node "
-                                                      f"{h.get('node')})" for n, h in held))
-            if time.monotonic() >= deadline:
-                raise asyncio.TimeoutError
-            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-
-    def unlock_session(self, session: str) -> None:
-        """The session ended without an outcome applied: free its locks (in the background;
-        the lease frees them anyway should etcd not answer)."""
-        held = self.session_locks.pop(session, None)
-        if held is None:
-            return
-        names, value = held
-        tx = self.etcd.transactions
-
-        async def unlock() -> None:
-            with contextlib.suppress(*DOWN):
-                for n in names:
-                    k = self.keys.lock(self.index, n)
-                    await self.etcd.transaction(compare=[tx.value(k) == value],
-                                                success=[tx.delete(k)], failure=[])
-
-        task = asyncio.ensure_future(unlock())
-        self._unlocking.add(task)
-        task.add_done_callback(self._unlocking.discard)
-
-    async def apply_session(self, session: str, writes: dict[str, Any], now: float,
-                            ) -> list[dict[str, Any]]:
-        """The outcome, all or nothing: one transaction that requires every lock to be
-        still this session's and every written variable unchanged since, then writes them
-        all and frees the locks. Returns the `var.*` events; committed on return."""
-        actor = f"session:{session}"
-        names, lock_value = self.session_locks.get(session, ([], b""))
-        if not names:
-            raise WireError(ErrorCode.CONFLICT, f"session {session} holds no locks in etcd; "
-                            "nothing was applied")
-        for name in writes:
-            self.check_owner(name)
-        effects = [self.store.set(check_name(n), v, actor, now, via_session=True)
-                   for n, v in sorted(writes.items())]
-        states = [self._full_state(e) for e in effects]
-        values = [wire.pack(s) for s in states]
-        if sum(map(len, values)) > MAX_OUTCOME_BYTES:
-            raise WireError(ErrorCode.TOO_LARGE, f"the outcome's {sum(map(len, values))} "
-                            "bytes pass etcd's request limit; nothing was applied")
-        tx = self.etcd.transactions
-        keys = [self.keys.var(self.index, s["name"]) for s in states]
-        locks = [self.keys.lock(self.index, n) for n in names]
-        compare = [tx.value(k) == lock_value for k in locks] + \
-            [tx.mod(k) == self.revs.get(s["name"], 0) for k, s in zip(keys, states, strict=True)]
-        revision: int | None = 0
-        try:
-            won, answers = await self.etcd.transaction(
-                compare=compare,
-                success=[tx.put(k, v) for k, v in zip(keys, values, strict=True)] +
-                [tx.delete(k) for k in locks], failure=[])
-            if won and values:  # every key of one transaction has its revision
-                revision = answers[0].response_put.header.revision
-        except INVALID as exc:
-            raise refused(exc, f"session {session}'s outcome") from None
-        except DOWN as exc:
-            revision = await self._settle(states[0]["name"], keys[0], values[0], -1) \
-                if values else None
-            if not revision:
-                raise unavailable(exc, f"applying session {session}'s outcome",
-                                  applied=None) from None
-            won = True
-        if not won:
-            raise WireError(ErrorCode.CONFLICT, f"session {session}: its locks were lost (its "
-                            "worker's lease expired) or a variable changed; nothing was "
-                            "applied")
-        self.session_locks.pop(session, None)
-        assert revision is not None
-        events = []
-        for state, value in zip(states, values, strict=True):
-            name = state["name"]
-            if self._newer(name, revision):
-                var, _ = self._cache_put(name, value, revision)
-                self.segment.put_packed(name, wire.pack(var.public()))
-            events.append({"name": name, "op": "set", "version": state["version"],
-                           "by": actor, "value": state["value"], "node": self.node})
-        return events
 
     # --- figures -----------------------------------------------------------------------------
 

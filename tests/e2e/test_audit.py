@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from mabeamd.client import AsyncClient, Forbidden
-from mabeamd.client.aio import write_body
+from mabeamd.client.bodies import write_body
 from mabeamd.ctl.client import CommandFailed
 from mabeamd.ctl.sessions import local_protocols
 from mabeamd.observe.audit import canonical, record_hash

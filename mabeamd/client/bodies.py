@@ -1,0 +1,44 @@
+"""What both clients (aio.py, sync.py) hand the daemon and get from it unasked: an agent's
+registration as hello carries it, the body of a write, and a push."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Push:
+    """A message the daemon sent unasked: `op` says what it is (e.g. "message")."""
+
+    op: str
+    id: int
+    body: dict[str, Any]
+
+
+@dataclass
+class Registration:
+    agent: str
+    capabilities: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+    priority: int = 0
+    token: str | None = None
+    credential: str | None = None  # for writes on shard endpoints (from hello)
+
+    def hello(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"agent": self.agent, "capabilities": self.capabilities,
+                                "metadata": self.metadata, "weight": self.weight,
+                                "priority": self.priority}
+        if self.token:
+            body["token"] = self.token
+        return body
+
+
+def write_body(agent: str, name: str, expect_version: int | None = None,
+               **fields: Any) -> dict[str, Any]:
+    """The body of var.set / var.delete."""
+    body: dict[str, Any] = {"agent": agent, "name": name, **fields}
+    if expect_version is not None:
+        body["expect_version"] = expect_version
+    return body
