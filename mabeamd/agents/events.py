@@ -4,9 +4,9 @@ Each event is two frames: the topic (UTF-8, e.g. ``agent.registered``) and a msg
 with at least ``seq`` (one counter across all topics), ``family_seq`` (one counter per topic
 family, the text before the first dot: a subscriber to whole families, such as ``agent.``,
 can tell missed events from other families' events by it), ``time`` (UNIX seconds) and the
-event's fields. Subscribers filter by topic prefix (``agent.``, ``worker.``). ZeroMQ drops
-events for a subscriber that falls more than ``events.hwm`` behind; the sequence numbers let
-it see that it missed some.
+event's fields (in cluster mode also ``node``). Subscribers filter by topic prefix
+(``agent.``, ``worker.``). ZeroMQ drops events for a subscriber that falls more than
+``events.hwm`` behind; the sequence numbers let it see that it missed some.
 
 The publisher also knows which topic prefixes are subscribed (XPUB passes each prefix's
 first subscription and last unsubscription up), so producers elsewhere can skip building
@@ -33,9 +33,13 @@ log = logging.getLogger(__name__)
 
 class EventPublisher:
     def __init__(self, ctx: zmq.asyncio.Context | None, endpoint: Endpoint | None, hwm: int,
-                 curve_keys: tuple[bytes, bytes] | None = None,
-                 on_interest: Callable[[], None] = lambda: None) -> None:
+                 curve_keys: tuple[bytes, bytes] | None = None, *,
+                 on_interest: Callable[[], None] = lambda: None,
+                 node: str | None = None) -> None:
         self.endpoint = endpoint
+        # Cluster mode: the node's name, in every event that does not name one itself (a
+        # `var.*` event names the node that wrote the variable, or null when unknown).
+        self.node = node
         self.seq = 0
         self.family_seq: dict[str, int] = {}  # bounded: families are the daemon's own words
         self.published = 0
@@ -89,6 +93,8 @@ class EventPublisher:
         if self.sock is None:
             return
         body = {"seq": self.seq, "family_seq": fseq, "time": time.time(), **fields}
+        if self.node is not None and "node" not in body:
+            body["node"] = self.node
         try:
             # XPUB never blocks: a full subscriber queue drops for that subscriber alone.
             self.sock.send_multipart([topic.encode(), wire.pack(body)], flags=zmq.NOBLOCK)

@@ -44,7 +44,8 @@ class ClusterError(Exception):
 
 class Membership:
     def __init__(self, cfg: ClusterSection, *, shards: int, advertise: str,
-                 agent_endpoints: list[str], curve_key: str | None = None) -> None:
+                 agent_endpoints: list[str], curve_key: str | None = None,
+                 events_endpoint: str | None = None) -> None:
         """`curve_key`: this node's CURVE public key (z85), for a curve+ advertise address:
         the other nodes' links check the server they reach is this one."""
         self.cfg = cfg
@@ -52,6 +53,7 @@ class Membership:
         self.shards = shards
         self.etcd = client(cfg.etcd, cfg.request_timeout)
         self.record = {"node": cfg.node, "advertise": advertise, "agents": agent_endpoints,
+                       "events": events_endpoint,
                        "host": socket.gethostname(), "pid": os.getpid(),
                        "version": __version__, "started": time.time(), "shards": shards,
                        "curve_key": curve_key}
@@ -258,6 +260,6 @@ def _node_row(kv: Any) -> dict[str, Any]:
         record = {}
     return {"node": kv.key.rsplit(b"/", 1)[-1].decode(errors="replace"),
             "advertise": record.get("advertise"), "agents": record.get("agents"),
-            "host": record.get("host"), "pid": record.get("pid"),
+            "events": record.get("events"), "host": record.get("host"), "pid": record.get("pid"),
             "version": record.get("version"), "started": record.get("started"),
             "lease": f"{kv.lease:x}"}

@@ -17,8 +17,10 @@ async def status(host: ControlHost, body: dict[str, Any], progress: Progress) ->
 
     Reply: {"cluster", "node", "shards", "revision" (etcd's, now), "lease": {"id", "state"
     ("ok", "uncertain": keepalives failing, "lost": expired), "ttl", "granted",
-    "since_keepalive"}, "nodes": [{"node", "advertise", "agents", "host", "pid", "version",
-    "started", "lease"}], "members": [{"name", "id", "client_urls", "peer_urls"}],
+    "since_keepalive"}, "nodes": [{"node", "advertise", "agents",
+    "events" (its event endpoint: every node publishes its own agent.* and session.*
+    events), "host", "pid", "version", "started", "lease"}],
+    "members": [{"name", "id", "client_urls", "peer_urls"}],
     "endpoints": [{"endpoint", "healthy", "version", "db_size", "leader", "is_leader",
     "raft_term", "raft_index", "ms"} or {"endpoint", "healthy": false, "error"}],
     "caches": [{"shard", "state", "revision" (the cache has every change of its shard up to

@@ -64,9 +64,9 @@ def show_cluster(s: dict[str, Any]) -> str:
             if lease["since_keepalive"] is not None else f"lease: {lease['state']}"]
     if s.get("error"):
         head.append(f"etcd: {s['error']}")
-    nodes = render.table(["NODE", "HOST", "PID", "VERSION", "ADVERTISE", "LEASE"],
+    nodes = render.table(["NODE", "HOST", "PID", "VERSION", "ADVERTISE", "EVENTS", "LEASE"],
                          [[n["node"], n["host"], n["pid"], n["version"], n["advertise"],
-                           n["lease"]] for n in s.get("nodes", [])])
+                           n.get("events") or "-", n["lease"]] for n in s.get("nodes", [])])
     members = render.table(
         ["ETCD ENDPOINT", "HEALTHY", "LEADER", "VERSION", "DB", "RAFT INDEX", "MS/ERROR"],
         [[e["endpoint"], "yes" if e["healthy"] else "NO",

@@ -290,6 +290,7 @@ class Arbiter(WorkerSide):
             raise StartupError(str(exc), EX_CONFIG) from None
         member = Membership(c, shards=self.meta.shards, advertise=advertise,
                             agent_endpoints=list(self.config.agents.endpoints),
+                            events_endpoint=self.config.events.endpoint or None,
                             curve_key=keys[0].decode() if keys and advertise.startswith(
                                 "curve+") else None)
         try:
@@ -331,7 +332,8 @@ class Arbiter(WorkerSide):
             self.auth.start()
             self.auth.reload(cfg.security.authorized_keys)
         self.events = EventPublisher(self.ctx, events_ep, cfg.events.hwm, curve_keys,
-                                     on_interest=self._var_interest)
+                                     on_interest=self._var_interest,
+                                     node=cfg.cluster.node if cfg.cluster.etcd else None)
         self.registry = Registry(cfg.agents.max_agents,
                                  owner_of=self.auth.owner_of if self.auth else None,
                                  on_revoke=self._revoke)

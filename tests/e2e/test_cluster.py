@@ -175,7 +175,13 @@ def test_agents_are_discovered_and_reached_across_nodes(cluster: Cluster) -> Non
     a, b, c = (cluster.client(n) for n in "abc")
     a.register("seller", ["sell", "fruit"], metadata={"site": "north"})
     b.register("buyer", ["buy"])
-    c.register("watcher", ["sell"])
+    events = Events(cluster.nodes["c"].event_endpoint, "agent.")
+    try:
+        c.register("watcher", ["sell"])
+        # c's event endpoint publishes c's own agents' events, naming the node.
+        assert events.wait("agent.registered", "watcher", timeout=10)["node"] == "c"
+    finally:
+        events.close()
     # Discovery on any node sees every node's agents (by id, one page), with their node.
     listed = wait(lambda: (r := c.list_agents(status="any")) and len(r["agents"]) == 3 and r,
                   what="three agents listed on c")
@@ -497,6 +503,8 @@ def test_mabeamctl_cluster_status(cluster: Cluster, daemon: Daemon) -> None:
     assert out.returncode == 0, out.stderr
     st = json.loads(out.stdout)
     assert [n["node"] for n in st["nodes"]] == ["a", "b"]
+    assert [n["events"] for n in st["nodes"]] == \
+        [cluster.nodes[n].event_endpoint for n in "ab"]
     assert st["lease"]["state"] == "ok" and st["shards"] == 1
     assert len(st["members"]) == 3 and all(e["healthy"] for e in st["endpoints"])
     assert sum(e["is_leader"] for e in st["endpoints"]) == 1
