@@ -17,6 +17,15 @@ overlap when lo < hi: a curve flat at Q); the price is its midpoint, as for step
 that would trade more than Q there (a vertical overlap) is scaled pro rata - curves have no
 step limits to rank buyers or sellers by. Steps and curves are not mixed in
 one market: a continuous curve has no limit to rank against a step's.
+
+Welfare is the gains from trade by the curves as reported, exact like the rest: a buyer's
+curve q(p) says the t-th unit is worth sup{p : q(p) >= t} to it, so x units are worth
+integral_0^x of that = integral_0^inf min(q(p), x) dp (the same area, cut the other way);
+a seller's y units cost it integral_0^inf max(0, y - s(p)) dp. Both integrands are piecewise
+linear in p (kinks at the breakpoints and where the curve crosses x or y), so the areas are
+sums of trapezoids. When neither side is scaled (each trader takes its curve's quantity at
+the price) this is the area between the aggregate inverse curves up to Q; pro-rata rationing
+gives the scaled side less than that, and the figure says so.
 """
 
 from __future__ import annotations
@@ -103,7 +112,7 @@ def equilibrium(demand: list[tuple[str, Curve]], supply: list[tuple[str, Curve]]
         return sum((at(c, p) for _, c in supply), Fraction(0))
 
     none: dict[str, Any] = {"price": None, "quantity": 0.0, "interval": None, "buys": [],
-                            "sells": [], "exact": None}
+                            "sells": [], "welfare": 0.0, "exact": None}
     if not demand or not supply:
         return none
     xs = sorted({Fraction(0)} | {p for _, c in demand + supply for p, _ in c[0]})
@@ -127,11 +136,48 @@ def equilibrium(demand: list[tuple[str, Curve]], supply: list[tuple[str, Curve]]
     d_at, s_at = D(price), S(price)
     buys = _fill(demand, price, q / d_at)
     sells = _fill(supply, price, q / s_at)
+    gains = welfare(demand, supply, q / d_at, q / s_at, price)
     return {"price": cents(float(price)), "quantity": cents(float(q)),
             "interval": [float(lo), float(hi)], "buys": buys[0], "sells": sells[0],
+            "welfare": float(gains),
             "exact": {"price": str(price), "quantity": str(q),
                       "interval": [str(lo), str(hi)],
-                      "residual": str(abs(buys[1] - sells[1]))}}
+                      "residual": str(abs(buys[1] - sells[1])), "welfare": str(gains)}}
+
+
+def welfare(demand: list[tuple[str, Curve]], supply: list[tuple[str, Curve]],
+            d_scale: Fraction, s_scale: Fraction, price: Fraction) -> Fraction:
+    """The traders' gains at `price`, each side's curve quantities scaled by min(1, scale)
+    (the fills of equilibrium()): buyers' values less sellers' costs (module docstring)."""
+    total = Fraction(0)
+    for _, c in demand:
+        x = at(c, price) * min(d_scale, Fraction(1))
+        if x > 0:  # demand ends at 0 at its last breakpoint: the area is finite
+            total += clipped_area(c, Fraction(0), max(price, c[0][-1][0]), x)
+    for _, c in supply:
+        y = at(c, price) * min(s_scale, Fraction(1))
+        if y > 0:  # s(p) >= y from the price on: nothing to add past it
+            total -= y * price - clipped_area(c, Fraction(0), price, y)
+    return total
+
+
+def clipped_area(c: Curve, lo: Fraction, hi: Fraction, cap: Fraction) -> Fraction:
+    """The integral of min(q(p), cap) over [lo, hi] for the curve q: exact trapezoids
+    between the breakpoints, a segment split where it crosses cap."""
+    cuts = sorted({lo, hi} | {p for p, _ in c[0] if lo < p < hi})
+    area = Fraction(0)
+    for u, v in pairwise(cuts):
+        qu, qv = at(c, u), at(c, v)
+        if (qu - cap) * (qv - cap) < 0:  # crosses cap inside: split there
+            w = u + (cap - qu) * (v - u) / (qv - qu)
+            area += _trapezoid(u, w, min(qu, cap), cap) + _trapezoid(w, v, cap, min(qv, cap))
+        else:
+            area += _trapezoid(u, v, min(qu, cap), min(qv, cap))
+    return area
+
+
+def _trapezoid(u: Fraction, v: Fraction, a: Fraction, b: Fraction) -> Fraction:
+    return (a + b) * (v - u) / 2
 
 
 def _fill(side: list[tuple[str, Curve]], price: Fraction, scale: Fraction,

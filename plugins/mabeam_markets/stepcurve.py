@@ -154,8 +154,8 @@ class SupplyDemand(OneRound):
             result["good"] = params["good"]
             result["residual"] = float(Fraction(result["exact"]["residual"])) \
                 if result["exact"] else 0.0
-            # welfare (the area between the curves up to the quantity) is not computed yet
-            return {**result, **shared_terms(result, None)}
+            gains = result.pop("welfare")
+            return {**result, **shared_terms(result, gains)}
         for r, c in parsed:
             for k, (limit, q) in enumerate(c.get("demand", [])):
                 demand.append((-limit, r.seq, r.agent, k, q))

@@ -104,6 +104,24 @@ def test_curves_meet_at_the_best_quantity(demand: list[Any], supply: list[Any]) 
     for x, c in zip(r["sells"], [c for c in supply if q_of("supply", c, price) > 0],
                     strict=True):
         assert Fraction(x["exact"]) == q_of("supply", c, price) * min(1, q / s)
+    # Welfare: each buyer's value of its units (the area under its curve's inverse, here
+    # as the integral over prices of min(q(p), x)) less each seller's cost, by a plain
+    # trapezoid rule on a fine grid; exact where the grid meets every kink, close elsewhere.
+    grid_w = 0.0
+    h = Fraction(1, 64)
+    ps = [h * k for k in range(64 * 80 + 1)]
+    for fills, kind, cs, sign in ((r["buys"], "demand", demand, 1),
+                                  (r["sells"], "supply", supply, -1)):
+        traders = [c for c in cs if q_of(kind, c, price) > 0]
+        for f, c in zip(fills, traders, strict=True):
+            x = Fraction(f["exact"])
+            if kind == "demand":
+                ys = [float(min(q_of(kind, c, p), x)) for p in ps]
+            else:
+                ys = [float(max(Fraction(0), x - q_of(kind, c, p))) for p in ps]
+            grid_w += sign * sum((a + b) / 2 for a, b in pairwise(ys)) / 64
+    assert r["welfare"] == pytest.approx(grid_w, abs=0.05) and r["welfare"] >= 0
+    assert r["welfare"] == pytest.approx(float(Fraction(ex["welfare"])), abs=1e-9)  # money
 
 
 def test_a_worked_example_and_the_flat_overlap() -> None:
@@ -114,7 +132,10 @@ def test_a_worked_example_and_the_flat_overlap() -> None:
     # 6 with Q = 2, but supply reaches 2 already at 3: prices [3, 6] trade 2, midpoint 9/2,
     # where demand would take 13/4 and is scaled to 2.
     assert r["exact"] == {"price": "9/2", "quantity": "2", "interval": ["3", "6"],
-                          "residual": "0"}
+                          "residual": "0", "welfare": "10"}
+    # u's t-th unit is worth 8 - t (demand falls from 2 to 0 over [6, 8]): 2 units, 14;
+    # g's t-th costs 1 + t (supply rises from 0 to 2 over [1, 3]): 2 units, 4.
+    assert r["welfare"] == 10.0
     assert r["buys"] == [{"agent": "u", "quantity": 2.0, "exact": "2"}]
     assert r["sells"] == [{"agent": "g", "quantity": 2.0, "exact": "2"}]
 
