@@ -27,7 +27,7 @@ from functools import cache
 from itertools import combinations
 from typing import Any
 
-from mabeam_voting.ranked import check_options, check_weights
+from mabeam_voting.ranked import check_options, check_weights, voter_weights
 from mabeam_voting.tally import vote_writes, write_mode
 from mabeamd.protocol import (
     OneRound,
@@ -160,7 +160,8 @@ class ApprovalVote(OneRound):
     summary = ("approval voting for a winner or a committee of k seats: plain approval, "
                "proportional (PAV) or sequential PAV; weights, (ir)resolute outcomes")
     kind = "ballot"
-    PARAMS = {"options", "seats", "rule", "resolute", "tie_break", "weights", "write"}
+    PARAMS = {"options", "seats", "rule", "resolute", "tie_break", "weights", "weight_key",
+              "write"}
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         only(params, self.PARAMS)
@@ -192,12 +193,12 @@ class ApprovalVote(OneRound):
                      responses: list[Response]) -> dict[str, Any]:
         if not participants:
             raise ProtocolError("an approval vote needs at least one participant")
-        ws = params["weights"]
+        ws = voter_weights(participants, params)
         ballots: list[Ballot] = []
         for r in sorted(responses, key=lambda r: r.agent):
             a = approved(r.value, params["options"])
             if a is not None:
-                ballots.append((r.agent, Fraction(str(ws.get(r.agent, 1))), frozenset(a)))
+                ballots.append((r.agent, ws.get(r.agent, Fraction(1)), frozenset(a)))
         return count(params, ballots)
 
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -66,7 +66,27 @@ def check_weights(params: dict[str, Any]) -> dict[str, Any]:
             isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
             and v >= 0 for k, v in ws.items()):
         raise ProtocolError("weights must map agent ids to numbers >= 0")
+    key = params.get("weight_key")
+    if key is not None and not isinstance(key, str):
+        raise ProtocolError("weight_key must be a metadata key (string)")
     return ws
+
+
+def voter_weights(participants: list[Participant], params: dict[str, Any],
+                  ) -> dict[str, Fraction]:
+    """Each participant's weight, as weighted_vote's: params.weights[id] if given, else
+    metadata[weight_key] (when given and a number >= 0), else the weight it registered with
+    (hello `weight`, default 1)."""
+    ws, key = params["weights"], params.get("weight_key")
+    out = {}
+    for p in participants:
+        w: Any = ws.get(p.id)
+        if w is None and key is not None:
+            m = p.metadata.get(key)
+            if isinstance(m, (int, float)) and not isinstance(m, bool) and m >= 0:
+                w = m
+        out[p.id] = Fraction(str(p.weight if w is None else w))
+    return out
 
 
 def ranking(value: Any, options: list[str]) -> list[str] | None:
@@ -271,7 +291,7 @@ class RankedVote(OneRound):
     summary = ("ranked-choice voting: borda, copeland, schulze, irv (instant runoff) or "
                "condorcet with a completion; weights, documented tie-breaks")
     kind = "ballot"
-    PARAMS = {"options", "method", "completion", "weights", "tie_break", "write"}
+    PARAMS = {"options", "method", "completion", "weights", "weight_key", "tie_break", "write"}
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         only(params, self.PARAMS)
@@ -294,12 +314,12 @@ class RankedVote(OneRound):
                      responses: list[Response]) -> dict[str, Any]:
         if not participants:
             raise ProtocolError("a ranked vote needs at least one participant")
-        ws = params["weights"]
+        ws = voter_weights(participants, params)
         ballots: list[Ballot] = []
         for r in sorted(responses, key=lambda r: r.agent):
             rk = ranking(r.value, params["options"])
             if rk is not None:
-                ballots.append((r.agent, Fraction(str(ws.get(r.agent, 1))), rk))
+                ballots.append((r.agent, ws.get(r.agent, Fraction(1)), rk))
         return count(params, ballots)
 
     def decide(self, inputs: dict[str, Any]) -> dict[str, Any]:

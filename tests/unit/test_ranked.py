@@ -405,3 +405,28 @@ def test_bad_approval_params_are_refused(params: dict[str, Any], message: str) -
 def test_bad_approval_ballots_are_refused(value: Any) -> None:
     with pytest.raises(ProtocolError):
         AV.check_response("ballot", value, {"options": OPTS})
+
+
+@pytest.mark.parametrize("proto", [RV, AV])
+def test_weights_come_from_params_then_metadata_then_registration(proto: Any) -> None:
+    """As weighted_vote: params.weights[id], else metadata[weight_key], else the registered
+    weight. Two voters for a, one heavier voter for b."""
+    kind = "ranking" if proto is RV else "approve"
+    base = {"options": ["a", "b"], **({"seats": 1} if proto is AV else {})}
+    participants = [{"id": "v1"}, {"id": "v2"}, {"id": "w", "weight": 3,
+                                                 "metadata": {"stake": 0.5}}]
+    responses = [{"agent": "v1", "value": {kind: ["a"]}},
+                 {"agent": "v2", "value": {kind: ["a"]}},
+                 {"agent": "w", "value": {kind: ["b"]}}]
+
+    def winner(**params: Any) -> Any:
+        out = proto.decide({"params": {**base, **params}, "participants": participants,
+                            "responses": responses})
+        return out["decision"] if proto is RV else out["committee"]
+
+    assert winner() in ("b", ["b"])  # registered weight 3 beats 1 + 1
+    assert winner(weight_key="stake") in ("a", ["a"])  # metadata 0.5 loses to 2
+    assert winner(weight_key="stake", weights={"w": 5}) in ("b", ["b"])  # params first
+    assert winner(weight_key="missing") in ("b", ["b"])  # no such key: registered
+    with pytest.raises(ProtocolError, match="weight_key"):
+        proto.check_params({**base, "weight_key": 3})
