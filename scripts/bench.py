@@ -38,6 +38,7 @@ from benchkit import (
     econ_rows,
     flood_rows,
     market_rows,
+    peers,
     scale_rows,
     session_rows,
     var_rows,
@@ -170,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(--list shows them)")
     # The shared daemon serves the control rows only: not started when they are not run.
     needs_daemon = any(name.startswith("control ") for name, _ in plan)
+    found = peers.peers()
+    said = peers.summary(found)
+    print(f"bench: {said}", file=sys.stderr, flush=True)  # before the run, not just after
     started = time.monotonic()
     rows: list[Row] = []
     try:
@@ -195,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         "only": args.only,
         "seconds": round(time.monotonic() - started, 1),
         "machine": machine_info(),
+        "peers": [{"name": x.name, "rows": x.rows, "missing": x.missing or None}
+                  for x in found],
         "rows": [r.to_dict() for r in rows],
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -202,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     only = f" (only {', '.join(args.only)})" if args.only else ""
     print(f"mabeamd {__version__} benchmark{' (quick)' if q else ''}{only}, {result['date']}: "
           f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, pyzmq {m['pyzmq']} / "
-          f"libzmq {m['libzmq']}, msgpack {m['msgpack']}\n")
+          f"libzmq {m['libzmq']}, msgpack {m['msgpack']}")
+    print(said + "\n")
     print(render(rows))
     print(f"\nwrote {args.out} ({result['seconds']}s)")
     failed = [r for r in rows if r.note.startswith("failed:")]

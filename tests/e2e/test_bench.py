@@ -22,6 +22,10 @@ def test_bench_quick_runs_and_writes_json() -> None:
     result = json.loads(out.read_text())
     for key in ("cpu", "cores", "python", "pyzmq", "libzmq", "msgpack"):
         assert result["machine"][key]
+    # The test extra brings every peer's client, and .ci/run the servers: none missing, and
+    # the output's head says so.
+    assert [p["missing"] for p in result["peers"]] == [None] * 4, result["peers"]
+    assert "peers: all present" in r.stdout
     rows = {row["metric"]: row for row in result["rows"]}
     ping = rows["control round trip (ping, ipc)"]
     assert ping["status"] == "ok" and ping["samples"] >= 1000 and ping["reps"] == 1
