@@ -38,6 +38,7 @@ from benchkit import (
     econ_rows,
     flood_rows,
     market_rows,
+    message_rows,
     peers,
     scale_rows,
     session_rows,
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
          lambda: agent_rows.scale(2000 if q else 10_000, 4, 200 if q else 1000, reps)),
         ("rate-limit isolation",
          lambda: flood_rows.flood(3 if q else 9, 200 if q else 600)),
+        # agent.send between agents in separate processes, against a raw pyzmq relay
+        ("agent messages", lambda: message_rows.rows(2000 if q else 20_000, 4,
+                                                     300 if q else 1000, reps,
+                                                     warmup=50 if q else 200)),
         ("variables", lambda: var_rows.variables(1000 if q else 3000, reps, 1.0 if q else 3.0)),
         ("metrics overhead",
          lambda: var_rows.metrics_overhead(300 if q else 3000, reps, 0.5 if q else 3.0)),

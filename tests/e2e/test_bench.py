@@ -39,6 +39,10 @@ def test_bench_quick_runs_and_writes_json() -> None:
     # Every issue's rows are in the table, economics included (scipy is a test dependency,
     # so the winner-determination peer runs).
     assert any(m.startswith("sealed-bid auction") for m in rows)
+    messages = [v for m, v in rows.items() if m.startswith(("agent.send messages/s",
+                                                            "agent -> agent round trip"))]
+    assert len(messages) == 3 and all(v["status"] == "ok" and v["peer_value"] > 0
+                                      for v in messages), messages
     wdp = next(v for m, v in rows.items() if m.startswith("winner determination"))
     assert wdp["status"] == "ok" and wdp["peer_value"] and wdp["peer_value"] > 0
     memory = next(v for m, v in rows.items() if m.startswith("memory per variable"))
