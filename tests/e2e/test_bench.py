@@ -73,4 +73,4 @@ def test_bench_quick_runs_and_writes_json() -> None:
                 assert v["extra"]["keys"] == v["extra"]["model"]["keys"], (m, v)
     else:
         assert [v["status"] for v in sim.values()] == ["not run"]
-    assert "metric" in r.stdout.splitlines()[2]
+    assert r.stdout.splitlines()[1].startswith("peers") and "metric" in r.stdout.splitlines()[3]

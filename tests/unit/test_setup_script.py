@@ -40,12 +40,22 @@ def test_fresh_clone_says_it_installs_and_prints_no_error(tmp_path: Path) -> Non
     r = run(tree, "--test")
     assert r.returncode == 0, r.stderr
     assert "No such file" not in r.stderr, r.stderr
-    assert "installing mabeamd[markets,milp,cluster,test" in r.stderr
+    assert "installing mabeamd[markets,milp,cluster,bench,test" in r.stderr
     assert "(first time: about a minute)" in r.stderr
     calls = (tree / ".venv" / "calls").read_text().splitlines()
     assert len(calls) == 1 and calls[0].startswith("-m pip install")
     extras = (tree / ".venv" / ".mabeamd-setup").read_text().split()[1]
-    assert extras.startswith("markets,milp,cluster,test")
+    assert extras.startswith("markets,milp,cluster,bench,test")
+
+
+def test_bench_setup_after_test_setup_is_silent(tmp_path: Path) -> None:
+    """scripts/bench runs `scripts/setup --bench`: after `--test` (which includes the bench
+    extra) nothing is left to install."""
+    tree = checkout(tmp_path)
+    assert run(tree, "--test").returncode == 0
+    r = run(tree, "--bench")
+    assert r.returncode == 0 and "installing" not in r.stderr and "updating" not in r.stderr
+    assert len((tree / ".venv" / "calls").read_text().splitlines()) == 1
 
 
 def test_second_run_is_silent_and_skips_pip(tmp_path: Path) -> None:
