@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import zmq
 
 from benchkit import Row
@@ -58,34 +59,35 @@ class Leg:
 
 def rx_client(endpoint: str, agent: str, count: int, ready: Any, out: Any) -> None:
     """Register `agent`, say ready, take `count` message pushes; puts (when the last came,
-    pushes the client had to drop)."""
+    pushes the client had to drop, CPU seconds spent taking them)."""
     import uvloop
 
     from mabeamd.client import AsyncClient
 
-    async def run() -> tuple[int, int]:
+    async def run() -> tuple[int, int, float]:
         async with AsyncClient(endpoint, push_queue=1 << 20) as c:
             await c.register(agent)
             ready.set()
+            cpu = time.process_time()
             got = 0
             while got < count:
                 push = await c.next_push(timeout=60)
                 got += push.op == "message"
-            return time.perf_counter_ns(), c.dropped_pushes
+            return time.perf_counter_ns(), c.dropped_pushes, time.process_time() - cpu
 
     out.put(("rx", uvloop.run(run())))
 
 
 def tx_client(leg: Leg, ready: Any, go: Any, out: Any) -> None:
     """Register `agent`, wait for its receiver and the other senders, then send `count`
-    messages to `to`, WINDOW in flight; puts (first send, last reply)."""
+    messages to `to`, WINDOW in flight; puts (first send, last reply, CPU seconds)."""
     import uvloop
 
     from mabeamd.client import AsyncClient
 
     endpoint, agent, to, count = leg.endpoint, leg.agent, leg.to, leg.count
 
-    async def run() -> tuple[int, int]:
+    async def run() -> tuple[int, int, float]:
         async with AsyncClient(endpoint) as c:
             await c.register(agent)
             ready.wait(60)
@@ -96,9 +98,9 @@ def tx_client(leg: Leg, ready: Any, go: Any, out: Any) -> None:
                 async with window:
                     await c.send(agent, to, {**BODY, "i": i}, topic="bench")
 
-            t0 = time.perf_counter_ns()
+            t0, cpu = time.perf_counter_ns(), time.process_time()
             await asyncio.gather(*(one(i) for i in range(count)))
-            return t0, time.perf_counter_ns()
+            return t0, time.perf_counter_ns(), time.process_time() - cpu
 
     out.put(("tx", uvloop.run(run())))
 
@@ -181,7 +183,7 @@ def raw_rx(endpoint: str, identity: str, count: int, ready: Any, out: Any) -> No
     ready.set()
     for _ in range(count):
         wire.unpack(s.recv_multipart()[1])
-    out.put(("rx", (time.perf_counter_ns(), 0)))
+    out.put(("rx", (time.perf_counter_ns(), 0, 0.0)))
     s.close(0)
     ctx.term()
 
@@ -194,7 +196,7 @@ def raw_tx(leg: Leg, ready: Any, go: Any, out: Any) -> None:
     t0 = time.perf_counter_ns()
     for i in range(count):
         s.send_multipart([dst, wire.pack({**BODY, "i": i})])
-    out.put(("tx", (t0, time.perf_counter_ns())))
+    out.put(("tx", (t0, time.perf_counter_ns(), 0.0)))
     s.close(linger=-1)  # every queued message still goes out
     ctx.term()
 
@@ -257,8 +259,10 @@ def _finish(procs: list[Any]) -> None:
             p.kill()
 
 
-def blast(endpoint: str, pairs: int, count: int, *, raw: bool) -> tuple[float, int]:
-    """Messages/s over `pairs` sender -> receiver pairs of processes, and pushes dropped."""
+def blast(endpoint: str, pairs: int, count: int, *, raw: bool,
+          ) -> tuple[float, int, dict[str, float]]:
+    """Messages/s over `pairs` sender -> receiver pairs of processes, pushes dropped, and
+    the clients' CPU microseconds per message ({"tx", "rx"}; not measured for the floor)."""
     q, go = CTX.Queue(), CTX.Event()
     tag = f"m{os.getpid()}-{time.monotonic_ns() % 10**6}"
     procs = []
@@ -284,7 +288,9 @@ def blast(endpoint: str, pairs: int, count: int, *, raw: bool) -> tuple[float, i
     starts = [v[0] for kind, v in got if kind == "tx"]
     ends = [v[0] for kind, v in got if kind == "rx"]
     dropped = sum(v[1] for kind, v in got if kind == "rx")
-    return pairs * count / ((max(ends) - min(starts)) / 1e9), dropped
+    cpu = {kind: sum(v[2] for k, v in got if k == kind) / (pairs * count) * 1e6
+           for kind in ("tx", "rx")}
+    return pairs * count / ((max(ends) - min(starts)) / 1e9), dropped, cpu
 
 
 def round_trips(endpoint: str, n: int, warmup: int, *, raw: bool) -> list[float]:
@@ -315,6 +321,7 @@ def rows(count: int, pairs: int, rtt_n: int, reps: int, warmup: int = 200) -> li
     broker = CTX.Process(target=relay, args=(relay_ep, relay_ready, relay_stop))
     ours: dict[str, list[Any]] = {"one": [], "many": [], "rtt": []}
     theirs: dict[str, list[Any]] = {"one": [], "many": [], "rtt": []}
+    cpus: dict[str, list[dict[str, float]]] = {"one": [], "many": []}
     drops = 0
     try:
         d.start()
@@ -323,7 +330,12 @@ def rows(count: int, pairs: int, rtt_n: int, reps: int, warmup: int = 200) -> li
             raise RuntimeError("the raw relay did not start")
         for _ in range(reps):  # ours, then the floor, each repetition
             for key, n_pairs in (("one", 1), ("many", pairs)):
-                rate, dropped = blast(endpoint, n_pairs, count, raw=False)
+                arbiter = psutil.Process(d.pid).cpu_times()
+                rate, dropped, cpu = blast(endpoint, n_pairs, count, raw=False)
+                spent = psutil.Process(d.pid).cpu_times()
+                cpu["arbiter"] = ((spent.user + spent.system) - (arbiter.user + arbiter.system)) \
+                    / (n_pairs * count) * 1e6
+                cpus[key].append(cpu)
                 ours[key].append(rate)
                 drops += dropped
                 theirs[key].append(blast(relay_ep, n_pairs, count, raw=True)[0])
@@ -343,11 +355,16 @@ def rows(count: int, pairs: int, rtt_n: int, reps: int, warmup: int = 200) -> li
     for key, metric in (("one", RATE_ONE), ("many", RATE_MANY.format(pairs=pairs))):
         mid = sorted(ours[key])[len(ours[key]) // 2]
         peer = sorted(theirs[key])[len(theirs[key]) // 2]
+        rep = cpus[key][ours[key].index(mid)]
         out.append(Row(metric, "msg/s", goal=RATE_GOAL, rate=mid, spread=spread(ours[key]),
                        reps=reps, peer=floor, peer_value=peer, ratio=mid / peer,
-                       note=f"{setup}; pushes the receivers had to drop: {drops}; the "
-                            "floor's senders do not wait for replies (DEALER sends queue), "
-                            "ours wait for each send's reply (delivered: pushed)"))
+                       extra={f"cpu_us_{k}": v for k, v in rep.items()},
+                       note=f"{setup}; CPU per message: sender {rep['tx']:.1f} us, receiver "
+                            f"{rep['rx']:.1f} us, arbiter {rep['arbiter']:.1f} us (this "
+                            "machine has 2 cores for all of them); pushes the receivers had "
+                            f"to drop: {drops}; the floor's senders do not wait for replies "
+                            "(DEALER sends queue), ours wait for each send's reply "
+                            "(delivered: pushed)"))
     i, spr = pick_median_rep(ours["rtt"])
     j, _ = pick_median_rep(theirs["rtt"])
     p50, p95, p99 = summary(ours["rtt"][i])
