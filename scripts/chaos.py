@@ -62,13 +62,15 @@ def run_client(endpoint: str, prefix: str, journal: Path, stop: Path, seed: int)
             if len(live) < 8:
                 live.append(f"{prefix}/{next_name}")
                 next_name += 1
+            if rng.random() < 0.2:  # a var.batch: one op on each of some names
+                count = _batch(c, rng, rng.sample(live, rng.randint(1, len(live))),
+                               prefix=prefix, known=known, live=live, count=count, out=out)
+                continue
             name = rng.choice(live)
             count += 1
             value = f"{prefix}-{count}"
             state = known.get(name)
-            r = rng.random()
-            op = "create" if state is None else "set" if r < 0.6 else "cas" if r < 0.9 \
-                else "delete"
+            op = _pick(rng, state)
             try:
                 if op == "create":
                     result = c.create_var(prefix, name, value)
@@ -93,6 +95,54 @@ def run_client(endpoint: str, prefix: str, journal: Path, stop: Path, seed: int)
                 known[name] = (int(result["version"]), value)
                 out.write(json.dumps({"n": name, "s": [result["version"], value]}) + "\n")
     return 0
+
+
+def _pick(rng: random.Random, state: tuple[int, Any] | None) -> str:
+    r = rng.random()
+    return "create" if state is None else "set" if r < 0.6 else "cas" if r < 0.9 \
+        else "delete"
+
+
+def _batch(c: Any, rng: random.Random, names: list[str], *, prefix: str,
+           known: dict[str, tuple[int, Any] | None], live: list[str], count: int,
+           out: Any) -> int:
+    """One batch of writes, journalled op by op as single writes are (each op of a batch
+    stands alone): ok -> its state, an error in its element or the whole batch's -> the
+    name is retired with the op's value as a candidate."""
+    from mabeamd.client import MabeamError
+
+    ops: list[dict[str, Any]] = []
+    for name in names:
+        count += 1
+        state = known.get(name)
+        kind = _pick(rng, state)
+        op: dict[str, Any] = {"agent": prefix, "name": name, "kind": kind}
+        if kind == "delete":
+            op["op"] = "var.delete"
+        else:
+            op.update(op="var.create" if kind == "create" else "var.set",
+                      value=f"{prefix}-{count}")
+        if kind == "cas":
+            assert state is not None
+            op["expect_version"] = state[0]
+        ops.append(op)
+    try:
+        results = c.batch([{k: v for k, v in op.items() if k != "kind"} for op in ops])
+    except MabeamError as exc:
+        results = [exc] * len(ops)
+    for op, result in zip(ops, results, strict=True):
+        name = op["name"]
+        if isinstance(result, MabeamError):
+            out.write(json.dumps({"n": name, "u": op.get("value"), "op": op["kind"],
+                                  "err": result.code, "batch": True}) + "\n")
+            live.remove(name)
+        elif op["kind"] == "delete":
+            known[name] = None
+            out.write(json.dumps({"n": name, "s": None}) + "\n")
+        else:
+            known[name] = (int(result["version"]), op["value"])
+            out.write(json.dumps({"n": name, "s": [result["version"], op["value"]]}) + "\n")
+    return count
 
 
 def run_sessions(endpoint: str, prefix: str, journal: Path, stop: Path) -> int:

@@ -154,6 +154,17 @@ class AgentEndpoint:
         nbytes = sum(map(len, payload)) if limits.counts_bytes else 0
         limits.admit(conn, agent, nbytes, time.monotonic())
 
+    def charge(self, conn: ConnKey, agent: Any) -> None:
+        """One more request on `conn`, by `agent` if it is registered there: each op of a
+        var.batch past its first (the message was charged as the first), so a batch is
+        no way around [limits]. Raises rate_limited."""
+        limits = self.limits
+        if limits is None:
+            return
+        if limits.agent is None or not isinstance(agent, str) or self.conn_of(agent) != conn:
+            agent = None
+        limits.admit(conn, agent, 0, time.monotonic())
+
     def _error_stats(self, exc: WireError) -> None:
         self.stats["errors"] += 1
         if exc.code in (ErrorCode.BAD_REQUEST, ErrorCode.UNSUPPORTED_VERSION,

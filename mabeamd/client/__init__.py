@@ -2,6 +2,8 @@
 
 - `AsyncClient` (asyncio) and `Client` (blocking, runs an AsyncClient in a thread): one
   connection, any number of agent ids, automatic heartbeats and re-registration.
+- `client.batch(ops)`, `get_many`, `set_many` and `pipeline()`: many variable ops in one
+  message per shard, each answered on its own (`BatchError` names the ops that failed).
 - `Agent`: a base class with @topic message handlers, @invitation session handlers and
   run().
 - Exceptions: one class per daemon error code, all subclasses of `MabeamError`.
@@ -33,13 +35,14 @@ from mabeamd.client.errors import (
     WrongShard,
     error_for,
 )
-from mabeamd.client.sync import Client
+from mabeamd.client.pipeline import BatchError, Pipeline
+from mabeamd.client.sync import Client, SyncPipeline
 
 __all__ = [
-    "Agent", "AsyncClient", "BadRequest", "Busy", "Client", "Conflict", "ConnectionLost",
-    "Exists", "Forbidden", "Internal", "Invitation", "MabeamError", "Message", "NotFound",
-    "NotRegistered", "Push", "QuotaExceeded", "RateLimited", "Registration", "ShuttingDown",
-    "Timeout", "TooLarge", "Unavailable", "UnknownOp", "UnsupportedVersion", "VersionMismatch",
-    "WrongShard",
+    "Agent", "AsyncClient", "BadRequest", "BatchError", "Busy", "Client", "Conflict",
+    "ConnectionLost", "Exists", "Forbidden", "Internal", "Invitation", "MabeamError",
+    "Message", "NotFound", "NotRegistered", "Pipeline", "Push", "QuotaExceeded",
+    "RateLimited", "Registration", "ShuttingDown", "SyncPipeline", "Timeout", "TooLarge",
+    "Unavailable", "UnknownOp", "UnsupportedVersion", "VersionMismatch", "WrongShard",
     "error_for", "invitation", "topic",
 ]

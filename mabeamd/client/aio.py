@@ -23,7 +23,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mabeamd.client.bodies import Push, Registration, write_body
+from mabeamd.client import pipeline as batching
+from mabeamd.client.bodies import Push, Registration, create_body, write_body
 from mabeamd.client.errors import (
     Busy,
     ConnectionLost,
@@ -392,17 +393,7 @@ class AsyncClient:
         result: dict[str, Any] = await self._var("var.create", body, agent)
         return result
 
-    @staticmethod
-    def create_body(agent: str, name: str, value: Any, *, type: str, access: str,
-                    writers: list[str] | None, policy: str,
-                    constraints: dict[str, Any] | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"agent": agent, "name": name, "value": value, "type": type,
-                                "access": access, "policy": policy}
-        if writers is not None:
-            body["writers"] = writers
-        if constraints is not None:
-            body["constraints"] = constraints
-        return body
+    create_body = staticmethod(create_body)
 
     async def get_var(self, name: str, *, local: bool = True,
                       consistent: bool = False) -> dict[str, Any]:
@@ -440,6 +431,26 @@ class AsyncClient:
         body = write_body(agent, name, expect_version)
         result: dict[str, Any] = await self._var("var.delete", body, agent)
         return result
+
+    async def batch(self, ops: Sequence[dict[str, Any]]) -> list[Any]:
+        """Variable ops ({"op": "var.get"/"var.history"/"var.create"/"var.set"/"var.delete",
+        ...its body}) in one message per shard, each on its own, in order per variable (not
+        a transaction): each op's result or MabeamError, returned (client/pipeline.py)."""
+        return await batching.run(self, ops)
+
+    def pipeline(self) -> batching.Pipeline:
+        """Queue ops, run them as one batch: `async with client.pipeline() as p: ...`."""
+        return batching.Pipeline(self)
+
+    async def get_many(self, names: Sequence[str], *, local: bool = True,
+                       ) -> dict[str, dict[str, Any] | None]:
+        """Each variable by name, None where there is none (one batch for what shared
+        memory cannot answer)."""
+        return await batching.get_many(self, names, self._local_get if local else None)
+
+    async def set_many(self, agent: str, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Set several variables as `agent`, each on its own; BatchError if any failed."""
+        return await batching.set_many(self, agent, values)
 
     async def list_vars(self, prefix: str = "", *, after: str = "", limit: int = 100,
                         ) -> dict[str, Any]:

@@ -35,6 +35,19 @@ class Registration:
         return body
 
 
+def create_body(agent: str, name: str, value: Any, *, type: str, access: str,
+                writers: list[str] | None, policy: str,
+                constraints: dict[str, Any] | None) -> dict[str, Any]:
+    """The body of var.create."""
+    body: dict[str, Any] = {"agent": agent, "name": name, "value": value, "type": type,
+                            "access": access, "policy": policy}
+    if writers is not None:
+        body["writers"] = writers
+    if constraints is not None:
+        body["constraints"] = constraints
+    return body
+
+
 def write_body(agent: str, name: str, expect_version: int | None = None,
                **fields: Any) -> dict[str, Any]:
     """The body of var.set / var.delete."""

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import zmq
 
+from mabeamd.client import pipeline as batching
 from mabeamd.client.aio import AsyncClient
 from mabeamd.client.bodies import Push, write_body
 from mabeamd.client.errors import Busy, NotRegistered, Timeout, WrongShard, result_of
@@ -137,6 +138,28 @@ class Client:
                                            agent)
         return result
 
+    def batch(self, ops: Sequence[dict[str, Any]]) -> list[Any]:
+        """AsyncClient.batch: each op's result or MabeamError, in order."""
+        return self._run(batching.run(self.aio, ops))
+
+    def pipeline(self) -> SyncPipeline:
+        """Queue ops, run them as one batch: `with client.pipeline() as p: ...`."""
+        return SyncPipeline(self)
+
+    def get_many(self, names: Sequence[str], *, local: bool = True,
+                 ) -> dict[str, dict[str, Any] | None]:
+        """Each variable by name, None where there is none."""
+        return self._run(batching.get_many(self.aio, names,
+                                           self._locked_local_get if local else None))
+
+    def _locked_local_get(self, name: str) -> dict[str, Any] | None:
+        with self._local_lock:  # a SegmentReader is not thread-safe (see get_var)
+            return self.aio._local_get(name)
+
+    def set_many(self, agent: str, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Set several variables as `agent`, each on its own; BatchError if any failed."""
+        return self._run(batching.set_many(self.aio, agent, values))
+
     def list_vars(self, prefix: str = "", **kw: Any) -> dict[str, Any]:
         return self._run(self.aio.list_vars(prefix, **kw))
 
@@ -186,3 +209,29 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SyncPipeline(batching.Ops):
+    """client/pipeline.py's Pipeline for the blocking client:
+
+        with client.pipeline() as p:
+            p.set("a1", "x", 1).get("y")
+        x, y = p.results
+    """
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client.aio)
+        self._sync = client
+
+    def execute(self, *, raise_on_error: bool = True) -> list[Any]:
+        """Run the queued ops (and empty the queue): Pipeline.execute."""
+        ops, self.ops = self.ops, []
+        self.results = self._sync._run(batching.run(self._client, ops)) if ops else []
+        return batching.checked(self.results, raise_on_error)
+
+    def __enter__(self) -> SyncPipeline:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.execute()

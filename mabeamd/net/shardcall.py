@@ -14,7 +14,9 @@ deadline order.
 
 A result on the link is {"fwd": id, "result": ...} (or "packed": bytes, relayed as is),
 optionally with the write's "event", or {"fwd": id, "error": {code, message, ...}} in the
-same shape as a wire error reply's body (wire.error_body); worker/main.py builds them.
+same shape as a wire error reply's body (wire.error_body); worker/main.py builds them. A
+var.batch's is {"fwd": id, "elements": [packed element per op], "events": [...]}
+(agents/batch.py).
 """
 
 from __future__ import annotations
@@ -113,6 +115,13 @@ class ShardCalls:
         event = body.get("event")
         if isinstance(event, dict):
             self._on_event(event)
+        elements = body.get("elements")
+        if isinstance(elements, list):
+            for event in body.get("events") or ():
+                if isinstance(event, dict):
+                    self._on_event(event)
+            entry[1].set_result(elements)
+            return
         packed = body.get("packed")
         entry[1].set_result(Packed(packed) if isinstance(packed, bytes) else body.get("result"))
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from mabeamd.agents import batch as batchops
 from mabeamd.agents.credentials import WRITE_KEY_ENV, Verifier
 from mabeamd.cluster.pending import Pending
 from mabeamd.logsetup import setup_child_logging
@@ -221,13 +222,13 @@ class Worker:
         """A cluster write from the shard endpoint: its reply once etcd has answered."""
         direct = self.direct
         assert direct is not None
-        frames, event = await reply
+        frames, events = await reply
         direct.send(frames)
         direct.sent()
         if self._direct is not None:  # a send outside a drain can eat its wake-up edge
             self._direct.wake()
-        if event is not None and self.var_events:
-            self._send("events", {"events": [event]})
+        if events and self.var_events:
+            self._send("events", {"events": events})
             self._link.wake()
         if direct.refused:
             self._send_refused()
@@ -275,7 +276,7 @@ class Worker:
                 served.append(answer)
             else:
                 self._defer(self._direct_later(answer))
-        events = [event for _, event in served if event is not None]
+        events = [event for _, written in served for event in written]
         if events:
             shard.commit()  # durable (per policy) before any reply leaves
         for reply, _ in served:
@@ -355,6 +356,8 @@ class Worker:
             if self.shard is None:
                 raise wire.WireError(wire.ErrorCode.INTERNAL, "this worker serves no shard")
             op = str(body.get("op"))
+            if op == "var.batch":  # ops the arbiter admitted, of this shard (agents/batch.py)
+                return self._link_batch(fwd, body.get("args") or {})
             if op.startswith("session.") and self.sessions is not None:
                 return {"fwd": fwd, "result": self.sessions.handle(op, body.get("args") or {})}
             result, event = self.shard.handle(op, body.get("args") or {},
@@ -368,6 +371,58 @@ class Worker:
             self._defer(self._link_later(fwd, op, body, result))
             return None
         return self._reply(fwd, result, event)
+
+    def _link_batch(self, fwd: Any, args: dict[str, Any]) -> dict[str, Any] | None:
+        """A batch's ops for this shard, relayed by the arbiter as (op, args, actor) each:
+        served in order, each answered in its element (agents/batch.py); the result is
+        the elements, which the arbiter puts in the request's order."""
+        assert self.shard is not None
+        elements: list[bytes] = []
+        events: list[dict[str, Any]] = []
+        later: list[tuple[int, Pending, str, dict[str, Any], str]] = []
+        now = time.time()
+        for op, op_args, actor in args.get("items") or ():
+            try:
+                result, event = self.shard.handle(op, op_args, actor, now)
+            except Exception as exc:
+                elements.append(self._element_failed(fwd, op, op_args, actor, exc))
+                continue
+            if type(result) is Pending:
+                later.append((len(elements), result, op, op_args, actor))
+                elements.append(b"")
+                continue
+            elements.append(batchops.ok(result))
+            if event:
+                events.append(event)
+        reply = {"fwd": fwd, "elements": elements, "events": events}
+        if later:
+            self._defer(self._link_batch_later(reply, later))
+            return None
+        return reply
+
+    async def _link_batch_later(self, reply: dict[str, Any],
+                                later: list[tuple[int, Pending, str, dict[str, Any], str]],
+                                ) -> None:
+        for i, pending, op, op_args, actor in later:
+            try:
+                result, event = await pending.result
+            except Exception as exc:
+                reply["elements"][i] = self._element_failed(reply["fwd"], op, op_args, actor,
+                                                            exc)
+                continue
+            reply["elements"][i] = batchops.ok(result)
+            if event:
+                reply["events"].append(event)
+        self._send("results", {"results": [reply]})
+        self._link.wake()
+        self._send_refused()
+
+    def _element_failed(self, fwd: Any, op: str, op_args: dict[str, Any], actor: str,
+                        exc: Exception) -> bytes:
+        if not isinstance(exc, wire.WireError):
+            exc = wire.incident(log, f"shard {self.index}: an op of a batch failed", exc)
+        self._refusal(fwd, op, {"actor": actor, "args": op_args}, exc)
+        return batchops.error(exc)
 
     @staticmethod
     def _reply(fwd: Any, result: Any, event: dict[str, Any] | None) -> dict[str, Any]:

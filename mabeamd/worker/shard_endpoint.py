@@ -5,7 +5,8 @@ arbiter -> worker -> arbiter -> agent), and on this project's machines one cross
 costs about as much as everything the worker does for a request (docs/benchmarks.md). So each
 worker also binds a ROUTER of its own, at `[agents] shard_endpoint` (worker i: PORT+i, or
 PATH-i), and serves `var.get`, `var.history`, `var.create`, `var.set` and `var.delete` for
-its shard there, speaking the same wire protocol as the agent endpoint. Clients learn the
+its shard there, and `var.batch` of them (agents/batch.py), speaking the same wire protocol
+as the agent endpoint. Clients learn the
 addresses at hello and route by shard (sharding.py); `var.list` (it spans every shard),
 sessions and everything else stay on the agent endpoint.
 
@@ -34,6 +35,7 @@ from typing import Any, NamedTuple
 import zmq
 
 from mabeamd.addresses import parse_endpoint
+from mabeamd.agents import batch
 from mabeamd.agents.admission import Authorize, WriteAdmission
 from mabeamd.agents.credentials import Verifier
 from mabeamd.cluster.pending import Pending
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 
 # (op, args, actor) -> (result, event or None); raises WireError: the shard's handle().
 Serve = Callable[[str, dict[str, Any], str], tuple[Any, dict[str, Any] | None]]
-Reply = tuple[list[bytes], dict[str, Any] | None]  # frames with envelope, the write's event
+Reply = tuple[list[bytes], list[dict[str, Any]]]  # frames with envelope, the writes' events
 Served = Reply | Coroutine[Any, Any, Reply]
 
 
@@ -99,9 +101,9 @@ class ShardEndpoint:
         return True
 
     def serve(self, frames: list[bytes], handle: Serve) -> Served:
-        """(reply frames with envelope, the write's event or None) for one message; in
-        cluster mode a write's comes later (an awaitable of the same pair). Nothing from
-        outside raises out of here."""
+        """(reply frames with envelope, the writes' events) for one message; in cluster
+        mode a write's comes later (an awaitable of the same pair). Nothing from outside
+        raises out of here."""
         t0 = time.perf_counter()
         self.stats["requests"] += 1
         envelope = frames[:1]
@@ -110,57 +112,140 @@ class ShardEndpoint:
         body: dict[str, Any] = {}
         try:
             rid, op, body = wire.parse_request(frames[1:], self.max_message)
+            if op == "var.batch":
+                return self._batch(frames, rid, batch.parse(body), handle, t0)
             agent = body.get("agent")
-            if op in READ_OPS:
-                if self.limits is not None:
-                    self._limit(frames, None)
-                check_read(op, body)
-                result, event = handle(op, body, ADMIN)
-            elif op in WRITE_FIELDS:
-                try:
-                    agent, args = self.admission.admit(op, body)
-                except WireError:
-                    if self.limits is not None:  # a refused write costs its connection too
-                        self._limit(frames, None)
-                    raise
-                if self.limits is not None:
-                    self._limit(frames, agent)
-                result, event = handle(op, args, agent)
-            else:
-                if self.limits is not None:
-                    self._limit(frames, None)
-                raise WireError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not served on shard "
-                                "endpoints; send it to the agent endpoint")
+            result, event = self._one(frames, op, body, handle, None)
             if type(result) is Pending:
                 return self._later(result, _Call(envelope, rid, op, agent, body, t0))
             self._served.append((op, OK, t0))
-            return envelope + wire.reply_ok(rid, result), event
+            return envelope + wire.reply_ok(rid, result), [event] if event else []
         except Exception as exc:
-            return self._failed(exc, _Call(envelope, rid, op, agent, body, t0)), None
+            return self._failed(exc, _Call(envelope, rid, op, agent, body, t0)), []
+
+    def _one(self, frames: list[bytes], op: str, body: dict[str, Any], handle: Serve,
+             nbytes: int | None) -> tuple[Any, dict[str, Any] | None]:
+        """Admit and serve one op, alone or of a batch: handle()'s pair, or WireError.
+        `nbytes`: what the op costs a byte-counting limit (None: the message's size)."""
+        if op in READ_OPS:
+            if self.limits is not None:
+                self._limit(frames, None, nbytes)
+            check_read(op, body)
+            return handle(op, body, ADMIN)
+        if op in WRITE_FIELDS:
+            try:
+                agent, args = self.admission.admit(op, body)
+            except WireError:
+                if self.limits is not None:  # a refused write costs its connection too
+                    self._limit(frames, None, nbytes)
+                raise
+            if self.limits is not None:
+                self._limit(frames, agent, nbytes)
+            return handle(op, args, agent)
+        if self.limits is not None:
+            self._limit(frames, None, nbytes)
+        raise WireError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not served on shard "
+                        "endpoints; send it to the agent endpoint")
+
+    def _batch(self, frames: list[bytes], rid: int | str, ops: list[Any], handle: Serve,
+               t0: float) -> Served:
+        """A var.batch: each op admitted, limited (the message's bytes charged to its first
+        op) and served as if alone, in order; an op's failure is its element's answer."""
+        elements: list[bytes | None] = []
+        events: list[dict[str, Any]] = []
+        later: list[tuple[int, Pending, _Call]] = []
+        nbytes: int | None = None
+        held: set[str] = set()  # names with an op not served here: the rest waits too
+        for op_body in ops:
+            op, agent, name = "", None, None
+            body: dict[str, Any] = {}
+            try:
+                try:
+                    op, body = batch.split(op_body)
+                except WireError:
+                    if self.limits is not None:  # a request, as an unknown op alone is
+                        self._limit(frames, None, nbytes)
+                    raise
+                agent, name = body.get("agent"), body.get("name")
+                if isinstance(name, str) and name in held:
+                    raise batch.held_back(name)
+                result, event = self._one(frames, op, body, handle, nbytes)
+            except Exception as exc:
+                if isinstance(exc, WireError) and exc.code in batch.SKIP_AFTER and \
+                        isinstance(name, str):
+                    held.add(name)
+                elements.append(self._element_failed(exc, _Call([], rid, op, agent, body, t0)))
+                continue
+            finally:
+                nbytes = 0
+            if type(result) is Pending:
+                later.append((len(elements), result, _Call([], rid, op, agent, body, t0)))
+                elements.append(None)
+                continue
+            self._served.append((op, OK, t0))
+            elements.append(batch.ok(result))
+            if event:
+                events.append(event)
+        if later:
+            return self._batch_later(frames[:1], rid, elements, events, later)
+        return frames[:1] + wire.reply_ok(rid, batch.join(elements)), events  # type: ignore[arg-type]
+
+    async def _batch_later(self, envelope: list[bytes], rid: int | str,
+                           elements: list[bytes | None], events: list[dict[str, Any]],
+                           later: list[tuple[int, Pending, _Call]]) -> Reply:
+        """A batch with cluster writes: its reply once etcd has answered every one (they
+        were all sent before the first is awaited)."""
+        for i, pending, call in later:
+            try:
+                result, event = await pending.result
+            except Exception as exc:
+                elements[i] = self._element_failed(exc, call)
+                continue
+            self._served.append((call.op, OK, call.t0))
+            elements[i] = batch.ok(result)
+            if event:
+                events.append(event)
+        return envelope + wire.reply_ok(rid, batch.join(elements)), events  # type: ignore[arg-type]
 
     async def _later(self, pending: Pending, call: _Call) -> Reply:
         try:
             result, event = await pending.result
         except Exception as exc:
-            return self._failed(exc, call), None
+            return self._failed(exc, call), []
         self._served.append((call.op, OK, call.t0))
         assert call.rid is not None  # parsed: a request without one was refused at once
-        return call.envelope + wire.reply_ok(call.rid, result), event
+        return call.envelope + wire.reply_ok(call.rid, result), [event] if event else []
 
     def _failed(self, error: Exception, call: _Call) -> list[bytes]:
+        error = self._counted(error, call)
+        if isinstance(error, WireError):
+            return call.envelope + wire.refusal(call.rid, error)
+        return call.envelope + wire.reply_incident(
+            call.rid, log, f"shard endpoint: request {call.rid!r} failed", error)
+
+    def _element_failed(self, error: Exception, call: _Call) -> bytes:
+        error = self._counted(error, call)
+        if not isinstance(error, WireError):
+            error = wire.incident(log, f"shard endpoint: an op of batch {call.rid!r} "
+                                  "failed", error)
+        return batch.error(error)
+
+    def _counted(self, error: Exception, call: _Call) -> Exception:
+        """Count a failed request (or op of a batch) and note a forbidden write for the
+        audit log."""
         self.stats["errors"] += 1
         if isinstance(error, WireError):
-            self._served.append((call.op, error.code, call.t0))
+            if call.op:
+                self._served.append((call.op, error.code, call.t0))
             if error.code == ErrorCode.FORBIDDEN:
                 self.refused.append({"op": call.op, "agent": call.agent,
                                      "name": call.body.get("name"), "reason": error.message,
                                      "via": "shard_endpoint"})
             if error.code == ErrorCode.RATE_LIMITED:
                 self.stats["rate_limited"] += 1
-            return call.envelope + wire.refusal(call.rid, error)
-        self._served.append((call.op, ErrorCode.INTERNAL, call.t0))
-        return call.envelope + wire.reply_incident(
-            call.rid, log, f"shard endpoint: request {call.rid!r} failed", error)
+        elif call.op:
+            self._served.append((call.op, ErrorCode.INTERNAL, call.t0))
+        return error
 
     def sent(self) -> None:
         """The replies of the requests served since the last call have left: count them
@@ -175,13 +260,16 @@ class ShardEndpoint:
         if self.limits is None or self.limits.settings != dict(settings):
             self.limits = build(settings)
 
-    def _limit(self, frames: list[bytes], agent: str | None) -> None:
+    def _limit(self, frames: list[bytes], agent: str | None, nbytes: int | None = None,
+               ) -> None:
         """Charge the request to its connection (the routing id) and its proven agent, or
         raise rate_limited; called after the checks that need no state and before the
-        shard sees the request, so a refusal changes nothing."""
+        shard sees the request, so a refusal changes nothing. `nbytes` None: the size of
+        the message."""
         limits = self.limits
         assert limits is not None
-        nbytes = sum(map(len, frames)) - len(frames[0]) if limits.counts_bytes else 0
+        if nbytes is None:
+            nbytes = sum(map(len, frames)) - len(frames[0]) if limits.counts_bytes else 0
         limits.admit(frames[0], agent, nbytes, time.monotonic())
 
     def _credited(self, caller: None, agent: str, body: dict[str, Any]) -> None:

@@ -170,6 +170,30 @@ def test_variables_behave_as_one_cluster_wide(cluster: Cluster) -> None:
         events.close()
 
 
+def test_a_batch_on_one_node_is_seen_on_another(cluster: Cluster) -> None:
+    """var.batch in cluster mode: its writes go to etcd (they are answered once etcd has),
+    each op on its own, through shard endpoints and through the agent endpoint."""
+    cluster.start("a", "b")
+    a, b = cluster.client("a"), cluster.client("b", direct=False)
+    a.register("alice")
+    b.register("bob")
+    names = [f"bt{i}" for i in range(8)]  # over both shards
+    got = a.batch([{"op": "var.create", "agent": "alice", "name": n, "value": i}
+                   for i, n in enumerate(names)]
+                  + [{"op": "var.set", "agent": "alice", "name": names[0], "value": "x",
+                      "expect_version": 5},
+                     {"op": "var.set", "agent": "alice", "name": names[0], "value": "y",
+                      "expect_version": 1}])
+    assert [r["version"] for r in got[:8]] == [1] * 8
+    assert isinstance(got[8], VersionMismatch) and got[9]["version"] == 2
+    seen = b.batch([{"op": "var.get", "name": n, "consistent": True} for n in names]
+                   + [{"op": "var.set", "agent": "bob", "name": names[1], "value": "b"},
+                      {"op": "var.get", "name": "bt-none"}])
+    assert [r["value"] for r in seen[:8]] == ["y", *range(1, 8)]
+    assert seen[8]["version"] == 2 and isinstance(seen[9], MabeamError)
+    assert a.get_var(names[1], consistent=True)["value"] == "b"
+
+
 def test_agents_are_discovered_and_reached_across_nodes(cluster: Cluster) -> None:
     cluster.start("a", "b", "c", workers=1)
     a, b, c = (cluster.client(n) for n in "abc")

@@ -63,6 +63,10 @@ class Endpoint:
     def __init__(self) -> None:
         self.handlers: dict[str, Callable[..., Any]] = {}
         self.pushed: list[tuple[Any, str, dict[str, Any]]] = []
+        self.charged: list[tuple[Any, Any]] = []
+
+    def charge(self, conn: Any, agent: Any) -> None:
+        self.charged.append((conn, agent))
 
     def push(self, conn: Any, pid: int, op: str, body: dict[str, Any]) -> bool:
         self.pushed.append((conn, op, body))
@@ -204,6 +208,72 @@ def test_admission_checks_in_order_and_strips_agent_and_proof() -> None:
         with pytest.raises(WireError) as err:
             adm.admit("var.set", body)
         assert err.value.code == code, body
+
+
+def test_a_batch_goes_to_each_shard_as_one_message_and_comes_back_in_order() -> None:
+    """var.batch in the arbiter: ops admitted one by one (a refusal answers its element
+    alone), each shard's ops in one link message, elements put back in request order, a
+    part whose worker is down answered busy op by op, each op past the first charged."""
+    from mabeamd.agents import batch
+
+    link = Link(2)
+    events = Events()
+
+    async def scenario() -> None:
+        svc = VariableService(calls_on(link, 2, events), registry_with("a"),
+                              lambda actor, op, body: None)
+        ep = Endpoint()
+        svc.install(ep)  # type: ignore[arg-type]
+        on0 = [n for n in (f"b/{i}" for i in range(40)) if shard_of(n, 2) == 0][:2]
+        on1 = [n for n in (f"b/{i}" for i in range(40)) if shard_of(n, 2) == 1][:2]
+        ops = [{"op": "var.set", "agent": "a", "name": on0[0], "value": 1},
+               {"op": "var.get", "name": on1[0]},
+               {"op": "var.set", "agent": "zed", "name": on0[1], "value": 1},  # not here
+               {"op": "var.list"},
+               {"op": "var.get", "name": on0[1]},
+               {"op": "var.get", "name": on1[1]}]
+        fut = ep.handlers["var.batch"](Req(), {"ops": ops})
+        assert [(conn, agent) for conn, agent in ep.charged] == \
+            [(CONN, None), (CONN, "zed"), (CONN, None), (CONN, None), (CONN, None)], \
+            ep.charged
+        sent = {shard: body for shard, body in link.sent}
+        assert set(sent) == {0, 1} and len(link.sent) == 2
+        assert all(b["op"] == "var.batch" for b in sent.values())
+        assert [item[2] for item in sent[0]["args"]["items"]] == ["a", "@admin"]
+        assert [item[1]["name"] for item in sent[1]["args"]["items"]] == on1
+        elements = {0: [batch.ok({"k": 0}), batch.ok({"k": 4})],
+                    1: [batch.ok({"k": 1}), batch.error(WireError(ErrorCode.NOT_FOUND, "no"))]}
+        for shard, body in sent.items():
+            svc.calls.on_result({"fwd": body["fwd"], "elements": elements[shard],
+                                 "events": [{"name": on0[0], "op": "set", "version": 2,
+                                             "by": "a", "value": 1}] if shard == 0 else []})
+        reply = await fut
+        from mabeamd.net import wire
+        got = wire.unpack(bytes(reply))["results"]
+        assert [e["status"] for e in got] == ["ok", "ok", "error", "error", "ok", "error"]
+        assert [got[i]["result"]["k"] for i in (0, 1, 4)] == [0, 1, 4]
+        assert got[2]["error"]["code"] == ErrorCode.NOT_REGISTERED
+        assert got[3]["error"]["code"] == ErrorCode.BAD_REQUEST
+        assert got[5]["error"]["code"] == ErrorCode.NOT_FOUND
+        assert [t for t, _ in events.got] == [f"var.{on0[0]}"]
+        # A part whose worker is down: its ops busy, the other part served.
+        link.running.discard(1)
+        link.sent.clear()
+        fut = ep.handlers["var.batch"](Req(), {"ops": [{"op": "var.get", "name": on1[0]},
+                                                       {"op": "var.get", "name": on0[0]}]})
+        [(shard, body)] = link.sent
+        svc.calls.on_result({"fwd": body["fwd"], "elements": [batch.ok(7)], "events": []})
+        got = wire.unpack(bytes(await fut))["results"]
+        assert got[0]["error"]["code"] == ErrorCode.BUSY and got[1]["result"] == 7
+        # Nothing sent at all when every op is refused in the arbiter; a hook that raises
+        # fails its op alone, as an incident.
+        link.sent.clear()
+        svc.admission._authorize = lambda actor, op, body: 1 / 0  # type: ignore[assignment]
+        reply = ep.handlers["var.batch"](Req(), {"ops": [
+            {"op": "nope"}, {"op": "var.set", "agent": "a", "name": on0[0], "value": 1}]})
+        codes = [e["error"]["code"] for e in wire.unpack(bytes(reply))["results"]]
+        assert codes == [ErrorCode.BAD_REQUEST, ErrorCode.INTERNAL] and not link.sent
+    run(scenario())
 
 
 def test_variable_writes_need_the_agent_on_this_connection_and_go_to_the_names_shard() -> None:
