@@ -31,6 +31,7 @@ import zmq
 from benchkit import (
     Row,
     agent_rows,
+    batch_rows,
     cluster_rows,
     cluster_send_rows,
     cluster_sim,
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      300 if q else 1000, reps,
                                                      warmup=50 if q else 200)),
         ("variables", lambda: var_rows.variables(1000 if q else 3000, reps, 1.0 if q else 3.0)),
+        ("variable batches", lambda: batch_rows.batches(reps, 1.0 if q else 3.0)),
         ("metrics overhead",
          lambda: var_rows.metrics_overhead(300 if q else 3000, reps, 0.5 if q else 3.0)),
         ("variables at scale",
