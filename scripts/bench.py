@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      300 if q else 1000, reps,
                                                      warmup=50 if q else 200)),
         ("variables", lambda: var_rows.variables(1000 if q else 3000, reps, 1.0 if q else 3.0)),
+        ("variable transports",
+         lambda: var_rows.transports(1000 if q else 3000, reps)),
         ("variable batches", lambda: batch_rows.batches(reps, 1.0 if q else 3.0)),
         ("metrics overhead",
          lambda: var_rows.metrics_overhead(300 if q else 3000, reps, 0.5 if q else 3.0)),

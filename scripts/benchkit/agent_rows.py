@@ -17,11 +17,13 @@ from mabeamd.net import wire
 from mabeamd.testing import Daemon, free_port, free_ports
 
 
-def tcp_daemon(agents: str = "", extra: str = "") -> tuple[Daemon, str]:
+def tcp_daemon(agents: str = "", extra: str = "", shard_endpoint: str = "",
+               ) -> tuple[Daemon, str]:
     """A bench daemon with its agent endpoint on a free loopback port (the default transport
-    agents use), shard endpoints on two more, no event endpoint, and heartbeats slow enough
-    not to expire idle agents."""
+    agents use), shard endpoints on two more (or at `shard_endpoint`), no event endpoint,
+    and heartbeats slow enough not to expire idle agents."""
     port = free_port()
+    shard_endpoint = shard_endpoint or f"tcp://127.0.0.1:{free_ports(2)}"
     d = Daemon(f"""
 [daemon]
 log_level = "warning"
@@ -29,7 +31,7 @@ log_level = "warning"
 count = 2
 [agents]
 endpoints = ["tcp://127.0.0.1:{port}"]
-shard_endpoint = "tcp://127.0.0.1:{free_ports(2)}"
+shard_endpoint = "{shard_endpoint}"
 heartbeat_interval = 300.0
 {agents}
 [events]

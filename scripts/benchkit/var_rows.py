@@ -403,3 +403,40 @@ def metrics_overhead(n: int, reps: int, seconds: float) -> list[Row]:
                         p95=p95, p99=p99, samples=len(scrapes), reps=1,
                         note="the arbiter's loop time per scrape, during the rows above"))
     return rows
+
+
+def transports(n: int, reps: int) -> list[Row]:
+    """Issue 18's "ipc shard endpoints for same-host agents": var.get and var.set p95 on the
+    shard endpoints over TCP loopback and over ipc (Unix sockets), two daemons, repetitions
+    interleaved (tcp, ipc, tcp, ipc ...) so that a drifting machine moves both alike."""
+    tcp, tcp_ep = var_daemon("everysec")
+    ipc_dir = short_tmpdir()
+    ipc, ipc_ep = tcp_daemon("max_in_flight = 1024", '[variables]\nfsync = "everysec"\n'
+                             'snapshot_every = 1000000', shard_endpoint=f"ipc://{ipc_dir}/shard")
+    lat: dict[str, dict[str, list[list[float]]]] = {
+        t: {"get": [], "set": []} for t in ("tcp", "ipc")}
+    try:
+        tcp.start()
+        ipc.start()
+        for _ in range(reps):
+            for t, ep in (("tcp", tcp_ep), ("ipc", ipc_ep)):
+                for m in ("get", "set"):
+                    lat[t][m].append(run_clients(mabeam_client, [(ep, m, n, 200)])[0])
+        tcp.stop()
+        ipc.stop()
+    finally:
+        tcp.cleanup()
+        ipc.cleanup()
+        shutil.rmtree(ipc_dir, ignore_errors=True)
+    rows = []
+    for m, what in (("get", "variable get over ipc shard endpoints"),
+                    ("set", "variable set over ipc shard endpoints (fsync everysec)")):
+        i, spr = pick_median_rep(lat["ipc"][m])
+        j, spr_tcp = pick_median_rep(lat["tcp"][m])
+        p50, p95, p99 = summary(lat["ipc"][m][i])
+        tcp95 = summary(lat["tcp"][m][j])[1]
+        rows.append(Row(what, "us", p50=p50, p95=p95, p99=p99, spread=spr,
+                        samples=len(lat["ipc"][m][i]), reps=reps,
+                        peer="the same over tcp loopback", peer_value=tcp95,
+                        ratio=p95 / tcp95, note=f"tcp spread {spr_tcp}; interleaved"))
+    return rows
