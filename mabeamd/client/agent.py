@@ -19,6 +19,10 @@ protocol's invitations; whatever it returns is sent as the answer (None = no ans
 
 Without arguments, the agent id, endpoint and token come from MABEAM_AGENT_ID,
 MABEAM_ENDPOINT and MABEAM_AGENT_TOKEN: what a managed agent finds in its environment.
+
+Many agents in one process can share one connection: `Agent(id, client=shared)` with one
+connected AsyncClient; each agent reads only the pushes addressed to it. It is cheaper than
+a connection each (scripts/bench: a 1,000-bidder auction at 0.65-0.88x the p95).
 """
 
 from __future__ import annotations
@@ -217,7 +221,8 @@ class Agent:
             await self.on_start()
             stop = asyncio.ensure_future(self._stop.wait())
             while not self._stop.is_set():
-                nxt = asyncio.ensure_future(self.client.next_push())
+                # Its own pushes only: Agents may share one client (client=...).
+                nxt = asyncio.ensure_future(self.client.next_push(agent=self.id))
                 done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
                 if nxt in done:
                     await self._dispatch(nxt.result())
@@ -227,6 +232,7 @@ class Agent:
             with contextlib.suppress(MabeamError):
                 await self.client.bye(self.id)
         finally:
+            self.client.release_pushes(self.id)
             running.discard(self)
             if not running:
                 _RUNNING.pop(loop, None)

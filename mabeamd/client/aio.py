@@ -24,7 +24,7 @@ import zmq
 import zmq.asyncio
 
 from mabeamd.client import pipeline as batching
-from mabeamd.client.bodies import Push, Registration, create_body, write_body
+from mabeamd.client.bodies import Push, Pushes, Registration, create_body, write_body
 from mabeamd.client.errors import (
     Busy,
     ConnectionLost,
@@ -77,7 +77,7 @@ class AsyncClient:
         self._heartbeat = heartbeat
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._pushes: asyncio.Queue[Push] = asyncio.Queue(push_queue)
+        self._pushes = Pushes(push_queue)
         self._ctx: zmq.Context[zmq.Socket[Any]] | None = None
         self._sock: zmq.Socket[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,7 +92,6 @@ class AsyncClient:
         # Variable requests straight to their shard's endpoint (routes.py); not for CURVE
         # clients, whose traffic stays on the encrypted agent endpoint.
         self._routes: Routes | None = None
-        self.dropped_pushes = 0
         self.reregistrations = 0
 
     # --- connection ------------------------------------------------------------------------
@@ -272,7 +271,7 @@ class AsyncClient:
                 if isinstance(agent, str) and self.registrations.pop(agent, None) is not None:
                     log.warning("agent %s was taken over by another connection; this client "
                                 "no longer speaks for it", agent)
-            self._deliver(push)
+            self._pushes.put(push) if self.on_push is None else self.on_push(push)
             return
         fut = self._pending.get(header.get("id"))  # type: ignore[arg-type]
         if fut is None or fut.done():
@@ -283,25 +282,27 @@ class AsyncClient:
         elif status == "error" and isinstance(body, dict):
             fut.set_exception(error_for(str(body.get("code")), str(body.get("message")), body))
 
-    def _deliver(self, push: Push) -> None:
-        if self.on_push is not None:
-            self.on_push(push)
-            return
-        try:
-            self._pushes.put_nowait(push)
-        except asyncio.QueueFull:
-            self.dropped_pushes += 1
+    @property
+    def dropped_pushes(self) -> int:
+        return self._pushes.dropped
 
     async def pushes(self) -> AsyncIterator[Push]:
         """Messages the daemon pushes, in arrival order (unless on_push is set)."""
         while True:
-            yield await self._pushes.get()
+            yield await self._pushes.all.get()
 
-    async def next_push(self, timeout: float | None = None) -> Push:
+    async def next_push(self, timeout: float | None = None, *,
+                        agent: str | None = None) -> Push:
+        """The next push; with `agent`, the next one addressed to it: Agents sharing this
+        client each read their own (bodies.Pushes), until release_pushes(agent)."""
+        queue = self._pushes.all if agent is None else self._pushes.of(agent)
         try:
-            return await asyncio.wait_for(self._pushes.get(), timeout)
+            return await asyncio.wait_for(queue.get(), timeout)
         except asyncio.TimeoutError:
             raise Timeout("no push message in time") from None
+
+    def release_pushes(self, agent: str) -> None:
+        self._pushes.release(agent)
 
     # --- agents ----------------------------------------------------------------------------
 

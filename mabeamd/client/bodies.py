@@ -3,6 +3,7 @@ registration as hello carries it, the body of a write, and a push."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,36 @@ class Push:
     op: str
     id: int
     body: dict[str, Any]
+
+
+class Pushes:
+    """Pushes not yet read: the connection's queue, and one per agent that reads only its
+    own (Agents sharing one client: without it, agent B's loop could take, and answer as
+    B, an invitation addressed to agent A). A push goes to its "to" agent's queue if that
+    agent has one, else to the connection's. Each queue holds at most `maxsize`; one
+    more is dropped and counted."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.all: asyncio.Queue[Push] = asyncio.Queue(maxsize)
+        self._by_agent: dict[str, asyncio.Queue[Push]] = {}
+        self.dropped = 0
+
+    def put(self, push: Push) -> None:
+        to = push.body.get("to")
+        queue = self._by_agent.get(to, self.all) if isinstance(to, str) else self.all
+        try:
+            queue.put_nowait(push)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def of(self, agent: str) -> asyncio.Queue[Push]:
+        queue = self._by_agent.get(agent)
+        if queue is None:
+            queue = self._by_agent[agent] = asyncio.Queue(self.all.maxsize)
+        return queue
+
+    def release(self, agent: str) -> None:
+        self._by_agent.pop(agent, None)
 
 
 @dataclass

@@ -67,3 +67,52 @@ def test_the_documented_protocol_plugin_runs(make_daemon: Callable[..., Daemon])
     assert out["var"]["value"] == "quick"
     protos = {p["name"]: p for p in d.call("protocols.list")}
     assert protos["first_claim"]["plugin"] == "first_claim"
+
+
+class Voter(Agent):
+    capabilities = ["shared-voter"]
+
+    def __init__(self, agent_id: str, client: AsyncClient, choice: str) -> None:
+        super().__init__(agent_id, client=client)
+        self.choice = choice
+        self.seen: list[str] = []
+
+    @invitation("vote")
+    async def ballot(self, inv: Invitation) -> Any:
+        self.seen.append(inv.to)
+        return {"vote": self.choice}
+
+
+def test_agents_sharing_one_client_each_answer_their_own_invitations(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """Agent(client=...) lets many agents share a connection. Each Agent's loop took the
+    next push of the client, whoever it was for: an invitation to v1 could be answered by
+    v2's handler, as v2 (refused: v2 had answered), and v1 never voted. Each Agent now
+    reads the pushes addressed to it."""
+    d = make_daemon().start()
+
+    async def main() -> tuple[dict[str, Any], list[Voter]]:
+        async with AsyncClient(d.agent_endpoint) as shared:
+            voters = [Voter(f"v{i}", shared, "red" if i < 5 else "blue") for i in range(8)]
+            # Started last to first: their loops then wait in the other order than the
+            # pushes (sorted by agent id) come, as a real mix of agents would.
+            tasks = [asyncio.create_task(v.run_async()) for v in reversed(voters)]
+            try:
+                async with AsyncClient(d.agent_endpoint) as c:
+                    await c.register("boss")
+                    await c.wait_for(8, capabilities=["shared-voter"])
+                    await c.create_var("boss", "colour", None)
+                    outs = [await c.start_session(
+                        "boss", "vote", query={"capabilities": ["shared-voter"]},
+                        variables=["colour"], params={"options": ["red", "blue"]},
+                        deadline=10) for _ in range(3)]
+                    return outs[-1], voters
+            finally:
+                for v in voters:
+                    v.stop()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    out, voters = asyncio.run(main())
+    assert out["state"] == "applied" and out["result"]["votes"] == 8, out["result"]
+    assert out["result"]["decision"] == "red"
+    assert all(v.seen == [v.id] * 3 for v in voters), [(v.id, v.seen) for v in voters]
