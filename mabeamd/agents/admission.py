@@ -34,6 +34,11 @@ Authorize = Callable[[str, str, dict[str, Any]], str | None]
 Vouch = Callable[[Any, str, dict[str, Any]], None]
 
 _REQUIRED = frozenset({"agent", "name"})
+# An answer to a session's invitation, sent to the session's worker on its shard endpoint
+# (the one-hop path; through the agent endpoint sessions/service.py admits it). Admitted as
+# a write is: the credential proves the agent, the authorize hook may refuse.
+RESPOND = "session.respond"
+RESPOND_FIELDS = frozenset({"agent", "session", "round", "response"})
 
 
 class WriteAdmission:
@@ -47,11 +52,13 @@ class WriteAdmission:
         # Per op, computed once: admit() runs on every write.
         self._fields = {op: (fields | proof, _REQUIRED | proof)
                         for op, fields in WRITE_FIELDS.items()}
+        self._fields[RESPOND] = (RESPOND_FIELDS | proof,
+                                 frozenset({"agent", "session", "round"}) | proof)
 
     def admit(self, op: str, body: dict[str, Any], caller: Any = None,
               ) -> tuple[str, dict[str, Any]]:
-        """(actor, the write's fields without `agent`) for a write op, or WireError. The
-        body is not kept; it may be changed (proof fields removed)."""
+        """(actor, the write's fields without `agent`) for a write op (or RESPOND), or
+        WireError. The body is not kept; it may be changed (proof fields removed)."""
         allowed, required = self._fields[op]
         check_fields(body, op, allowed, required)
         agent = body["agent"]

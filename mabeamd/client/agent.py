@@ -78,6 +78,9 @@ class Invitation:
     # A streaming round (markets): answer any number of times with Agent.answer() while it
     # is open; each answer's reply comes back at once (e.g. an order's fills).
     streaming: bool = False
+    # The session's shard (None: answer through the agent endpoint): answers go straight to
+    # its worker's shard endpoint.
+    shard: int | None = None
 
 
 def invitation(protocol: str) -> Callable[[G], G]:
@@ -154,7 +157,8 @@ class Agent:
     async def answer(self, inv: Invitation, value: Any) -> Any:
         """Answer `inv` now; returns the session's reply (for streaming rounds, e.g. the
         fills of an order), or None."""
-        reply = await self.client.respond(self.id, inv.session, inv.round, value)
+        reply = await self.client.respond(self.id, inv.session, inv.round, value,
+                                          shard=inv.shard)
         return reply.get("reply")
 
     def stop(self) -> None:
@@ -163,14 +167,17 @@ class Agent:
     # --- running ---------------------------------------------------------------------------
 
     async def _answer(self, b: dict[str, Any]) -> None:
+        shard = b.get("shard")
         inv = Invitation(str(b.get("session")), str(b.get("protocol")), int(b.get("round", 0)),
                          str(b.get("kind")), b.get("body"), float(b.get("deadline_in", 0)),
-                         str(b.get("to")), bool(b.get("streaming", False)))
+                         str(b.get("to")), bool(b.get("streaming", False)),
+                         shard if type(shard) is int else None)
         handler = self._protocols.get(inv.protocol, self.on_invitation)
         try:
             answer = await handler(inv)
             if answer is not None:
-                await self.client.respond(self.id, inv.session, inv.round, answer)
+                await self.client.respond(self.id, inv.session, inv.round, answer,
+                                          shard=inv.shard)
         except MabeamError as exc:
             log.warning("%s: answer to session %s round %d refused: %s", self.id, inv.session,
                         inv.round, exc)

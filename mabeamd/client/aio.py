@@ -24,6 +24,7 @@ import zmq
 import zmq.asyncio
 
 from mabeamd.client import pipeline as batching
+from mabeamd.client import routes as routing
 from mabeamd.client.bodies import Push, Pushes, Registration, create_body, write_body
 from mabeamd.client.errors import (
     Busy,
@@ -520,12 +521,12 @@ class AsyncClient:
         result: dict[str, Any] = await self.request("session.cancel", body)
         return result
 
-    async def respond(self, agent: str, session: str, round: int, response: Any,
-                      ) -> dict[str, Any]:
-        """Answer round `round` of a session invitation as `agent`."""
-        result: dict[str, Any] = await self.request(
-            "session.respond", {"agent": agent, "session": session, "round": round,
-                                "response": response})
+    async def respond(self, agent: str, session: str, round: int, response: Any, *,
+                      shard: int | None = None) -> dict[str, Any]:
+        """Answer round `round` of a session invitation as `agent`; `shard` (the
+        invitation's) sends it to the session's worker in one hop (routes.respond)."""
+        result: dict[str, Any] = await routing.respond(self, {
+            "agent": agent, "session": session, "round": round, "response": response}, shard)
         return result
 
     async def heartbeat(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from mabeamd.client.errors import Busy, WrongShard
+from mabeamd.client.errors import Busy, NotFound, NotRegistered, WrongShard
 from mabeamd.net import wire
 from mabeamd.net.drain import UNBOUNDED, Drain, each
 from mabeamd.net.frames import NOBLOCK, recv_batch, recv_frames, send_frames
@@ -290,3 +290,41 @@ def direct_fallback(exc: Exception, op: str, body: dict[str, Any], agent: str | 
     if isinstance(exc, WrongShard):  # refused, so nothing done: the arbiter routes it right
         log.warning("%s %r: %s (this client counts %s shards); sent through the agent "
                     "endpoint instead", op, body["name"], exc.message, shards)
+
+
+async def respond(client: Any, body: dict[str, Any], shard: int | None) -> Any:
+    """A session.respond: to the session's worker (`shard`, from the invitation) when there
+    is a route to it and the agent has a credential, else, or when that route cannot take
+    it (respond_fallback), to the agent endpoint."""
+    target = respond_target(client, body, shard)
+    if target is not None:
+        try:
+            return await client._request("session.respond", target, None, shard)
+        except (NoRoute, Lost, Busy, NotRegistered, NotFound) as exc:
+            respond_fallback(exc, body["session"])
+    return await client.request("session.respond", body)
+
+
+def respond_target(client: Any, body: dict[str, Any], shard: int | None,
+                   ) -> dict[str, Any] | None:
+    """The body of a session.respond for the session's worker (`shard`, from the
+    invitation), or None for the agent endpoint: no shard given, no route to it, or no
+    credential for the agent."""
+    routes = client._routes
+    if shard is None or routes is None or not 0 <= shard < len(routes.addresses):
+        return None
+    reg = client.registrations.get(body["agent"])
+    if reg is None or not reg.credential:
+        return None
+    return {**body, "credential": reg.credential}
+
+
+def respond_fallback(exc: Exception, session: str) -> None:
+    """A session.respond the worker's route could not take: no route, `busy` (a worker still
+    starting), `not_registered` (a stale credential) or `not_found` (no such session running
+    there) mean nothing was recorded, so the agent endpoint is asked (return), whose answer
+    is authoritative; a connection lost with it in flight raises `busy` (it may or may not
+    have been recorded)."""
+    if isinstance(exc, Lost):
+        raise Busy(f"session.respond {session}: the session's worker went away while taking "
+                   "it; it may or may not have been recorded", "busy") from None

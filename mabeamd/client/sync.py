@@ -179,8 +179,9 @@ class Client:
                        ) -> dict[str, Any]:
         return self._run(self.aio.cancel_session(agent, session, reason))
 
-    def respond(self, agent: str, session: str, round: int, response: Any) -> dict[str, Any]:
-        return self._run(self.aio.respond(agent, session, round, response))
+    def respond(self, agent: str, session: str, round: int, response: Any, *,
+                shard: int | None = None) -> dict[str, Any]:
+        return self._run(self.aio.respond(agent, session, round, response, shard=shard))
 
     def heartbeat(self) -> dict[str, Any]:
         return self._run(self.aio.heartbeat())

@@ -369,6 +369,10 @@ class SessionService:
         """Push an invitation/notice to each agent; returns the ids that cannot be reached."""
         unreachable = []
         op, payload = str(body.get("op")), body.get("body") or {}
+        # An invitation names the session's worker: its shard endpoint takes the answer in
+        # one hop. (Another node's agents get it through node.push, without: they answer
+        # through their node.)
+        hop = {"shard": index} if op == "session.invite" else {}
         for agent in body.get("agents") or []:
             rec = self.registry.agents.get(agent)
             if rec is None:
@@ -376,7 +380,7 @@ class SessionService:
                                                                {**payload, "to": agent}):
                     unreachable.append(agent)
             elif not self.endpoint.push(rec.conn, next(self._push_ids), op,
-                                        {**payload, "to": agent}):
+                                        {**payload, "to": agent, **hop}):
                 unreachable.append(agent)
         return unreachable
 

@@ -138,6 +138,8 @@ class Worker:
             if self.shard is not None:
                 self.sessions = SessionEngine(self.shard, self.plugins, self._out)
             direct = self.direct
+            if direct is not None:
+                direct.sessions = self.sessions is not None
             if direct is not None and (self.shard is None or not direct.bind()):
                 direct.close()
                 direct = self.direct = None
@@ -291,6 +293,11 @@ class Worker:
 
     def _handle_var(self, op: str, args: dict[str, Any], actor: str,
                     ) -> tuple[Any, dict[str, Any] | None]:
+        """A request the shard endpoint admitted: a variable op, or an answer to one of this
+        shard's sessions (the one-hop path: it changes no variable, so no commit waits)."""
+        if op == "session.respond":
+            assert self.sessions is not None
+            return self.sessions.handle(op, {**args, "agent": actor}), None
         assert self.shard is not None
         return self.shard.handle(op, args, actor, time.time())
 

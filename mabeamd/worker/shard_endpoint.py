@@ -36,7 +36,7 @@ import zmq
 
 from mabeamd.addresses import parse_endpoint
 from mabeamd.agents import batch
-from mabeamd.agents.admission import Authorize, WriteAdmission
+from mabeamd.agents.admission import RESPOND, Authorize, WriteAdmission
 from mabeamd.agents.credentials import Verifier
 from mabeamd.cluster.pending import Pending
 from mabeamd.net import wire
@@ -78,7 +78,8 @@ class ShardEndpoint:
         self.limits: Limits | None = None  # None: [limits] off, one test per request
         # By op and code, with latency up to the reply's send (after the batch's WAL
         # commit): observed by sent(); the heartbeat carries its snapshot (metrics).
-        self.ops = OpStats(READ_OPS | WRITE_FIELDS.keys())
+        self.ops = OpStats(READ_OPS | WRITE_FIELDS.keys() | {RESPOND})
+        self.sessions = False  # serves session.respond (set once its shard's engine runs)
         self._served: list[tuple[str | None, str, float]] = []
         # Writes refused as forbidden since the worker last looked, for the audit log (the
         # arbiter writes it: worker/main.py sends them on).
@@ -137,6 +138,19 @@ class ShardEndpoint:
                 agent, args = self.admission.admit(op, body)
             except WireError:
                 if self.limits is not None:  # a refused write costs its connection too
+                    self._limit(frames, None, nbytes)
+                raise
+            if self.limits is not None:
+                self._limit(frames, agent, nbytes)
+            return handle(op, args, agent)
+        if op == RESPOND and self.sessions:
+            try:
+                agent, args = self.admission.admit(op, body)
+                if isinstance(args["round"], bool) or not isinstance(args["round"], int):
+                    raise WireError(ErrorCode.BAD_REQUEST, "round must be an integer: the "
+                                    "round number of the invitation being answered")
+            except WireError:
+                if self.limits is not None:
                     self._limit(frames, None, nbytes)
                 raise
             if self.limits is not None:

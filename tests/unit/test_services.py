@@ -410,7 +410,9 @@ def test_session_start_resolves_terms_relays_and_ends_with_the_workers_record() 
         gone = svc.on_push(shard, {"agents": ["b1", "ghost"], "op": "session.invite",
                                    "body": {"session": sid}})
         assert gone == ["ghost"]
-        assert ep.pushed[-1] == (CONN, "session.invite", {"session": sid, "to": "b1"})
+        # the session's shard: answers may go straight to its worker (one hop)
+        assert ep.pushed[-1] == (CONN, "session.invite", {"session": sid, "to": "b1",
+                                                          "shard": shard})
         svc.on_ended({"session": sid, "state": "applied", "result": {"winner": "b1"}})
         assert sid not in svc.live and svc.stats["applied"] == 1
         assert ep.pushed[-1][1] == "session.result"  # notify: true
