@@ -182,6 +182,8 @@ class ShardEndpoint:
                     raise
                 agent, name = body.get("agent"), body.get("name")
                 if isinstance(name, str) and name in held:
+                    if self.limits is not None:  # still a request of this connection
+                        self._limit(frames, None, nbytes)
                     raise batch.held_back(name)
                 result, event = self._one(frames, op, body, handle, nbytes)
             except Exception as exc:
