@@ -322,7 +322,11 @@ class Worker:
 
     def _serve(self, frames: list[bytes]) -> dict[str, Any] | None:
         try:
-            _, op, body = wire.parse_request(frames)
+            # The arbiter bounded what it took from agents ([agents] max_message); a request it
+            # relays is that plus the link's envelope, and a batch's part is up to the whole
+            # batch. The default 1 MiB bound here dropped a max_value write relayed by the
+            # arbiter, and its agent waited out its timeout.
+            _, op, body = wire.parse_request(frames, max_size=1 << 30)
         except wire.WireError as exc:
             log.warning("dropping malformed message from arbiter: %s", exc.message)
             return None

@@ -279,3 +279,22 @@ def test_acknowledged_batch_writes_survive_kill9_of_workers_and_the_daemon(
             d.start()
     with Client(d.agent_endpoint, timeout=15) as c:
         check(c)
+
+
+def test_a_max_value_write_and_a_big_batch_through_the_arbiter(daemon: Daemon) -> None:
+    """The worker read the arbiter's link messages with a 1 MiB bound: a write of a
+    max_value (1 MiB) value relayed by the arbiter, or a batch part of two 600 KB values,
+    was dropped and its agent waited out its timeout. (Found by trying batches as a user.)"""
+    with Client(daemon.agent_endpoint, timeout=10, direct=False) as c:
+        c.register("big")
+        c.create_var("big", "big/x", 0)
+        # a str of 2**20 - 5 characters packs to exactly max_value (2**20) bytes
+        assert c.set_var("big", "big/x", "v" * ((1 << 20) - 5))["version"] == 2
+        with pytest.raises(MabeamError) as info:
+            c.set_var("big", "big/x", "v" * ((1 << 20) + 10))
+        assert info.value.code == "too_large"
+        names = names_on(0, "big/", 2)
+        got = c.batch([{"op": "var.create", "agent": "big", "name": n, "value": "w" * 600_000}
+                       for n in names])
+        assert [r["version"] for r in got] == [1, 1]
+        assert c.get_var(names[1], local=False)["value"] == "w" * 600_000
