@@ -34,6 +34,7 @@ from mabeamd.client.errors import (
     NotRegistered,
     RateLimited,
     Timeout,
+    TooLarge,
     WrongShard,
     error_for,
 )
@@ -42,7 +43,6 @@ from mabeamd.client.routes import Lost, NoRoute, Routes, direct_fallback
 from mabeamd.net import wire
 from mabeamd.net.drain import UNBOUNDED, Drain, each, recv_ready_batch
 from mabeamd.net.frames import NOBLOCK, send_frames
-from mabeamd.storage.sharding import shard_of
 
 log = logging.getLogger("mabeamd.client")
 BYE_WAIT = 1.0  # seconds close() gives the byes of its agents
@@ -88,6 +88,7 @@ class AsyncClient:
         self._wake = asyncio.Event()
         # Learned at hello: where the daemon's shards and events are.
         self.shards = 0
+        self.max_message = 0  # the daemon's request limit, from hello
         self._local = LocalReads(prefault)  # same-host reads from the shard segments
         self.events_endpoint: str | None = None
         # Variable requests straight to their shard's endpoint (routes.py); not for CURVE
@@ -189,12 +190,16 @@ class AsyncClient:
         if self._sock is None:
             raise ConnectionLost("not connected")
         rid = next(self._ids)
+        frames = wire.encode({"id": rid, "op": op}, body)  # before a future waits on it
+        size = sum(map(len, frames))
+        if self.max_message and size > self.max_message:  # refused, or the link cut, there
+            raise TooLarge(f"{op}: a request of {size} bytes is over the daemon's limit of "
+                           f"{self.max_message} ([agents] max_message); split it", "too_large")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[rid] = fut
         wait = self.timeout if timeout is None else timeout
         deadline = loop.time() + wait
-        frames = wire.encode({"id": rid, "op": op}, body)
         try:
             if shard is None:
                 await self._send(frames, deadline, op)
@@ -211,18 +216,8 @@ class AsyncClient:
 
     def direct_target(self, body: dict[str, Any], agent: str | None,
                       ) -> tuple[int, dict[str, Any]] | None:
-        """(shard, body to send there) when a variable request may take its shard's route:
-        there is one, and a write's `agent` has a credential. None: the agent endpoint."""
-        routes = self._routes
-        if routes is None or not routes.addresses or not self.shards:
-            return None
-        direct = body
-        if agent is not None:
-            reg = self.registrations.get(agent)
-            if reg is None or not reg.credential:
-                return None
-            direct = {**body, "credential": reg.credential}
-        return shard_of(body["name"], self.shards), direct
+        """(shard, body to send there), or None for the agent endpoint (routes.py)."""
+        return routing.direct_target(self, body, agent)
 
     async def _var(self, op: str, body: dict[str, Any], agent: str | None = None) -> Any:
         """A variable request: to its shard's endpoint when there is a route (and, for a
@@ -333,6 +328,7 @@ class AsyncClient:
         if self._routes is not None:
             self._routes.update(reply.get("shard_endpoints"))
         self.shards = int(reply.get("shards") or 0)
+        self.max_message = int(reply.get("max_message") or 0)  # 0: not said (older daemon)
         self._local.hello(reply.get("shm"), self.shards)
         self.events_endpoint = reply.get("events")
 

@@ -2,8 +2,9 @@
 the daemon's side and the semantics: each op independent, in order per variable, answered on
 its own).
 
-`run()` splits the ops by shard and sends each shard's part to that shard's endpoint in one
-message (all parts at once), with each write's credential, as single ops go. What a shard's
+`run()` splits the ops by shard and sends each shard's part to that shard's endpoint (all
+shards at once; a part over MAX_OPS in messages one after another), with each write's
+credential, as single ops go. What a shard's
 route cannot serve goes to the agent endpoint in one more batch, by the rule single ops
 follow (routes.direct_fallback): no route, or an op answered `busy`, `not_registered` or
 `wrong_shard` there (nothing was done) is sent again through the arbiter; a connection lost
@@ -25,6 +26,7 @@ from mabeamd.agents.batch import MAX_OPS
 from mabeamd.client.bodies import write_body
 from mabeamd.client.errors import Busy, MabeamError, NotFound, error_for
 from mabeamd.client.routes import Lost, NoRoute
+from mabeamd.net import wire
 
 if TYPE_CHECKING:
     from mabeamd.client.aio import AsyncClient
@@ -57,62 +59,52 @@ def element(e: Any) -> Any:
     return error_for(str(err.get("code")), str(err.get("message")), err)
 
 
+def _checked_ops(ops: Any) -> list[Any]:
+    """ops as a list, or TypeError before anything is sent (so nothing changes)."""
+    if isinstance(ops, (str, bytes, Mapping)) or not isinstance(ops, (list, tuple)):
+        raise TypeError(f"ops must be a list of op maps, not {type(ops).__name__}")
+    try:
+        wire.pack(ops)  # a part sent before another failed to encode would be half a batch
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"a batch's ops must be msgpack-encodable: {exc}") from None
+    return list(ops)
+
+
 async def run(client: AsyncClient, ops: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """Every op's result or MabeamError (returned, not raised), in the order of `ops`."""
+    """Every op's result or MabeamError (returned, not raised), in the order of `ops`.
+    Raises TypeError for what cannot be sent at all (ops not a list, a value msgpack cannot
+    encode), as a single op would."""
+    ops = _checked_ops(ops)
     results: list[Any] = [None] * len(ops)
     by_shard: dict[int, list[tuple[int, dict[str, Any]]]] = {}
     arbiter: list[int] = []
     for i, op in enumerate(ops):
-        # What is not a map naming a variable is the agent endpoint's to answer.
+        # What is not a map naming a variable (or a write naming no agent) is the agent
+        # endpoint's to answer.
         name = op.get("name") if isinstance(op, Mapping) else None
-        target = client.direct_target(dict(op), op.get("agent") if op.get("op") in WRITES
-                                      else None) if isinstance(name, str) else None
+        write = isinstance(op, Mapping) and op.get("op") in WRITES
+        target = None
+        if isinstance(name, str) and not (write and not isinstance(op.get("agent"), str)):
+            target = client.direct_target(dict(op), op.get("agent") if write else None)
         if target is None:
             arbiter.append(i)
         else:
             by_shard.setdefault(target[0], []).append((i, target[1]))
-    parts = [(shard, part[k:k + MAX_OPS]) for shard, part in by_shard.items()
-             for k in range(0, len(part), MAX_OPS)]
-    answers = await asyncio.gather(
-        *(client._request("var.batch", {"ops": [body for _, body in part]}, None, shard)
-          for shard, part in parts), return_exceptions=True)
-    stale = False
-    for (_, part), answer in zip(parts, answers, strict=True):
-        if isinstance(answer, NoRoute):
-            arbiter += [i for i, _ in part]
-        elif isinstance(answer, Lost):
-            for i, body in part:
-                if ops[i]["op"] in WRITES:
-                    results[i] = Busy(f"{ops[i]['op']} {body.get('name')!r}: the worker "
-                                      "went away while serving it; it may or may not have "
-                                      "been applied: read it back, then retry", "busy")
-                else:
-                    arbiter.append(i)
-        elif isinstance(answer, BaseException):
-            if not isinstance(answer, Exception):
-                raise answer
-            for i, _ in part:
-                results[i] = answer
-        else:
-            got = answer.get("results") if isinstance(answer, dict) else None
-            if not isinstance(got, list) or len(got) != len(part):
-                raise error_for("internal", "a shard endpoint answered a batch with the "
-                                "wrong number of results")
-            for (i, _), e in zip(part, got, strict=True):
-                r = element(e)
-                if isinstance(r, MabeamError) and r.code in RESEND:
-                    if r.code == "wrong_shard" and not stale:
-                        stale = True
-                        log.warning("batch: %s (this client counts %s shards); those ops "
-                                    "sent through the agent endpoint instead", r.message,
-                                    client.shards)
-                    arbiter.append(i)
-                else:
-                    results[i] = r
+    stale: list[bool] = []
+    answered = await asyncio.gather(*(
+        _shard_parts(client, ops, shard, part, results=results, stale=stale)
+        for shard, part in by_shard.items()))
+    for resend in answered:
+        arbiter += resend
     arbiter.sort()
     for k in range(0, len(arbiter), MAX_OPS):
         chunk = arbiter[k:k + MAX_OPS]
-        reply = await client.request("var.batch", {"ops": [ops[i] for i in chunk]})
+        try:
+            reply = await client.request("var.batch", {"ops": [ops[i] for i in chunk]})
+        except MabeamError as exc:  # the whole message refused (too_large, busy, ...)
+            for i in chunk:
+                results[i] = exc
+            continue
         got = reply.get("results") if isinstance(reply, dict) else None
         if not isinstance(got, list) or len(got) != len(chunk):
             raise error_for("internal", "the daemon answered a batch with the wrong number "
@@ -120,6 +112,64 @@ async def run(client: AsyncClient, ops: Sequence[Mapping[str, Any]]) -> list[Any
         for i, e in zip(chunk, got, strict=True):
             results[i] = element(e)
     return results
+
+
+async def _shard_parts(client: AsyncClient, ops: list[Any], shard: int,
+                       part: list[tuple[int, dict[str, Any]]], *, results: list[Any],
+                       stale: list[bool]) -> list[int]:
+    """One shard's ops on its route, MAX_OPS a message, one message after another; returns
+    the ops to resend through the agent endpoint. Once an op on a name is resent, the
+    later ops on that name are resent too, not run here: resent in order, they keep the
+    order per variable."""
+    resend: list[int] = []
+    held: set[str] = set()
+    for k in range(0, len(part), MAX_OPS):
+        chunk = []
+        for i, body in part[k:k + MAX_OPS]:
+            if body["name"] in held:
+                resend.append(i)
+            else:
+                chunk.append((i, body))
+        if not chunk:
+            continue
+        try:
+            answer = await client._request("var.batch", {"ops": [b for _, b in chunk]},
+                                           None, shard)
+        except NoRoute:
+            again = [i for i, _ in chunk]
+        except Lost:
+            again = []
+            for i, body in chunk:
+                if ops[i]["op"] in WRITES:
+                    results[i] = Busy(f"{ops[i]['op']} {body['name']!r}: the worker went "
+                                      "away while serving it; it may or may not have been "
+                                      "applied: read it back, then retry", "busy")
+                else:
+                    again.append(i)
+        except MabeamError as exc:
+            for i, _ in chunk:
+                results[i] = exc
+            continue
+        else:
+            again = []
+            got = answer.get("results") if isinstance(answer, dict) else None
+            if not isinstance(got, list) or len(got) != len(chunk):
+                raise error_for("internal", "a shard endpoint answered a batch with the "
+                                "wrong number of results")
+            for (i, _), e in zip(chunk, got, strict=True):
+                r = element(e)
+                if isinstance(r, MabeamError) and r.code in RESEND:
+                    if r.code == "wrong_shard" and not stale:
+                        stale.append(True)
+                        log.warning("batch: %s (this client counts %s shards); those ops "
+                                    "sent through the agent endpoint instead", r.message,
+                                    client.shards)
+                    again.append(i)
+                else:
+                    results[i] = r
+        resend += again
+        held.update(ops[i]["name"] for i in again)
+    return resend
 
 
 _O = TypeVar("_O", bound="Ops")
@@ -188,6 +238,8 @@ class Pipeline(Ops):
     async def __aexit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is None:
             await self.execute()
+        else:
+            self.ops = []  # the block failed: nothing of it runs, now or later
 
 
 def checked(results: list[Any], raise_on_error: bool) -> list[Any]:
@@ -205,6 +257,8 @@ async def get_many(client: AsyncClient, names: Sequence[str],
     """Each name's variable, None where there is none; `local_get` (the client's shared-
     memory read, None for none) answers what it can, the rest goes in one batch. Another
     failure raises BatchError."""
+    if isinstance(names, (str, bytes)) or not all(isinstance(n, str) for n in names):
+        raise TypeError("names must be a list of variable names (strings)")
     found: dict[str, dict[str, Any] | None] = {}
     ask: list[str] = []
     for name in dict.fromkeys(names):
@@ -230,6 +284,8 @@ async def set_many(client: AsyncClient, agent: str, values: Mapping[str, Any],
                    ) -> dict[str, dict[str, Any]]:
     """Set each variable as `agent` (each set on its own): the new states by name, or
     BatchError once all ran if any failed (its `results` in the order of `values`)."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"values must map names to values, not {type(values).__name__}")
     names = list(values)
     results = checked(await run(client, [{"op": "var.set", "agent": agent, "name": n,
                                           "value": values[n]} for n in names]), True)

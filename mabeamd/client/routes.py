@@ -34,6 +34,7 @@ from mabeamd.client.errors import Busy, NotFound, NotRegistered, WrongShard
 from mabeamd.net import wire
 from mabeamd.net.drain import UNBOUNDED, Drain, each
 from mabeamd.net.frames import NOBLOCK, recv_batch, recv_frames, send_frames
+from mabeamd.storage.sharding import shard_of
 
 log = logging.getLogger("mabeamd.client")
 
@@ -290,6 +291,22 @@ def direct_fallback(exc: Exception, op: str, body: dict[str, Any], agent: str | 
     if isinstance(exc, WrongShard):  # refused, so nothing done: the arbiter routes it right
         log.warning("%s %r: %s (this client counts %s shards); sent through the agent "
                     "endpoint instead", op, body["name"], exc.message, shards)
+
+
+def direct_target(client: Any, body: dict[str, Any], agent: str | None,
+                  ) -> tuple[int, dict[str, Any]] | None:
+    """(shard, body to send there) when a variable request may take its shard's route:
+    there is one, and a write's `agent` has a credential. None: the agent endpoint."""
+    routes = client._routes
+    if routes is None or not routes.addresses or not client.shards:
+        return None
+    direct = body
+    if agent is not None:
+        reg = client.registrations.get(agent)
+        if reg is None or not reg.credential:
+            return None
+        direct = {**body, "credential": reg.credential}
+    return shard_of(body["name"], client.shards), direct
 
 
 async def respond(client: Any, body: dict[str, Any], shard: int | None) -> Any:

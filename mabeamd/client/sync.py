@@ -236,3 +236,5 @@ class SyncPipeline(batching.Ops):
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is None:
             self.execute()
+        else:
+            self.ops = []  # the block failed: nothing of it runs, now or later

@@ -346,7 +346,7 @@ class Arbiter(WorkerSide):
             self.endpoint, self.registry, self.events, cfg.agents, shards=self.worker_count,
             write_key=self.write_key, on_down=self._agent_down,
             on_takeover=self.reports.takeover, hello_extra={
-                "shards": self.worker_count,
+                "shards": self.worker_count, "max_message": cfg.agents.max_message,
                 "shm": {"dir": cfg.variables.shm_dir, "prefix": self.meta.shm_prefix},
                 "events": events_ep.address if events_ep is not None else None})
         self.shard_calls = ShardCalls(

@@ -298,3 +298,49 @@ def test_a_max_value_write_and_a_big_batch_through_the_arbiter(daemon: Daemon) -
                        for n in names])
         assert [r["version"] for r in got] == [1, 1]
         assert c.get_var(names[1], local=False)["value"] == "w" * 600_000
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["shard_endpoints", "agent_endpoint"])
+def test_what_a_batch_cannot_send_fails_alike_on_both_paths(daemon: Daemon,
+                                                            direct: bool) -> None:
+    """Found by trying batches as a new user: on one path a value msgpack cannot encode, or
+    a batch over the daemon's message limit, came back as results, on the other it raised;
+    a write without an agent was refused for a missing `credential`; bad arguments gave
+    AttributeError or KeyError."""
+    with Client(daemon.agent_endpoint, timeout=10, direct=direct) as c:
+        c.register("u")
+        names = names_on(0, "cs/", 3)
+        for n in names:
+            c.create_var("u", n, 0)
+        with pytest.raises(TypeError, match="msgpack-encodable"):
+            c.batch([{"op": "var.set", "agent": "u", "name": names[0], "value": 1},
+                     {"op": "var.set", "agent": "u", "name": names[1], "value": object()}])
+        with pytest.raises(TypeError):
+            c.set_many("u", {names[0]: object()})
+        assert c.get_var(names[0], local=False)["version"] == 1  # nothing was sent
+        big = c.batch([{"op": "var.set", "agent": "u", "name": n, "value": "b" * 800_000}
+                       for n in names])  # 2.4 MB: over [agents] max_message (2 MiB)
+        assert [getattr(r, "code", None) for r in big] == ["too_large"] * 3
+        assert "max_message" in str(big[0])
+        with pytest.raises(BatchError) as info:
+            c.set_many("u", {n: "b" * 800_000 for n in names})
+        assert {e.code for _, e in info.value.errors} == {"too_large"}
+        no_agent = c.batch([{"op": "var.set", "name": names[0], "value": 2}])[0]
+        assert isinstance(no_agent, BadRequest) and "credential" not in str(no_agent)
+        for bad in ({"op": "var.get", "name": names[0]}, None, "var.get"):
+            with pytest.raises(TypeError, match="list of op maps"):
+                c.batch(bad)  # type: ignore[arg-type]
+        for names_arg in ("cs/0", [1, None]):
+            with pytest.raises(TypeError, match="names must be"):
+                c.get_many(names_arg)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="values must map"):
+            c.set_many("u", [names[0]])  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError), c.pipeline() as p:
+            p.set("u", names[0], 9)
+            raise RuntimeError("the block failed")
+        assert len(p) == 0 and p.execute() == []
+        assert c.get_var(names[0], local=False)["version"] == 1  # the failed block ran nothing
+        # Past MAX_OPS on one name: sent in parts one after another, order kept.
+        r = c.batch([{"op": "var.set", "agent": "u", "name": names[2], "value": k}
+                     for k in range(1500)] + [{"op": "var.get", "name": names[2]}])
+        assert r[-1]["value"] == 1499 and r[-1]["version"] == 1501
