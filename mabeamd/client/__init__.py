@@ -17,6 +17,7 @@ from mabeamd.client.errors import (
     Busy,
     Conflict,
     ConnectionLost,
+    ConstraintViolation,
     Exists,
     Forbidden,
     Internal,
@@ -26,6 +27,7 @@ from mabeamd.client.errors import (
     QuotaExceeded,
     RateLimited,
     ShuttingDown,
+    StorageError,
     Timeout,
     TooLarge,
     Unavailable,
@@ -40,9 +42,9 @@ from mabeamd.client.sync import Client, SyncPipeline
 
 __all__ = [
     "Agent", "AsyncClient", "BadRequest", "BatchError", "Busy", "Client", "Conflict",
-    "ConnectionLost", "Exists", "Forbidden", "Internal", "Invitation", "MabeamError",
-    "Message", "NotFound", "NotRegistered", "Pipeline", "Push", "QuotaExceeded",
-    "RateLimited", "Registration", "ShuttingDown", "SyncPipeline", "Timeout", "TooLarge",
-    "Unavailable", "UnknownOp", "UnsupportedVersion", "VersionMismatch", "WrongShard",
-    "error_for", "invitation", "topic",
+    "ConnectionLost", "ConstraintViolation", "Exists", "Forbidden", "Internal", "Invitation",
+    "MabeamError", "Message", "NotFound", "NotRegistered", "Pipeline", "Push",
+    "QuotaExceeded", "RateLimited", "Registration", "ShuttingDown", "StorageError",
+    "SyncPipeline", "Timeout", "TooLarge", "Unavailable", "UnknownOp", "UnsupportedVersion",
+    "VersionMismatch", "WrongShard", "error_for", "invitation", "topic",
 ]

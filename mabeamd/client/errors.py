@@ -8,13 +8,15 @@ from mabeamd.net.wire import ErrorCode
 
 
 class MabeamError(Exception):
-    """Base of everything the SDK raises. `code` is the daemon's error code, when it sent one."""
+    """Base of everything the SDK raises. `code` is the daemon's error code, when it sent one;
+    `details` the error body's other fields (e.g. `incident`, `errno`, `limit`)."""
 
     code = "client"
 
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details: dict[str, Any] = {}
         if code is not None:
             self.code = code
 
@@ -90,6 +92,19 @@ class WrongShard(MabeamError):
         self.shards = shards
 
 
+class ConstraintViolation(MabeamError):
+    """A value that breaks its variable's type or constraints: nothing was changed."""
+
+    code = ErrorCode.CONSTRAINT_VIOLATION
+
+
+class StorageError(MabeamError):
+    """The shard's disk refused the write (full, quota, I/O error; `details["errno"]`):
+    nothing was changed; writes are taken again once the disk takes them."""
+
+    code = ErrorCode.STORAGE_ERROR
+
+
 class QuotaExceeded(MabeamError):
     """A shard's variable count or bytes limit ([variables] max_*_per_shard)."""
 
@@ -132,13 +147,22 @@ class ConnectionLost(MabeamError):
 _BY_CODE: dict[str, type[MabeamError]] = {
     cls.code: cls for cls in (BadRequest, UnknownOp, UnsupportedVersion, NotRegistered,
                               Forbidden, Busy, NotFound, Exists, Conflict, VersionMismatch,
-                              TooLarge, Internal, ShuttingDown, Timeout, QuotaExceeded)
+                              TooLarge, Internal, ShuttingDown, Timeout, QuotaExceeded,
+                              ConstraintViolation, StorageError)
 }
 
 
 def error_for(code: str, message: str, body: dict[str, Any] | None = None) -> MabeamError:
     """The exception for an error reply (`body`: the whole error body, for the fields some
-    codes carry); unknown codes give a plain MabeamError."""
+    codes carry; all of them but code and message are in `details`); unknown codes give a
+    plain MabeamError."""
+    exc = _error_for(code, message, body)
+    if isinstance(body, dict):
+        exc.details = {k: v for k, v in body.items() if k not in ("code", "message")}
+    return exc
+
+
+def _error_for(code: str, message: str, body: dict[str, Any] | None) -> MabeamError:
     if code == ErrorCode.WRONG_SHARD:
         body = body or {}
         shard, shards = body.get("shard"), body.get("shards")
