@@ -3,8 +3,8 @@ the daemon's side and the semantics: each op independent, in order per variable,
 its own).
 
 `run()` splits the ops by shard and sends each shard's part to that shard's endpoint (all
-shards at once; a part over MAX_OPS in messages one after another), with each write's
-credential, as single ops go. What a shard's
+shards at once; a part over MAX_OPS ops or the daemon's max_message bytes in messages one
+after another), with each write's credential, as single ops go. What a shard's
 route cannot serve goes to the agent endpoint in one more batch, by the rule single ops
 follow (routes.direct_fallback): no route, or an op answered `busy`, `not_registered` or
 `wrong_shard` there (nothing was done) is sent again through the arbiter; a connection lost
@@ -27,11 +27,14 @@ from mabeamd.client.bodies import write_body
 from mabeamd.client.errors import Busy, MabeamError, NotFound, error_for
 from mabeamd.client.routes import Lost, NoRoute
 from mabeamd.net import wire
+from mabeamd.net.wire import DEFAULT_MAX_MESSAGE
 
 if TYPE_CHECKING:
     from mabeamd.client.aio import AsyncClient
 
 log = logging.getLogger(__name__)
+OP_SLACK = 128  # bytes per op beyond its own packing: a credential, the array's framing
+MESSAGE_SLACK = 1024  # bytes of a message beyond its ops: envelope, header, the body's map
 WRITES = frozenset({"var.create", "var.set", "var.delete"})
 RESEND = frozenset({"busy", "not_registered", "wrong_shard"})  # nothing was done: resend
 
@@ -59,22 +62,45 @@ def element(e: Any) -> Any:
     return error_for(str(err.get("code")), str(err.get("message")), err)
 
 
-def _checked_ops(ops: Any) -> list[Any]:
-    """ops as a list, or TypeError before anything is sent (so nothing changes)."""
+def _checked_ops(ops: Any) -> tuple[list[Any], list[int]]:
+    """(ops as a list, each op's packed size), or TypeError before anything is sent (a part
+    sent before another failed to encode would leave half a batch applied)."""
     if isinstance(ops, (str, bytes, Mapping)) or not isinstance(ops, (list, tuple)):
         raise TypeError(f"ops must be a list of op maps, not {type(ops).__name__}")
     try:
-        wire.pack(ops)  # a part sent before another failed to encode would be half a batch
+        # + room for the credential a write carries to a shard endpoint
+        sizes = [len(wire.pack(op)) + OP_SLACK for op in ops]
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"a batch's ops must be msgpack-encodable: {exc}") from None
-    return list(ops)
+    return list(ops), sizes
+
+
+def _chunks(indices: list[int], sizes: list[int], limit: int) -> list[list[int]]:
+    """`indices` in order, cut into messages of at most MAX_OPS ops and `limit` bytes (an op
+    bigger than that alone: the daemon's answer for it is too_large)."""
+    out: list[list[int]] = []
+    chunk: list[int] = []
+    used = 0
+    for i in indices:
+        if chunk and (len(chunk) == MAX_OPS or used + sizes[i] > limit):
+            out.append(chunk)
+            chunk, used = [], 0
+        chunk.append(i)
+        used += sizes[i]
+    if chunk:
+        out.append(chunk)
+    return out
+
+
+def _limit(client: AsyncClient) -> int:
+    return (client.max_message or DEFAULT_MAX_MESSAGE) - MESSAGE_SLACK
 
 
 async def run(client: AsyncClient, ops: Sequence[Mapping[str, Any]]) -> list[Any]:
     """Every op's result or MabeamError (returned, not raised), in the order of `ops`.
     Raises TypeError for what cannot be sent at all (ops not a list, a value msgpack cannot
     encode), as a single op would."""
-    ops = _checked_ops(ops)
+    ops, sizes = _checked_ops(ops)
     results: list[Any] = [None] * len(ops)
     by_shard: dict[int, list[tuple[int, dict[str, Any]]]] = {}
     arbiter: list[int] = []
@@ -92,13 +118,12 @@ async def run(client: AsyncClient, ops: Sequence[Mapping[str, Any]]) -> list[Any
             by_shard.setdefault(target[0], []).append((i, target[1]))
     stale: list[bool] = []
     answered = await asyncio.gather(*(
-        _shard_parts(client, ops, shard, part, results=results, stale=stale)
+        _shard_parts(client, ops, shard, part, results=results, stale=stale, sizes=sizes)
         for shard, part in by_shard.items()))
     for resend in answered:
         arbiter += resend
     arbiter.sort()
-    for k in range(0, len(arbiter), MAX_OPS):
-        chunk = arbiter[k:k + MAX_OPS]
+    for chunk in _chunks(arbiter, sizes, _limit(client)):
         try:
             reply = await client.request("var.batch", {"ops": [ops[i] for i in chunk]})
         except MabeamError as exc:  # the whole message refused (too_large, busy, ...)
@@ -116,16 +141,17 @@ async def run(client: AsyncClient, ops: Sequence[Mapping[str, Any]]) -> list[Any
 
 async def _shard_parts(client: AsyncClient, ops: list[Any], shard: int,
                        part: list[tuple[int, dict[str, Any]]], *, results: list[Any],
-                       stale: list[bool]) -> list[int]:
-    """One shard's ops on its route, MAX_OPS a message, one message after another; returns
+                       stale: list[bool], sizes: list[int]) -> list[int]:
+    """One shard's ops on its route, in messages one after another (_chunks); returns
     the ops to resend through the agent endpoint. Once an op on a name is resent, the
     later ops on that name are resent too, not run here: resent in order, they keep the
     order per variable."""
     resend: list[int] = []
     held: set[str] = set()
-    for k in range(0, len(part), MAX_OPS):
+    bodies = dict(part)
+    for indices in _chunks([i for i, _ in part], sizes, _limit(client)):
         chunk = []
-        for i, body in part[k:k + MAX_OPS]:
+        for i, body in ((i, bodies[i]) for i in indices):
             if body["name"] in held:
                 resend.append(i)
             else:

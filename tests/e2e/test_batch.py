@@ -318,13 +318,21 @@ def test_what_a_batch_cannot_send_fails_alike_on_both_paths(daemon: Daemon,
         with pytest.raises(TypeError):
             c.set_many("u", {names[0]: object()})
         assert c.get_var(names[0], local=False)["version"] == 1  # nothing was sent
+        # 2.4 MB in all, over [agents] max_message (2 MiB): the SDK sends it in two messages
         big = c.batch([{"op": "var.set", "agent": "u", "name": n, "value": "b" * 800_000}
-                       for n in names])  # 2.4 MB: over [agents] max_message (2 MiB)
-        assert [getattr(r, "code", None) for r in big] == ["too_large"] * 3
-        assert "max_message" in str(big[0])
+                       for n in names])
+        assert [r["version"] for r in big] == [2, 2, 2]
+        # An op bigger than a message fails alone, before it is sent.
+        big = c.batch([{"op": "var.set", "agent": "u", "name": names[0], "value": "c"},
+                       {"op": "var.set", "agent": "u", "name": names[1],
+                        "value": "b" * 2_200_000},
+                       {"op": "var.get", "name": names[0]}])
+        assert getattr(big[1], "code", None) == "too_large" and "max_message" in str(big[1])
+        assert big[2]["value"] == "c" and big[2]["version"] == 3
         with pytest.raises(BatchError) as info:
-            c.set_many("u", {n: "b" * 800_000 for n in names})
-        assert {e.code for _, e in info.value.errors} == {"too_large"}
+            c.set_many("u", {names[1]: "b" * 2_200_000, names[2]: "d"})
+        assert [(i, e.code) for i, e in info.value.errors] == [(0, "too_large")]
+        assert info.value.results[1]["value"] == "d"
         no_agent = c.batch([{"op": "var.set", "name": names[0], "value": 2}])[0]
         assert isinstance(no_agent, BadRequest) and "credential" not in str(no_agent)
         for bad in ({"op": "var.get", "name": names[0]}, None, "var.get"):
@@ -339,8 +347,8 @@ def test_what_a_batch_cannot_send_fails_alike_on_both_paths(daemon: Daemon,
             p.set("u", names[0], 9)
             raise RuntimeError("the block failed")
         assert len(p) == 0 and p.execute() == []
-        assert c.get_var(names[0], local=False)["version"] == 1  # the failed block ran nothing
+        assert c.get_var(names[0], local=False)["version"] == 3  # the failed block ran nothing
         # Past MAX_OPS on one name: sent in parts one after another, order kept.
         r = c.batch([{"op": "var.set", "agent": "u", "name": names[2], "value": k}
                      for k in range(1500)] + [{"op": "var.get", "name": names[2]}])
-        assert r[-1]["value"] == 1499 and r[-1]["version"] == 1501
+        assert r[-1]["value"] == 1499 and r[-1]["version"] == 3 + 1500
