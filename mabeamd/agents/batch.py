@@ -13,8 +13,8 @@ op that fails (refused, conflict, not found) fails alone: the ops before it stay
 the ops after it still run. On a shard endpoint, once an op on a name is answered with a
 "not done here, ask the agent endpoint" code (`busy`, `not_registered`, `wrong_shard`),
 every later op of the batch on that name is answered `busy` too, without running, so a
-client that resends them through the agent endpoint keeps their order (SKIP_AFTER). A batch is not a
-transaction: an all-or-nothing change of several variables is what a coordination session's
+client that resends them through the agent endpoint keeps their order (SKIP_AFTER). A batch
+is not a transaction: an all-or-nothing change of several variables is what a coordination session's
 outcome is (it is applied as one WAL record, storage: Shard.apply_session). The writes of a
 batch that reach the worker in one drain share its group commit, so none is acknowledged
 before all of them are durable (per the fsync policy).
@@ -86,7 +86,7 @@ def split(op_body: Any) -> tuple[str, dict[str, Any]]:
         raise WireError(ErrorCode.BAD_REQUEST, "each op of a batch is a map with an \"op\"")
     fields = dict(op_body)
     op = fields.pop("op", None)
-    if op not in BATCH_OPS:
+    if not isinstance(op, str) or op not in BATCH_OPS:  # a list "op" is unhashable
         raise WireError(ErrorCode.BAD_REQUEST, f"op {op!r} cannot be batched; a batch "
                         f"takes {', '.join(sorted(BATCH_OPS))}")
     return op, fields

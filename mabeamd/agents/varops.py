@@ -33,8 +33,8 @@ from mabeamd.storage.variables import ADMIN, READ_OPS, WRITE_FIELDS, check_read
 
 MAX_LIST = 1000
 
-
 log = logging.getLogger(__name__)
+
 
 class VariableService:
     def __init__(self, calls: ShardCalls, registry: Registry, authorize: Authorize, *,

@@ -22,12 +22,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mabeamd.agents.batch import MAX_OPS
+from mabeamd.agents.batch import MAX_OPS, SKIP_AFTER
 from mabeamd.client.bodies import write_body
 from mabeamd.client.errors import Busy, MabeamError, NotFound, error_for
 from mabeamd.client.routes import Lost, NoRoute
 from mabeamd.net import wire
 from mabeamd.net.wire import DEFAULT_MAX_MESSAGE
+from mabeamd.storage.variables import WRITE_FIELDS
 
 if TYPE_CHECKING:
     from mabeamd.client.aio import AsyncClient
@@ -35,8 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 OP_SLACK = 128  # bytes per op beyond its own packing: a credential, the array's framing
 MESSAGE_SLACK = 1024  # bytes of a message beyond its ops: envelope, header, the body's map
-WRITES = frozenset({"var.create", "var.set", "var.delete"})
-RESEND = frozenset({"busy", "not_registered", "wrong_shard"})  # nothing was done: resend
+
+
+def _is_write(op: Any) -> bool:
+    kind = op.get("op") if isinstance(op, Mapping) else None
+    return isinstance(kind, str) and kind in WRITE_FIELDS  # an odd "op" is the daemon's to refuse
 
 
 class BatchError(MabeamError):
@@ -108,7 +112,7 @@ async def run(client: AsyncClient, ops: Sequence[Mapping[str, Any]]) -> list[Any
         # What is not a map naming a variable (or a write naming no agent) is the agent
         # endpoint's to answer.
         name = op.get("name") if isinstance(op, Mapping) else None
-        write = isinstance(op, Mapping) and op.get("op") in WRITES
+        write = _is_write(op)
         target = None
         if isinstance(name, str) and not (write and not isinstance(op.get("agent"), str)):
             target = client.direct_target(dict(op), op.get("agent") if write else None)
@@ -116,11 +120,14 @@ async def run(client: AsyncClient, ops: Sequence[Mapping[str, Any]]) -> list[Any
             arbiter.append(i)
         else:
             by_shard.setdefault(target[0], []).append((i, target[1]))
-    stale: list[bool] = []
     answered = await asyncio.gather(*(
-        _shard_parts(client, ops, shard, part, results=results, stale=stale, sizes=sizes)
+        _shard_parts(client, ops, shard, part, results=results, sizes=sizes)
         for shard, part in by_shard.items()))
-    for resend in answered:
+    stale = next((err for _, err in answered if err is not None), None)
+    if stale is not None:
+        log.warning("batch: %s (this client counts %s shards); those ops sent through the "
+                    "agent endpoint instead", stale.message, client.shards)
+    for resend, _ in answered:
         arbiter += resend
     arbiter.sort()
     for chunk in _chunks(arbiter, sizes, _limit(client)):
@@ -141,12 +148,14 @@ async def run(client: AsyncClient, ops: Sequence[Mapping[str, Any]]) -> list[Any
 
 async def _shard_parts(client: AsyncClient, ops: list[Any], shard: int,
                        part: list[tuple[int, dict[str, Any]]], *, results: list[Any],
-                       stale: list[bool], sizes: list[int]) -> list[int]:
+                       sizes: list[int]) -> tuple[list[int], MabeamError | None]:
     """One shard's ops on its route, in messages one after another (_chunks); returns
-    the ops to resend through the agent endpoint. Once an op on a name is resent, the
+    the ops to resend through the agent endpoint, and a wrong_shard answer if one came (a
+    stale shard count). Once an op on a name is resent, the
     later ops on that name are resent too, not run here: resent in order, they keep the
     order per variable."""
     resend: list[int] = []
+    stale: MabeamError | None = None
     held: set[str] = set()
     bodies = dict(part)
     for indices in _chunks([i for i, _ in part], sizes, _limit(client)):
@@ -166,7 +175,7 @@ async def _shard_parts(client: AsyncClient, ops: list[Any], shard: int,
         except Lost:
             again = []
             for i, body in chunk:
-                if ops[i]["op"] in WRITES:
+                if _is_write(ops[i]):
                     results[i] = Busy(f"{ops[i]['op']} {body['name']!r}: the worker went "
                                       "away while serving it; it may or may not have been "
                                       "applied: read it back, then retry", "busy")
@@ -184,18 +193,15 @@ async def _shard_parts(client: AsyncClient, ops: list[Any], shard: int,
                                 "wrong number of results")
             for (i, _), e in zip(chunk, got, strict=True):
                 r = element(e)
-                if isinstance(r, MabeamError) and r.code in RESEND:
-                    if r.code == "wrong_shard" and not stale:
-                        stale.append(True)
-                        log.warning("batch: %s (this client counts %s shards); those ops "
-                                    "sent through the agent endpoint instead", r.message,
-                                    client.shards)
+                if isinstance(r, MabeamError) and r.code in SKIP_AFTER:
+                    if r.code == "wrong_shard":
+                        stale = r
                     again.append(i)
                 else:
                     results[i] = r
         resend += again
         held.update(ops[i]["name"] for i in again)
-    return resend
+    return resend, stale
 
 
 _O = TypeVar("_O", bound="Ops")

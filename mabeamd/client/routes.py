@@ -300,13 +300,17 @@ def direct_target(client: Any, body: dict[str, Any], agent: str | None,
     routes = client._routes
     if routes is None or not routes.addresses or not client.shards:
         return None
-    direct = body
-    if agent is not None:
-        reg = client.registrations.get(agent)
-        if reg is None or not reg.credential:
-            return None
-        direct = {**body, "credential": reg.credential}
-    return shard_of(body["name"], client.shards), direct
+    direct = body if agent is None else credentialed(client, agent, body)
+    return None if direct is None else (shard_of(body["name"], client.shards), direct)
+
+
+def credentialed(client: Any, agent: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """`body` with `agent`'s write credential (from hello) for a shard endpoint, or None
+    when it has none."""
+    reg = client.registrations.get(agent)
+    if reg is None or not reg.credential:
+        return None
+    return {**body, "credential": reg.credential}
 
 
 async def respond(client: Any, body: dict[str, Any], shard: int | None) -> Any:
@@ -330,10 +334,7 @@ def respond_target(client: Any, body: dict[str, Any], shard: int | None,
     routes = client._routes
     if shard is None or routes is None or not 0 <= shard < len(routes.addresses):
         return None
-    reg = client.registrations.get(body["agent"])
-    if reg is None or not reg.credential:
-        return None
-    return {**body, "credential": reg.credential}
+    return credentialed(client, body["agent"], body)
 
 
 def respond_fallback(exc: Exception, session: str) -> None:

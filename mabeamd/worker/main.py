@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from mabeamd.agents import batch as batchops
+from mabeamd.agents.admission import RESPOND
 from mabeamd.agents.credentials import WRITE_KEY_ENV, Verifier
 from mabeamd.cluster.pending import Pending
 from mabeamd.logsetup import setup_child_logging
@@ -295,7 +296,7 @@ class Worker:
                     ) -> tuple[Any, dict[str, Any] | None]:
         """A request the shard endpoint admitted: a variable op, or an answer to one of this
         shard's sessions (the one-hop path: it changes no variable, so no commit waits)."""
-        if op == "session.respond":
+        if op == RESPOND:
             assert self.sessions is not None
             return self.sessions.handle(op, {**args, "agent": actor}), None
         assert self.shard is not None

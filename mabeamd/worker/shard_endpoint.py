@@ -133,24 +133,15 @@ class ShardEndpoint:
                 self._limit(frames, None, nbytes)
             check_read(op, body)
             return handle(op, body, ADMIN)
-        if op in WRITE_FIELDS:
+        if op in WRITE_FIELDS or (op == RESPOND and self.sessions):
             try:
                 agent, args = self.admission.admit(op, body)
-            except WireError:
-                if self.limits is not None:  # a refused write costs its connection too
-                    self._limit(frames, None, nbytes)
-                raise
-            if self.limits is not None:
-                self._limit(frames, agent, nbytes)
-            return handle(op, args, agent)
-        if op == RESPOND and self.sessions:
-            try:
-                agent, args = self.admission.admit(op, body)
-                if isinstance(args["round"], bool) or not isinstance(args["round"], int):
+                if op == RESPOND and (isinstance(args["round"], bool)
+                                      or not isinstance(args["round"], int)):
                     raise WireError(ErrorCode.BAD_REQUEST, "round must be an integer: the "
                                     "round number of the invitation being answered")
             except WireError:
-                if self.limits is not None:
+                if self.limits is not None:  # a refused write costs its connection too
                     self._limit(frames, None, nbytes)
                 raise
             if self.limits is not None:

@@ -38,8 +38,7 @@ def mabeam_batch_rate(endpoint: str, seconds: float, size: int, via: str, out: A
     done, rid, k = 0, 1000, 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if time.monotonic() - conn.beat_at >= conn.beat_every:
-            conn.call(rid, "var.get", names[0])  # a sign of life: see Conn.call
+        conn.beat(rid)
         ops = _ops(conn, names, k, size)
         k += size
         parts: dict[int, list[dict[str, Any]]] = {}

@@ -77,18 +77,17 @@ def auctioneer(endpoint: str, ids: list[str], n: int, out: Any) -> None:
 def sealed_bid_live(n: int, reps: int, count: int = 1000) -> list[Row]:
     half = count // 2
     rows = []
-    for target, how in ((bidders, "a connection each"),
-                        (shared_bidders, "one shared client per process")):
+    for target, how, suffix in ((bidders, "a connection each", ""),
+                                (shared_bidders, "one shared client per process",
+                                 ", on 2 connections")):
         runs = with_agents(
             [(target, f"bidder{k}-", half) for k in range(2)],
             lambda endpoint, ids: [run_clients(auctioneer, [(endpoint, ids, n)])[0]
                                    for _ in range(reps)], "max_in_flight = 4096")
         i, spread_text = pick_median_rep(runs)
         p50, p95, p99 = summary(runs[i])
-        shared = target is shared_bidders
         rows.append(Row(
-            f"sealed-bid auction, {count} live bidders (SDK, start -> applied)"
-            + (", on 2 connections" if shared else ""), "ms",
+            f"sealed-bid auction, {count} live bidders (SDK, start -> applied){suffix}", "ms",
             seed_target="< 100", goal="p95 <= 25", p50=p50, p95=p95, p99=p99,
             spread=spread_text, samples=len(runs[i]), reps=reps,
             note=f"{count} invitations pushed and {count} bids per auction; bidders are SDK "

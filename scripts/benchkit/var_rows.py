@@ -80,10 +80,14 @@ class Conn:
     def sock(self, name: str) -> zmq.Socket[Any]:
         return self.socks[shard_of(name, self.shards)]
 
-    def call(self, rid: int, op: str, name: str, value: Any = None) -> dict[str, Any]:
+    def beat(self, rid: int) -> None:
+        """A heartbeat when one is due (see __init__)."""
         if time.monotonic() - self.beat_at >= self.beat_every:
             _call(self.agent_sock, 10**9 + rid, "heartbeat", {"agents": [self.agent]})
             self.beat_at = time.monotonic()
+
+    def call(self, rid: int, op: str, name: str, value: Any = None) -> dict[str, Any]:
+        self.beat(rid)
         return _call(self.sock(name), rid, op, self.body(op, name, value))
 
     def close(self) -> None:

@@ -75,7 +75,8 @@ def test_a_malformed_batch_is_refused_whole(body: Any) -> None:
 
 
 @pytest.mark.parametrize("op", [None, 3, {}, {"op": "var.list"}, {"op": "var.batch"},
-                                {"op": "session.start"}, {"name": "x"}])
+                                {"op": "session.start"}, {"name": "x"}, {"op": [1]},
+                                {"op": {"a": 1}}])
 def test_an_op_that_cannot_be_batched_fails_alone(op: Any) -> None:
     with pytest.raises(WireError) as info:
         batch.split(op)
