@@ -94,6 +94,7 @@ class AsyncClient:
         # Variable requests straight to their shard's endpoint (routes.py); not for CURVE
         # clients, whose traffic stays on the encrypted agent endpoint.
         self._routes: Routes | None = None
+        self._attacher = routing.Attacher()  # invitations on the routes too
         self.reregistrations = 0
 
     # --- connection ------------------------------------------------------------------------
@@ -103,7 +104,7 @@ class AsyncClient:
         # One ZeroMQ context (and I/O thread) per process, shared by every client in it: a
         # context per client meant a process hosting 500 agents ran 500 I/O threads, and
         # each send woke one of them (measured as most of an agent's cost; docs/benchmarks.md).
-        self._ctx = zmq.Context.instance()
+        self._ctx = routing.shared_context()
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.IMMEDIATE, 1)
@@ -123,7 +124,7 @@ class AsyncClient:
         self._drain = Drain(s, each(self._handle), recv_ready_batch, limit=UNBOUNDED)
         self._drain.start(self._loop)
         if self.direct and self.server_key is None:
-            self._routes = Routes(self._ctx, self._loop, self.endpoint, self._handle)
+            self._routes = Routes(self._ctx, self._loop, self.endpoint, self._handle_routed)
         self._tasks = []
         self._closing = False
         if self._heartbeat:
@@ -160,6 +161,7 @@ class AsyncClient:
                 fut.set_exception(ConnectionLost("client closed"))
         self._pending.clear()
         self._local.close()
+        self._attacher.close()
         if self._routes is not None:
             self._routes.close()
             self._routes = None
@@ -251,7 +253,10 @@ class AsyncClient:
                     raise ConnectionLost("client closed") from None
         self._drain.wake()  # a send can consume ZMQ_FD's edge: look for replies anyway
 
-    def _handle(self, frames: list[bytes]) -> None:
+    def _handle_routed(self, frames: list[bytes]) -> None:
+        self._handle(frames, True)
+
+    def _handle(self, frames: list[bytes], routed: bool = False) -> None:
         try:
             header, body = wire.decode(frames, max_size=1 << 30)
         except wire.WireError as exc:
@@ -267,6 +272,8 @@ class AsyncClient:
                 if isinstance(agent, str) and self.registrations.pop(agent, None) is not None:
                     log.warning("agent %s was taken over by another connection; this client "
                                 "no longer speaks for it", agent)
+            if push.op == "session.invite" and not routed and self._routes is not None:
+                self._attacher.on_invitation(self, push.body)  # not attached there (yet)
             self._pushes.put(push) if self.on_push is None else self.on_push(push)
             return
         fut = self._pending.get(header.get("id"))  # type: ignore[arg-type]
@@ -557,7 +564,7 @@ class AsyncClient:
         self._sock.connect(self.endpoint)
         if self._routes is not None:
             self._routes.close()
-            self._routes = Routes(self._ctx, self._loop, self.endpoint, self._handle)
+            self._routes = Routes(self._ctx, self._loop, self.endpoint, self._handle_routed)
         self._local.hello(None, 0)  # no same-host reads of the old node's segments
         self.shards = 0
         self.failovers += 1

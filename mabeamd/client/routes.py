@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from mabeamd.client.errors import Busy, NotFound, NotRegistered, WrongShard
+from mabeamd.client.errors import Busy, NotFound, NotRegistered, UnknownOp, WrongShard
 from mabeamd.net import wire
 from mabeamd.net.drain import UNBOUNDED, Drain, each
 from mabeamd.net.frames import NOBLOCK, recv_batch, recv_frames, send_frames
@@ -40,6 +40,27 @@ log = logging.getLogger("mabeamd.client")
 
 WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]", "::")
 WATCH_MS = 50  # a blocked caller looks for a dropped route this often
+ATTACH = "session.attach"  # worker/attach.py
+
+
+def shared_context() -> zmq.Context[Any]:
+    """The process's one ZeroMQ context (one I/O thread for every client in it), with room
+    for as many sockets as the process may open files. libzmq's default of 1,023 sockets
+    a context is about 200 clients (each has its connection, a route and a monitor per
+    shard): past it, routes failed with "Too many open files" and those agents' requests
+    all went through the arbiter. Only effective before the context's first socket."""
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    try:
+        import resource
+        files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return ctx
+    want = min(ctx.get(zmq.SOCKET_LIMIT),
+               files if files != resource.RLIM_INFINITY else 1 << 16)
+    if want > ctx.get(zmq.MAX_SOCKETS):
+        with contextlib.suppress(zmq.ZMQError):
+            ctx.set(zmq.MAX_SOCKETS, want)
+    return ctx
 
 
 def resolve(advertised: str, via: str) -> str:
@@ -346,3 +367,52 @@ def respond_fallback(exc: Exception, session: str) -> None:
     if isinstance(exc, Lost):
         raise Busy(f"session.respond {session}: the session's worker went away while taking "
                    "it; it may or may not have been recorded", "busy") from None
+
+
+class Attacher:
+    """Asks the workers to push this client's agents' invitations and notices on its routes
+    (worker/attach.py), not through the arbiter: one hop, and no arbiter wake-up per
+    invitation. An invitation that arrives through the agent endpoint naming its session's
+    shard means its agent is not attached there (never yet, or its worker restarted, or the
+    route was reconnected): `session.attach` goes on that shard's route, without waiting,
+    next to the answer. At most one attach per agent and shard is in flight; a daemon that
+    does not know the op is not asked again."""
+
+    def __init__(self) -> None:
+        self._in_flight: set[tuple[str, int]] = set()
+        self._unsupported: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.attached = 0  # attaches the workers took (tests, diagnostics)
+
+    def on_invitation(self, client: Any, body: dict[str, Any]) -> None:
+        """An invitation pushed through the agent endpoint."""
+        shard, agent = body.get("shard"), body.get("to")
+        routes = client._routes
+        if type(shard) is not int or not isinstance(agent, str) or routes is None \
+                or not 0 <= shard < len(routes.addresses) or shard in self._unsupported \
+                or (agent, shard) in self._in_flight:
+            return
+        target = credentialed(client, agent, {"agent": agent})
+        if target is None:
+            return
+        self._in_flight.add((agent, shard))
+        task = asyncio.ensure_future(self._attach(client, agent, shard, target))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _attach(self, client: Any, agent: str, shard: int, body: dict[str, Any],
+                      ) -> None:
+        try:
+            await client._request(ATTACH, body, None, shard)
+            self.attached += 1
+        except UnknownOp:  # a daemon before session.attach: its arbiter pushes everything
+            self._unsupported.add(shard)
+        except Exception as exc:  # no route yet, a worker starting, a stale credential...
+            # Nothing changed: the next invitation through the arbiter asks again.
+            log.debug("session.attach %s on shard %d: %s", agent, shard, exc)
+        finally:
+            self._in_flight.discard((agent, shard))
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()

@@ -13,13 +13,11 @@ import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-import zmq
-
 from mabeamd.client import pipeline as batching
 from mabeamd.client.aio import AsyncClient
 from mabeamd.client.bodies import Push, write_body
 from mabeamd.client.errors import Busy, NotRegistered, Timeout, WrongShard, result_of
-from mabeamd.client.routes import Lost, NoRoute, ThreadRoutes, direct_fallback
+from mabeamd.client.routes import Lost, NoRoute, ThreadRoutes, direct_fallback, shared_context
 from mabeamd.net import wire
 
 T = TypeVar("T")
@@ -43,7 +41,7 @@ class Client:
         self.timeout = timeout
         self._run(self.aio.connect())
         # Variable requests on shard routes wait in the caller's thread (see ThreadRoutes).
-        self._threads = ThreadRoutes(zmq.Context.instance()) \
+        self._threads = ThreadRoutes(shared_context()) \
             if self.aio._routes is not None else None
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:

@@ -103,6 +103,10 @@ PER_WORKER: list[tuple[str, str, str, str, Value]] = [
      "shard", _field("errors", "shard_traffic")),
     ("counter", "mabeamd_shard_endpoint_rate_limited", "requests refused rate_limited on "
      "the shard's own endpoint ([limits])", "shard", _field("rate_limited", "shard_traffic")),
+    ("gauge", "mabeamd_shard_attached_agents", "agents whose session pushes of this shard "
+     "leave from its own endpoint (session.attach)", "shard", _field("attached", "shard_traffic")),
+    ("counter", "mabeamd_shard_pushes", "session invitations and notices sent from the "
+     "shard's own endpoint, not through the arbiter", "shard", _field("pushed", "shard_traffic")),
     ("counter", "mabeamd_cluster_commits", "writes this node's shard committed to etcd "
      "(cluster mode)", "shard", _cluster("commits")),
     ("counter", "mabeamd_cluster_lost_transactions", "write transactions that lost their "

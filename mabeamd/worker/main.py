@@ -238,7 +238,17 @@ class Worker:
             self._link.wake()
 
     def _out(self, op: str, body: dict[str, Any]) -> None:
-        """A message from the session engine (push, event, ended), sent outside a drain."""
+        """A message from the session engine (push, event, ended), sent outside a drain. A
+        push goes straight to the agents attached here (attach.py), the rest through the
+        arbiter."""
+        direct = self.direct
+        if op == "push" and direct is not None and len(direct.attachments):
+            rest = direct.attachments.push(direct.sock, self.index, body)
+            if self._direct is not None:  # a send outside a drain can eat its wake-up edge
+                self._direct.wake()
+            if not rest:
+                return
+            body = {**body, "agents": rest}
         self._send(op, body)
         self._link.wake()
 
@@ -312,7 +322,9 @@ class Worker:
         while True:
             beat: dict[str, Any] = {"generation": self.generation, "t": time.monotonic()}
             if self.direct is not None:
-                beat["shard_traffic"] = self.direct.stats
+                pushes = self.direct.attachments
+                beat["shard_traffic"] = {**self.direct.stats, "attached": len(pushes),
+                                         "pushed": pushes.stats["pushed"]}
                 beat["shard_ops"] = self.direct.ops.snapshot()
             if self.shard is not None:
                 beat["storage"] = self.shard.storage_state()  # None while the disk is fine
@@ -342,8 +354,9 @@ class Worker:
             if self.direct is not None:
                 agents = body.get("agents")
                 if isinstance(agents, dict):
-                    self.direct.verifier.revoke({a: e for a, e in agents.items()
-                                                 if isinstance(e, int)})
+                    revoked = {a: e for a, e in agents.items() if isinstance(e, int)}
+                    self.direct.verifier.revoke(revoked)
+                    self.direct.attachments.revoke(revoked)
                 if body.get("full"):
                     self.direct.writes_open = True
             if body.get("full"):

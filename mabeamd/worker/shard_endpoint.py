@@ -6,9 +6,11 @@ costs about as much as everything the worker does for a request (docs/benchmarks
 worker also binds a ROUTER of its own, at `[agents] shard_endpoint` (worker i: PORT+i, or
 PATH-i), and serves `var.get`, `var.history`, `var.create`, `var.set` and `var.delete` for
 its shard there, and `var.batch` of them (agents/batch.py), speaking the same wire protocol
-as the agent endpoint. Clients learn the
-addresses at hello and route by shard (sharding.py); `var.list` (it spans every shard),
-sessions and everything else stay on the agent endpoint.
+as the agent endpoint. Clients learn the addresses at hello and route by shard
+(sharding.py). The shard's sessions use it too: participants answer here
+(`session.respond`), and an agent that sends `session.attach` gets this shard's
+invitations and notices here (worker/attach.py). `var.list` (it spans every shard), the
+start of sessions and everything else stay on the agent endpoint.
 
 Who writes: a write names its agent and carries the credential the arbiter issued to that
 agent at hello (credentials.py); the worker checks it without asking the arbiter. Until the
@@ -42,10 +44,11 @@ from mabeamd.cluster.pending import Pending
 from mabeamd.net import wire
 from mabeamd.net.frames import NOBLOCK, send_frames
 from mabeamd.net.ratelimit import Limits, build
-from mabeamd.net.wire import ErrorCode, WireError
+from mabeamd.net.wire import ErrorCode, WireError, check_fields
 from mabeamd.net.zmqutil import agent_router, bind_endpoint, unlink_endpoint
 from mabeamd.observe.opstats import OK, OpStats
 from mabeamd.storage.variables import ADMIN, READ_OPS, WRITE_FIELDS, check_read
+from mabeamd.worker.attach import ATTACH, ATTACH_FIELDS, Attachments, credential_epoch
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +81,10 @@ class ShardEndpoint:
         self.limits: Limits | None = None  # None: [limits] off, one test per request
         # By op and code, with latency up to the reply's send (after the batch's WAL
         # commit): observed by sent(); the heartbeat carries its snapshot (metrics).
-        self.ops = OpStats(READ_OPS | WRITE_FIELDS.keys() | {RESPOND})
+        self.ops = OpStats(READ_OPS | WRITE_FIELDS.keys() | {RESPOND, ATTACH})
         self.sessions = False  # serves session.respond (set once its shard's engine runs)
+        # and session.attach: agents whose session pushes leave from here (attach.py)
+        self.attachments = Attachments()
         self._served: list[tuple[str | None, str, float]] = []
         # Writes refused as forbidden since the worker last looked, for the audit log (the
         # arbiter writes it: worker/main.py sends them on).
@@ -147,10 +152,31 @@ class ShardEndpoint:
             if self.limits is not None:
                 self._limit(frames, agent, nbytes)
             return handle(op, args, agent)
+        if op == ATTACH and self.sessions and nbytes is None:
+            return self._attach(frames, body), None
         if self.limits is not None:
             self._limit(frames, None, nbytes)
         raise WireError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not served on shard "
                         "endpoints; send it to the agent endpoint")
+
+    def _attach(self, frames: list[bytes], body: dict[str, Any]) -> dict[str, Any]:
+        """session.attach: this connection takes the pushes of this shard's sessions for
+        the agent its credential proves (worker/attach.py). Changes no state anyone else
+        sees, so the authorize hook is not asked; rate-limited as a write."""
+        try:
+            check_fields(body, ATTACH, ATTACH_FIELDS, ATTACH_FIELDS)
+            agent, credential = body["agent"], body["credential"]
+            if not isinstance(agent, str):
+                raise WireError(ErrorCode.BAD_REQUEST, "agent must be an agent id")
+            self._credited(None, agent, body)
+        except WireError:
+            if self.limits is not None:
+                self._limit(frames, None)
+            raise
+        if self.limits is not None:
+            self._limit(frames, agent)
+        self.attachments.attach(agent, frames[0], credential_epoch(credential))
+        return {"attached": True, "agent": agent}
 
     def _batch(self, frames: list[bytes], rid: int | str, ops: list[Any], handle: Serve,
                t0: float) -> Served:
