@@ -20,10 +20,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil  # noqa: E402
+import psutil
 
-from benchkit.econ_rows import bidders, shared_bidders  # noqa: E402
-from benchkit.session_rows import with_agents  # noqa: E402
+from benchkit.econ_rows import bidders, shared_bidders
+from benchkit.session_rows import with_agents
 
 
 def cpu(p: psutil.Process) -> float:
