@@ -315,6 +315,10 @@ def _check_cross(cfg: Config, origin: str) -> None:
     _check_listeners(cfg, origin)
     _check_cluster(cfg, origin)
     listen = parse_listen(cfg.metrics.listen) if cfg.metrics.listen else None
+    if cfg.console.enabled and listen is None:
+        raise ConfigError(f"{origin}: [console] enabled: the console is served on the "
+                          "[metrics] listener, which is off ([metrics] listen is empty): set "
+                          "[metrics] listen, e.g. \"127.0.0.1:9750\"")
     if listen is not None and not listen[2] and not cfg.security.allow_insecure_remote:
         raise ConfigError(
             f"{origin}: [metrics] listen: {cfg.metrics.listen} is not on loopback, and the "

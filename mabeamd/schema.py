@@ -248,6 +248,18 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class ConsoleSection:
+    enabled: bool = _opt(False, "bool", "serve the read-only web console under /console on "
+                         "the [metrics] listener (docs/console.md)")
+    show_answers: bool = _opt(False, "bool", "show what participants answered (bids, votes, "
+                              "orders) on the pages of ended sessions; off: who answered "
+                              "when, not what")
+    keep_sessions: int = _opt(200, "int", "ended sessions whose messages the console keeps "
+                              "for their sequence diagrams (and market sessions whose trades "
+                              "it keeps)", min=1, max=100_000)
+
+
+@dataclass(frozen=True)
 class AnomalySection:
     enabled: bool = _opt(True, "bool", "watch request, error and session-failure rates, p95 "
                          "latency and worker restarts for anomalies (anomaly.* events, "
@@ -314,6 +326,7 @@ class Config:
     sessions: SessionsSection = field(default_factory=SessionsSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    console: ConsoleSection = field(default_factory=ConsoleSection)
     anomaly: AnomalySection = field(default_factory=AnomalySection)
     audit: AuditSection = field(default_factory=AuditSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
@@ -342,6 +355,7 @@ SECTIONS: Final[dict[str, type]] = {
     "sessions": SessionsSection,
     "limits": LimitsSection,
     "metrics": MetricsSection,
+    "console": ConsoleSection,
     "anomaly": AnomalySection,
     "audit": AuditSection,
     "cluster": ClusterSection,

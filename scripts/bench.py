@@ -35,6 +35,7 @@ from benchkit import (
     cluster_rows,
     cluster_send_rows,
     cluster_sim,
+    console_rows,
     core_rows,
     econ_rows,
     flood_rows,
@@ -139,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         ("consensus sessions",
          lambda: session_rows.consensus(100 if q else 1000, reps, 0.5 if q else 3.0, 16)),
         ("protocol mechanisms", lambda: session_rows.mechanisms(200 if q else 1000, reps)),
+        # the web console in headless Chromium (not run without chromium + selenium)
+        ("web console", lambda: console_rows.rows(200 if q else 1000, 3 if q else 20,
+                                                  3 if q else 20, reps)),
         ("sealed-bid, live bidders",
          lambda: econ_rows.sealed_bid_live(3 if q else 40, 1 if q else reps,
                                            count=100 if q else 1000)),

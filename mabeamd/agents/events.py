@@ -50,6 +50,8 @@ class EventPublisher:
         self.topics: set[bytes] = set()  # subscribed prefixes
         # Called with a topic family (e.g. "var.") whenever whether it is watched may change.
         self.on_interest = on_interest
+        # In-process readers of every event (the console's feed), called before the send.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.sock: zmq.asyncio.Socket | None = None
         if ctx is None or endpoint is None:
             return
@@ -90,9 +92,16 @@ class EventPublisher:
         self.seq += 1
         family = topic.partition(".")[0]
         fseq = self.family_seq[family] = self.family_seq.get(family, 0) + 1
-        if self.sock is None:
+        if self.sock is None and not self.listeners:
             return
         body = {"seq": self.seq, "family_seq": fseq, "time": time.time(), **fields}
+        for listener in self.listeners:
+            try:
+                listener(topic, body)
+            except Exception:  # a reader's bug must not cost the event its subscribers
+                log.exception("event listener failed on %s", topic)
+        if self.sock is None:
+            return
         if self.node is not None and "node" not in body:
             body["node"] = self.node
         try:

@@ -37,8 +37,10 @@ from mabeamd.agents.events import EventPublisher
 from mabeamd.agents.registry import Registry
 from mabeamd.agents.varops import VariableService
 from mabeamd.config import EX_CONFIG, Config, ConfigError, worker_count
+from mabeamd.console.feed import Feed
 from mabeamd.control.commands import CHANGES, build_handlers
 from mabeamd.control.server import ControlServer
+from mabeamd.daemon import consoleside
 from mabeamd.daemon.auditside import AuditReports
 from mabeamd.daemon.child import Reaper
 from mabeamd.daemon.managed import ManagedSupervisor
@@ -53,6 +55,7 @@ from mabeamd.observe import audit as auditlog
 from mabeamd.observe.anomaly import AnomalyWatch
 from mabeamd.observe.http import MonitorServer
 from mabeamd.observe.metrics import DaemonCollector
+from mabeamd.observe.opstats import OpStats
 from mabeamd.paths import Paths
 from mabeamd.plugins import PluginHost
 from mabeamd.sessions.service import SessionService
@@ -130,6 +133,7 @@ class Arbiter(WorkerSide):
         self.write_key = secrets.token_bytes(32)
         self.revoked: dict[str, int] = {}  # agent -> highest revoked epoch, for new workers
         self.cluster: Membership | None = None  # cluster mode (cluster/membership.py)
+        self.console_feed: Feed | None = None  # [console] enabled (daemon/consoleside.py)
         self.directory: Directory | None = None  # and its agent directory (directory.py)
         self.loop_lag = self.loop_lag_max = 0.0  # seconds late, the liveness tick's
         self.stalls = 0
@@ -233,6 +237,8 @@ class Arbiter(WorkerSide):
                  (self.link.run(), self.control.run(), self._liveness_loop(),
                   self._watchdog_loop(), self.endpoint.run(), self.events.run(),
                   self.agents.sweep_loop(), self.anomaly.run())]
+        if self.console_feed is not None:
+            tasks.append(asyncio.create_task(self.console_feed.run()))
         log.info("mabeamd %s starting: %d workers, control socket %s, config %s",
                  __version__, self.worker_count, self.paths.control_socket, self.config.source)
         self.watchers = [WorkerWatcher(i, self, self.config.workers)
@@ -372,13 +378,29 @@ class Arbiter(WorkerSide):
         self.anomaly = AnomalyWatch(self, cfg.anomaly, self.events.publish)
 
     def _monitor(self) -> MonitorServer | None:
-        """The /metrics, /healthz and /readyz listener ([metrics] listen; empty: none)."""
+        """The /metrics, /healthz and /readyz listener ([metrics] listen; empty: none), and
+        the console on it when [console] enabled (fed the events and sessions' ends)."""
         if not self.config.metrics.listen:
             return None
         registry = CollectorRegistry(auto_describe=False)
         registry.register(DaemonCollector(self))
         ProcessCollector(registry=registry)  # the arbiter's own CPU, memory, fds
-        return MonitorServer(self.config.metrics.listen, registry, self.readiness)
+        console = None
+        if self.config.console.enabled:
+            console, self.console_feed = consoleside.build(
+                self, self.config.console, self._request_counters)
+            self.events.listeners.append(self.console_feed.on_event)
+            self.sessions.on_ended_extra.append(self.console_feed.on_session_ended)
+        return MonitorServer(self.config.metrics.listen, registry, self.readiness, console)
+
+    def _request_counters(self) -> dict[str, OpStats]:
+        """Requests by op on the agent endpoint and every shard endpoint (the console's
+        rates)."""
+        out = {"agent": self.endpoint.ops}
+        for i, beat in self.beats.items():
+            if beat.get("shard_ops"):
+                out[f"shard {i}"] = OpStats.from_snapshot(beat["shard_ops"])
+        return out
 
     def _managed_agent_env(self) -> dict[str, str]:
         """Where managed agents connect: the first plain endpoint, else the first CURVE one

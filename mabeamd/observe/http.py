@@ -1,4 +1,5 @@
-"""The monitoring listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (ready).
+"""The monitoring listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (ready),
+and with `[console] enabled` the web console under `/console` (mabeamd/console/).
 
 It runs on the arbiter's event loop (asyncio.start_server), not in prometheus_client's
 threaded HTTP server: the collector reads the arbiter's live state (registries, watchers,
@@ -7,7 +8,9 @@ on the loop, like any control request. HTTP here is the minimum a scraper, a loa
 balancer's probe and curl need: GET (and HEAD) of three paths, HTTP/1.0-style one request
 per connection. Anything else is refused with the right status; a request head over 8 KiB
 or slower than 5 s is dropped, and at most MAX_CLIENTS connections are served at once, so
-a misbehaving client cannot grow the arbiter.
+a misbehaving client cannot grow the arbiter. The console's live streams (server-sent
+events) are long-lived responses: at most MAX_STREAMS at once, each ended when its client
+stops reading for READ_TIMEOUT.
 
 `/readyz` answers 200 when the daemon is running, every worker serves its shard and no
 shard's disk refuses writes; otherwise 503, with a JSON body whose `reasons` say why.
@@ -24,13 +27,16 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from mabeamd.console.app import HEADERS, Console, Refused, Reply
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
 READ_TIMEOUT = 5.0
 MAX_CLIENTS = 32
+MAX_STREAMS = 8  # console live streams at once (each renders its page on every change)
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            503: "Service Unavailable"}
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
 # () -> (ready, reasons, state): what /readyz reports.
 Readiness = Callable[[], tuple[bool, list[str], str]]
@@ -43,10 +49,13 @@ def split_listen(text: str) -> tuple[str, int]:
 
 
 class MonitorServer:
-    def __init__(self, listen: str, registry: CollectorRegistry, readiness: Readiness) -> None:
+    def __init__(self, listen: str, registry: CollectorRegistry, readiness: Readiness,
+                 console: Console | None = None) -> None:
         self.listen = listen
         self.registry = registry
         self.readiness = readiness
+        self.console = console
+        self.streams = 0
         self.server: asyncio.Server | None = None
         self.error: str | None = None  # why it is not listening, for status
         self.stats = {"requests": 0, "scrapes": 0, "refused": 0}
@@ -86,12 +95,13 @@ class MonitorServer:
         self._clients.add(task)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-            status, ctype, body, head_only = self._answer(head)
             self.stats["requests"] += 1
-            writer.write(f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
-            if not head_only:
-                writer.write(body)
+            target = self._console_target(head)
+            if target is not None:
+                await self._console(target, head.startswith(b"HEAD "), reader, writer)
+                return
+            status, ctype, body, head_only = self._answer(head)
+            _respond(writer, status, ctype, body, head_only)
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError, ValueError):
@@ -99,6 +109,71 @@ class MonitorServer:
         finally:
             self._clients.discard(task)
             writer.close()
+
+    def _console_target(self, head: bytes) -> str | None:
+        """The target of a GET or HEAD under /console when the console is on, else None."""
+        if self.console is None:
+            return None
+        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(parts) != 3 or parts[0] not in ("GET", "HEAD"):
+            return None
+        path = parts[1].split("?", 1)[0]
+        return parts[1] if path == "/console" or path.startswith("/console/") else None
+
+    async def _console(self, target: str, head_only: bool, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        console = self.console
+        assert console is not None
+        if target.split("?", 1)[0] == "/console/live":
+            await self._stream(target, reader, writer)
+            return
+        try:
+            reply = await console.page(target)
+        except Exception as exc:  # a bug in a page must not take the listener down
+            log.exception("console: %s failed", target)
+            reply = Reply(500, "text/plain; charset=utf-8", f"console error: {exc!r}\n".encode())
+        _respond(writer, reply.status, reply.ctype, reply.body, head_only, extra=HEADERS)
+        await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+
+    async def _stream(self, target: str, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        console = self.console
+        assert console is not None
+        if self.streams >= MAX_STREAMS:
+            self.stats["refused"] += 1
+            _respond(writer, 503, "text/plain", b"too many live streams\n", False)
+            await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+            return
+        self.streams += 1
+        try:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+                         b"Connection: close\r\n\r\n")
+
+            async def write(data: bytes) -> None:
+                writer.write(data)
+                await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+
+            # The client sends nothing after its request: EOF (or anything) on the reader
+            # means it went, and its place is freed now, not at the next heartbeat.
+            live = asyncio.ensure_future(console.live(target, write))
+            gone = asyncio.ensure_future(reader.read(1))
+            try:
+                await asyncio.wait({live, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (live, gone):
+                    task.cancel()
+            try:
+                if live.done() and not live.cancelled():
+                    live.result()
+            except Refused as exc:
+                await write(f"event: gone\ndata: {json.dumps(str(exc))}\n\n".encode())
+            except (asyncio.TimeoutError, ConnectionError, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.exception("console: live stream %s failed", target)
+        finally:
+            self.streams -= 1
 
     def _answer(self, head: bytes) -> tuple[int, str, bytes, bool]:
         """(status, content type, body, HEAD) for one request head."""
@@ -108,8 +183,12 @@ class MonitorServer:
             return 400, "text/plain", b"bad request\n", False
         method, target = parts[0], parts[1]
         path = target.split("?", 1)[0]
-        if path not in ("/metrics", "/healthz", "/readyz"):
-            return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n", False
+        console = self.console is not None and (path == "/console"
+                                                or path.startswith("/console/"))
+        if path not in ("/metrics", "/healthz", "/readyz") and not console:
+            also = " or /console/" if self.console is not None else ""
+            return 404, "text/plain", f"not found: try /metrics, /healthz, /readyz{also}\n" \
+                .encode(), False
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET and HEAD\n", False
         head_only = method == "HEAD"
@@ -121,3 +200,13 @@ class MonitorServer:
         ready, reasons, state = self.readiness()
         body = json.dumps({"ready": ready, "state": state, "reasons": reasons}).encode()
         return (200 if ready else 503), "application/json", body + b"\n", head_only
+
+
+def _respond(writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes,
+             head_only: bool, *, extra: dict[str, str] | None = None) -> None:
+    more = "".join(f"{k}: {v}\r\n" for k, v in (extra or {}).items())
+    writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: "
+                 f"{ctype}\r\nContent-Length: {len(body)}\r\n{more}Connection: close\r\n"
+                 "\r\n".encode())
+    if not head_only:
+        writer.write(body)

@@ -125,12 +125,13 @@ class LiveSession:
         limit = self.remaining() if timeout is None else min(timeout, self.remaining())
         self._round_done = asyncio.Event()
         targets = list(dict.fromkeys(agents))
+        opened = round(time.monotonic() - self.t0, 6)  # for display (the console's diagram)
         self._open_round(targets, kind, body, limit)
         if self.waiting:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._round_done.wait(), limit)
         answers = self._close_round()
-        self.transcript.append({"kind": kind, "asked": targets,
+        self.transcript.append({"kind": kind, "asked": targets, "at": opened,
                                 "answers": [r.to_dict() for r in answers.values()]})
         return answers
 
@@ -138,9 +139,10 @@ class LiveSession:
                      handle: Callable[[Response], Any], duration: float) -> int:
         limit = max(0.0, min(duration, self.remaining()))
         targets = list(dict.fromkeys(agents))
+        opened = round(time.monotonic() - self.t0, 6)
         self._open_round(targets, kind, body, limit, streaming=True)
         self._streamed_log = []
-        self.transcript.append({"kind": kind, "asked": targets, "stream": True,
+        self.transcript.append({"kind": kind, "asked": targets, "stream": True, "at": opened,
                                 "answers": self._streamed_log})
         self._handler = handle
         self.handled = 0

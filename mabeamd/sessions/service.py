@@ -115,6 +115,8 @@ class SessionService:
         # The audit log's hooks (daemon/auditside.py): each ended session's full record,
         # and a check that raises while session starts must be refused.
         self.on_outcome = on_outcome
+        # Readers of each ended session's record with its audit extra (the console's feed).
+        self.on_ended_extra: list[Callable[[dict[str, Any]], None]] = []
         self.start_gate = start_gate
 
         # protocol -> sessions started (for `status`, whose rates `mabeamctl top` shows).
@@ -418,8 +420,12 @@ class SessionService:
                 self.endpoint.push(rec.conn, next(self._push_ids), "session.result",
                                    {**e.record, "to": e.initiator})
         # Last: the initiator's answer is on its way before the audit record is made.
-        if self.on_outcome is not None:
-            self.on_outcome({**e.record, **(extra if isinstance(extra, dict) else {})})
+        if self.on_outcome is not None or self.on_ended_extra:
+            full = {**e.record, **(extra if isinstance(extra, dict) else {})}
+            if self.on_outcome is not None:
+                self.on_outcome(full)
+            for reader in self.on_ended_extra:
+                reader(full)
 
     def _count_trade(self, name: str, result: dict[str, Any]) -> None:
         proto = self.protocols.get(name)

@@ -10,7 +10,8 @@ handled the moment it arrives:
 
 The reply (returned by `Agent.answer` / `respond`) is {"order": ID, "trades": [...],
 "resting": UNITS} or {"cancelled": ID, "quantity": UNITS_LEFT}. Makers whose resting orders
-trade get a `fill` notice; every trade is published as event `session.trade`. When the time
+trade get a `fill` notice; every trade is published as event `session.trade`, and the book's
+depth as `session.book` (at most every BOOK_EVERY seconds, levels only). When the time
 is up, orders still resting are dropped and the outcome — trades, each agent's net position
 (units and cash; both sum to zero), last price, volume — is applied to the session's
 variables. The pure mechanism replays an order log through the same book, so `protocols
@@ -42,6 +43,10 @@ from mabeamd.protocol import (
 )
 
 KEEP_TRADES = 1000  # the outcome lists the last this many trades (all are counted)
+# `session.book` events: the best BOOK_LEVELS levels a side (prices and total quantities,
+# no agents), after an order, at most every BOOK_EVERY seconds (the console's depth chart).
+BOOK_EVERY = 0.2
+BOOK_LEVELS = 20
 
 
 def parse(value: Any) -> dict[str, Any]:
@@ -176,6 +181,8 @@ class ContinuousDoubleAuction(Protocol):
         p = session.params
         m = Market(p["max_orders"])
 
+        last_book = [-BOOK_EVERY]
+
         def on_order(r: Response) -> dict[str, Any]:
             reply, trades = m.handle(r.agent, r.value)
             for maker, maker_agent, _, _, _, price, qty in trades:
@@ -183,6 +190,10 @@ class ContinuousDoubleAuction(Protocol):
                                                      "quantity": qty})
             for t in (m.trades[-len(trades):] if trades else []):
                 session.event("trade", t)
+            if r.at - last_book[0] >= BOOK_EVERY:  # the book's depth, at most this often
+                last_book[0] = r.at
+                session.event("book", {"bids": m.book.depth("buy", BOOK_LEVELS),
+                                       "asks": m.book.depth("sell", BOOK_LEVELS)})
             return reply
 
         duration = min(p["duration"], max(0.0, session.remaining() - 0.25))

@@ -100,10 +100,11 @@ def initiator(endpoint: str, ids: list[str], run_as: dict[str, Any], out: Any) -
 
 
 def with_agents(groups: list[tuple[Any, str, int]], fn: Any,
-                agents_config: str = "max_in_flight = 1024") -> Any:
+                agents_config: str = "max_in_flight = 1024", extra: str = "") -> Any:
     """Start a bench daemon and one process per (target, id prefix, count) group running
-    `target(endpoint, prefix, count, ready, stop)`; return fn(endpoint, every agent id)."""
-    d, endpoint = tcp_daemon(agents_config)
+    `target(endpoint, prefix, count, ready, stop)`; return fn(endpoint, every agent id).
+    `extra`: more config sections for the daemon."""
+    d, endpoint = tcp_daemon(agents_config, extra)
     stop = CTX.Event()
     ready = [CTX.Event() for _ in groups]
     procs = [CTX.Process(target=target, args=(endpoint, prefix, count, r, stop))

@@ -1,0 +1,149 @@
+"""The console's pure parts: charts (svg.py), pages (pages.py) and the feed's bounds
+(feed.py). Charts are checked as XML, with hypothesis for any text a client can send."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mabeamd.console import pages, svg
+from mabeamd.console.feed import MAX_ANSWERS, Feed, p95
+from mabeamd.observe.opstats import BUCKETS
+
+NS = "{http://www.w3.org/2000/svg}"
+
+
+def parse(markup: str) -> ET.Element:
+    return ET.fromstring(markup)
+
+
+def marks(root: ET.Element, tag: str, cls: str) -> list[ET.Element]:
+    return [e for e in root.iter(NS + tag) if cls in (e.get("class") or "").split()]
+
+
+def test_depth_has_one_mark_per_level_with_its_cumulative_height() -> None:
+    root = parse(svg.depth([[9, 2], [8, 3]], [[11, 3], [12, 3], [13, 1]]))
+    levels = marks(root, "rect", "level")
+    assert sorted((e.get("data-side"), e.get("data-price"), e.get("data-quantity"))
+                  for e in levels) == [("ask", "11", "3"), ("ask", "12", "3"),
+                                       ("ask", "13", "1"), ("bid", "8", "3"), ("bid", "9", "2")]
+    height = {e.get("data-price"): float(e.get("height") or 0) for e in levels}
+    assert height["8"] > height["9"]  # cumulative away from the spread
+    assert height["11"] < height["12"] < height["13"]
+
+
+def test_sequence_draws_one_arrow_per_message_and_groups_extra_lanes() -> None:
+    lanes = ["boss", "mabeamd", *[f"a{i}" for i in range(40)]]
+    msgs = [svg.Message(0.0, "boss", "mabeamd", "start", "start")]
+    msgs += [svg.Message(0.001, "mabeamd", f"a{i}", "invite", "invite") for i in range(40)]
+    msgs += [svg.Message(0.002 + i / 1000, f"a{i}", "mabeamd", "answer", "x") for i in range(40)]
+    root = parse(svg.sequence(lanes, msgs))
+    assert len(marks(root, "line", "msg")) == len(msgs)
+    drawn = [g.get("data-lane") for g in marks(root, "g", "lane")]
+    assert len(drawn) == svg.MAX_LANES + 3 and drawn[-1] == "others (16)"
+
+
+def test_curves_mark_the_clearing_point() -> None:
+    root = parse(svg.curves([[10, 2], [8, 3]], [[5, 1], [9, 4]], 9.0, 3.0))
+    (point,) = marks(root, "circle", "clearing")
+    assert (point.get("data-price"), point.get("data-quantity")) == ("9", "3")
+    assert {p.get("class") for p in root.iter(NS + "polyline")} == {"curve demand",
+                                                                   "curve supply"}
+
+
+def test_empty_charts_say_so() -> None:
+    for markup in (svg.depth([], []), svg.curves([], [], None, None),
+                   svg.series([], "t", "x", "y"), svg.bars([], "t", "y"), svg.timeline([])):
+        assert "empty" in parse(markup).get("class", "")
+
+
+text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(text, text, text), max_size=12), text)
+def test_any_text_makes_well_formed_svg(rows: list[tuple[str, str, str]], title: str) -> None:
+    """Names, labels and titles come from agents: whatever they are, the markup parses and
+    carries them as text."""
+    lanes = ["boss", "mabeamd", *[r[0] for r in rows]]
+    msgs = [svg.Message(float(k), r[0], r[1], "answer", r[2]) for k, r in enumerate(rows)]
+    for markup in (svg.sequence(lanes, msgs, title),
+                   svg.bars([(r[0], float(k)) for k, r in enumerate(rows)], title, "y"),
+                   svg.series([(float(k), 1.0) for k in range(len(rows))], title, "x", "y",
+                              labels=[r[2] for r in rows]),
+                   svg.timeline([(float(k), k, r[1]) for k, r in enumerate(rows)], title)):
+        # XML 1.0 cannot carry most control characters at all; the daemon refuses them
+        # in names, and the parser is the check that nothing else breaks the markup.
+        if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in markup):
+            continue
+        assert parse(markup).tag == NS + "svg"
+
+
+def kept(**over: Any) -> dict[str, Any]:
+    base = {"session": "s1", "protocol": "vote", "initiator": "boss", "state": "applied",
+            "participants": ["a", "b"], "elapsed": 0.01,
+            "rounds": [{"kind": "ballot", "asked": ["a", "b"], "at": 0.001,
+                        "answers": [{"agent": "b", "value": {"vote": "x"}, "at": 0.004},
+                                    {"agent": "a", "value": {"vote": "y"}, "at": 0.002}]}]}
+    return {**base, **over}
+
+
+def test_messages_in_time_order_and_answers_only_when_shown() -> None:
+    lanes, msgs = pages.messages(kept(), show_answers=False)
+    assert lanes == ["boss", "mabeamd", "a", "b"]
+    assert [(m.kind, m.src, m.dst) for m in msgs] == [
+        ("start", "boss", "mabeamd"), ("invite", "mabeamd", "a"), ("invite", "mabeamd", "b"),
+        ("answer", "a", "mabeamd"), ("answer", "b", "mabeamd"), ("result", "mabeamd", "boss")]
+    assert not any("vote" in m.label for m in msgs)
+    _, shown = pages.messages(kept(), show_answers=True)
+    assert any('"vote":"y"' in m.label for m in shown)
+
+
+def test_pages_escape_what_agents_send() -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    sections = pages.agents_page([{"id": "a", "status": "healthy", "capabilities": [evil],
+                                   "metadata": {"k": evil}}], {}, "")
+    html = "".join(sections.values())
+    assert "<img" not in html and "&lt;img" in html
+    page = pages.session_page({"session": evil, "protocol": evil, "state": "applied",
+                               "params": {evil: evil}, "result": {"x": evil}},
+                              None, None, False)
+    assert "<img" not in "".join(page.values())
+
+
+def test_the_feed_is_bounded() -> None:
+    feed = Feed(keep=3, stats=dict)
+    for k in range(10):
+        rounds = [{"kind": "trade", "asked": ["a"], "stream": True,
+                   "answers": [{"agent": "a", "value": 1, "at": 0.0}] * (MAX_ANSWERS + 5)}]
+        feed.on_session_ended({"session": f"s{k}", "transcript": rounds})
+        feed.on_event("session.trade", {"session": f"s{k}", "protocol": "cda",
+                                        "price": 1, "quantity": 1})
+    assert list(feed.sessions) == ["s7", "s8", "s9"]
+    assert sum(len(r["answers"]) for r in feed.sessions["s9"]["rounds"]) == MAX_ANSWERS
+    assert feed.sessions["s9"]["answers_cut"] == 5
+    assert len(feed.markets) == 3
+
+
+def test_p95_is_the_bound_of_the_bucket_holding_the_95th_percentile() -> None:
+    counts = [0] * (len(BUCKETS) + 1)
+    # 100 observations: 90 in the first bucket, 10 in the fourth
+    for k in range(len(counts)):
+        counts[k] = 90 if k < 3 else 100
+    assert p95(counts, 100) == BUCKETS[3]
+    assert p95(counts, 0) is None
+
+
+def test_agents_come_in_pages_and_the_search_spans_them() -> None:
+    agents = [{"id": f"a{i:03d}", "status": "healthy", "capabilities": ["even" if i % 2 else
+                                                                        "odd"]}
+              for i in range(450)]
+    first = "".join(pages.agents_page(agents, {}, "").values())
+    assert first.count("<tr><td>a") == pages.AGENTS_PAGE and "page 1 of 3" in first
+    last = "".join(pages.agents_page(agents, {}, "", page=9).values())  # past the end: last
+    assert last.count("<tr><td>a") == 50 and "page 3 of 3" in last
+    odd = "".join(pages.agents_page(agents, {}, "odd").values())
+    assert odd.count("<tr><td>a") == 200 and "225 matching" in odd
