@@ -459,7 +459,8 @@ def variable_page(var: Mapping[str, Any], history: Mapping[str, Any]) -> Section
                text(h.get("value"), 80)) for h in past]
     points.append((float(var.get("updated_at") or 0), int(var.get("version") or 0),
                    text(var.get("value"), 80)))
-    meta = table("variable", ("", ""), ((escape(k), cell(var.get(k), 400)) for k in (
+    meta = table("variable", ("", ""), ((escape(k), when(var.get(k)) if k.endswith("_at")
+                                         else cell(var.get(k), 400)) for k in (
         "name", "version", "value", "type", "access", "policy", "owner", "modified_by",
         "writers", "constraints", "created_at", "updated_at")))
     return {"variable": meta, "timeline": "<h2>History</h2>" + svg.timeline(points) + table(

@@ -33,11 +33,11 @@ def _label(v: float, step: float = 0.01) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About n round tick values covering [lo, hi]."""
+def _ticks(lo: float, hi: float, n: int = 5, whole: bool = False) -> list[float]:
+    """About n round tick values covering [lo, hi] (`whole`: integers only)."""
     if hi <= lo:
         return [lo]
-    raw = (hi - lo) / n
+    raw = max((hi - lo) / n, 1.0) if whole else (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     first = math.ceil(lo / step) * step
@@ -283,8 +283,8 @@ def timeline(points: Sequence[tuple[float, int, str]], title: str = "history") -
     y = Scale(*_bounds([float(p[1]) for p in points]), H - PAD_B, PAD_T)
     body = _frame(Scale(0.0, 0.0, PAD_L, PAD_L), y, "time", "version")[:1]
     body += [f'<text x="{PAD_L - 6}" y="{_num(y(t))}" text-anchor="end" '
-             f'dominant-baseline="middle">{_label(t, _spacing(_ticks(y.lo, y.hi)))}</text>'
-             for t in _ticks(y.lo, y.hi)]
+             f'dominant-baseline="middle">{int(t)}</text>'
+             for t in _ticks(y.lo, y.hi, whole=True) if t == int(t)]
     body.append('<polyline class="line" points="' + " ".join(
         f"{_num(x(t))},{_num(y(v))}" for t, v, _ in points) + '"/>')
     for t, v, label in points:
