@@ -147,9 +147,12 @@ class Console:
             page = q.get("page", "0")
             if not page.isdigit():
                 raise Refused(400, "page must be a number")
+            shown = pages.agents_slice(agents["agents"], q.get("q", ""), int(page))[1]
+            endpoints = dict(await asyncio.gather(*(self._endpoint(str(a.get("id")))
+                                                    for a in shown)))
             return "Agents", pages.agents_page(agents["agents"], self.feed.taking_part(),
-                                               q.get("q", ""), int(page)), ["search", "list"], \
-                True
+                                               q.get("q", ""), int(page), endpoints), \
+                ["search", "list"], True
         if path == "/console/sessions":
             state = q.get("state") or None
             if state is not None and state not in SESSION_STATES:
@@ -191,6 +194,15 @@ class Console:
             return f"Variable {name}", pages.variable_page(var, history), \
                 ["variable", "timeline"], True
         raise Refused(404, f"no console page {path}")
+
+    async def _endpoint(self, agent: str) -> tuple[str, str | None]:
+        """The agent endpoint an agent is connected through (not its connection's id)."""
+        try:
+            shown = await self._op("agents.show", {"agent": agent})
+        except Refused:  # gone since the list
+            return agent, None
+        conn = shown.get("connection") if isinstance(shown, dict) else None
+        return agent, conn.get("endpoint") if isinstance(conn, dict) else None
 
     @staticmethod
     def _name(path: str, prefix: str) -> str:

@@ -186,8 +186,9 @@ def seen(age: Any) -> str:
     return f"{int(age // 60)} min ago"
 
 
-def agents_page(agents: Sequence[Mapping[str, Any]], taking_part: Mapping[str, list[str]],
-                query: str, page: int = 0) -> Sections:
+def agents_slice(agents: Sequence[Mapping[str, Any]], query: str, page: int,
+                 ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]], int, int]:
+    """(the agents matching `query`, those on `page`, the page shown, pages)."""
     q = query.lower()
 
     def matches(a: Mapping[str, Any]) -> bool:
@@ -198,7 +199,16 @@ def agents_page(agents: Sequence[Mapping[str, Any]], taking_part: Mapping[str, l
     found = [a for a in agents if not q or matches(a)]
     pages_n = max(1, -(-len(found) // AGENTS_PAGE))
     page = min(max(0, page), pages_n - 1)
-    rows = found[page * AGENTS_PAGE:(page + 1) * AGENTS_PAGE]
+    return found, found[page * AGENTS_PAGE:(page + 1) * AGENTS_PAGE], page, pages_n
+
+
+def agents_page(agents: Sequence[Mapping[str, Any]], taking_part: Mapping[str, list[str]],
+                query: str, page: int = 0,
+                endpoints: Mapping[str, str | None] | None = None) -> Sections:
+    """`endpoints`: the agent endpoint each shown agent is connected through."""
+    found, rows, page, pages_n = agents_slice(agents, query, page)
+    q = query.lower()
+    endpoints = endpoints or {}
     search = (f'<form class="search" method="get"><input type="search" name="q" '
               f'id="agent-search" placeholder="id, capability or metadata (Enter: all pages)"'
               f' value="{escape(query)}" autocomplete="off"></form>')
@@ -211,11 +221,12 @@ def agents_page(agents: Sequence[Mapping[str, Any]], taking_part: Mapping[str, l
                + (to(page - 1, "previous") + " " if page else "")
                + (to(page + 1, "next") if page + 1 < pages_n else "") + "</p>")
     body = table("agents", ("id", "status", "capabilities", "metadata", "weight", "last seen",
-                            "registered", "taking part in"), (
+                            "registered", "connected to", "taking part in"), (
         (escape(str(a.get("id"))), f'<span class="state {escape(str(a.get("status")))}">'
          f'{cell(a.get("status"))}</span>', cell(", ".join(map(str, a.get("capabilities") or ()))),
          cell(a.get("metadata")), cell(a.get("weight")),
          seen(a.get("last_seen_age")), when(a.get("registered_at")),
+         cell(endpoints.get(str(a.get("id")))),
          " ".join(session_link(s) for s in taking_part.get(str(a.get("id")), [])[:5]) or
          cell(None)) for a in rows), "no agent matches" if q else "no agent registered")
     return {"search": search, "list": f'<p><b data-field="count">{len(rows)}</b> shown of '
@@ -311,7 +322,13 @@ def session_page(record: Mapping[str, Any], kept: Mapping[str, Any] | None,
         cut = (kept.get("answers_cut") or 0) + max(0, len(msgs) - MAX_DRAWN)
         note = (f"<p>The first {MAX_DRAWN} in time order are drawn; {cut} later messages "
                 "are not.</p>" if cut else "")
-        out["diagram"] = (f'<h2>Messages ({len(msgs) + (kept.get("answers_cut") or 0)})</h2>'
+        rounds = table("rounds", ("round", "kind", "opened at (ms)", "asked", "answered"), (
+            (str(k + 1), cell(r.get("kind")),
+             f'{float(r.get("at") or 0) * 1000:.1f}' if isinstance(r.get("at"), (int, float))
+             else cell(None), str(len(r.get("asked") or ())), str(len(r.get("answers") or ())))
+            for k, r in enumerate(kept.get("rounds") or ())), "no round")
+        out["diagram"] = (f'<h2>Rounds</h2>{rounds}'
+                          f'<h2>Messages ({len(msgs) + (kept.get("answers_cut") or 0)})</h2>'
                           f'{note}<div class="scroll">'
                           + svg.sequence(lanes, msgs[:MAX_DRAWN],
                                          f"messages of {record.get('session')}")
@@ -348,7 +365,9 @@ def _aggregate(kept: Mapping[str, Any] | None) -> tuple[list[list[float]], list[
             v = a.get("value")
             if not isinstance(v, dict):
                 continue
-            for o in v.get("orders") or ():  # call market: {"orders": [{side, price, qty}]}
+            # call market: {"orders": [{side, price, quantity}, ...]} or one order
+            listed = v.get("orders")
+            for o in listed if isinstance(listed, list) else ([v] if "side" in v else []):
                 if isinstance(o, dict) and isinstance(o.get("price"), (int, float)):
                     side = demand if o.get("side") == "buy" else supply
                     side.append([float(o["price"]), float(o.get("quantity") or 1)])

@@ -46,6 +46,7 @@ def test_every_page_of_a_daemon_that_ran_sessions(make_daemon: Callable[..., Dae
         status, _, html = get(port, "/console/agents?q=bidder")
         assert status == 200
         assert html.count("<tr><td>bidder-") == 3 and "voter-0" not in html
+        assert html.count(d.agent_endpoint) == 3  # the endpoint each is connected through
 
         status, _, html = get(port, "/console/sessions")
         assert status == 200
@@ -58,6 +59,8 @@ def test_every_page_of_a_daemon_that_ran_sessions(make_daemon: Callable[..., Dae
         # start, 3 invitations, 3 answers, the result: one arrow per message
         assert sorted(arrows(html)) == sorted(["start", *["invite"] * 3, *["answer"] * 3,
                                                "result"])
+        rounds = re.search(r'<table class="rounds">.*?</table>', html)
+        assert rounds is not None and "<td>1</td><td>ballot</td>" in rounds.group(0)
         bids = s.sessions["sealed_bid"]["session"]
         status, _, html = get(port, f"/console/sessions/{bids}")
         assert status == 200 and len(arrows(html)) == 8

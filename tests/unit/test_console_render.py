@@ -147,3 +147,76 @@ def test_agents_come_in_pages_and_the_search_spans_them() -> None:
     assert last.count("<tr><td>a") == 50 and "page 3 of 3" in last
     odd = "".join(pages.agents_page(agents, {}, "odd").values())
     assert odd.count("<tr><td>a") == 200 and "225 matching" in odd
+
+
+# --- market charts from the real mechanisms' outcomes -----------------------------------------
+
+def answers(*values: Any) -> dict[str, Any]:
+    return {"rounds": [{"kind": "order", "asked": [], "answers": [
+        {"agent": f"t{k}", "value": v, "at": 0.0} for k, v in enumerate(values)]}]}
+
+
+def test_call_market_curves_and_clearing_from_its_outcome() -> None:
+    from mabeam_markets.callmarket import CallMarket
+
+    orders = [{"side": "buy", "price": 10, "quantity": 2},
+              {"orders": [{"side": "buy", "price": 8, "quantity": 1},
+                          {"side": "sell", "price": 7, "quantity": 2}]},
+              {"side": "sell", "price": 9, "quantity": 2}]
+    result = CallMarket().decide({"params": {}, "participants": [{"id": f"t{i}"} for i in
+                                                                 range(3)],
+                                  "responses": [{"agent": f"t{i}", "seq": i, "value": v}
+                                                for i, v in enumerate(orders)]})
+    record = {"protocol": "call_market", "result": result}
+    root = parse(pages.market_charts(record, answers(*orders), None, True).split("<table")[0])
+    steps = {p.get("class"): p.get("data-steps") for p in root.iter(NS + "polyline")}
+    assert steps == {"curve demand": "2", "curve supply": "2"}
+    (point,) = marks(root, "circle", "clearing")
+    assert float(point.get("data-quantity") or 0) == result["quantity"]
+    hidden = pages.market_charts(record, answers(*orders), None, False)
+    assert "<svg" not in hidden and "show_answers" in hidden
+
+
+def test_supply_demand_curves() -> None:
+    from mabeam_markets.stepcurve import SupplyDemand
+
+    vals = [{"demand": [[10, 2], [6, 2]]}, {"supply": [[4, 3], [8, 3]]}]
+    result = SupplyDemand().decide({"params": {}, "participants": [{"id": "t0"},
+                                                                   {"id": "t1"}],
+                                    "responses": [{"agent": f"t{i}", "seq": i, "value": v}
+                                                  for i, v in enumerate(vals)]})
+    html = pages.market_charts({"protocol": "supply_demand", "result": result},
+                               answers(*vals), None, True)
+    root = parse(html.split("<table")[0])
+    (point,) = marks(root, "circle", "clearing")
+    assert float(point.get("data-price") or 0) == result["price"]
+
+
+def test_english_clock_prices_per_round_and_who_stayed_in() -> None:
+    from mabeam_auctions.clock import English
+
+    result = English().decide({"params": {"start": 10, "increment": 5},
+                               "participants": [{"id": a} for a in ("a", "b", "c")],
+                               "values": {"a": 12, "b": 31, "c": 24}})
+    html = pages.market_charts({"protocol": "english", "result": result}, None, None, False)
+    root = parse(html.split("<table")[0])
+    points = marks(root, "circle", "point")
+    assert [float(p.get("data-y") or 0) for p in points] == \
+        [h["price"] for h in result["history"]]
+    assert "round 1: 10" in html and "a, b, c" in html  # all three in at the start price
+
+
+def test_fisher_prices_and_allocations() -> None:
+    from mabeam_markets.fisher import FisherMarket
+
+    result = FisherMarket().decide({
+        "params": {"goods": {"a": 2, "b": 1}, "utility": "cobb_douglas"},
+        "participants": [{"id": "x"}, {"id": "y"}],
+        "responses": [{"agent": "x", "value": {"budget": 4, "utilities": {"a": 1, "b": 3}}},
+                      {"agent": "y", "value": {"budget": 6, "utilities": {"a": 1}}}]})
+    html = pages.market_charts({"protocol": "fisher_market", "result": result}, None, None,
+                               False)
+    root = parse(html.split("<table")[0])
+    assert {(b.get("data-label"), b.get("data-value")) for b in marks(root, "rect", "bar")} \
+        == {("a", "3.5"), ("b", "3")}
+    assert html.count("<tr><td>") == 2  # x and y's allocations
