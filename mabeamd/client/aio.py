@@ -48,6 +48,15 @@ BYE_WAIT = 1.0  # seconds close() gives the byes of its agents
 FAILOVER_AFTER = 2  # heartbeats in a row without an answer before the next endpoint is tried
 
 
+class _Expired(Exception):
+    """A request's deadline passed (set on its future by its timer)."""
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
 class AsyncClient(VariableMethods):
     """Connect with `async with AsyncClient(endpoint) as c:` or `await c.connect()`."""
 
@@ -206,10 +215,15 @@ class AsyncClient(VariableMethods):
                 await self._send(frames, deadline, op)
             elif self._routes is None or not self._routes.send(shard, rid, frames, fut):
                 raise NoRoute
+            # A timer that fails the future, not asyncio.wait_for: that wraps every request
+            # in callbacks and a cancellation dance, a good part of a request's client CPU.
+            timer = loop.call_at(deadline, _expire, fut)
             try:
-                return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
+                return await fut
+            except _Expired:
                 raise Timeout(f"{op}: no reply from {self.endpoint} in {wait:g}s") from None
+            finally:
+                timer.cancel()
         finally:
             self._pending.pop(rid, None)
             if shard is not None and self._routes is not None:

@@ -18,7 +18,6 @@ import zmq
 
 NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
@@ -43,10 +42,16 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[bytes], flags: int = 0) 
 
 
 def recv_frames(sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
-    """recv_multipart(flags) as bytes; raises zmq.Again when nothing is waiting."""
-    parts = [_recv(sock, flags)]
-    while _get(sock, _RCVMORE):
-        parts.append(_recv(sock, flags))
+    """recv_multipart(flags) as bytes; raises zmq.Again when nothing is waiting.
+
+    Each frame is received as a zmq.Frame and asked `.more` (zmq_msg_more), not the socket
+    for ZMQ_RCVMORE: pyzmq's getsockopt builds an enum per call, and a 3-frame message paid
+    it three times -- 4.8 against 2.7 µs a message measured here (docs/benchmarks.md)."""
+    frame = _recv(sock, flags, False)
+    parts = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, flags, False)
+        parts.append(frame.bytes)
     return parts
 
 
