@@ -47,8 +47,9 @@ HEADERS = {
 }
 MAX_QUERY = 256  # characters of a search, prefix or session id
 HEARTBEAT = 15.0  # seconds between comments on an idle live stream (proxies, dead peers)
-SESSION_STATES = {"collecting", "deciding", "escalated", "applied", "failed", "cancelled",
-                  "timed_out", "created"}
+# Every state a session is listed in (sessions/service.py Entry, sessions/engine.py).
+SESSION_STATES = ("starting", "created", "queued", "collecting", "deciding", "escalated",
+                  "applied", "failed", "cancelled", "timed_out")
 
 
 class Reply(NamedTuple):
@@ -158,7 +159,8 @@ class Console:
             if state is not None and state not in SESSION_STATES:
                 raise Refused(400, f"no session state {state!r}")
             rows = await self._op("sessions.list", {"state": state} if state else {})
-            return "Sessions", pages.sessions_page(rows, state), ["filter", "list"], True
+            return "Sessions", pages.sessions_page(rows, state, SESSION_STATES), \
+                ["filter", "list"], True
         if path.startswith("/console/sessions/"):
             sid = self._name(path, "/console/sessions/")
             record = await self._op("sessions.show", {"session": sid})
@@ -168,8 +170,8 @@ class Console:
                 ["summary", "outcome", "diagram", "market", "answers", "params",
                  "participants"], True)
         if path == "/console/markets":
-            rows = [r for r in await self._op("sessions.list", {})
-                    if str(r.get("protocol")) in pages.MARKETS][:20]
+            rows = pages.newest_first([r for r in await self._op("sessions.list", {})
+                                       if str(r.get("protocol")) in pages.MARKETS])[:20]
             charts = {}
             for r in rows:
                 sid = str(r.get("session"))
@@ -206,7 +208,10 @@ class Console:
 
     @staticmethod
     def _name(path: str, prefix: str) -> str:
-        name = unquote(path[len(prefix):], errors="strict")
+        try:
+            name = unquote(path[len(prefix):], errors="strict")
+        except UnicodeDecodeError:
+            raise Refused(400, "a name is UTF-8, percent-encoded") from None
         if not name or len(name) > MAX_QUERY or re.search(r"[\x00-\x1f]", name):
             raise Refused(400, "a name of 1-256 characters, no control characters")
         return name

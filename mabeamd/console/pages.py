@@ -49,9 +49,13 @@ def text(value: Any, limit: int = 120) -> str:
 
 
 def when(t: Any) -> str:
+    """A wall-clock time, in UTC with its date (the daemon's clock, whatever the viewer's
+    time zone)."""
     if not isinstance(t, (int, float)) or isinstance(t, bool):
         return cell(None)
-    return escape(time.strftime("%H:%M:%S", time.localtime(t))) + f".{int(t * 1000) % 1000:03d}"
+    return (f'<time datetime="{time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))}">'
+            + time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+            + f".{int(t * 1000) % 1000:03d} UTC</time>")
 
 
 def size(n: Any) -> str:
@@ -236,17 +240,24 @@ def agents_page(agents: Sequence[Mapping[str, Any]], taking_part: Mapping[str, l
 
 # --- sessions ---------------------------------------------------------------------------------
 
-def sessions_page(rows: Sequence[Mapping[str, Any]], state: str | None) -> Sections:
-    states = ("", "collecting", "deciding", "escalated", *svg_ended())
+def newest_first(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Running sessions, then the ended ones, most recently ended first (sessions.list
+    gives the ended oldest first)."""
+    ended = svg_ended()
+    return [r for r in rows if r.get("state") not in ended] + \
+        [r for r in rows if r.get("state") in ended][::-1]
+
+
+def sessions_page(rows: Sequence[Mapping[str, Any]], state: str | None,
+                  states: Sequence[str] = ()) -> Sections:
+    states = ("", *states)
     pick = "".join(
         f'<a class="{"here" if (s or None) == state else ""}" '
         f'href="/console/sessions{"?state=" + s if s else ""}">{s or "all"}</a>'
         for s in states)
     note = (f"<p>The first {SESSIONS_SHOWN} of {len(rows)} (running first, then the most "
             "recently ended).</p>" if len(rows) > SESSIONS_SHOWN else "")
-    running = [r for r in rows if r.get("state") not in svg_ended()]
-    ended = [r for r in rows if r.get("state") in svg_ended()][::-1]
-    shown = (running + ended)[:SESSIONS_SHOWN]
+    shown = newest_first(rows)[:SESSIONS_SHOWN]
     return {"filter": f'<p class="filter">{pick}</p>', "list": note + table(
         "sessions", ("session", "protocol", "state", "initiator", "shard", "started", "reason"),
         ((session_link(r.get("session")), cell(r.get("protocol")),
@@ -299,9 +310,18 @@ def session_page(record: Mapping[str, Any], kept: Mapping[str, Any] | None,
     parts = record.get("participants") or (kept or {}).get("participants") or []
     waiting = set(record.get("waiting") or ())
     absent = set(record.get("absent") or ())
+    ended = record.get("state") in svg_ended()
+    answered = {str(a.get("agent")) for r in (kept or {}).get("rounds") or ()
+                for a in r.get("answers") or ()}
+
+    def now(p: Any) -> str:
+        if p in absent:
+            return "absent"
+        if ended:
+            return "answered" if p in answered else ("did not answer" if kept else "")
+        return "waiting" if p in waiting else ""
     out["participants"] = f"<h2>Participants ({len(parts)})</h2>" + table(
-        "participants", ("agent", "now"), ((escape(str(p)), "waiting" if p in waiting else
-                                            "absent" if p in absent else "")
+        "participants", ("agent", "now"), ((escape(str(p)), now(p))
                                            for p in parts[:PARTICIPANTS_SHOWN])) + (
         f"<p>and {len(parts) - PARTICIPANTS_SHOWN} more.</p>"
         if len(parts) > PARTICIPANTS_SHOWN else "")

@@ -116,6 +116,17 @@ class ControlSide:
             reasons.append(f"the disk refuses writes to shard {i}")
         return not reasons, reasons, self.state
 
+    def _listener_figures(self) -> dict[str, Any]:
+        """The monitoring listener's and the console's counters (status, /metrics)."""
+        m = self.monitor
+        console = m.console if m is not None else None
+        return {"requests": m.stats["requests"] if m else 0,
+                "refused": m.stats["refused"] if m else 0,
+                "evicted": m.stats["evicted"] if m else 0,
+                "console": console is not None,
+                "console_streams": m.streams if m else 0,
+                "console_pages": console.stats["pages"] if console else 0}
+
     def request_stats(self) -> dict[str, OpStats]:
         return {"agent": self.endpoint.ops, "control": self.control.ops}
 
@@ -204,7 +215,8 @@ class ControlSide:
             "metrics": {"listen": self.config.metrics.listen or None,
                         "serving": bool(self.monitor and self.monitor.server),
                         "error": self.monitor.error if self.monitor else None,
-                        "scrapes": self.monitor.stats["scrapes"] if self.monitor else 0},
+                        "scrapes": self.monitor.stats["scrapes"] if self.monitor else 0,
+                        **self._listener_figures()},
             "extensions": extensions,
         }
 

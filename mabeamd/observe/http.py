@@ -7,10 +7,16 @@ counters), which only the loop may touch without locks; a scrape costs one short
 on the loop, like any control request. HTTP here is the minimum a scraper, a load
 balancer's probe and curl need: GET (and HEAD) of three paths, HTTP/1.0-style one request
 per connection. Anything else is refused with the right status; a request head over 8 KiB
-or slower than 5 s is dropped, and at most MAX_CLIENTS connections are served at once, so
-a misbehaving client cannot grow the arbiter. The console's live streams (server-sent
-events) are long-lived responses: at most MAX_STREAMS at once, each ended when its client
-stops reading for READ_TIMEOUT.
+or slower than 5 s is dropped (a head over 8 KiB answered 431), and at most MAX_CLIENTS
+connections are served at once, so a misbehaving client cannot grow the arbiter. When all
+are taken, the oldest still sending its request head is dropped for the new one (a
+slowloris cannot lock out /metrics and /readyz: a real request sends its head at once),
+and only when every place is a request being answered is the new one told 503.
+
+The console's live streams (server-sent events) are long-lived responses, counted apart:
+at most MAX_STREAMS at once, each ended when its client goes, or once its kernel buffers
+are full (a send buffer of STREAM_BUFFER bytes) and stay full for READ_TIMEOUT: a client
+that stops reading is let go after tens of seconds at a page's update rate.
 
 `/readyz` answers 200 when the daemon is running, every worker serves its shard and no
 shard's disk refuses writes; otherwise 503, with a JSON body whose `reasons` say why.
@@ -22,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -35,8 +42,12 @@ MAX_HEAD = 8192
 READ_TIMEOUT = 5.0
 MAX_CLIENTS = 32
 MAX_STREAMS = 8  # console live streams at once (each renders its page on every change)
+STREAM_BUFFER = 16384  # a live stream's socket send buffer: what may wait unread in the kernel
+STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: "
+               b"no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n")
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 # () -> (ready, reasons, state): what /readyz reports.
 Readiness = Callable[[], tuple[bool, list[str], str]]
@@ -58,8 +69,11 @@ class MonitorServer:
         self.streams = 0
         self.server: asyncio.Server | None = None
         self.error: str | None = None  # why it is not listening, for status
-        self.stats = {"requests": 0, "scrapes": 0, "refused": 0}
+        self.stats = {"requests": 0, "scrapes": 0, "refused": 0, "evicted": 0}
         self._clients: set[asyncio.Task[Any]] = set()
+        # Connections still sending their request head, oldest first: the ones given up
+        # when every place is taken (a slow client must not lock out /metrics and /readyz).
+        self._reading: dict[asyncio.Task[Any], None] = {}
 
     async def start(self) -> bool:
         """Listen; False (logged, and kept in `error`) when the address cannot be had: the
@@ -74,6 +88,8 @@ class MonitorServer:
                       self.error)
             return False
         log.info("metrics and health checks on http://%s/metrics", self.listen)
+        if self.console is not None:
+            log.info("web console on http://%s/console/", self.listen)
         return True
 
     async def close(self) -> None:
@@ -88,13 +104,25 @@ class MonitorServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._clients) >= MAX_CLIENTS:
+        if len(self._clients) - self.streams >= MAX_CLIENTS and not self._evict():
+            # Every place is taken by a request being answered: say so, do not hang up.
             self.stats["refused"] += 1
+            _respond(writer, 503, "text/plain", b"too many connections\n", False)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.drain(), 1.0)
             writer.close()
             return
         self._clients.add(task)
+        self._reading[task] = None
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+            except (asyncio.LimitOverrunError, ValueError):
+                _respond(writer, 431, "text/plain", b"request head over 8 KiB\n", False)
+                await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+                return
+            finally:
+                self._reading.pop(task, None)
             self.stats["requests"] += 1
             target = self._console_target(head)
             if target is not None:
@@ -109,6 +137,17 @@ class MonitorServer:
         finally:
             self._clients.discard(task)
             writer.close()
+
+    def _evict(self) -> bool:
+        """Make a place by dropping the oldest connection still sending its request head;
+        False when every place is a request being answered."""
+        for task in self._reading:
+            del self._reading[task]
+            task.cancel()
+            self._clients.discard(task)
+            self.stats["evicted"] += 1
+            return True
+        return False
 
     def _console_target(self, head: bytes) -> str | None:
         """The target of a GET or HEAD under /console when the console is on, else None."""
@@ -125,6 +164,10 @@ class MonitorServer:
         console = self.console
         assert console is not None
         if target.split("?", 1)[0] == "/console/live":
+            if head_only:  # the stream's headers, no body
+                writer.write(STREAM_HEAD)
+                await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+                return
             await self._stream(target, reader, writer)
             return
         try:
@@ -146,9 +189,15 @@ class MonitorServer:
             return
         self.streams += 1
         try:
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                         b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
-                         b"Connection: close\r\n\r\n")
+            # Little buffering between us and a client that stops reading: once this much
+            # waits unread, drain() blocks, and READ_TIMEOUT later the stream ends (with the
+            # kernel's default buffers that took minutes at a page's update rate).
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
+            writer.transport.set_write_buffer_limits(high=0)  # drain() waits on any backlog
+            writer.write(STREAM_HEAD)
 
             async def write(data: bytes) -> None:
                 writer.write(data)
@@ -163,15 +212,16 @@ class MonitorServer:
             finally:
                 for task in (live, gone):
                     task.cancel()
-            try:
-                if live.done() and not live.cancelled():
-                    live.result()
-            except Refused as exc:
-                await write(f"event: gone\ndata: {json.dumps(str(exc))}\n\n".encode())
-            except (asyncio.TimeoutError, ConnectionError, asyncio.CancelledError):
-                raise
-            except Exception:
-                log.exception("console: live stream %s failed", target)
+                # Collected, so a task ended by a client's going logs nothing.
+                await asyncio.gather(live, gone, return_exceptions=True)
+            if live.cancelled():
+                return
+            exc = live.exception()
+            if isinstance(exc, Refused):
+                with contextlib.suppress(Exception):
+                    await write(f"event: gone\ndata: {json.dumps(str(exc))}\n\n".encode())
+            elif exc is not None and not _gone(exc):
+                log.error("console: live stream %s failed", target, exc_info=exc)
         finally:
             self.streams -= 1
 
@@ -210,3 +260,10 @@ def _respond(writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes,
                  "\r\n".encode())
     if not head_only:
         writer.write(body)
+
+
+def _gone(exc: BaseException) -> bool:
+    """Whether a live stream's error is its client going (a reset, a closed transport, a
+    client that stopped reading), not a fault."""
+    return isinstance(exc, (ConnectionError, asyncio.TimeoutError)) or (
+        isinstance(exc, RuntimeError) and "closed" in str(exc))

@@ -258,6 +258,19 @@ class DaemonCollector(Collector):
             active.add_metric([series], 1.0 if f["active"] else 0.0)
         yield fired
         yield active
+        http = st["metrics"]
+        yield _counter("mabeamd_http_requests", "requests to this listener (/metrics, health, "
+                       "console)", http.get("requests", 0))
+        yield _counter("mabeamd_http_refused", "connections to this listener answered 503: "
+                       "every place was a request being answered", http.get("refused", 0))
+        yield _counter("mabeamd_http_dropped_slow", "connections to this listener dropped for "
+                       "a newer one while still sending their request head",
+                       http.get("evicted", 0))
+        if http.get("console"):
+            yield _gauge("mabeamd_console_streams", "the web console's open live streams",
+                         http.get("console_streams", 0))
+            yield _counter("mabeamd_console_pages", "web console pages served",
+                           http.get("console_pages", 0))
         audit = st["audit"]
         yield _counter("mabeamd_audit_records", "records written to the audit log",
                        audit["records"])

@@ -126,6 +126,9 @@ def test_bad_requests_are_refused_and_change_nothing(
     d, port = console_daemon(make_daemon)
     for path, code in (("/console/nowhere", 404), ("/console/sessions/nope", 404),
                        ("/console/sessions?state=bogus", 400),
+                       ("/console/sessions?state=queued", 200),
+                       ("/console/sessions?state=starting", 200),
+                       ("/console/sessions/%ff", 400), ("/console/variables/%c3", 400),
                        ("/console/agents?q=" + "x" * 300, 400),
                        ("/console/variables/" + quote("a\x01b", safe=""), 400),
                        ("/console/variables/" + quote("{x}nope", safe=""), 404),
@@ -135,6 +138,9 @@ def test_bad_requests_are_refused_and_change_nothing(
         assert status == code, (path, status, body[:300])
     status, _, _ = get(port, "/console/", method="POST")
     assert status == 405
+    status, headers, body = get(port, "/console/live?page=%2Fconsole%2F", method="HEAD")
+    assert status == 200 and headers["content-type"] == "text/event-stream" and body == ""
+    assert "Traceback" not in d.log()
     # Markup from an agent (its metadata) is shown as text.
     with Client(d.agent_endpoint) as c:
         c.register("mallory", metadata={"note": "<script>alert(1)</script>"})
@@ -187,3 +193,40 @@ def test_console_without_a_listener_is_a_config_error(
                         "--check-config"], capture_output=True, text=True, timeout=60,
                        check=False)
     assert r.returncode != 0 and "[console] enabled" in r.stderr, r.stderr
+
+
+def test_slow_clients_cannot_lock_out_the_health_checks(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """40 connections that never finish their request head (a slowloris), reopened as they
+    are dropped: /readyz, /metrics and the console still answer."""
+    _, port = console_daemon(make_daemon)
+    slow: list[socket.socket] = []
+
+    def fill() -> None:
+        while len(slow) < 40:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"GET /console/ HTTP/1.1\r\nX-a: b")
+            s.settimeout(None)  # with a timeout, recv waits for it despite MSG_DONTWAIT
+            slow.append(s)
+
+    try:
+        fill()
+        for path in ("/readyz", "/metrics", "/console/") * 3:
+            assert get(port, path)[0] == 200, path
+            for s in list(slow):  # reopen what the listener dropped, as an attacker would
+                try:
+                    gone = s.recv(1, socket.MSG_DONTWAIT) == b""
+                except BlockingIOError:
+                    gone = False
+                except OSError:  # reset
+                    gone = True
+                if gone:
+                    slow.remove(s)
+                    s.close()
+            fill()
+        samples = get(port, "/metrics")[2]
+        dropped = re.search(r"^mabeamd_http_dropped_slow_total (\S+)", samples, re.M)
+        assert dropped is not None and float(dropped.group(1)) >= 1
+    finally:
+        for s in slow:
+            s.close()

@@ -17,6 +17,8 @@ function filterAgents() {
   if (count) count.textContent = String(shown);
 }
 
+let retryIn = 2000; // after the browser gives up (a refused stream), ours: doubling to 30 s
+
 function live() {
   const page = document.body.dataset.stream;
   const state = document.getElementById("live-state");
@@ -25,10 +27,19 @@ function live() {
   source.addEventListener("open", () => {
     state.textContent = "live";
     state.className = "live-state on";
+    retryIn = 2000;
   });
   source.addEventListener("error", () => {
-    state.textContent = "reconnecting";
     state.className = "live-state off";
+    if (source.readyState === EventSource.CLOSED) {
+      // A non-200 answer (e.g. 503: every live stream is taken) ends an EventSource for
+      // good; try again ourselves.
+      state.textContent = "busy, retrying in " + Math.round(retryIn / 1000) + " s";
+      setTimeout(live, retryIn);
+      retryIn = Math.min(retryIn * 2, 30000);
+    } else {
+      state.textContent = "reconnecting";
+    }
   });
   source.addEventListener("section", (e) => {
     const { name, html } = JSON.parse(e.data);
