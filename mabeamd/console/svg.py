@@ -122,10 +122,19 @@ def depth(bids: Sequence[Sequence[float]], asks: Sequence[Sequence[float]],
         for p, q in book:
             total += float(q)
             cum[(side, float(p))] = total
-    x = Scale(*_bounds(prices), PAD_L + 8, W - PAD_R - 8)
+    width = max(2.0, min(24.0, (W - PAD_L - PAD_R) / (2 * max(1, len(levels)))))
+    # Inset by half a bar, so the outermost levels do not cover the axes.
+    x = Scale(*_bounds(prices), PAD_L + width / 2 + 6, W - PAD_R - width / 2 - 6)
     y = Scale(0.0, max(cum.values()) * 1.1, H - PAD_B, PAD_T)
     body = _frame(x, y, "price", "cumulative quantity")
-    width = max(2.0, min(24.0, (W - PAD_L - PAD_R) / (2 * max(1, len(levels)))))
+    if len(levels) <= 24:  # few levels: label each level's price, not round ticks
+        body = [b for b in body if 'text-anchor="middle">' not in b or "axis-label" in b
+                or f'y="{H - PAD_B + 16}"' not in b]
+        body += [f'<text class="level-price" x="{_num(x(p))}" y="{H - PAD_B + 16}" '
+                 f'text-anchor="middle">{p:g}</text>' for p in sorted(set(prices))]
+    body.append(f'<text class="legend bid" x="{PAD_L + 8}" y="{PAD_T + 4}">bids</text>'
+                f'<text class="legend ask" x="{W - PAD_R - 8}" y="{PAD_T + 4}" '
+                'text-anchor="end">asks</text>')
     for side, p, q in levels:
         top = y(cum[(side, p)])
         body.append(f'<rect class="level {side}" data-side="{side}" data-price="{p:g}" '

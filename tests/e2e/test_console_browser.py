@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,3 +159,22 @@ def test_every_page_in_a_real_browser(make_daemon: Callable[..., Daemon], browse
         # No script error on any page (the console has no inline code: CSP would block it).
         errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
         assert not errors, errors
+
+        # Every live stream taken: the page is told 503, says so, and goes live by itself
+        # once a place is free (a browser's EventSource gives up on a 503 for good).
+        browser.get("about:blank")
+        held = []
+        try:
+            for _ in range(8):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                sock.sendall(b"GET /console/live?page=%2Fconsole%2F HTTP/1.1\r\n\r\n")
+                assert b"text/event-stream" in sock.recv(4096)
+                held.append(sock)
+            browser.get(base + "/console/sessions")
+            wait(lambda: browser.find_element(By.ID, "live-state").text.startswith("busy"),
+                 "the page to say every stream is taken")
+        finally:
+            for sock in held:
+                sock.close()
+        wait(lambda: browser.find_element(By.ID, "live-state").text == "live",
+             "the page to go live once a place is free")
