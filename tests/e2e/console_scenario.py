@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -128,3 +129,14 @@ def run_scenario(daemon: Daemon, port: int) -> Iterator[Scenario]:
 def console_daemon(make_daemon: Any) -> tuple[Daemon, int]:
     port = free_port()
     return make_daemon(CONFIG.format(port=port)).start(), port
+
+
+def hold_streams(port: int, n: int, page: str = "%2Fconsole%2F") -> list[socket.socket]:
+    """`n` live streams opened and held (their headers read); the caller closes them."""
+    held = []
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(f"GET /console/live?page={page} HTTP/1.1\r\n\r\n".encode())
+        assert b"text/event-stream" in sock.recv(4096)
+        held.append(sock)
+    return held

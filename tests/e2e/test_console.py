@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from mabeamd.client import Client
 from mabeamd.testing import Daemon, free_port
-from tests.e2e.console_scenario import console_daemon, run_scenario
+from tests.e2e.console_scenario import console_daemon, hold_streams, run_scenario
 
 
 def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], str]:
@@ -153,13 +153,8 @@ def test_bad_requests_are_refused_and_change_nothing(
 
 def test_live_streams_are_bounded(make_daemon: Callable[..., Daemon]) -> None:
     _, port = console_daemon(make_daemon)
-    socks = []
+    socks = hold_streams(port, 8, "%2Fconsole%2Fagents")
     try:
-        for _ in range(8):
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            s.sendall(b"GET /console/live?page=%2Fconsole%2Fagents HTTP/1.1\r\n\r\n")
-            assert b"text/event-stream" in s.recv(4096)
-            socks.append(s)
         status, _, body = get(port, "/console/live?page=%2Fconsole%2F")
         assert status == 503 and "too many live streams" in body
         assert get(port, "/console/")[0] == 200  # pages still served

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 from mabeamd.client import Client
 from mabeamd.testing import Daemon
-from tests.e2e.console_scenario import console_daemon, run_scenario
+from tests.e2e.console_scenario import console_daemon, hold_streams, run_scenario
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -163,13 +162,8 @@ def test_every_page_in_a_real_browser(make_daemon: Callable[..., Daemon], browse
         # Every live stream taken: the page is told 503, says so, and goes live by itself
         # once a place is free (a browser's EventSource gives up on a 503 for good).
         browser.get("about:blank")
-        held = []
+        held = hold_streams(port, 8)
         try:
-            for _ in range(8):
-                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-                sock.sendall(b"GET /console/live?page=%2Fconsole%2F HTTP/1.1\r\n\r\n")
-                assert b"text/event-stream" in sock.recv(4096)
-                held.append(sock)
             browser.get(base + "/console/sessions")
             wait(lambda: browser.find_element(By.ID, "live-state").text.startswith("busy"),
                  "the page to say every stream is taken")

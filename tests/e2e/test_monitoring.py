@@ -219,7 +219,10 @@ def test_bad_requests_get_http_errors_and_the_daemon_carries_on(
             reply = b""
             while chunk := s.recv(65536):
                 reply += chunk
-        assert reply == b"" or reply.startswith(b"HTTP/1.1 400"), reply[:80]
+        if len(junk) > 8192:  # a head over the listener's 8 KiB: said so, then closed
+            assert reply.startswith(b"HTTP/1.1 431"), reply[:80]
+        else:
+            assert reply == b"" or reply.startswith(b"HTTP/1.1 400"), reply[:80]
     # A client that connects and says nothing does not hold anything up.
     idle = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
