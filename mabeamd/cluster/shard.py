@@ -368,8 +368,19 @@ class ClusterShard(SessionLocks):
         key = self.keys.var(self.index, name)
         lock = self.keys.lock(self.index, name)
         tx = self.etcd.transactions
+        looked = False
         for _ in range(ATTEMPTS):
-            effect = self._effect(name, op, body, actor, now)  # refusals raise from here
+            try:
+                effect = self._effect(name, op, body, actor, now)  # refusals raise from here
+            except WireError as exc:
+                # Not in the cache is not "not in etcd": another node's create may not have
+                # reached this node's watch yet. Ask etcd once before saying not_found.
+                if exc.code != ErrorCode.NOT_FOUND or op == "var.create" or looked:
+                    raise
+                looked = True
+                if await self._fetch(name, key, f"writing {name!r}"):
+                    continue
+                raise
             expect = self.revs.get(name, 0) if name in self.store.vars else 0
             value = b""
             if effect["op"] == "put":
@@ -420,6 +431,21 @@ class ClusterShard(SessionLocks):
         raise WireError(ErrorCode.CONFLICT, f"{name!r} was changed by other nodes {ATTEMPTS} "
                         "times while this write was being applied; nothing was changed by it, "
                         "try again")
+
+    async def _fetch(self, name: str, key: bytes, doing: str) -> bool:
+        """Read `name` from etcd into the cache: True if etcd has it (cached now, if newer
+        than what the cache had), False if it has not; `unavailable` when etcd does not
+        answer."""
+        try:
+            found = await idempotent(lambda: self.etcd.get(key), self.attempts)
+        except DOWN as exc:
+            raise unavailable(exc, doing) from None
+        if found is None:
+            return False
+        if self._newer(name, found.mod_revision):
+            var, _ = self._cache_put(name, found.value, found.mod_revision)
+            self.segment.put_packed(name, wire.pack(var.public()))
+        return True
 
     async def _settle(self, name: str, key: bytes, value: bytes, expect: int) -> int | None:
         """After a transaction whose answer was lost: the revision it was committed at, 0 if

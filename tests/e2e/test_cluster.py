@@ -194,6 +194,25 @@ def test_a_batch_on_one_node_is_seen_on_another(cluster: Cluster) -> None:
     assert a.get_var(names[1], consistent=True)["value"] == "b"
 
 
+def test_a_write_right_after_another_nodes_create_is_not_refused_not_found(
+        cluster: Cluster) -> None:
+    """Node b's cache learns of node a's create through its watch, a moment later; a write
+    on b in that moment asks etcd before answering not_found. Also: a name that does not
+    exist anywhere is still not_found, and its write changes nothing."""
+    cluster.start("a", "b", workers=1)
+    a, b = cluster.client("a"), cluster.client("b")
+    a.register("alice")
+    b.register("bob")
+    for i in range(40):
+        a.create_var("alice", f"fresh{i}", 0)
+        assert b.set_var("bob", f"fresh{i}", i)["version"] == 2
+        assert b.delete_var("bob", f"fresh{i}")["deleted"] is True
+    with pytest.raises(NotFound):
+        b.set_var("bob", "never-created", 1)
+    with pytest.raises(NotFound):
+        a.get_var("never-created", consistent=True)
+
+
 def test_agents_are_discovered_and_reached_across_nodes(cluster: Cluster) -> None:
     cluster.start("a", "b", "c", workers=1)
     a, b, c = (cluster.client(n) for n in "abc")
